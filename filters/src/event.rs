@@ -1,0 +1,136 @@
+//! The typed events that flow through a pipeline.
+//!
+//! The upstream decoder produces `Upstream*`, `Finish`, `Usage` and `Error`;
+//! `harmony-parse` turns upstream text into `Text` and `ToolCall*`;
+//! `tool-bridge` turns those into what the client sees (`Content`, `Reasoning`,
+//! `ClientToolCall`, `ClientToolArgs`); `sse-encode` turns everything into `Wire` bytes.
+
+use bytes::Bytes;
+
+/// Which Harmony channel a piece of text belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// The answer (`final`, or text with no channel at all).
+    Final,
+    /// Chain of thought (`analysis`).
+    Analysis,
+    /// A `commentary` message without a recipient: a preamble such as "I'll check the weather."
+    Preamble,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+}
+
+impl FinishReason {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "length" => Self::Length,
+            "tool_calls" | "function_call" => Self::ToolCalls,
+            "content_filter" => Self::ContentFilter,
+            _ => Self::Stop,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ToolCalls => "tool_calls",
+            Self::ContentFilter => "content_filter",
+        }
+    }
+}
+
+/// The delta field reasoning is streamed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningField {
+    ReasoningContent,
+    Reasoning,
+}
+
+impl ReasoningField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReasoningContent => "reasoning_content",
+            Self::Reasoning => "reasoning",
+        }
+    }
+}
+
+/// An OpenAI-shaped error (`{"error":{"message","type","param","code"}}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status this error maps to when it can still be sent as one.
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), kind, code }
+    }
+    pub fn upstream(message: impl Into<String>) -> Self {
+        Self::new(502, "upstream_error", Some("upstream_error"), message)
+    }
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
+    }
+}
+
+/// A tool-call fragment an upstream already parsed (`delta.tool_calls[i]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamToolCall {
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Text from the upstream's `content`, Harmony markup possibly included.
+    Upstream(String),
+    /// Reasoning the upstream already separated (`reasoning_content` / `reasoning`).
+    UpstreamReasoning(String),
+    /// A tool-call fragment the upstream already parsed.
+    UpstreamToolCall(UpstreamToolCall),
+
+    /// Parsed text of one channel.
+    Text(Channel, String),
+    /// A Harmony message addressed to a tool began; `name` is the raw recipient.
+    ToolCallStart { name: String },
+    /// More argument text of the open tool call.
+    ToolCallArgs(String),
+    /// The open tool call is complete.
+    ToolCallEnd,
+    /// Raw text `harmony-parse` could not frame (a header that never reached `<|message|>`).
+    /// Never shown as is: `fallback` may recover an answer from it.
+    Unparsed(String),
+
+    /// Client-visible answer text.
+    Content(String),
+    /// Client-visible reasoning.
+    Reasoning(ReasoningField, String),
+    /// Client-visible start of a tool call.
+    ClientToolCall { index: u32, id: String, name: String },
+    /// Client-visible argument text of tool call `index`.
+    ClientToolArgs { index: u32, args: String },
+
+    /// The upstream said why it stopped.
+    Finish(FinishReason),
+    /// The upstream's usage object.
+    Usage(serde_json::Value),
+    /// Something failed; the stream ends with this error.
+    Error(ApiError),
+    /// A stage decided the response is over (watchdog): stop reading the upstream.
+    Abort,
+
+    /// Bytes for the client.
+    Wire(Bytes),
+}

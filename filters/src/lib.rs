@@ -1,0 +1,27 @@
+//! # harmony-filters
+//!
+//! The Harmony-processing half of harmony-proxy, free of any server machinery so that fuzz
+//! targets, property tests and `replay` link against it alone.
+//!
+//! Data flow for one response:
+//! ```text
+//! upstream bytes ─► upstream::SseDecoder ─► Event::Upstream* / Finish / Usage / Error
+//!                ─► Chain (stages in config order) ─► Event::Wire bytes for the client
+//! ```
+//! Stages are built by a [`StageFactory`](stage::StageFactory) once per config generation
+//! ([`pipeline::compile`]) and instantiated per request; they run synchronously, inline in
+//! the response body, with no task or channel between them.
+
+pub mod event;
+pub mod markup;
+pub mod pipeline;
+pub mod stage;
+pub mod stages;
+pub mod testing;
+pub mod upstream;
+pub mod values;
+pub mod vocab;
+
+pub use event::{ApiError, Channel, Event, FinishReason};
+pub use pipeline::{compile, validate, Compiled, StageSpec};
+pub use stage::{Chain, RequestMeta, Stage, StageFactory, Stats};

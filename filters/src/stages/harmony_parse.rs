@@ -1,0 +1,720 @@
+//! `harmony-parse`: upstream text → channel text and tool calls.
+//!
+//! The text is cut into special tokens and plain text by [`Scanner`] (which holds back only
+//! what could still become a special token), the plain text is tokenized with o200k_harmony,
+//! and every message is fed to the official `openai-harmony` [`StreamableParser`]
+//! (non-strict), whose content deltas become events as soon as each token is decoded.
+//!
+//! Upstreams send Harmony that is often not well formed (UPSTREAMS.md). Rather than letting
+//! the parser fail on it, this stage frames each message itself and hands the parser a
+//! canonical header (`<|start|>assistant[ to=R]<|channel|>C<|message|>`):
+//! - output that begins at `<|channel|>` (llama.cpp) gets its `<|start|>` back;
+//! - a `<|start|>` or `<|channel|>` inside a message closes the message (missing `<|end|>`);
+//! - text after `<|end|>` with no new header is the answer (`--reasoning-format none`);
+//! - header junk (free text, en-dashes, nbsp, zero-width spaces, glued `<|channel|>`, any
+//!   `<|constrain|>` form) is reduced to channel + recipient;
+//! - stray `<|return|>`, `<|message|>`, double `<|start|>` and unknown `<|…|>` are dropped;
+//! - a header that never reaches `<|message|>` is passed on as [`Event::Unparsed`] for
+//!   `fallback`;
+//! - output whose special tokens were stripped but whose words were kept
+//!   (`analysisWe think…assistantfinalHello`) is framed by those words.
+//!
+//! Invariant: no text between `<|` and `|>` of a recognised token ever leaves this stage
+//! as `Text` or `ToolCallArgs`.
+
+use std::sync::Arc;
+
+use openai_harmony::{HarmonyEncoding, ParseOptions, StreamableParser};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Channel, Event};
+use crate::markup::{Piece, Scanner, Special};
+use crate::stage::{RequestMeta, Stage, StageFactory, Stats};
+use crate::values::Flag;
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HarmonyParseConfig {
+    /// Repair output that begins at `<|channel|>` (llama.cpp's template already sent
+    /// `<|start|>assistant`). When false such a first message goes to `fallback` unparsed.
+    #[serde(default = "yes")]
+    pub prepend_missing_start: Flag,
+    /// The Harmony encoding (only `HarmonyGptOss` exists).
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
+}
+
+fn yes() -> Flag {
+    Flag(true)
+}
+fn default_encoding() -> String {
+    "HarmonyGptOss".into()
+}
+
+impl Default for HarmonyParseConfig {
+    fn default() -> Self {
+        Self { prepend_missing_start: yes(), encoding: default_encoding() }
+    }
+}
+
+type Rank = u32;
+
+/// Token ids and canned token runs, computed once per config generation.
+struct Shared {
+    enc: HarmonyEncoding,
+    start: Rank,
+    end: Rank,
+    message: Rank,
+    channel: Rank,
+    ret: Rank,
+    call: Rank,
+    assistant: Vec<Rank>,
+    prepend_missing_start: bool,
+}
+
+impl Shared {
+    fn special(enc: &HarmonyEncoding, s: Special) -> Rank {
+        let toks = enc.tokenizer().encode_with_special_tokens(s.literal());
+        debug_assert_eq!(toks.len(), 1, "{s:?} is one token");
+        toks[0]
+    }
+}
+
+pub struct HarmonyParseFactory {
+    shared: Arc<Shared>,
+}
+
+impl HarmonyParseFactory {
+    pub fn new(cfg: &HarmonyParseConfig, enc: HarmonyEncoding) -> Self {
+        let shared = Shared {
+            start: Shared::special(&enc, Special::Start),
+            end: Shared::special(&enc, Special::End),
+            message: Shared::special(&enc, Special::Message),
+            channel: Shared::special(&enc, Special::Channel),
+            ret: Shared::special(&enc, Special::Return),
+            call: Shared::special(&enc, Special::Call),
+            assistant: enc.tokenizer().encode_ordinary("assistant"),
+            prepend_missing_start: cfg.prepend_missing_start.0,
+            enc,
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// A stage outside any pipeline (history-clean, tests).
+    pub fn stage(&self) -> HarmonyParse {
+        HarmonyParse::new(self.shared.clone())
+    }
+}
+
+impl StageFactory for HarmonyParseFactory {
+    fn name(&self) -> &'static str {
+        "harmony-parse"
+    }
+    fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
+        Box::new(self.stage())
+    }
+}
+
+/// Where the text of the open message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Text(Channel),
+    Tool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between messages.
+    ExpectStart,
+    /// Reading a header (in `self.header`).
+    Header,
+    /// Inside a message's content.
+    Content(Target),
+    /// `prepend_missing_start = false` and the output began without `<|start|>`:
+    /// collect raw text (in `self.header`) until the next `<|start|>`.
+    Unframed,
+}
+
+/// Longest header kept; beyond it the "header" is junk and goes to fallback.
+const MAX_HEADER: usize = 1024;
+/// Longest text held between messages while deciding whether it starts a header.
+const MAX_HOLD: usize = 64;
+/// Words that stand for stripped headers: `assistantfinal`, …
+const GLUED: [(&str, &str); 3] = [
+    ("assistantfinal", "final"),
+    ("assistantanalysis", "analysis"),
+    ("assistantcommentary", "commentary"),
+];
+
+pub struct HarmonyParse {
+    sh: Arc<Shared>,
+    parser: StreamableParser,
+    /// The parser rejected the open message: its text is passed on as decoded by us.
+    parser_broken: bool,
+    scanner: Scanner,
+    state: State,
+    header: String,
+    /// Text between messages, held while it may still be a header.
+    hold: String,
+    /// The open message was framed by words, not tokens (`…assistantfinal…`).
+    glued: bool,
+    glued_tail: String,
+    /// Nothing but whitespace has arrived yet.
+    at_start: bool,
+    /// A message has been opened.
+    seen_message: bool,
+    /// Reused token buffer.
+    tokens: Vec<Rank>,
+    scratch: String,
+    parser_errors: u64,
+}
+
+impl HarmonyParse {
+    fn new(sh: Arc<Shared>) -> Self {
+        let parser = new_parser(&sh.enc);
+        Self {
+            sh,
+            parser,
+            parser_broken: false,
+            scanner: Scanner::default(),
+            state: State::ExpectStart,
+            header: String::new(),
+            hold: String::new(),
+            glued: false,
+            glued_tail: String::new(),
+            at_start: true,
+            seen_message: false,
+            tokens: Vec::new(),
+            scratch: String::new(),
+            parser_errors: 0,
+        }
+    }
+
+    fn push_text(&mut self, text: &str, out: &mut Vec<Event>) {
+        let mut scanner = std::mem::take(&mut self.scanner);
+        scanner.push(text, |p| self.on_piece(p, out));
+        self.scanner = scanner;
+    }
+
+    /// Release everything held and close the open message (end of the upstream's output).
+    fn flush(&mut self, out: &mut Vec<Event>) {
+        let mut scanner = std::mem::take(&mut self.scanner);
+        scanner.finish(|p| self.on_piece(p, out));
+        self.scanner = scanner;
+        match self.state {
+            State::ExpectStart => {
+                if !self.hold.trim().is_empty() {
+                    self.hold_to_answer(out);
+                    self.close(None, out);
+                }
+                self.hold.clear();
+            }
+            State::Header => self.headerless(out),
+            State::Content(_) => self.close(None, out),
+            State::Unframed => {
+                out.push(Event::Unparsed(std::mem::take(&mut self.header)));
+                self.state = State::ExpectStart;
+            }
+        }
+    }
+
+    fn on_piece(&mut self, p: Piece<'_>, out: &mut Vec<Event>) {
+        let first = match p {
+            Piece::Text(t) if t.trim().is_empty() => self.at_start,
+            _ => std::mem::replace(&mut self.at_start, false),
+        };
+        match self.state {
+            State::ExpectStart => match p {
+                Piece::Text(t) => self.between_messages(t, out),
+                Piece::Special(Special::Start) => {
+                    self.hold_to_answer_if_text(out);
+                    self.header.clear();
+                    self.state = State::Header;
+                }
+                Piece::Special(s @ (Special::Channel | Special::Message | Special::Constrain)) => {
+                    if first && s == Special::Channel && !self.sh.prepend_missing_start {
+                        self.header.clear();
+                        self.header.push_str(s.literal());
+                        self.state = State::Unframed;
+                        return;
+                    }
+                    // Held text such as "assistant" is this header's start.
+                    self.header.clear();
+                    let held = std::mem::take(&mut self.hold);
+                    if held.trim_start().starts_with("assistant") {
+                        self.header.push_str(held.trim());
+                    }
+                    self.state = State::Header;
+                    self.in_header(s, out);
+                }
+                Piece::Special(Special::End | Special::Return | Special::Call) => {
+                    self.hold_to_answer_if_text(out);
+                }
+                Piece::Special(Special::Other) => {}
+            },
+            State::Header => match p {
+                Piece::Text(t) => {
+                    self.header.push_str(t);
+                    if self.header.len() > MAX_HEADER {
+                        self.headerless(out);
+                    }
+                }
+                Piece::Special(s) => self.in_header(s, out),
+            },
+            State::Content(_) => match p {
+                Piece::Text(t) => {
+                    if self.glued {
+                        self.glued_text(t, out)
+                    } else {
+                        self.content(t, out)
+                    }
+                }
+                Piece::Special(s @ (Special::End | Special::Return | Special::Call)) => {
+                    self.close(Some(s), out);
+                }
+                Piece::Special(s @ (Special::Start | Special::Channel)) => {
+                    // A new header inside a message: the upstream dropped `<|end|>`.
+                    self.close(None, out);
+                    self.header.clear();
+                    if s == Special::Channel {
+                        self.header.push_str(s.literal());
+                    }
+                    self.state = State::Header;
+                }
+                Piece::Special(_) => {}
+            },
+            State::Unframed => match p {
+                Piece::Special(Special::Start) => {
+                    out.push(Event::Unparsed(std::mem::take(&mut self.header)));
+                    self.state = State::Header;
+                }
+                Piece::Text(t) => self.header.push_str(t),
+                Piece::Special(s) => self.header.push_str(s.literal()),
+            },
+        }
+    }
+
+    fn in_header(&mut self, s: Special, out: &mut Vec<Event>) {
+        match s {
+            Special::Channel | Special::Constrain => {
+                if s == Special::Constrain {
+                    self.header.push(' ');
+                }
+                self.header.push_str(s.literal());
+            }
+            Special::Message => self.open(false, out),
+            Special::Start => {
+                // `<|start|><|start|>assistant`: an empty header restarts; a real one was cut.
+                if !self.header.trim().is_empty() {
+                    self.headerless(out);
+                    self.state = State::Header;
+                }
+                self.header.clear();
+            }
+            Special::End | Special::Return | Special::Call => self.headerless(out),
+            Special::Other => {}
+        }
+    }
+
+    /// Text between messages: the answer (reasoning-format none, plain content), or the
+    /// start of a header whose special tokens were lost.
+    fn between_messages(&mut self, t: &str, out: &mut Vec<Event>) {
+        self.hold.push_str(t);
+        let s = self.hold.trim_start();
+        // Stripped reasoning (`analysisWe…`) only opens a response.
+        let first = !self.seen_message;
+        if s.is_empty() {
+            return;
+        }
+        if let Some(rest) = s.strip_prefix("assistant") {
+            for (word, channel) in GLUED.iter().map(|(w, c)| (&w["assistant".len()..], *c)) {
+                if let Some(content) = rest.strip_prefix(word) {
+                    let content = content.to_owned();
+                    self.hold.clear();
+                    self.open_glued(channel, &content, out);
+                    return;
+                }
+            }
+            let undecided = GLUED.iter().any(|(w, _)| w["assistant".len()..].starts_with(rest));
+            if undecided || (self.hold.len() < MAX_HOLD && !rest.contains('\n')) {
+                return; // wait: a header's special token may follow
+            }
+        } else if let Some(rest) = s.strip_prefix("analysis").filter(|_| first) {
+            match rest.chars().next() {
+                None => return,
+                Some(c) if c.is_uppercase() => {
+                    let content = rest.to_owned();
+                    self.hold.clear();
+                    self.open_glued("analysis", &content, out);
+                    return;
+                }
+                Some(_) => {}
+            }
+        } else if !s.is_empty() && ("assistant".starts_with(s) || (first && "analysis".starts_with(s))) {
+            return;
+        }
+        self.hold_to_answer(out);
+    }
+
+    fn hold_to_answer_if_text(&mut self, out: &mut Vec<Event>) {
+        if self.hold.trim().is_empty() {
+            self.hold.clear();
+        } else {
+            self.hold_to_answer(out);
+            self.close(None, out);
+        }
+    }
+
+    /// Held text is the start of an answer with no header: open an implicit final message.
+    fn hold_to_answer(&mut self, out: &mut Vec<Event>) {
+        let held = std::mem::take(&mut self.hold);
+        self.header.clear();
+        self.header.push_str("<|channel|>final");
+        self.open(false, out);
+        self.content(&held, out);
+        self.hold = held;
+        self.hold.clear();
+    }
+
+    fn open_glued(&mut self, channel: &str, content: &str, out: &mut Vec<Event>) {
+        self.header.clear();
+        self.header.push_str("<|channel|>");
+        self.header.push_str(channel);
+        self.open(true, out);
+        self.glued_text(content, out);
+    }
+
+    /// `<|message|>` ends the header in `self.header`: start feeding the parser.
+    fn open(&mut self, glued: bool, out: &mut Vec<Event>) {
+        let header = std::mem::take(&mut self.header);
+        let h = HeaderInfo::parse(&header);
+        let (channel_word, recipient) = (h.channel, h.recipient);
+        self.header = header;
+        self.header.clear();
+        self.glued = glued;
+        self.seen_message = true;
+        let target = match (&recipient, channel_word) {
+            (Some(_), _) => Target::Tool,
+            (None, Some("analysis")) => Target::Text(Channel::Analysis),
+            (None, Some("commentary")) => Target::Text(Channel::Preamble),
+            // `final`, no channel, or a channel we cannot read: the answer.
+            (None, _) => Target::Text(Channel::Final),
+        };
+        let channel = match target {
+            Target::Text(Channel::Analysis) => "analysis",
+            Target::Text(Channel::Final) => "final",
+            _ => "commentary",
+        };
+        // The canonical header the official parser understands.
+        let sh = self.sh.clone();
+        self.tokens.clear();
+        self.tokens.push(sh.start);
+        self.tokens.extend_from_slice(&sh.assistant);
+        if let Some(r) = &recipient {
+            self.tokens.extend(sh.enc.tokenizer().encode_ordinary(&format!(" to={r}")));
+        }
+        self.tokens.push(sh.channel);
+        self.tokens.extend(sh.enc.tokenizer().encode_ordinary(channel));
+        self.tokens.push(sh.message);
+        self.parser_broken = false;
+        for i in 0..self.tokens.len() {
+            if self.parser.process(self.tokens[i]).is_err() {
+                self.parser_failed();
+                break;
+            }
+        }
+        if let Some(r) = recipient {
+            out.push(Event::ToolCallStart { name: r });
+        }
+        self.state = State::Content(target);
+    }
+
+    fn parser_failed(&mut self) {
+        self.parser_errors += 1;
+        self.parser_broken = true;
+        self.parser = new_parser(&self.sh.enc);
+    }
+
+    /// Message text: through the parser, out as soon as each token decodes.
+    fn content(&mut self, t: &str, out: &mut Vec<Event>) {
+        let State::Content(target) = self.state else { return };
+        if t.is_empty() {
+            return;
+        }
+        self.scratch.clear();
+        if self.parser_broken {
+            self.scratch.push_str(t);
+        } else {
+            let tokens = self.sh.enc.tokenizer().encode_ordinary(t);
+            for (i, &tok) in tokens.iter().enumerate() {
+                match self.parser.process(tok) {
+                    Ok(p) => {
+                        if let Ok(Some(d)) = p.last_content_delta() {
+                            self.scratch.push_str(&d);
+                        }
+                    }
+                    Err(_) => {
+                        self.parser_failed();
+                        // Pass on what the parser did not get to, decoded by us.
+                        if let Ok(rest) = self.sh.enc.tokenizer().decode_utf8(&tokens[i..]) {
+                            self.scratch.push_str(&rest);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if self.scratch.is_empty() {
+            return;
+        }
+        let text = self.scratch.clone();
+        out.push(match target {
+            Target::Text(ch) => Event::Text(ch, text),
+            Target::Tool => Event::ToolCallArgs(text),
+        });
+    }
+
+    /// Text of a message framed by words: watch for the next `assistant<channel>` word.
+    fn glued_text(&mut self, t: &str, out: &mut Vec<Event>) {
+        self.glued_tail.push_str(t);
+        loop {
+            let found = GLUED
+                .iter()
+                .filter_map(|(w, c)| self.glued_tail.find(w).map(|i| (i, w.len(), *c)))
+                .min_by_key(|f| f.0);
+            match found {
+                Some((i, len, channel)) => {
+                    let tail = std::mem::take(&mut self.glued_tail);
+                    self.content(&tail[..i], out);
+                    self.close(None, out);
+                    self.header.clear();
+                    self.header.push_str("<|channel|>");
+                    self.header.push_str(channel);
+                    self.open(true, out);
+                    self.glued_tail.push_str(&tail[i + len..]);
+                }
+                None => {
+                    // Keep back a suffix that may be the start of a word.
+                    let keep = (1..=self.glued_tail.len().min(GLUED[2].0.len()))
+                        .rev()
+                        .filter(|&n| self.glued_tail.is_char_boundary(self.glued_tail.len() - n))
+                        .find(|&n| {
+                            let suffix = &self.glued_tail[self.glued_tail.len() - n..];
+                            GLUED.iter().any(|(w, _)| w.starts_with(suffix))
+                        })
+                        .unwrap_or(0);
+                    let cut = self.glued_tail.len() - keep;
+                    let tail = std::mem::take(&mut self.glued_tail);
+                    self.content(&tail[..cut], out);
+                    self.glued_tail.push_str(&tail[cut..]);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Close the open message (with the upstream's stop token, or `<|end|>` when it had none).
+    fn close(&mut self, stop: Option<Special>, out: &mut Vec<Event>) {
+        let State::Content(target) = self.state else { return };
+        if self.glued && !self.glued_tail.is_empty() {
+            let tail = std::mem::take(&mut self.glued_tail);
+            self.content(&tail, out);
+        }
+        let rank = match stop {
+            Some(Special::Return) => self.sh.ret,
+            Some(Special::Call) => self.sh.call,
+            _ => self.sh.end,
+        };
+        if self.parser_broken || self.parser.process(rank).is_err() {
+            if !self.parser_broken {
+                self.parser_errors += 1;
+            }
+            self.parser = new_parser(&self.sh.enc);
+            self.parser_broken = false;
+        }
+        if target == Target::Tool {
+            out.push(Event::ToolCallEnd);
+        }
+        self.glued = false;
+        self.state = State::ExpectStart;
+    }
+
+    /// A header that ended without `<|message|>`: hand it to `fallback`.
+    fn headerless(&mut self, out: &mut Vec<Event>) {
+        let h = std::mem::take(&mut self.header);
+        if !h.trim().is_empty() {
+            out.push(Event::Unparsed(h));
+        }
+        self.state = State::ExpectStart;
+    }
+}
+
+fn new_parser(enc: &HarmonyEncoding) -> StreamableParser {
+    StreamableParser::new_with_options(enc.clone(), None, ParseOptions { strict: false })
+        .expect("the Harmony encoding has its stop tokens")
+}
+
+impl Stage for HarmonyParse {
+    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
+        match ev {
+            Event::Upstream(t) => self.push_text(&t, out),
+            ev @ (Event::Finish(_) | Event::Error(_) | Event::Abort) => {
+                self.flush(out);
+                out.push(ev);
+            }
+            other => out.push(other),
+        }
+    }
+    fn on_end(&mut self, out: &mut Vec<Event>) {
+        self.flush(out);
+    }
+    fn stats(&self, st: &mut Stats) {
+        st.parser_errors += self.parser_errors;
+    }
+}
+
+/// Channel and recipient read from a header as upstreams really write it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HeaderInfo<'a> {
+    pub channel: Option<&'static str>,
+    pub recipient: Option<String>,
+    /// What follows the channel word, for headers that never reached `<|message|>`.
+    pub rest: &'a str,
+}
+
+/// Characters that are junk around names: whitespace, nbsp, zero-width spaces, BOM.
+pub fn is_junk(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00A0}')
+}
+
+impl<'a> HeaderInfo<'a> {
+    pub fn parse(h: &'a str) -> Self {
+        let mut channel = None;
+        let mut rest = "";
+        if let Some(i) = h.find("<|channel|>") {
+            let after = &h[i + "<|channel|>".len()..];
+            let word_end = after.find(|c: char| is_junk(c) || c == '<').unwrap_or(after.len());
+            let word = &after[..word_end];
+            channel = ["final", "analysis", "commentary"].into_iter().find(|c| word.contains(c));
+            rest = &after[word_end..];
+        }
+        let recipient = h.find("to=").map(|i| clean_name(&h[i + 3..])).filter(|n| !n.is_empty());
+        HeaderInfo { channel, recipient, rest }
+    }
+}
+
+/// A recipient as written after `to=`, cut at the first junk or markup, with no trailing
+/// punctuation. `functions.` is kept (tool-bridge strips it).
+pub fn clean_name(s: &str) -> String {
+    let s = s.trim_start_matches(is_junk);
+    let end = s.find(|c: char| is_junk(c) || c == '<' || c == '"' || c == '{').unwrap_or(s.len());
+    s[..end].trim_end_matches(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-')).to_owned()
+}
+
+/// The final text of a whole Harmony transcript (used by history-clean and tests).
+pub fn final_text(factory: &HarmonyParseFactory, text: &str) -> String {
+    let mut stage = factory.stage();
+    let mut out = Vec::new();
+    stage.push_text(text, &mut out);
+    stage.flush(&mut out);
+    let mut answer = String::new();
+    for ev in out {
+        if let Event::Text(Channel::Final, t) = ev {
+            answer.push_str(&t);
+        }
+    }
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{encoding, parse_chunks};
+
+    fn factory() -> HarmonyParseFactory {
+        HarmonyParseFactory::new(&HarmonyParseConfig::default(), encoding())
+    }
+
+    /// Runs `chunks` and renders the events compactly.
+    fn run(chunks: &[&str]) -> Vec<String> {
+        parse_chunks(&factory(), chunks)
+    }
+
+    #[test]
+    fn llama_cpp_output_starts_at_channel() {
+        let ev = run(&["<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>Hi!"]);
+        assert_eq!(ev, ["analysis:Think.", "final:Hi!"]);
+    }
+
+    #[test]
+    fn one_token_per_delta() {
+        let ev = run(&["<|channel|>", "analysis", "<|message|>", "We", " think", "<|end|>", "<|start|>", "assistant", "<|channel|>", "final", "<|message|>", "Hel", "lo"]);
+        assert_eq!(ev, ["analysis:We", "analysis: think", "final:Hel", "final:lo"]);
+    }
+
+    #[test]
+    fn missing_end() {
+        let ev = run(&["<|channel|>analysis<|message|>Maybe just say hi<|start|>assistant<|channel|>final<|message|>Hello!"]);
+        assert_eq!(ev, ["analysis:Maybe just say hi", "final:Hello!"]);
+    }
+
+    #[test]
+    fn reasoning_format_none() {
+        let ev = run(&["<|channel|>analysis<|message|>I'm\nthinking<|end|>Hello, world!\nWhat's up?"]);
+        assert_eq!(ev, ["analysis:I'm\nthinking", "final:Hello, world!\nWhat's up?"]);
+    }
+
+    #[test]
+    fn plain_content_passes() {
+        assert_eq!(run(&["Just ", "text."]), ["final:Just ", "final:text."]);
+        assert_eq!(run(&["as", "k me"]), ["final:ask me"]);
+        assert_eq!(run(&["analysis of the code"]), ["final:analysis of the code"]);
+    }
+
+    #[test]
+    fn glued_words() {
+        let ev = run(&["analysisUser says hi. Probably greet.assistantfinalHello! How can I help?"]);
+        assert_eq!(ev, ["analysis:User says hi. Probably greet.", "final:Hello! How can I help?"]);
+        let ev = run(&["analysis", "User says hi.", "assistant", "final", "Hello!"]);
+        assert_eq!(ev.concat(), "analysis:User says hi.final:Hello!");
+    }
+
+    #[test]
+    fn tool_call_headers() {
+        let ev = run(&["<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\"}<|call|>"]);
+        assert_eq!(ev, ["tool:functions.get_weather", "args:{\"city\":\"Paris\"}", "end"]);
+        let ev = run(&["<|start|>assistant to=functions.lookup<|channel|>commentary json<|message|>{}<|call|>"]);
+        assert_eq!(ev, ["tool:functions.lookup", "args:{}", "end"]);
+        let ev = run(&["<|channel|>analysis to=functions.search\u{a0}\u{200b}\n<|constrain|>JSON<|message|>{}"]);
+        assert_eq!(ev, ["tool:functions.search", "args:{}", "end"]);
+        let ev = run(&["<|start|>assistant to=functions.query_dataset<|channel|>commentary<|constrain|>json<|message|>{}"]);
+        assert_eq!(ev, ["tool:functions.query_dataset", "args:{}", "end"]);
+    }
+
+    #[test]
+    fn malformed_headers() {
+        assert_eq!(run(&["<|channel|>commentary 2?<|message|>I'll check."]), ["preamble:I'll check."]);
+        assert_eq!(run(&["<|channel|>––final<|message|>A"]), ["final:A"]);
+        assert_eq!(run(&["<|channel|><|message|>A"]), ["final:A"]);
+        assert_eq!(run(&["<|start|><|start|>assistant<|channel|>final<|message|>A"]), ["final:A"]);
+        assert_eq!(
+            run(&["<|channel|>analysis<|message|>x<|end|><|return|>assistant<|channel|>final<|message|>A"]),
+            ["analysis:x", "final:A"]
+        );
+        assert_eq!(run(&["<|channel|>final {\"answer\": 42}"]), ["unparsed:<|channel|>final {\"answer\": 42}"]);
+    }
+
+    #[test]
+    fn markup_split_and_multibyte() {
+        let ev = run(&["<|chan", "nel|>final<|mess", "age|>h\u{e9}", "\u{1f600}\u{4e2d}"]);
+        assert_eq!(ev.concat(), "final:h\u{e9}final:\u{1f600}\u{4e2d}");
+    }
+
+    #[test]
+    fn names_are_cleaned() {
+        assert_eq!(clean_name("functions.get_weather\u{a0}\u{200b}"), "functions.get_weather");
+        assert_eq!(clean_name("read_file json"), "read_file");
+        assert_eq!(clean_name("browser.search<|channel|>x"), "browser.search");
+    }
+}

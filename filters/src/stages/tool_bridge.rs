@@ -1,0 +1,306 @@
+//! `tool-bridge`: parsed channels and tool calls → what the client sees.
+//!
+//! - `mode`: `final_only` drops tool calls; `final_plus_tools_text` writes each call into the
+//!   content as `\n[tool:NAME] ARGS\n`; `openai_tool_calls` emits OpenAI `tool_calls` with a
+//!   stable `index`, a fresh `call_…` id and the name before any arguments.
+//! - `reasoning`: analysis text is dropped or streamed as `reasoning_content` / `reasoning`.
+//! - `preambles`: commentary without a recipient is dropped or becomes content.
+//!
+//! Tool calls the upstream already parsed (`delta.tool_calls`) get the same treatment: they
+//! are re-indexed from 0, given our ids, and a call is announced only once its name is known
+//! (arguments that arrive earlier are held). A fragment on a new upstream index with neither
+//! id nor name continues the open call (vLLM splits one call across indices).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Channel, Event, ReasoningField, UpstreamToolCall};
+use crate::stage::{random_id, RequestMeta, Stage, StageFactory, Stats};
+use crate::stages::harmony_parse::clean_name;
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    FinalOnly,
+    FinalPlusToolsText,
+    OpenaiToolCalls,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FinalOnly => "final_only",
+            Self::FinalPlusToolsText => "final_plus_tools_text",
+            Self::OpenaiToolCalls => "openai_tool_calls",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Reasoning {
+    #[default]
+    Drop,
+    ReasoningContent,
+    Reasoning,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Preambles {
+    #[default]
+    Drop,
+    Content,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ToolBridgeConfig {
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub reasoning: Reasoning,
+    #[serde(default)]
+    pub preambles: Preambles,
+}
+
+pub struct ToolBridgeFactory(pub ToolBridgeConfig);
+
+impl StageFactory for ToolBridgeFactory {
+    fn name(&self) -> &'static str {
+        "tool-bridge"
+    }
+    fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
+        Box::new(ToolBridge::new(self.0.clone()))
+    }
+}
+
+/// An upstream-parsed call being assembled.
+struct UpstreamCall {
+    up_index: u32,
+    id: Option<String>,
+    started: bool,
+    held_args: String,
+}
+
+pub struct ToolBridge {
+    cfg: ToolBridgeConfig,
+    reasoning: Option<ReasoningField>,
+    /// Index of the open call, if any.
+    open: Option<u32>,
+    next_index: u32,
+    upstream: Option<UpstreamCall>,
+    final_chunks: u64,
+    tool_chunks: u64,
+}
+
+/// The name a client sees: no `functions.` prefix, no junk.
+pub fn display_name(raw: &str) -> String {
+    let name = clean_name(raw);
+    match name.strip_prefix("functions.") {
+        Some(n) if !n.is_empty() => n.to_owned(),
+        _ => name,
+    }
+}
+
+impl ToolBridge {
+    pub fn new(cfg: ToolBridgeConfig) -> Self {
+        let reasoning = match cfg.reasoning {
+            Reasoning::Drop => None,
+            Reasoning::ReasoningContent => Some(ReasoningField::ReasoningContent),
+            Reasoning::Reasoning => Some(ReasoningField::Reasoning),
+        };
+        Self { cfg, reasoning, open: None, next_index: 0, upstream: None, final_chunks: 0, tool_chunks: 0 }
+    }
+
+    fn content(&mut self, t: String, out: &mut Vec<Event>) {
+        self.final_chunks += 1;
+        out.push(Event::Content(t));
+    }
+
+    fn start(&mut self, raw_name: &str, out: &mut Vec<Event>) {
+        self.end(out);
+        let name = display_name(raw_name);
+        let index = self.next_index;
+        self.next_index += 1;
+        self.open = Some(index);
+        self.tool_chunks += 1;
+        match self.cfg.mode {
+            Mode::FinalOnly => {}
+            Mode::FinalPlusToolsText => out.push(Event::Content(format!("\n[tool:{name}] "))),
+            Mode::OpenaiToolCalls => out.push(Event::ClientToolCall { index, id: random_id("call_", 24), name }),
+        }
+    }
+
+    fn args(&mut self, args: String, out: &mut Vec<Event>) {
+        let Some(index) = self.open else { return };
+        if args.is_empty() {
+            return;
+        }
+        self.tool_chunks += 1;
+        match self.cfg.mode {
+            Mode::FinalOnly => {}
+            Mode::FinalPlusToolsText => out.push(Event::Content(args)),
+            Mode::OpenaiToolCalls => out.push(Event::ClientToolArgs { index, args }),
+        }
+    }
+
+    fn end(&mut self, out: &mut Vec<Event>) {
+        if self.open.take().is_some() && self.cfg.mode == Mode::FinalPlusToolsText {
+            out.push(Event::Content("\n".into()));
+        }
+    }
+
+    fn upstream_call(&mut self, u: UpstreamToolCall, out: &mut Vec<Event>) {
+        let is_new = match &self.upstream {
+            None => true,
+            Some(c) => {
+                let other_id = u.id.is_some() && c.id.is_some() && u.id != c.id;
+                other_id || (u.index != c.up_index && (u.id.is_some() || u.name.is_some()))
+            }
+        };
+        if is_new {
+            self.finish_upstream_call(out);
+            self.upstream = Some(UpstreamCall { up_index: u.index, id: u.id.clone(), started: false, held_args: String::new() });
+        }
+        let Some(call) = self.upstream.as_mut() else { return };
+        if call.id.is_none() {
+            call.id = u.id;
+        }
+        if let Some(name) = u.name.filter(|n| !clean_name(n).is_empty()) {
+            if !call.started {
+                call.started = true;
+                let held = std::mem::take(&mut call.held_args);
+                self.start(&name, out);
+                self.args(held, out);
+            }
+        }
+        if let Some(a) = u.arguments {
+            match self.upstream.as_mut() {
+                Some(c) if !c.started => c.held_args.push_str(&a),
+                _ => self.args(a, out),
+            }
+        }
+    }
+
+    /// Closes an upstream call; one whose name never came is announced with a placeholder.
+    fn finish_upstream_call(&mut self, out: &mut Vec<Event>) {
+        if let Some(c) = self.upstream.take() {
+            if !c.started && !c.held_args.is_empty() {
+                self.start("unknown_tool", out);
+                self.args(c.held_args, out);
+            }
+            self.end(out);
+        }
+    }
+}
+
+impl Stage for ToolBridge {
+    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
+        match ev {
+            Event::Text(Channel::Final, t) | Event::Upstream(t) => self.content(t, out),
+            Event::Text(Channel::Analysis, t) | Event::UpstreamReasoning(t) => {
+                if let Some(field) = self.reasoning {
+                    out.push(Event::Reasoning(field, t));
+                }
+            }
+            Event::Text(Channel::Preamble, t) => {
+                if self.cfg.preambles == Preambles::Content {
+                    self.content(t, out);
+                }
+            }
+            Event::ToolCallStart { name } => {
+                self.finish_upstream_call(out);
+                self.start(&name, out)
+            }
+            Event::ToolCallArgs(a) => self.args(a, out),
+            Event::ToolCallEnd => self.end(out),
+            Event::UpstreamToolCall(u) => self.upstream_call(u, out),
+            Event::Unparsed(_) => {}
+            ev @ (Event::Finish(_) | Event::Error(_) | Event::Abort) => {
+                self.finish_upstream_call(out);
+                self.end(out);
+                out.push(ev);
+            }
+            other => out.push(other),
+        }
+    }
+    fn on_end(&mut self, out: &mut Vec<Event>) {
+        self.finish_upstream_call(out);
+        self.end(out);
+    }
+    fn stats(&self, st: &mut Stats) {
+        st.final_chunks += self.final_chunks;
+        st.tool_chunks += self.tool_chunks;
+        st.tool_calls += u64::from(self.next_index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bridge(mode: Mode, evs: Vec<Event>) -> Vec<Event> {
+        let mut tb = ToolBridge::new(ToolBridgeConfig { mode, ..Default::default() });
+        let mut out = Vec::new();
+        for e in evs {
+            tb.on_event(e, &mut out);
+        }
+        tb.on_end(&mut out);
+        out
+    }
+
+    fn call(name: &str, args: &str) -> Vec<Event> {
+        vec![Event::ToolCallStart { name: name.into() }, Event::ToolCallArgs(args.into()), Event::ToolCallEnd]
+    }
+
+    #[test]
+    fn text_mode_renders_calls() {
+        let out = bridge(Mode::FinalPlusToolsText, call("functions.get_weather", "{}"));
+        let text: String = out.iter().map(|e| if let Event::Content(t) = e { t.as_str() } else { "" }).collect();
+        assert_eq!(text, "\n[tool:get_weather] {}\n");
+    }
+
+    #[test]
+    fn openai_mode_indexes_and_ids() {
+        let mut evs = call("functions.a", "{\"x\":1}");
+        evs.extend(call("b", "{}"));
+        let out = bridge(Mode::OpenaiToolCalls, evs);
+        match &out[..] {
+            [Event::ClientToolCall { index: 0, id: id0, name: n0 }, Event::ClientToolArgs { index: 0, .. }, Event::ClientToolCall { index: 1, id: id1, name: n1 }, Event::ClientToolArgs { index: 1, .. }] =>
+            {
+                assert_eq!((n0.as_str(), n1.as_str()), ("a", "b"));
+                assert!(id0.starts_with("call_") && id0 != id1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(bridge(Mode::FinalOnly, call("a", "{}")).is_empty());
+    }
+
+    #[test]
+    fn upstream_calls_reindexed_and_joined() {
+        let up = |index, id: Option<&str>, name: Option<&str>, args: Option<&str>| {
+            Event::UpstreamToolCall(UpstreamToolCall {
+                index,
+                id: id.map(Into::into),
+                name: name.map(Into::into),
+                arguments: args.map(Into::into),
+            })
+        };
+        let out = bridge(
+            Mode::OpenaiToolCalls,
+            vec![
+                up(3, Some("x1"), None, Some("")),
+                up(3, None, Some("functions.f<|channel|>commentary"), None),
+                up(3, None, None, Some("{\"a\"")),
+                up(4, None, None, Some(":1}")), // split across indices
+                up(5, Some("x2"), Some("g"), Some("{}")),
+            ],
+        );
+        let names: Vec<_> = out.iter().filter_map(|e| if let Event::ClientToolCall { index, name, .. } = e { Some((*index, name.clone())) } else { None }).collect();
+        assert_eq!(names, [(0, "f".to_string()), (1, "g".to_string())]);
+        let args0: String = out.iter().filter_map(|e| if let Event::ClientToolArgs { index: 0, args } = e { Some(args.as_str()) } else { None }).collect();
+        assert_eq!(args0, "{\"a\":1}");
+    }
+}

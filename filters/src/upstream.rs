@@ -1,0 +1,321 @@
+//! Decoding what an upstream sends — an SSE stream of `chat.completion.chunk`s, or one
+//! `chat.completion` JSON — into [`Event`]s.
+//!
+//! Tolerant by design: unknown fields are ignored, comment lines and other event types are
+//! skipped, an undecodable chunk becomes an error event, and a stream that ends without a
+//! finish reason or `[DONE]` ends with an error event, never silently.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::event::{ApiError, Event, FinishReason, UpstreamToolCall};
+
+/// A line longer than this is cut off and reported: it bounds memory per stream.
+pub const MAX_LINE: usize = 4 << 20;
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default, borrow)]
+    message: Option<Delta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallChunk>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallChunk {
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionChunk>,
+}
+
+#[derive(Deserialize)]
+struct FunctionChunk {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<serde_json::Value>,
+}
+
+/// Turns one decoded chunk (or whole completion) into events.
+fn chunk_events(chunk: Chunk<'_>, out: &mut Vec<Event>, saw_finish: &mut bool) {
+    if let Some(err) = chunk.error {
+        let msg = err
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| err.to_string());
+        out.push(Event::Error(ApiError::upstream(format!("upstream error: {msg}"))));
+        return;
+    }
+    // Only the first choice: the proxy asks for n=1 semantics.
+    if let Some(choice) = chunk.choices.and_then(|c| c.into_iter().next()) {
+        if let Some(d) = choice.delta.or(choice.message) {
+            if let Some(r) = d.reasoning_content.or(d.reasoning).filter(|r| !r.is_empty()) {
+                out.push(Event::UpstreamReasoning(r.into_owned()));
+            }
+            if let Some(c) = d.content.filter(|c| !c.is_empty()) {
+                out.push(Event::Upstream(c.into_owned()));
+            }
+            for (i, tc) in d.tool_calls.into_iter().flatten().enumerate() {
+                let (name, arguments) = match tc.function {
+                    Some(f) => (
+                        f.name,
+                        f.arguments.map(|a| match a {
+                            serde_json::Value::String(s) => s,
+                            other => other.to_string(), // Ollama sends an object
+                        }),
+                    ),
+                    None => (None, None),
+                };
+                out.push(Event::UpstreamToolCall(UpstreamToolCall {
+                    index: tc.index.unwrap_or(i as u32),
+                    id: tc.id,
+                    name,
+                    arguments,
+                }));
+            }
+        }
+        if let Some(f) = choice.finish_reason {
+            *saw_finish = true;
+            out.push(Event::Finish(FinishReason::parse(&f)));
+        }
+    }
+    if let Some(u) = chunk.usage.filter(|u| u.is_object()) {
+        out.push(Event::Usage(u));
+    }
+}
+
+/// Incremental SSE decoder for an upstream `text/event-stream` body.
+#[derive(Debug, Default)]
+pub struct SseDecoder {
+    line: Vec<u8>,
+    /// `data:` lines of the event being read, joined by `\n`.
+    data: Vec<u8>,
+    has_data: bool,
+    skipping_long_line: bool,
+    saw_done: bool,
+    saw_finish: bool,
+    saw_error: bool,
+}
+
+impl SseDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feed body bytes; complete events are decoded into `out`.
+    pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<Event>) {
+        while !bytes.is_empty() && !self.saw_done {
+            match bytes.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    self.take_line_part(&bytes[..nl], out);
+                    bytes = &bytes[nl + 1..];
+                    if self.skipping_long_line {
+                        self.skipping_long_line = false;
+                    } else {
+                        let mut line = std::mem::take(&mut self.line);
+                        if line.last() == Some(&b'\r') {
+                            line.pop();
+                        }
+                        self.on_line(&line, out);
+                        line.clear();
+                        self.line = line;
+                    }
+                }
+                None => {
+                    self.take_line_part(bytes, out);
+                    bytes = &[];
+                }
+            }
+        }
+    }
+
+    fn take_line_part(&mut self, part: &[u8], out: &mut Vec<Event>) {
+        if self.skipping_long_line {
+            return;
+        }
+        if self.line.len() + part.len() > MAX_LINE {
+            self.line.clear();
+            self.skipping_long_line = true;
+            self.error(out, "upstream sent an SSE line longer than 4 MiB");
+            return;
+        }
+        self.line.extend_from_slice(part);
+    }
+
+    fn on_line(&mut self, line: &[u8], out: &mut Vec<Event>) {
+        if line.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        if line[0] == b':' {
+            return; // comment / keep-alive
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(c) => {
+                let v = &line[c + 1..];
+                (&line[..c], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        if field == b"data" {
+            if self.has_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(value);
+            self.has_data = true;
+            // Servers that forget the blank line between events still put one JSON per line:
+            // dispatch eagerly when the data is a complete JSON value or [DONE].
+            if self.data == b"[DONE]" || serde_json::from_slice::<serde::de::IgnoredAny>(&self.data).is_ok() {
+                self.dispatch(out);
+            }
+        }
+        // event:, id:, retry: carry nothing we use.
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<Event>) {
+        if !self.has_data {
+            return;
+        }
+        self.has_data = false;
+        let data = std::mem::take(&mut self.data);
+        let trimmed = data.trim_ascii();
+        if trimmed == b"[DONE]" {
+            self.saw_done = true;
+        } else if !trimmed.is_empty() {
+            match serde_json::from_slice::<Chunk<'_>>(trimmed) {
+                Ok(chunk) => {
+                    let before = out.len();
+                    chunk_events(chunk, out, &mut self.saw_finish);
+                    if out[before..].iter().any(|e| matches!(e, Event::Error(_))) {
+                        self.saw_error = true;
+                    }
+                }
+                Err(e) => self.error(out, &format!("upstream sent an invalid chunk: {e}")),
+            }
+        }
+        self.data = data;
+        self.data.clear();
+    }
+
+    fn error(&mut self, out: &mut Vec<Event>, msg: &str) {
+        self.saw_error = true;
+        out.push(Event::Error(ApiError::upstream(msg)));
+    }
+
+    /// Has the upstream said it is done (`[DONE]`)?
+    pub fn is_done(&self) -> bool {
+        self.saw_done
+    }
+
+    /// Has anything gone wrong that ends the stream?
+    pub fn saw_error(&self) -> bool {
+        self.saw_error
+    }
+
+    /// The body ended. A stream that stopped without a finish reason or `[DONE]` was cut.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        if !self.line.is_empty() && !self.skipping_long_line {
+            let line = std::mem::take(&mut self.line);
+            self.on_line(&line, out);
+        }
+        self.dispatch(out);
+        if !self.saw_done && !self.saw_finish && !self.saw_error {
+            self.error(out, "upstream closed the stream before it finished");
+        }
+    }
+}
+
+/// Decodes a whole non-streamed `chat.completion` body.
+pub fn decode_completion(body: &[u8], out: &mut Vec<Event>) {
+    match serde_json::from_slice::<Chunk<'_>>(body) {
+        Ok(chunk) => {
+            let mut saw_finish = false;
+            chunk_events(chunk, out, &mut saw_finish);
+            if !saw_finish && !out.iter().any(|e| matches!(e, Event::Error(_))) {
+                out.push(Event::Finish(FinishReason::Stop));
+            }
+        }
+        Err(e) => out.push(Event::Error(ApiError::upstream(format!("upstream sent invalid JSON: {e}")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(parts: &[&[u8]]) -> Vec<Event> {
+        let mut d = SseDecoder::new();
+        let mut out = Vec::new();
+        for p in parts {
+            d.push(p, &mut out);
+        }
+        d.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn llama_cpp_framing() {
+        let ev = decode(&[
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"<|chan\"}}]}\n\n",
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"nel|>\"},\"finish_reason\":null}],\"timings\":{}}\n",
+            b"\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\ndata: [DONE]\n\n",
+        ]);
+        assert_eq!(
+            ev,
+            vec![
+                Event::Upstream("<|chan".into()),
+                Event::Upstream("nel|>".into()),
+                Event::Finish(FinishReason::Length),
+                Event::Usage(serde_json::json!({"total_tokens":3})),
+            ]
+        );
+    }
+
+    #[test]
+    fn split_anywhere_and_crlf() {
+        let body = b"data: {\"choices\":[{\"delta\":{\"content\":\"h\xc3\xa9\"}}]}\r\n\r\ndata: [DONE]\r\n\r\n";
+        for cut in 0..body.len() {
+            let ev = decode(&[&body[..cut], &body[cut..]]);
+            assert_eq!(ev, vec![Event::Upstream("hé".into())], "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn in_band_error_and_truncation() {
+        let ev = decode(&[b"data: {\"error\":{\"message\":\"boom\"}}\n\n"]);
+        assert!(matches!(&ev[..], [Event::Error(e)] if e.message.contains("boom")));
+        let ev = decode(&[b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"]);
+        assert!(matches!(ev.last(), Some(Event::Error(e)) if e.message.contains("before it finished")));
+        let ev = decode(&[b"data: {not json}\n\n"]);
+        assert!(matches!(&ev[0], Event::Error(e) if e.message.contains("invalid chunk")));
+    }
+}
