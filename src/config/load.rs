@@ -1,0 +1,327 @@
+//! Reading and validating a config: all errors at once, each with its place
+//! (`pipelines.main.stages[2] (retry): backoff: invalid duration "5x"`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use harmony_filters::StageSpec;
+use serde::de::DeserializeOwned;
+
+use super::{env, Config, PipelineDef, RouteConfig, ServerConfig, UpstreamConfig, BUILTIN_PIPELINES, EMBEDDED_CONFIG};
+
+/// Everything wrong with a config, one located message each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// `--config`, else `$HARMONY_PROXY_CONFIG`, else `./proxy.toml` if it exists, else none
+/// (the embedded copy).
+pub fn resolve_path(cli: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = cli {
+        return Some(p.to_owned());
+    }
+    if let Some(p) = std::env::var_os("HARMONY_PROXY_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let local = PathBuf::from("proxy.toml");
+    local.exists().then_some(local)
+}
+
+/// Loads `path` (or the embedded default) with the process environment.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let (text, dir) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", p.display())]))?;
+            let dir = p.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }).map(Path::to_owned);
+            (text, dir)
+        }
+        None => (EMBEDDED_CONFIG.to_owned(), Some(PathBuf::from("."))),
+    };
+    let mut cfg = load_str(&text, dir.as_deref().map(|d| d.join("pipelines")).as_deref(), |k| std::env::var(k).ok())?;
+    cfg.source = path.map(Path::to_owned);
+    Ok(cfg)
+}
+
+fn de<T: DeserializeOwned>(v: toml::Value, place: &str, errors: &mut Vec<String>) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let path = e.path().to_string();
+            let msg = e.into_inner().to_string();
+            let msg = msg.trim();
+            errors.push(if path == "." || path.is_empty() { format!("{place}: {msg}") } else { format!("{place}: {path}: {msg}") });
+            None
+        }
+    }
+}
+
+/// Parses one pipeline's `stages` array, each stage on its own.
+fn stages(v: toml::Value, place: &str, errors: &mut Vec<String>) -> Option<Vec<StageSpec>> {
+    let toml::Value::Array(items) = v else {
+        errors.push(format!("{place}: stages must be an array of stage tables"));
+        return None;
+    };
+    let mut specs = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.into_iter().enumerate() {
+        let kind = item.get("type").and_then(|t| t.as_str()).unwrap_or("?").to_owned();
+        let at = format!("{place}.stages[{i}] ({kind})");
+        if item.get("type").is_none() {
+            errors.push(format!("{at}: missing `type`"));
+            ok = false;
+            continue;
+        }
+        match de::<StageSpec>(item, &at, errors) {
+            Some(s) => specs.push(s),
+            None => ok = false,
+        }
+    }
+    if ok {
+        let mut order = harmony_filters::validate(&specs);
+        if !order.is_empty() {
+            errors.extend(order.drain(..).map(|e| format!("{place}: {e}")));
+            return None;
+        }
+    }
+    ok.then_some(specs)
+}
+
+/// A pipeline file or built-in: a table holding only `stages`.
+fn pipeline_table(text: &str, place: &str, errors: &mut Vec<String>) -> Option<PipelineDef> {
+    let table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(format!("{place}: {}", e.to_string().trim()));
+            return None;
+        }
+    };
+    pipeline_value(toml::Value::Table(table), place, errors)
+}
+
+fn pipeline_value(v: toml::Value, place: &str, errors: &mut Vec<String>) -> Option<PipelineDef> {
+    let toml::Value::Table(mut t) = v else {
+        errors.push(format!("{place}: a pipeline must be a table with `stages`"));
+        return None;
+    };
+    let unknown: Vec<_> = t.keys().filter(|k| *k != "stages").cloned().collect();
+    for k in unknown {
+        errors.push(format!("{place}: unknown field `{k}`, expected `stages`"));
+    }
+    let Some(s) = t.remove("stages") else {
+        errors.push(format!("{place}: missing field `stages`"));
+        return None;
+    };
+    stages(s, place, errors).map(|stages| PipelineDef { stages })
+}
+
+/// Parses and validates config text. `pipelines_dir` holds `NAME.toml` pipeline files.
+pub fn load_str(text: &str, pipelines_dir: Option<&Path>, lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let text = env::interpolate(text, lookup).map_err(ConfigErrors)?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigErrors(vec![e.to_string().trim().to_owned()]))?;
+    let mut errors = Vec::new();
+
+    let mut server = ServerConfig::default();
+    let mut upstreams = BTreeMap::new();
+    let mut routes = Vec::new();
+    let mut inline = BTreeMap::new();
+    for (key, value) in table {
+        match key.as_str() {
+            "server" => server = de(value, "server", &mut errors).unwrap_or_default(),
+            "upstreams" => match value {
+                toml::Value::Table(t) => {
+                    for (name, v) in t {
+                        if let Some(u) = de::<UpstreamConfig>(v, &format!("upstreams.{name}"), &mut errors) {
+                            upstreams.insert(name, u);
+                        }
+                    }
+                }
+                _ => errors.push("upstreams: must be a table of named upstreams".into()),
+            },
+            "routes" => match value {
+                toml::Value::Array(a) => {
+                    for (i, v) in a.into_iter().enumerate() {
+                        routes.push(de::<RouteConfig>(v, &format!("routes[{i}]"), &mut errors));
+                    }
+                }
+                _ => errors.push("routes: must be an array of tables ([[routes]])".into()),
+            },
+            "pipelines" => match value {
+                toml::Value::Table(t) => {
+                    for (name, v) in t {
+                        if let Some(p) = pipeline_value(v, &format!("pipelines.{name}"), &mut errors) {
+                            inline.insert(name, p);
+                        }
+                    }
+                }
+                _ => errors.push("pipelines: must be a table of named pipelines".into()),
+            },
+            other => errors.push(format!("unknown top-level key `{other}`, expected one of `server`, `upstreams`, `routes`, `pipelines`")),
+        }
+    }
+
+    // Pipelines: built-in, then files, then inline; a later source overrides an earlier one.
+    let mut pipelines: BTreeMap<String, (PipelineDef, String)> = BTreeMap::new();
+    for (name, text) in BUILTIN_PIPELINES {
+        if let Some(p) = pipeline_table(text, &format!("built-in pipeline {name}"), &mut errors) {
+            pipelines.insert((*name).to_owned(), (p, "built-in".into()));
+        }
+    }
+    if let Some(dir) = pipelines_dir {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
+                let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
+                let place = format!("pipelines/{name}.toml");
+                match std::fs::read_to_string(&path) {
+                    Ok(t) => {
+                        if let Some(p) = pipeline_table(&t, &place, &mut errors) {
+                            pipelines.insert(name, (p, place));
+                        }
+                    }
+                    Err(e) => errors.push(format!("{place}: cannot read: {e}")),
+                }
+            }
+        }
+    }
+    for (name, p) in inline {
+        pipelines.insert(name.clone(), (p, format!("pipelines.{name}")));
+    }
+
+    // Server values that parse further.
+    if server.listen.parse::<SocketAddr>().is_err() {
+        errors.push(format!("server: listen: invalid address {:?} (expected host:port, e.g. 127.0.0.1:8001)", server.listen));
+    }
+    server.api_keys.retain(|k| !k.trim().is_empty());
+    for (name, u) in &mut upstreams {
+        match u.url.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+            _ => errors.push(format!("upstreams.{name}: url: invalid URL {:?} (expected http(s)://host:port/v1)", u.url)),
+        }
+        if u.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            u.api_key = None;
+        }
+    }
+    if upstreams.is_empty() {
+        errors.push("upstreams: at least one upstream is needed ([upstreams.default] url = \"http://…/v1\")".into());
+    }
+
+    // References between sections.
+    let mut seen_routes: Vec<(String, Vec<String>)> = Vec::new();
+    let routes: Vec<RouteConfig> = routes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let r = r?;
+            let at = format!("routes[{i}]");
+            if !upstreams.contains_key(&r.upstream) && !errors.iter().any(|e| e.starts_with(&format!("upstreams.{}", r.upstream))) {
+                errors.push(format!("{at}: upstream: unknown upstream `{}` (defined: {})", r.upstream, names(upstreams.keys())));
+            }
+            if !pipelines.contains_key(&r.pipeline) && !errors.iter().any(|e| e.starts_with(&format!("pipelines.{}", r.pipeline))) {
+                errors.push(format!("{at}: pipeline: unknown pipeline `{}` (defined: {})", r.pipeline, names(pipelines.keys())));
+            }
+            if !r.path.starts_with('/') {
+                errors.push(format!("{at}: path: must start with `/`"));
+            }
+            for m in &r.models {
+                if let Err(e) = globset::Glob::new(m) {
+                    errors.push(format!("{at}: models: invalid glob {m:?}: {e}"));
+                }
+            }
+            let key = (r.path.clone(), r.models.clone());
+            if let Some(j) = seen_routes.iter().position(|k| *k == key) {
+                errors.push(format!("{at}: duplicate route: same path and models as routes[{j}]"));
+            }
+            seen_routes.push(key);
+            Some(r)
+        })
+        .collect();
+
+    if errors.is_empty() {
+        Ok(Config { server, upstreams, routes, pipelines, source: None })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<_> = it.map(|s| format!("`{s}`")).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(t: &str) -> Result<Config, ConfigErrors> {
+        load_str(t, None, |_| None)
+    }
+
+    const OK: &str = r#"
+[upstreams.default]
+url = "http://127.0.0.1:8080/v1"
+[[routes]]
+path = "/v1/chat/completions"
+upstream = "default"
+pipeline = "main"
+[pipelines.main]
+stages = [{ type = "harmony-parse" }, { type = "sse-encode" }]
+"#;
+
+    #[test]
+    fn minimal_config_loads() {
+        let c = load_text(OK).unwrap();
+        assert_eq!(c.routes[0].models, ["*"]);
+        assert!(c.pipelines.contains_key("ide-tools"), "built-ins are always there");
+    }
+
+    #[test]
+    fn all_errors_with_places() {
+        let bad = r#"
+[server]
+listen = "nowhere"
+bogus = 1
+[upstreams.default]
+url = "ftp://x"
+[[routes]]
+path = "/v1/chat/completions"
+upstream = "nope"
+pipeline = "main"
+[pipelines.main]
+stages = [{ type = "harmony-parse", extra = 1 }, { type = "retry", backoff = "5x" }, { type = "nope" }]
+"#;
+        let e = load_text(bad).unwrap_err().0;
+        let all = e.join("\n");
+        assert!(all.contains("server: unknown field `bogus`"), "{all}");
+        assert!(all.contains("upstreams.default: url: invalid URL"), "{all}");
+        assert!(all.contains("routes[0]: upstream: unknown upstream `nope`"), "{all}");
+        assert!(all.contains("pipelines.main.stages[0] (harmony-parse): unknown field `extra`"), "{all}");
+        assert!(all.contains("pipelines.main.stages[1] (retry): backoff: invalid duration \"5x\""), "{all}");
+        assert!(all.contains("pipelines.main.stages[2] (nope): unknown variant `nope`"), "{all}");
+    }
+
+    #[test]
+    fn order_rules() {
+        let t = OK.replace(r#"{ type = "harmony-parse" }, { type = "sse-encode" }"#, r#"{ type = "sse-encode" }, { type = "harmony-parse" }"#);
+        let e = load_text(&t).unwrap_err().0.join("\n");
+        assert!(e.contains("pipelines.main: the last stage must be `sse-encode`"), "{e}");
+    }
+}

@@ -1,0 +1,238 @@
+//! The configuration: the typed model of `proxy.toml` (this file), loading with located
+//! errors ([`load`]), and `${VAR}` interpolation ([`env`]).
+//!
+//! Every section is deserialized on its own, so one bad stage does not hide the errors of
+//! the others: `check` reports them all at once, each with its place.
+
+pub mod env;
+pub mod load;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use harmony_filters::values::{Dur, Flag};
+use harmony_filters::StageSpec;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use load::{load, load_str, resolve_path, ConfigErrors};
+
+/// The whole file, as documented by `harmony-proxy schema`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Model servers by name; `default` (or the first) also receives forwarded `/v1/*` requests.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Matched in order; the first whose `path` and `models` match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Pipelines defined inline; they override `pipelines/NAME.toml` and the built-in ones.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineDef>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; `--host`/`--port` override it. Changing it needs a restart.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Larger request bodies are refused with 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Serve Prometheus metrics on `/metrics` (false: 404).
+    #[serde(default = "yes")]
+    pub metrics: Flag,
+    /// trace | debug | info | warn | error.
+    #[serde(default = "default_log_level")]
+    pub log_level: LogLevel,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// How long in-flight streams may go on after SIGTERM/SIGINT.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
+    /// Beyond this many requests in flight the proxy answers 503 with Retry-After.
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
+    /// Record each request's raw upstream stream into this directory (for `replay`).
+    #[serde(default)]
+    pub trace_dir: Option<PathBuf>,
+    /// When non-empty, `/v1/*` needs `Authorization: Bearer <one of these>`. Empty strings are ignored.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Serve HTTPS. Changing it needs a restart.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            metrics: yes(),
+            log_level: default_log_level(),
+            log_format: LogFormat::Text,
+            shutdown_grace: default_grace(),
+            max_concurrent_requests: None,
+            trace_dir: None,
+            api_keys: Vec::new(),
+            tls: None,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8001".into()
+}
+fn default_max_body() -> u64 {
+    8 << 20
+}
+fn yes() -> Flag {
+    Flag(true)
+}
+fn default_log_level() -> LogLevel {
+    LogLevel::Info
+}
+fn default_grace() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    // Case-insensitive: the Python proxy's LOG_LEVEL was usually written `INFO`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "trace" => Self::Trace,
+            "debug" => Self::Debug,
+            "info" => Self::Info,
+            "warn" | "warning" => Self::Warn,
+            "error" | "critical" => Self::Error,
+            _ => return Err(serde::de::Error::custom(format!("invalid log level {s:?} (trace|debug|info|warn|error)"))),
+        })
+    }
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL including `/v1`, e.g. `http://127.0.0.1:8080/v1`.
+    pub url: String,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// The longest silence between upstream bytes.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Dur,
+    /// Sent as `Authorization: Bearer` to this upstream (empty: none).
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// An extra PEM root certificate for an https upstream.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
+}
+fn default_read_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(120))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Exact request path, e.g. `/v1/chat/completions`.
+    pub path: String,
+    /// Globs on the request's `model` (`gpt-oss-*`); default `["*"]`.
+    #[serde(default = "any_model")]
+    pub models: Vec<String>,
+    pub upstream: String,
+    pub pipeline: String,
+}
+
+fn any_model() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineDef {
+    /// Ordered stages; `sse-encode` must be last.
+    pub stages: Vec<StageSpec>,
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Every pipeline that can be referenced, with where it came from.
+    pub pipelines: BTreeMap<String, (PipelineDef, String)>,
+    /// The file it came from (`None`: the embedded default).
+    pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// The upstream that receives forwarded `/v1/*` requests.
+    pub fn default_upstream(&self) -> Option<&str> {
+        if self.upstreams.contains_key("default") {
+            Some("default")
+        } else {
+            self.upstreams.keys().next().map(String::as_str)
+        }
+    }
+}
+
+/// The shipped `proxy.toml`, used when no file exists.
+pub const EMBEDDED_CONFIG: &str = include_str!("../../proxy.toml");
+
+/// The shipped `pipelines/*.toml`, always available by name.
+pub const BUILTIN_PIPELINES: &[(&str, &str)] = &[
+    ("harmony", include_str!("../../pipelines/harmony.toml")),
+    ("ide-tools", include_str!("../../pipelines/ide-tools.toml")),
+    ("text-tools", include_str!("../../pipelines/text-tools.toml")),
+    ("passthrough", include_str!("../../pipelines/passthrough.toml")),
+];

@@ -1,0 +1,389 @@
+//! The built-in simulated gpt-oss server, speaking llama.cpp's framing (raw Harmony in
+//! `delta.content`, one SSE event per delta, `timings`, a finish chunk, a usage chunk,
+//! `[DONE]`). Used by `demo`, the end-to-end tests and the SDK conformance suite.
+//!
+//! What it answers is scripted by the last user message:
+//! - `scenario:NAME` picks a built-in script (`hello`, `weather`, `two-tools`, `slow`);
+//! - a JSON object `{"mock": {…}}` is a script of its own (see [`Script`]);
+//! - anything else gets `hello`.
+//!
+//! Scripts can fail on purpose (per attempt, counted by `key`): answer a status, close before
+//! answering, cut or stall the stream, send an in-band error, end without `[DONE]`.
+//! `GET /mock/stats` tells how many requests came and how many streams the client cancelled.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::upstream::BoxError;
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+#[derive(Default)]
+pub struct MockState {
+    pub requests: AtomicU64,
+    pub completed: AtomicU64,
+    pub cancelled: AtomicU64,
+    attempts: Mutex<HashMap<String, u32>>,
+    last_request: Mutex<Value>,
+}
+
+/// One failure, for one attempt.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Answer this HTTP status with an error body.
+    pub status: Option<u16>,
+    pub retry_after: Option<u64>,
+    /// Close the connection without answering.
+    #[serde(default)]
+    pub close: bool,
+    /// After this many deltas: drop the connection mid-body.
+    pub cut_after: Option<usize>,
+    /// After this many deltas: send nothing more, keep the connection open.
+    pub stall_after: Option<usize>,
+    /// After this many deltas: send an in-band `data: {"error":…}` and close, no `[DONE]`.
+    pub error_after: Option<usize>,
+    /// After this many deltas: end the body cleanly with no finish and no `[DONE]`.
+    pub truncate_after: Option<usize>,
+    /// After this many deltas: send a chunk that is not JSON.
+    pub invalid_after: Option<usize>,
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Script {
+    /// Deltas: a string is `{"content": s}`; an object is sent as the delta itself.
+    #[serde(default)]
+    pub deltas: Vec<Value>,
+    /// Raw model output, split the way llama.cpp streams it (one token-ish piece per delta).
+    pub text: Option<String>,
+    /// `null`: no finish chunk.
+    #[serde(default = "stop")]
+    pub finish: Option<String>,
+    #[serde(default = "yes")]
+    pub done: bool,
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Counts attempts across requests, for `faults`.
+    pub key: Option<String>,
+    /// `faults[n]` applies to attempt n of this key.
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+    /// Answer one non-streamed `chat.completion` JSON even when asked to stream.
+    #[serde(default)]
+    pub json: bool,
+}
+
+fn stop() -> Option<String> {
+    Some("stop".into())
+}
+fn yes() -> bool {
+    true
+}
+
+impl Script {
+    fn from_text(text: &str) -> Self {
+        Script { deltas: Vec::new(), text: Some(text.into()), finish: stop(), done: true, delay_ms: 0, key: None, faults: Vec::new(), json: false }
+    }
+}
+
+/// A built-in scenario.
+pub fn scenario(name: &str) -> Option<Script> {
+    Some(match name {
+        "hello" => Script::from_text(
+            "<|channel|>analysis<|message|>The user says hello. Reply briefly and warmly.<|end|><|start|>assistant<|channel|>final<|message|>Hello! How can I help you today?",
+        ),
+        "weather" => Script::from_text(
+            "<|channel|>analysis<|message|>Need the weather tool for Paris.<|end|><|start|>assistant<|channel|>commentary<|message|>I'll check the weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\",\"unit\":\"celsius\"}",
+        ),
+        "two-tools" => Script::from_text(
+            "<|channel|>analysis<|message|>Read both files.<|end|><|start|>assistant<|channel|>commentary to=functions.read_file <|constrain|>json<|message|>{\"path\":\"a.txt\"}<|call|><|start|>assistant to=functions.read_file<|channel|>commentary json<|message|>{\"path\":\"b.txt\"}",
+        ),
+        "slow" => {
+            let mut s = scenario("hello")?;
+            s.delay_ms = 100;
+            s
+        }
+        _ => return None,
+    })
+}
+
+/// Splits model output like llama.cpp streams it: every special token alone, words with
+/// their leading space.
+pub fn llama_pieces(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    harmony_filters::markup::split(text, true, |p| match p {
+        harmony_filters::markup::Piece::Special(s) => out.push(s.literal().to_owned()),
+        harmony_filters::markup::Piece::Text(t) => {
+            let mut cur = String::new();
+            for c in t.chars() {
+                if (c == ' ' || c == '\n') && !cur.trim().is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                cur.push(c);
+            }
+            if !cur.is_empty() {
+                out.push(cur);
+            }
+        }
+    });
+    out
+}
+
+fn script_for(req: &Value) -> Script {
+    let last_user = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")))
+        .and_then(|m| match m.get("content") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(parts)) => parts.iter().find_map(|p| p.get("text").and_then(Value::as_str)).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default();
+    if let Some(name) = last_user.trim().strip_prefix("scenario:") {
+        if let Some(s) = scenario(name.trim()) {
+            return s;
+        }
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(&last_user) {
+        if let Some(m) = v.get("mock") {
+            match serde_json::from_value::<Script>(m.clone()) {
+                Ok(s) => return s,
+                Err(e) => return Script::from_text(&format!("<|channel|>final<|message|>mock script error: {e}")),
+            }
+        }
+    }
+    scenario("hello").unwrap_or_else(|| Script::from_text("Hello"))
+}
+
+fn chunk(delta: &Value, finish: Option<&str>) -> Bytes {
+    let c = json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": "gpt-oss-20b",
+        "system_fingerprint": "b6000-mock",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "timings": {"predicted_n": 1, "predicted_ms": 1.0},
+    });
+    Bytes::from(format!("data: {c}\n\n"))
+}
+
+fn full_body(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+fn json_resp(status: u16, v: &Value) -> Response<Body> {
+    let mut r = Response::new(full_body(v.to_string()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().expect("static"));
+    r
+}
+
+/// Serves the mock on `listener` until the process ends.
+pub async fn run(listener: TcpListener, state: Arc<MockState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(state.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+#[derive(Debug)]
+struct CloseConnection;
+impl std::fmt::Display for CloseConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mock closes the connection")
+    }
+}
+impl std::error::Error for CloseConnection {}
+
+async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Body>, CloseConnection> {
+    let path = req.uri().path().to_owned();
+    match (req.method().as_str(), path.as_str()) {
+        ("GET", "/v1/models") => Ok(json_resp(200, &json!({"object": "list", "data": [{"id": "gpt-oss-20b", "object": "model", "owned_by": "mock"}]}))),
+        ("GET", "/mock/stats") => Ok(json_resp(
+            200,
+            &json!({
+                "requests": state.requests.load(Ordering::SeqCst),
+                "completed": state.completed.load(Ordering::SeqCst),
+                "cancelled": state.cancelled.load(Ordering::SeqCst),
+                "attempts": *state.attempts.lock().unwrap_or_else(|e| e.into_inner()),
+                "last_request": *state.last_request.lock().unwrap_or_else(|e| e.into_inner()),
+            }),
+        )),
+        ("POST", "/v1/chat/completions") => {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return Ok(json_resp(400, &json!({"error": {"message": "invalid JSON", "type": "invalid_request_error"}})));
+            };
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            *state.last_request.lock().unwrap_or_else(|e| e.into_inner()) = v.clone();
+            chat(state, v).await
+        }
+        (_, p) if p.starts_with("/v1/") => {
+            // Echo: the method, path, query and body, streamed back as they arrive.
+            let head = json!({"method": req.method().as_str(), "path": p, "query": req.uri().query()}).to_string();
+            let ct = req.headers().get(header::CONTENT_TYPE).cloned();
+            let body = req.into_body().map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+            let mut r = Response::new(ChainBody { first: Some(full_body(head + "\n")), second: body }.boxed_unsync());
+            if let Some(ct) = ct {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            r.headers_mut().insert("x-mock-echo", "1".parse().expect("static"));
+            Ok(r)
+        }
+        _ => Ok(json_resp(404, &json!({"error": {"message": "not found", "type": "invalid_request_error"}}))),
+    }
+}
+
+/// Two bodies, one after the other.
+struct ChainBody {
+    first: Option<Body>,
+    second: Body,
+}
+
+impl http_body::Body for ChainBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(f) = self.first.as_mut() {
+            match std::pin::Pin::new(f).poll_frame(cx) {
+                std::task::Poll::Ready(None) => self.first = None,
+                other => return other,
+            }
+        }
+        std::pin::Pin::new(&mut self.second).poll_frame(cx)
+    }
+}
+
+async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, CloseConnection> {
+    let script = script_for(&req);
+    let attempt = match &script.key {
+        Some(k) => {
+            let mut a = state.attempts.lock().unwrap_or_else(|e| e.into_inner());
+            let n = a.entry(k.clone()).or_insert(0);
+            *n += 1;
+            *n - 1
+        }
+        None => 0,
+    };
+    let fault = script.faults.get(attempt as usize).cloned().unwrap_or_default();
+    if fault.close {
+        return Err(CloseConnection);
+    }
+    if let Some(status) = fault.status {
+        let mut r = json_resp(status, &json!({"error": {"message": format!("mock failure {status}"), "type": "server_error", "code": status}}));
+        if let Some(ra) = fault.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, ra.into());
+        }
+        return Ok(r);
+    }
+    let mut deltas: Vec<Value> = script.deltas.iter().map(|d| if d.is_string() { json!({"content": d}) } else { d.clone() }).collect();
+    if let Some(t) = &script.text {
+        deltas.extend(llama_pieces(t).into_iter().map(|p| json!({"content": p})));
+    }
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let usage = json!({"prompt_tokens": 12, "completion_tokens": deltas.len(), "total_tokens": 12 + deltas.len()});
+    if script.json || !stream {
+        let content: String = deltas.iter().filter_map(|d| d.get("content").and_then(Value::as_str)).collect();
+        state.completed.fetch_add(1, Ordering::SeqCst);
+        return Ok(json_resp(
+            200,
+            &json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-oss-20b",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": script.finish}],
+                    "usage": usage}),
+        ));
+    }
+    let include_usage = req.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    tokio::spawn(async move {
+        let delay = Duration::from_millis(script.delay_ms);
+        // Sends one frame; false when the client has gone (the stream was cancelled).
+        let send = |b: Bytes| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(Frame::data(b))).await.is_ok() }
+        };
+        let cancelled = || {
+            state.cancelled.fetch_add(1, Ordering::SeqCst);
+        };
+        if !send(chunk(&json!({"role": "assistant", "content": null}), None)).await {
+            return cancelled();
+        }
+        for (i, d) in deltas.iter().enumerate() {
+            if fault.cut_after == Some(i) {
+                let _ = tx.send(Err(Box::new(CloseConnection))).await;
+                return;
+            }
+            if fault.stall_after == Some(i) {
+                tx.closed().await;
+                return cancelled();
+            }
+            if fault.error_after == Some(i) {
+                let _ = send(Bytes::from("data: {\"error\":{\"code\":500,\"message\":\"mock in-band failure\",\"type\":\"server_error\"}}\n\n")).await;
+                return;
+            }
+            if fault.truncate_after == Some(i) {
+                return;
+            }
+            if fault.invalid_after == Some(i) {
+                let _ = send(Bytes::from("data: {\"choices\": [{\"delta\": \n\n")).await;
+                continue;
+            }
+            if !delay.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = tx.closed() => return cancelled(),
+                }
+            }
+            if !send(chunk(d, None)).await {
+                return cancelled();
+            }
+        }
+        if let Some(f) = &script.finish {
+            if !send(chunk(&json!({}), Some(f))).await {
+                return cancelled();
+            }
+        }
+        if include_usage {
+            let u = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-oss-20b", "choices": [], "usage": usage});
+            let _ = send(Bytes::from(format!("data: {u}\n\n"))).await;
+        }
+        if script.done {
+            let _ = send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        }
+        state.completed.fetch_add(1, Ordering::SeqCst);
+    });
+    let body = StreamBody::new(ReceiverStream(rx)).boxed_unsync();
+    let mut r = Response::new(body);
+    r.headers_mut().insert(header::CONTENT_TYPE, "text/event-stream".parse().expect("static"));
+    Ok(r)
+}
+
+struct ReceiverStream(mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);
+
+impl futures_core::Stream for ReceiverStream {
+    type Item = Result<Frame<Bytes>, BoxError>;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+

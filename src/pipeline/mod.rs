@@ -1,0 +1,114 @@
+//! A config generation made ready to serve: pipelines compiled to factories, upstream
+//! clients built, route globs compiled. Built in full before it is swapped in, so a request
+//! always sees one consistent generation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use harmony_filters::Compiled;
+use openai_harmony::HarmonyEncoding;
+
+use crate::config::{Config, ConfigErrors};
+use crate::upstream::Upstream;
+
+pub struct Route {
+    /// `routes[i]`, plus the pipeline name: the `route` metric label.
+    pub label: String,
+    pub path: String,
+    models: GlobSet,
+    pub upstream: Arc<Upstream>,
+    pub pipeline: Arc<Compiled>,
+    pub pipeline_name: String,
+}
+
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Config,
+    pub routes: Vec<Route>,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub default_upstream: Arc<Upstream>,
+    pub pipelines: BTreeMap<String, Arc<Compiled>>,
+}
+
+pub enum RouteMatch<'a> {
+    Found(&'a Route),
+    /// Some route has this path, none this model.
+    NoModel,
+    /// No route has this path.
+    NoPath,
+}
+
+impl Snapshot {
+    pub fn build(config: Config, enc: &HarmonyEncoding, generation: u64) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut upstreams = BTreeMap::new();
+        for (name, u) in &config.upstreams {
+            match Upstream::new(name, u) {
+                Ok(u) => {
+                    upstreams.insert(name.clone(), Arc::new(u));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let pipelines: BTreeMap<String, Arc<Compiled>> = config
+            .pipelines
+            .iter()
+            .map(|(name, (def, _))| (name.clone(), Arc::new(harmony_filters::compile(&def.stages, enc))))
+            .collect();
+        let mut routes = Vec::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            let mut set = GlobSetBuilder::new();
+            for m in &r.models {
+                match Glob::new(m) {
+                    Ok(g) => {
+                        set.add(g);
+                    }
+                    Err(e) => errors.push(format!("routes[{i}]: models: {e}")),
+                }
+            }
+            let (Ok(models), Some(upstream), Some(pipeline)) = (set.build(), upstreams.get(&r.upstream), pipelines.get(&r.pipeline)) else {
+                continue; // reported above or by load
+            };
+            routes.push(Route {
+                label: format!("routes[{i}]:{}", r.pipeline),
+                path: r.path.clone(),
+                models,
+                upstream: upstream.clone(),
+                pipeline: pipeline.clone(),
+                pipeline_name: r.pipeline.clone(),
+            });
+        }
+        let default_upstream = config.default_upstream().and_then(|n| upstreams.get(n)).cloned();
+        match default_upstream {
+            Some(default_upstream) if errors.is_empty() => Ok(Self { generation, config, routes, upstreams, default_upstream, pipelines }),
+            _ => {
+                if errors.is_empty() {
+                    errors.push("upstreams: at least one upstream is needed".into());
+                }
+                Err(ConfigErrors(errors))
+            }
+        }
+    }
+
+    pub fn route(&self, path: &str, model: &str) -> RouteMatch<'_> {
+        let mut path_seen = false;
+        for r in &self.routes {
+            if r.path == path {
+                path_seen = true;
+                if r.models.is_match(model) {
+                    return RouteMatch::Found(r);
+                }
+            }
+        }
+        if path_seen {
+            RouteMatch::NoModel
+        } else {
+            RouteMatch::NoPath
+        }
+    }
+
+    pub fn has_route_path(&self, path: &str) -> bool {
+        self.routes.iter().any(|r| r.path == path)
+    }
+}

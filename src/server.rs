@@ -1,0 +1,387 @@
+//! The HTTP server: accept loop, routing, and the handlers.
+//!
+//! A request takes one config snapshot when it starts and keeps it to its end, so a reload
+//! never changes a response in flight.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use harmony_filters::{ApiError, RequestMeta};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use openai_harmony::HarmonyEncoding;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use crate::body::{PipelineBody, Summary};
+use crate::metrics::Metrics;
+use crate::pipeline::{RouteMatch, Snapshot};
+use crate::upstream::{BoxError, Call, Outcome};
+
+pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub struct AppState {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    pub prometheus: Option<PrometheusHandle>,
+    pub encoding: HarmonyEncoding,
+    pub inflight: Arc<AtomicUsize>,
+}
+
+/// Counts a request in flight until dropped (with the response body, for streams).
+pub struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn body_of(b: impl Into<Bytes>) -> RespBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+fn json_response(status: u16, v: &Value) -> Response<RespBody> {
+    let mut r = Response::new(body_of(serde_json::to_vec(v).unwrap_or_default()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn error_response(e: &ApiError) -> Response<RespBody> {
+    json_response(e.status, &e.to_json())
+}
+
+fn err(status: u16, kind: &'static str, code: Option<&'static str>, msg: impl Into<String>) -> Response<RespBody> {
+    error_response(&ApiError::new(status, kind, code, msg))
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight connections finish for `grace`.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: impl Fn() -> Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let svc = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+        });
+        let builder = {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+            b
+        };
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = fut.await;
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
+                            let _ = watcher.watch(conn).await;
+                        }
+                        _ => tracing::debug!(%peer, "TLS handshake failed"),
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    let grace = grace();
+    tracing::info!(grace_s = grace.as_secs_f64(), "shutting down: letting in-flight requests finish");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("shutdown grace ran out; closing remaining connections");
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| harmony_filters::stage::random_id("req_", 20))
+}
+
+async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr) -> Response<RespBody> {
+    let rid = request_id(req.headers());
+    let snap = state.snapshot.load_full();
+    let mut resp = dispatch(&state, snap, req, &rid).await;
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>, rid: &str) -> Response<RespBody> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => return json_response(200, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => return readyz(&snap).await,
+        (&Method::GET, "/metrics") => {
+            return match (&state.prometheus, snap.config.server.metrics.0) {
+                (Some(h), true) => {
+                    let mut r = Response::new(body_of(h.render()));
+                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                    r
+                }
+                _ => err(404, "invalid_request_error", Some("not_found"), "metrics are disabled"),
+            };
+        }
+        (_, "/healthz" | "/readyz" | "/metrics") => return err(405, "invalid_request_error", Some("method_not_allowed"), "use GET"),
+        _ => {}
+    }
+    if !path.starts_with("/v1/") {
+        return err(404, "invalid_request_error", Some("not_found"), format!("no such endpoint: {path}"));
+    }
+    let keys = &snap.config.server.api_keys;
+    if !keys.is_empty() {
+        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| keys.iter().any(|k| constant_time_eq(k.as_bytes(), g.trim().as_bytes()))) {
+            return err(401, "invalid_request_error", Some("invalid_api_key"), "missing or invalid API key (Authorization: Bearer …)");
+        }
+    }
+    let _guard = match admit(state, &snap) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    if snap.has_route_path(&path) {
+        if req.method() != Method::POST {
+            return err(405, "invalid_request_error", Some("method_not_allowed"), format!("{path} takes POST"));
+        }
+        return chat(state, snap.clone(), req, rid, _guard).await;
+    }
+    forward(&snap, req, rid).await
+}
+
+/// The concurrency limit: a guard while under it, a 503 beyond it.
+fn admit(state: &Arc<AppState>, snap: &Snapshot) -> Result<InflightGuard, Response<RespBody>> {
+    let n = state.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+    let guard = InflightGuard(state.inflight.clone());
+    if let Some(max) = snap.config.server.max_concurrent_requests {
+        if n > max {
+            let mut r = err(503, "server_error", Some("overloaded"), format!("more than {max} requests in flight; retry shortly"));
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Err(r);
+        }
+    }
+    Ok(guard)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a request body up to `max` bytes.
+async fn read_body(body: Incoming, max: u64) -> Result<Bytes, Response<RespBody>> {
+    match Limited::new(body, max.min(usize::MAX as u64) as usize).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(err(413, "invalid_request_error", Some("request_too_large"), format!("request body is larger than {max} bytes")))
+        }
+        Err(e) => Err(err(400, "invalid_request_error", Some("bad_request"), format!("cannot read request body: {e}"))),
+    }
+}
+
+/// `POST` on a routed path: the request phase, the upstream call, the response pipeline.
+async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>, rid: &str, guard: InflightGuard) -> Response<RespBody> {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    let raw = match read_body(req.into_body(), snap.config.server.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut body: Value = match serde_json::from_slice(&raw) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return err(400, "invalid_request_error", Some("invalid_json"), "request body must be a JSON object"),
+        Err(e) => return err(400, "invalid_request_error", Some("invalid_json"), format!("request body is not valid JSON: {e}")),
+    };
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
+    let route = match snap.route(&path, &model) {
+        RouteMatch::Found(r) => r,
+        _ => return err(404, "invalid_request_error", Some("model_not_found"), format!("no route for model {model:?} on {path}")),
+    };
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let mut meta = RequestMeta::new(&model, stream, include_usage);
+    meta.request_id = rid.to_owned();
+    state.metrics.request(&route.label, route.pipeline.mode, stream);
+
+    let mut chain = route.pipeline.new_chain(&meta);
+    chain.on_request(&mut body);
+    // Upstream always streams (retry, watchdog and true streaming need it); usage is always
+    // asked for, and shown to the client only when it asked.
+    body["stream"] = Value::Bool(true);
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    let call = Arc::new(Call {
+        upstream: route.upstream.clone(),
+        body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+        policy: route.pipeline.retry,
+        request_id: rid.to_owned(),
+        metrics: state.metrics.clone(),
+    });
+    let (outcome, retries) = call.clone().run(0, None).await;
+    let resp = match outcome {
+        Outcome::Stream(r) => r,
+        Outcome::Passthrough(r) => return passthrough(r),
+        Outcome::Failed(e) => {
+            tracing::warn!(request_id = rid, route = %route.label, model = %model, status = e.status, attempts = retries + 1, error = %e.message, "request");
+            return error_response(&e);
+        }
+    };
+    let summary = Summary { route: route.label.clone(), mode: route.pipeline.mode, model, started };
+    let trace_dir = snap.config.server.trace_dir.clone();
+    let mut pbody = PipelineBody::new(resp, chain, route.pipeline.clone(), meta, call, retries, summary, trace_dir, Some(guard));
+    if stream {
+        let mut r = Response::new(pbody.map_err(|e| match e {}).boxed_unsync());
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return r;
+    }
+    // Not streamed: run the pipeline to its end here, so a failure can still be a status.
+    let mut bytes = Vec::new();
+    while let Some(frame) = pbody.frame().await {
+        if let Ok(Ok(data)) = frame.map(|f| f.into_data()) {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    let status = pbody.error().map(|e| e.status).unwrap_or(200);
+    let mut r = Response::new(body_of(bytes));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// An upstream answer the client should see as is (status, content type, body streamed).
+fn passthrough(up: Response<Incoming>) -> Response<RespBody> {
+    let (parts, body) = up.into_parts();
+    let mut r = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+    *r.status_mut() = parts.status;
+    for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            r.headers_mut().insert(name, v.clone());
+        }
+    }
+    r
+}
+
+const HOP_BY_HOP: [&str; 9] = ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host"];
+
+/// Any other `/v1/*`: to the default upstream untouched, bodies streamed both ways.
+async fn forward(snap: &Snapshot, req: Request<Incoming>, rid: &str) -> Response<RespBody> {
+    let up = snap.default_upstream.clone();
+    let (parts, body) = req.into_parts();
+    let after_v1 = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/").strip_prefix("/v1").unwrap_or("/").to_owned();
+    let uri = match up.uri_for(&after_v1) {
+        Ok(u) => u,
+        Err(e) => return error_response(&e),
+    };
+    let max = snap.config.server.max_body_bytes as usize;
+    let body = Limited::new(body, max).map_err(|e| e as BoxError).boxed_unsync();
+    let mut out = Request::new(body);
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    for (k, v) in &parts.headers {
+        if !HOP_BY_HOP.contains(&k.as_str()) && !(k == header::AUTHORIZATION && !snap.config.server.api_keys.is_empty()) {
+            out.headers_mut().append(k, v.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(rid) {
+        out.headers_mut().insert("x-request-id", v);
+    }
+    match up.send(out).await {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            let mut r = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+            *r.status_mut() = parts.status;
+            for (k, v) in &parts.headers {
+                if !HOP_BY_HOP.contains(&k.as_str()) && k != header::CONTENT_LENGTH {
+                    r.headers_mut().append(k, v.clone());
+                }
+            }
+            r
+        }
+        Err(e) => error_response(&e.error),
+    }
+}
+
+/// 200 when every upstream answers `GET {url}/models` (401/403 count as reachable).
+async fn readyz(snap: &Snapshot) -> Response<RespBody> {
+    let mut all = true;
+    let mut report = serde_json::Map::new();
+    for (name, up) in &snap.upstreams {
+        let mut result = up.probe().await;
+        if result.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            result = up.probe().await;
+        }
+        let entry = match result {
+            Ok(s) if (200..300).contains(&s) || s == 401 || s == 403 => serde_json::json!({"ready": true, "status": s}),
+            Ok(s) => {
+                all = false;
+                serde_json::json!({"ready": false, "status": s})
+            }
+            Err(e) => {
+                all = false;
+                serde_json::json!({"ready": false, "error": e})
+            }
+        };
+        report.insert(name.clone(), entry);
+    }
+    json_response(if all { 200 } else { 503 }, &serde_json::json!({"status": if all {"ready"} else {"not_ready"}, "upstreams": report}))
+}
+
+/// Builds a TLS acceptor from PEM files.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let certs = rustls_pemfile::certs(&mut std::fs::read(cert).map_err(|e| format!("server.tls.cert: {e}"))?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("server.tls.cert: {e}"))?;
+    let key = rustls_pemfile::private_key(&mut std::fs::read(key).map_err(|e| format!("server.tls.key: {e}"))?.as_slice())
+        .map_err(|e| format!("server.tls.key: {e}"))?
+        .ok_or("server.tls.key: no private key found")?;
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("server.tls: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+

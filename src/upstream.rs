@@ -1,0 +1,219 @@
+//! Talking to a model server: one pooled HTTP(S) client per upstream per config generation,
+//! and the call with its retry policy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use harmony_filters::stages::retry::{is_retryable_status, parse_retry_after, RetryPolicy};
+use harmony_filters::ApiError;
+use http::{header, HeaderValue, Request, Response, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub struct Upstream {
+    pub name: String,
+    /// The base URL without a trailing `/`, e.g. `http://127.0.0.1:8080/v1`.
+    pub base: String,
+    pub read_timeout: Duration,
+    auth: Option<HeaderValue>,
+    client: Client<HttpsConnector<HttpConnector>, ReqBody>,
+}
+
+/// Why a call failed without an HTTP answer.
+#[derive(Debug)]
+pub struct CallError {
+    /// `connect`, `timeout`, `reset`, `status`, `protocol` (the metric label).
+    pub kind: &'static str,
+    pub error: ApiError,
+    pub retryable: bool,
+}
+
+pub fn full(b: Bytes) -> ReqBody {
+    Full::new(b).map_err(|e| match e {}).boxed_unsync()
+}
+
+impl Upstream {
+    pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("upstreams.{name}: ca_file: cannot read {}: {e}", ca.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("upstreams.{name}: ca_file: invalid PEM: {e}"))?;
+                roots.add(cert).map_err(|e| format!("upstreams.{name}: ca_file: {e}"))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("upstreams.{name}: tls: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout.0));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
+        let auth = cfg
+            .api_key
+            .as_deref()
+            .map(|k| HeaderValue::from_str(&format!("Bearer {k}")))
+            .transpose()
+            .map_err(|_| format!("upstreams.{name}: api_key: not a valid header value"))?;
+        Ok(Self { name: name.to_owned(), base: cfg.url.trim_end_matches('/').to_owned(), read_timeout: cfg.read_timeout.0, auth, client })
+    }
+
+    /// `base` + the part of a proxy path after `/v1` (+ query).
+    pub fn uri_for(&self, path_after_v1: &str) -> Result<Uri, ApiError> {
+        format!("{}{}", self.base, path_after_v1)
+            .parse()
+            .map_err(|_| ApiError::new(400, "invalid_request_error", None, "request path cannot be forwarded"))
+    }
+
+    /// Sends a request; waits at most `read_timeout` for the response head.
+    pub async fn send(&self, mut req: Request<ReqBody>) -> Result<Response<Incoming>, CallError> {
+        if let Some(a) = &self.auth {
+            req.headers_mut().insert(header::AUTHORIZATION, a.clone());
+        }
+        match tokio::time::timeout(self.read_timeout, self.client.request(req)).await {
+            Err(_) => Err(CallError {
+                kind: "timeout",
+                error: ApiError::new(504, "upstream_error", Some("upstream_timeout"), format!("upstream {} did not answer within {:?}", self.name, self.read_timeout)),
+                retryable: true,
+            }),
+            Ok(Err(e)) if e.is_connect() => Err(CallError {
+                kind: "connect",
+                error: ApiError::new(502, "upstream_error", Some("upstream_unreachable"), format!("upstream {} is unreachable: {}", self.name, error_chain(&e))),
+                retryable: true,
+            }),
+            Ok(Err(e)) => Err(CallError {
+                kind: "reset",
+                error: ApiError::new(502, "upstream_error", Some("upstream_error"), format!("upstream {} failed: {}", self.name, error_chain(&e))),
+                retryable: true,
+            }),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// `POST {base}/chat/completions` with a JSON body, asking for SSE.
+    pub async fn post_chat(&self, body: Bytes, request_id: &str) -> Result<Response<Incoming>, CallError> {
+        let mut req = Request::post(format!("{}/chat/completions", self.base))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "text/event-stream")
+            .body(full(body))
+            .map_err(|e| CallError { kind: "protocol", error: ApiError::upstream(format!("cannot build upstream request: {e}")), retryable: false })?;
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            req.headers_mut().insert("x-request-id", v);
+        }
+        self.send(req).await
+    }
+
+    /// `GET {base}/models` for readiness: reachable when it answers at all with 2xx/401/403.
+    pub async fn probe(&self) -> Result<u16, String> {
+        let req = Request::get(format!("{}/models", self.base)).body(full(Bytes::new())).map_err(|e| e.to_string())?;
+        let fut = self.send(req);
+        match tokio::time::timeout(Duration::from_secs(3), fut).await {
+            Ok(Ok(r)) => Ok(r.status().as_u16()),
+            Ok(Err(e)) => Err(e.error.message),
+            Err(_) => Err("no answer within 3s".into()),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// What a call with retries came to.
+pub enum Outcome {
+    /// A 2xx response to stream from.
+    Stream(Response<Incoming>),
+    /// A 4xx the client should see as is.
+    Passthrough(Response<Incoming>),
+    Failed(ApiError),
+}
+
+/// One upstream call of a pipeline request, re-runnable for retries.
+pub struct Call {
+    pub upstream: Arc<Upstream>,
+    pub body: Bytes,
+    pub policy: RetryPolicy,
+    pub request_id: String,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Call {
+    /// Calls the upstream, retrying what is retryable; `retries` counts retries already used
+    /// by this request and is updated. With `wait_first`, backs off before the first try.
+    pub async fn run(self: Arc<Self>, mut retries: u32, wait_first: Option<std::time::Duration>) -> (Outcome, u32) {
+        let mut wait = wait_first;
+        loop {
+            if let Some(w) = wait.take() {
+                tokio::time::sleep(w).await;
+            }
+            let (failure, retry_after) = match self.upstream.post_chat(self.body.clone(), &self.request_id).await {
+                Ok(resp) if resp.status().is_success() => return (Outcome::Stream(resp), retries),
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+                    self.metrics.upstream_error("status");
+                    if !(is_retryable_status(status) && retries < self.policy.max_retries) {
+                        if (400..500).contains(&status) {
+                            return (Outcome::Passthrough(resp), retries);
+                        }
+                        let msg = format!("upstream {} answered HTTP {status}{}", self.upstream.name, excerpt(resp).await);
+                        return (Outcome::Failed(ApiError::new(502, "upstream_error", Some("upstream_error"), msg)), retries);
+                    }
+                    (None, retry_after)
+                }
+                Err(e) => {
+                    self.metrics.upstream_error(e.kind);
+                    if !(e.retryable && retries < self.policy.max_retries) {
+                        return (Outcome::Failed(e.error), retries);
+                    }
+                    (Some(e), None)
+                }
+            };
+            drop(failure);
+            wait = Some(self.policy.delay(retries, retry_after));
+            retries += 1;
+            self.metrics.upstream_retries.increment(1);
+        }
+    }
+}
+
+/// `: <first 300 bytes of the body>` when it can be read quickly.
+async fn excerpt(resp: Response<Incoming>) -> String {
+    let read = tokio::time::timeout(Duration::from_secs(2), http_body_util::Limited::new(resp.into_body(), 64 << 10).collect()).await;
+    match read {
+        Ok(Ok(b)) => {
+            let b = b.to_bytes();
+            let s = String::from_utf8_lossy(&b[..b.len().min(300)]).trim().to_owned();
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!(": {s}")
+            }
+        }
+        _ => String::new(),
+    }
+}
