@@ -85,3 +85,185 @@ pub fn llama_sse(deltas: &[&str], finish: &str) -> Vec<u8> {
     body.extend_from_slice(format!("data: {fin}\n\ndata: [DONE]\n\n").as_bytes());
     body
 }
+
+/// What a client assembles from a response, after checking the client contract.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assembled {
+    pub content: String,
+    pub reasoning: String,
+    /// (id, name, arguments) in index order.
+    pub tool_calls: Vec<(String, String, String)>,
+    pub finish: String,
+    pub usage: Option<String>,
+    pub error: Option<String>,
+}
+
+fn no_markup(what: &str, s: &str) -> Result<(), String> {
+    if crate::markup::has_markup(s) {
+        return Err(format!("markup in {what}: {s:?}"));
+    }
+    Ok(())
+}
+
+/// Parses an SSE response and checks DESIGN.md §3: role chunk first, one id/created, content
+/// and tool_calls never in one chunk, tool calls announced with id+type+name before arguments,
+/// exactly one finish chunk (or one error event), usage after finish, exactly one final
+/// `[DONE]`, no markup anywhere.
+pub fn assemble_sse(body: &[u8]) -> Result<Assembled, String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+    if !text.ends_with("data: [DONE]\n\n") {
+        return Err(format!("does not end with one [DONE]: …{:?}", &text[text.len().saturating_sub(80)..]));
+    }
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    let mut a = Assembled::default();
+    let mut id: Option<String> = None;
+    let mut created: Option<u64> = None;
+    let mut seen_role = false;
+    let mut finishes = 0;
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    for (i, ev) in events.iter().enumerate() {
+        let data = ev.strip_prefix("data: ").ok_or_else(|| format!("event without data: {ev:?}"))?;
+        if data == "[DONE]" {
+            if i != events.len() - 1 {
+                return Err("[DONE] before the end".into());
+            }
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).map_err(|e| format!("invalid JSON {data:?}: {e}"))?;
+        if let Some(err) = v.get("error") {
+            let msg = err.get("message").and_then(|m| m.as_str()).ok_or("error without message")?;
+            a.error = Some(msg.to_owned());
+            continue;
+        }
+        if a.error.is_some() {
+            return Err("chunk after an error event".into());
+        }
+        let this_id = v["id"].as_str().ok_or("chunk without id")?.to_owned();
+        if *id.get_or_insert_with(|| this_id.clone()) != this_id {
+            return Err("id changed within the response".into());
+        }
+        let this_created = v["created"].as_u64().ok_or("chunk without created")?;
+        if *created.get_or_insert(this_created) != this_created {
+            return Err("created changed within the response".into());
+        }
+        if v["object"] != "chat.completion.chunk" {
+            return Err(format!("object is {}", v["object"]));
+        }
+        let choices = v["choices"].as_array().ok_or("no choices array")?;
+        if choices.is_empty() {
+            if finishes != 1 {
+                return Err("usage chunk before the finish chunk".into());
+            }
+            a.usage = Some(v["usage"].to_string());
+            continue;
+        }
+        let c = &choices[0];
+        let d = &c["delta"];
+        if !seen_role {
+            if d["role"] != "assistant" {
+                return Err(format!("first chunk is not the role chunk: {data}"));
+            }
+            seen_role = true;
+        } else if d.get("role").is_some() {
+            return Err("role sent twice".into());
+        }
+        if finishes > 0 {
+            return Err("chunk after the finish chunk".into());
+        }
+        let has_content = d.get("content").and_then(|c| c.as_str()).is_some_and(|c| !c.is_empty());
+        if has_content && d.get("tool_calls").is_some() {
+            return Err("content and tool_calls in one chunk".into());
+        }
+        if let Some(t) = d.get("content").and_then(|c| c.as_str()) {
+            no_markup("content", t)?;
+            a.content.push_str(t);
+        }
+        for f in ["reasoning_content", "reasoning"] {
+            if let Some(t) = d.get(f).and_then(|c| c.as_str()) {
+                no_markup(f, t)?;
+                a.reasoning.push_str(t);
+            }
+        }
+        if let Some(tcs) = d.get("tool_calls").and_then(|t| t.as_array()) {
+            for tc in tcs {
+                let idx = tc["index"].as_u64().ok_or("tool call without index")? as usize;
+                if idx == calls.len() {
+                    let id = tc["id"].as_str().filter(|s| s.starts_with("call_")).ok_or("new tool call without call_ id")?;
+                    if tc["type"] != "function" {
+                        return Err("new tool call without type function".into());
+                    }
+                    let name = tc["function"]["name"].as_str().filter(|n| !n.is_empty()).ok_or("new tool call without name")?;
+                    no_markup("tool name", name)?;
+                    if name.starts_with("functions.") {
+                        return Err(format!("tool name keeps its prefix: {name}"));
+                    }
+                    calls.push((id.to_owned(), name.to_owned(), String::new()));
+                } else if idx > calls.len() {
+                    return Err(format!("tool call index {idx} skips ahead"));
+                } else if tc.get("id").is_some() || tc["function"].get("name").is_some() {
+                    return Err("id/name repeated on a later delta".into());
+                }
+                if let Some(args) = tc["function"]["arguments"].as_str() {
+                    calls[idx].2.push_str(args);
+                }
+            }
+        }
+        if let Some(f) = c["finish_reason"].as_str() {
+            finishes += 1;
+            a.finish = f.to_owned();
+        }
+    }
+    if a.error.is_none() && finishes != 1 {
+        return Err(format!("{finishes} finish chunks"));
+    }
+    if !seen_role && a.error.is_none() {
+        return Err("no role chunk".into());
+    }
+    let ids: std::collections::HashSet<_> = calls.iter().map(|c| c.0.clone()).collect();
+    if ids.len() != calls.len() {
+        return Err("tool call ids are not unique".into());
+    }
+    a.tool_calls = calls;
+    Ok(a)
+}
+
+/// Parses a non-streamed `chat.completion` (or error) and checks its shape.
+pub fn assemble_json(body: &[u8]) -> Result<Assembled, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let mut a = Assembled::default();
+    if let Some(e) = v.get("error") {
+        a.error = Some(e["message"].as_str().ok_or("error without message")?.to_owned());
+        return Ok(a);
+    }
+    if v["object"] != "chat.completion" {
+        return Err(format!("object is {}", v["object"]));
+    }
+    let c = &v["choices"][0];
+    let m = &c["message"];
+    if m["role"] != "assistant" {
+        return Err("message without role assistant".into());
+    }
+    a.content = m["content"].as_str().unwrap_or("").to_owned();
+    no_markup("content", &a.content)?;
+    for f in ["reasoning_content", "reasoning"] {
+        if let Some(t) = m.get(f).and_then(|c| c.as_str()) {
+            no_markup(f, t)?;
+            a.reasoning.push_str(t);
+        }
+    }
+    for tc in m.get("tool_calls").and_then(|t| t.as_array()).into_iter().flatten() {
+        let name = tc["function"]["name"].as_str().ok_or("tool call without name")?;
+        no_markup("tool name", name)?;
+        a.tool_calls.push((
+            tc["id"].as_str().filter(|s| s.starts_with("call_")).ok_or("tool call without call_ id")?.to_owned(),
+            name.to_owned(),
+            tc["function"]["arguments"].as_str().ok_or("tool call without arguments")?.to_owned(),
+        ));
+    }
+    if !a.tool_calls.is_empty() && !m["content"].is_null() && !a.content.is_empty() {
+        return Err("content beside tool_calls".into());
+    }
+    a.finish = c["finish_reason"].as_str().ok_or("no finish_reason")?.to_owned();
+    a.usage = v.get("usage").map(|u| u.to_string());
+    Ok(a)
+}
