@@ -86,6 +86,8 @@ pub struct Script {
     /// Answer one non-streamed `chat.completion` JSON even when asked to stream.
     #[serde(default)]
     pub json: bool,
+    /// A recorded upstream SSE body, sent verbatim one event per write (faults count events).
+    pub raw: Option<String>,
 }
 
 fn stop() -> Option<String> {
@@ -97,7 +99,7 @@ fn yes() -> bool {
 
 impl Script {
     fn from_text(text: &str) -> Self {
-        Script { deltas: Vec::new(), text: Some(text.into()), finish: stop(), done: true, delay_ms: 0, key: None, faults: Vec::new(), json: false }
+        Script { deltas: Vec::new(), text: Some(text.into()), finish: stop(), done: true, delay_ms: 0, key: None, faults: Vec::new(), json: false, raw: None }
     }
 }
 
@@ -314,6 +316,12 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
         ));
     }
     let include_usage = req.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    // Every frame to send, in order; faults count these (after the role chunk).
+    let frames: Vec<Bytes> = match &script.raw {
+        Some(raw) => raw.split_inclusive("\n\n").map(|e| Bytes::from(e.to_owned())).collect(),
+        None => deltas.iter().map(|d| chunk(d, None)).collect(),
+    };
+    let raw = script.raw.is_some();
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
     tokio::spawn(async move {
         let delay = Duration::from_millis(script.delay_ms);
@@ -325,10 +333,10 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
         let cancelled = || {
             state.cancelled.fetch_add(1, Ordering::SeqCst);
         };
-        if !send(chunk(&json!({"role": "assistant", "content": null}), None)).await {
+        if !raw && !send(chunk(&json!({"role": "assistant", "content": null}), None)).await {
             return cancelled();
         }
-        for (i, d) in deltas.iter().enumerate() {
+        for (i, frame) in frames.into_iter().enumerate() {
             if fault.cut_after == Some(i) {
                 let _ = tx.send(Err(Box::new(CloseConnection))).await;
                 return;
@@ -354,9 +362,13 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
                     _ = tx.closed() => return cancelled(),
                 }
             }
-            if !send(chunk(d, None)).await {
+            if !send(frame).await {
                 return cancelled();
             }
+        }
+        if raw {
+            state.completed.fetch_add(1, Ordering::SeqCst);
+            return;
         }
         if let Some(f) = &script.finish {
             if !send(chunk(&json!({}), Some(f))).await {

@@ -267,3 +267,36 @@ pub fn assemble_json(body: &[u8]) -> Result<Assembled, String> {
     a.usage = v.get("usage").map(|u| u.to_string());
     Ok(a)
 }
+
+/// Checks an assembled answer against a fixture expectation (`tests/fixtures/expected.json`)
+/// for a tool-bridge `mode` of the shipped pipelines.
+pub fn check_fixture(mode: &str, stream: bool, exp: &serde_json::Value, a: &Assembled) -> Result<(), String> {
+    let s = |k: &str| exp[k].as_str().unwrap_or("").to_owned();
+    let tools: Vec<(String, String)> = exp["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| (t[0].as_str().unwrap_or("").to_owned(), t[1].as_str().unwrap_or("").to_owned()))
+        .collect();
+    let (final_text, finish) = (s("final"), s("finish"));
+    let got_tools: Vec<(String, String)> = a.tool_calls.iter().map(|(_, n, args)| (n.clone(), args.clone())).collect();
+    let ok = match mode {
+        "final_only" => a.content == final_text && a.tool_calls.is_empty() && a.reasoning.is_empty() && a.finish == finish,
+        "final_plus_tools_text" => {
+            let rendered: String = tools.iter().map(|(n, args)| format!("\n[tool:{n}] {args}\n")).collect();
+            a.content == format!("{rendered}{final_text}") && a.tool_calls.is_empty() && a.finish == finish
+        }
+        "openai_tool_calls" => {
+            let finish = if !tools.is_empty() && finish != "length" { "tool_calls".to_owned() } else { finish };
+            // Non-streamed, content is null beside tool_calls (the preamble yields).
+            let content_ok = if !stream && !tools.is_empty() { a.content.is_empty() } else { a.content == format!("{}{final_text}", s("preamble")) };
+            content_ok && got_tools == tools && a.reasoning == s("reasoning") && a.finish == finish
+        }
+        other => return Err(format!("unknown mode {other}")),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("[{mode}, stream={stream}] expected {exp}, got {a:?}"))
+    }
+}

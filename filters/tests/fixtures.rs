@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use harmony_filters::testing::{assemble_json, assemble_sse, run_sse, Assembled};
+use harmony_filters::testing::{assemble_json, assemble_sse, check_fixture, run_sse, Assembled};
 use harmony_filters::{compile, Compiled, RequestMeta, StageSpec};
 use serde_json::Value;
 
@@ -32,10 +32,6 @@ pub fn fixtures() -> Vec<(String, Vec<u8>, Value)> {
     out
 }
 
-fn tools(exp: &Value) -> Vec<(String, String)> {
-    exp["tools"].as_array().unwrap().iter().map(|t| (t[0].as_str().unwrap().to_owned(), t[1].as_str().unwrap().to_owned())).collect()
-}
-
 fn run(p: &Compiled, body: &[u8], stream: bool) -> Assembled {
     let meta = RequestMeta::new("gpt-oss-20b", stream, true);
     let out = run_sse(p, &meta, &[body]);
@@ -45,41 +41,15 @@ fn run(p: &Compiled, body: &[u8], stream: bool) -> Assembled {
 
 #[test]
 fn every_fixture_in_every_mode() {
-    let harmony = shipped("harmony");
-    let text = shipped("text-tools");
-    let ide = shipped("ide-tools");
+    let pipelines = [("final_only", shipped("harmony")), ("final_plus_tools_text", shipped("text-tools")), ("openai_tool_calls", shipped("ide-tools"))];
     let mut failures = Vec::new();
     for (name, body, exp) in fixtures() {
-        let final_text = exp["final"].as_str().unwrap();
-        let tools = tools(&exp);
-        let finish = exp["finish"].as_str().unwrap();
         for stream in [true, false] {
-            let mut check = |mode: &str, ok: bool, got: &Assembled| {
-                if !ok {
-                    failures.push(format!("{name} [{mode}, stream={stream}]: {got:?}"));
+            for (mode, p) in &pipelines {
+                if let Err(e) = check_fixture(mode, stream, &exp, &run(p, &body, stream)) {
+                    failures.push(format!("{name} {e}"));
                 }
-            };
-            let a = run(&harmony, &body, stream);
-            check("final_only", a.content == final_text && a.tool_calls.is_empty() && a.reasoning.is_empty() && a.finish == finish, &a);
-
-            let a = run(&text, &body, stream);
-            let rendered: String = tools.iter().map(|(n, args)| format!("\n[tool:{n}] {args}\n")).collect();
-            check("final_plus_tools_text", a.content == format!("{rendered}{final_text}") && a.tool_calls.is_empty() && a.finish == finish, &a);
-
-            let a = run(&ide, &body, stream);
-            let got_tools: Vec<(String, String)> = a.tool_calls.iter().map(|(_, n, args)| (n.clone(), args.clone())).collect();
-            let ide_finish = if !tools.is_empty() && finish != "length" { "tool_calls" } else { finish };
-            // Non-streamed, content is null beside tool_calls.
-            let content_ok = if !stream && !tools.is_empty() {
-                a.content.is_empty()
-            } else {
-                a.content == format!("{}{}", exp["preamble"].as_str().unwrap(), final_text)
-            };
-            check(
-                "openai_tool_calls",
-                content_ok && got_tools == tools && a.reasoning == exp["reasoning"].as_str().unwrap() && a.finish == ide_finish,
-                &a,
-            );
+            }
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));

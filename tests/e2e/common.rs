@@ -1,0 +1,221 @@
+//! The harness: start the real binary (proxy and built-in mock upstream) on ephemeral
+//! loopback ports, and talk to it as a client would.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use harmony_filters::testing::{assemble_json, assemble_sse, Assembled};
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_harmony-proxy");
+
+/// A child process, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    /// What it printed as its address (`http://127.0.0.1:PORT`).
+    pub url: String,
+    pub stderr: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+/// Starts `BIN args…` and waits for its `… listening on URL` line.
+pub fn spawn(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Proc {
+    let stderr = cwd.join(format!("stderr-{}.log", fastrand::u64(..)));
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("UPSTREAM_BASE_URL")
+        .env_remove("HARMONY_PROXY_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn harmony-proxy");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(i) = line.find(" listening on ") {
+                let _ = tx.send(line[i + " listening on ".len()..].trim().to_owned());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(url) => Proc { child, url: url.trim_end_matches("/v1").to_owned(), stderr },
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{args:?} did not start: {}", std::fs::read_to_string(&stderr).unwrap_or_default())
+        }
+    }
+}
+
+pub fn mock(dir: &Path) -> Proc {
+    spawn(&["mock-upstream", "--port", "0"], dir, &[])
+}
+
+/// The config the shared test proxy runs: model globs pick the shipped pipelines.
+pub fn config(mock_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 65536
+{extra}
+
+[upstreams.default]
+url = "{mock_url}/v1"
+read_timeout = "5s"
+connect_timeout = "2s"
+
+[[routes]]
+path = "/v1/chat/completions"
+models = ["text-*"]
+upstream = "default"
+pipeline = "text-tools"
+
+[[routes]]
+path = "/v1/chat/completions"
+models = ["ide-*"]
+upstream = "default"
+pipeline = "ide-tools"
+
+[[routes]]
+path = "/v1/chat/completions"
+models = ["pass-*"]
+upstream = "default"
+pipeline = "passthrough"
+
+[[routes]]
+path = "/v1/chat/completions"
+models = ["*"]
+upstream = "default"
+pipeline = "harmony"
+"#
+    )
+}
+
+/// A mock and a proxy in a temp dir.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub mock: Proc,
+    pub proxy: Proc,
+}
+
+impl Env {
+    /// A fresh pair; `extra` goes into `[server]`.
+    pub fn start(extra: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let mock = mock(dir.path());
+        std::fs::write(dir.path().join("proxy.toml"), config(&mock.url, extra)).unwrap();
+        let proxy = spawn(&["serve", "--config", "proxy.toml"], dir.path(), &[]);
+        Env { dir, mock, proxy }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.toml")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.proxy.url)
+    }
+
+    pub fn mock_stats(&self) -> Value {
+        client().get(format!("{}/mock/stats", self.mock.url)).send().unwrap().json().unwrap()
+    }
+}
+
+/// The proxy most tests share (they don't change its state).
+pub fn shared() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| Env::start(""))
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// A chat request whose last user message is `user`.
+pub fn chat_body(model: &str, stream: bool, user: &str) -> Value {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": user}]})
+}
+
+/// The user message that makes the mock replay `raw` verbatim.
+pub fn raw_script(raw: &str) -> String {
+    json!({"mock": {"raw": raw}}).to_string()
+}
+
+pub fn script(s: Value) -> String {
+    json!({ "mock": s }).to_string()
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Assembles the answer, checking the client contract.
+    pub fn assemble(&self, stream: bool) -> Assembled {
+        let r = if stream { assemble_sse(&self.body) } else { assemble_json(&self.body) };
+        r.unwrap_or_else(|e| panic!("contract broken: {e}\n{}", self.text()))
+    }
+}
+
+pub fn post(url: &str, body: &Value) -> Reply {
+    send(client().post(url).json(body))
+}
+
+pub fn send(rb: reqwest::blocking::RequestBuilder) -> Reply {
+    let mut r = rb.send().unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let mut body = Vec::new();
+    r.read_to_end(&mut body).unwrap();
+    Reply { status, headers, body }
+}
+
+/// Posts a chat request and assembles the answer.
+pub fn chat(env: &Env, model: &str, stream: bool, user: &str) -> Assembled {
+    let r = post(&env.url("/v1/chat/completions"), &chat_body(model, stream, user));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.assemble(stream)
+}
+
+/// Polls `f` until it is true or `secs` pass.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}

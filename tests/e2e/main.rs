@@ -1,0 +1,5 @@
+//! End-to-end tests: the real `harmony-proxy` binary and its built-in mock upstream on
+//! ephemeral loopback ports; assertions on what a client receives.
+
+mod common;
+mod core;
