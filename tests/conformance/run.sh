@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The OpenAI SDK conformance suite: the official Python and Node SDKs against the built
+# proxy and its built-in mock upstream. Needs `pip install -r requirements.txt` and
+# `npm ci` here first (.ci/run does both).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=${HARMONY_PROXY_BIN:-$root/target/debug/harmony-proxy}
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts "$@" in the background and prints the URL from its "listening on" line.
+start() {
+  local out="$work/$1.out"; shift
+  "$@" > "$out" 2> "$out.err" &
+  pids+=($!)
+  for _ in $(seq 1 300); do
+    if grep -q " listening on " "$out" 2>/dev/null; then
+      sed -n 's/.* listening on \(http[^ ]*\).*/\1/p' "$out" | head -n1
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "did not start: $*" >&2; cat "$out.err" >&2; return 1
+}
+
+MOCK_URL=$(start mock "$bin" mock-upstream --port 0)
+export MOCK_URL
+PROXY_URL=$(start proxy "$bin" serve --config "$here/proxy.toml" --port 0)
+export PROXY_URL
+echo "conformance: proxy $PROXY_URL, mock $MOCK_URL"
+
+status=0
+echo "== OpenAI Python SDK"
+python3 -m pytest -q -p no:cacheprovider "$here/test_openai_python.py" || status=1
+echo "== OpenAI Node SDK"
+(cd "$here" && node --test openai_node.test.mjs) || status=1
+exit $status
