@@ -50,6 +50,8 @@ pub struct Fault {
     /// Close the connection without answering.
     #[serde(default)]
     pub close: bool,
+    /// Wait this long before sending the response head.
+    pub head_delay_ms: Option<u64>,
     /// After this many deltas: drop the connection mid-body.
     pub cut_after: Option<usize>,
     /// After this many deltas: send nothing more, keep the connection open.
@@ -289,6 +291,9 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
         None => 0,
     };
     let fault = script.faults.get(attempt as usize).cloned().unwrap_or_default();
+    if let Some(ms) = fault.head_delay_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     if fault.close {
         return Err(CloseConnection);
     }
@@ -338,6 +343,8 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
         }
         for (i, frame) in frames.into_iter().enumerate() {
             if fault.cut_after == Some(i) {
+                // Let what was sent reach the wire first: a cut drops unflushed bytes.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let _ = tx.send(Err(Box::new(CloseConnection))).await;
                 return;
             }

@@ -124,9 +124,14 @@ pub struct Env {
 impl Env {
     /// A fresh pair; `extra` goes into `[server]`.
     pub fn start(extra: &str) -> Env {
+        Env::with_config(|mock_url| config(mock_url, extra))
+    }
+
+    /// A fresh pair with the config `make(mock_url)`.
+    pub fn with_config(make: impl FnOnce(&str) -> String) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let mock = mock(dir.path());
-        std::fs::write(dir.path().join("proxy.toml"), config(&mock.url, extra)).unwrap();
+        std::fs::write(dir.path().join("proxy.toml"), make(&mock.url)).unwrap();
         let proxy = spawn(&["serve", "--config", "proxy.toml"], dir.path(), &[]);
         Env { dir, mock, proxy }
     }
