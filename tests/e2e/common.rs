@@ -132,7 +132,7 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let mock = mock(dir.path());
         std::fs::write(dir.path().join("proxy.toml"), make(&mock.url)).unwrap();
-        let proxy = spawn(&["serve", "--config", "proxy.toml"], dir.path(), &[]);
+        let proxy = spawn(&["serve", "--config", "proxy.toml", "--port", "0"], dir.path(), &[]);
         Env { dir, mock, proxy }
     }
 
