@@ -87,8 +87,14 @@ pub fn start(state: Arc<AppState>, path: Option<PathBuf>) -> Option<notify::Reco
     });
 
     let path = path?;
-    let path = std::fs::canonicalize(&path).unwrap_or(path);
-    let dir = path.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."));
+    // Canonicalize the directory, not the file: a ConfigMap's file is a symlink into a data
+    // directory that the next swap replaces.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let path = dir.join(path.file_name().unwrap_or_default());
     let pipelines = dir.join("pipelines");
     let (cfg_path, pl) = (path.clone(), pipelines.clone());
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {

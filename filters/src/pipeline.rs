@@ -39,6 +39,9 @@ pub enum StageSpec {
     SseEncode(SseEncodeConfig),
 }
 
+/// Every stage `type`, in the order a pipeline usually lists them.
+pub const STAGE_TYPES: [&str; 8] = ["stop-injection", "history-clean", "retry", "harmony-parse", "fallback", "tool-bridge", "watchdog", "sse-encode"];
+
 impl StageSpec {
     pub fn type_name(&self) -> &'static str {
         match self {

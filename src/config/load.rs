@@ -60,10 +60,16 @@ fn de<T: DeserializeOwned>(v: toml::Value, place: &str, errors: &mut Vec<String>
     match serde_path_to_error::deserialize::<_, T>(v) {
         Ok(t) => Some(t),
         Err(e) => {
-            let path = e.path().to_string();
+            let mut path = e.path().to_string();
             let msg = e.into_inner().to_string();
-            let msg = msg.trim();
-            errors.push(if path == "." || path.is_empty() { format!("{place}: {msg}") } else { format!("{place}: {path}: {msg}") });
+            // For an unknown field the path ends at the field itself; the message names it.
+            let last = path.rsplit('.').next().unwrap_or("").to_owned();
+            if msg.starts_with(&format!("unknown field `{last}`")) {
+                path = path.rsplit_once('.').map(|(p, _)| p.to_owned()).unwrap_or_default();
+            }
+            // toml appends "in `field`", which the path already says.
+            let msg = msg.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("in `")).collect::<Vec<_>>().join(" ");
+            errors.push(if path == "." || path == "?" || path.is_empty() { format!("{place}: {msg}") } else { format!("{place}: {path}: {msg}") });
             None
         }
     }
@@ -85,7 +91,7 @@ fn stages(v: toml::Value, place: &str, errors: &mut Vec<String>) -> Option<Vec<S
             ok = false;
             continue;
         }
-        match de::<StageSpec>(item, &at, errors) {
+        match stage_spec(&kind, item, &at, errors) {
             Some(s) => specs.push(s),
             None => ok = false,
         }
@@ -98,6 +104,32 @@ fn stages(v: toml::Value, place: &str, errors: &mut Vec<String>) -> Option<Vec<S
         }
     }
     ok.then_some(specs)
+}
+
+/// One stage table, deserialized straight into its typed options so that errors keep the
+/// field's path (serde's tagged-enum buffering would lose it).
+fn stage_spec(kind: &str, item: toml::Value, at: &str, errors: &mut Vec<String>) -> Option<StageSpec> {
+    use harmony_filters::stages::*;
+    let toml::Value::Table(mut table) = item else {
+        errors.push(format!("{at}: a stage must be a table like {{ type = \"harmony-parse\" }}"));
+        return None;
+    };
+    table.remove("type");
+    let v = toml::Value::Table(table);
+    match kind {
+        "stop-injection" => de::<stop_injection::StopInjectionConfig>(v, at, errors).map(StageSpec::StopInjection),
+        "history-clean" => de::<history_clean::HistoryCleanConfig>(v, at, errors).map(StageSpec::HistoryClean),
+        "retry" => de::<retry::RetryConfig>(v, at, errors).map(StageSpec::Retry),
+        "harmony-parse" => de::<harmony_parse::HarmonyParseConfig>(v, at, errors).map(StageSpec::HarmonyParse),
+        "fallback" => de::<fallback::FallbackConfig>(v, at, errors).map(StageSpec::Fallback),
+        "tool-bridge" => de::<tool_bridge::ToolBridgeConfig>(v, at, errors).map(StageSpec::ToolBridge),
+        "watchdog" => de::<watchdog::WatchdogConfig>(v, at, errors).map(StageSpec::Watchdog),
+        "sse-encode" => de::<sse_encode::SseEncodeConfig>(v, at, errors).map(StageSpec::SseEncode),
+        other => {
+            errors.push(format!("{at}: unknown stage type `{other}`, expected one of {}", harmony_filters::pipeline::STAGE_TYPES.map(|t| format!("`{t}`")).join(", ")));
+            None
+        }
+    }
 }
 
 /// A pipeline file or built-in: a table holding only `stages`.
@@ -315,7 +347,7 @@ stages = [{ type = "harmony-parse", extra = 1 }, { type = "retry", backoff = "5x
         assert!(all.contains("routes[0]: upstream: unknown upstream `nope`"), "{all}");
         assert!(all.contains("pipelines.main.stages[0] (harmony-parse): unknown field `extra`"), "{all}");
         assert!(all.contains("pipelines.main.stages[1] (retry): backoff: invalid duration \"5x\""), "{all}");
-        assert!(all.contains("pipelines.main.stages[2] (nope): unknown variant `nope`"), "{all}");
+        assert!(all.contains("pipelines.main.stages[2] (nope): unknown stage type `nope`"), "{all}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! ephemeral loopback ports; assertions on what a client receives.
 
 mod common;
+mod config;
 mod core;
 mod resilience;
 mod tools;
