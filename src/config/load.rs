@@ -248,7 +248,7 @@ pub fn load_str(text: &str, pipelines_dir: Option<&Path>, lookup: impl Fn(&str) 
             u.api_key = None;
         }
     }
-    if upstreams.is_empty() {
+    if upstreams.is_empty() && !errors.iter().any(|e| e.starts_with("upstreams")) {
         errors.push("upstreams: at least one upstream is needed ([upstreams.default] url = \"http://…/v1\")".into());
     }
 

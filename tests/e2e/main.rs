@@ -5,4 +5,5 @@ mod common;
 mod config;
 mod core;
 mod resilience;
+mod snapshots;
 mod tools;

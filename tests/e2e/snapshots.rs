@@ -1,0 +1,108 @@
+//! Snapshots (insta): reviewing a diff in tests/snapshots/ is how a behaviour change is
+//! approved. `cargo insta review` (or `INSTA_UPDATE=always cargo test`) records new ones.
+//!
+//! - the exact bytes a client receives for every fixture in each tool-bridge mode, streamed
+//!   and not (ids and timestamps fixed or redacted);
+//! - every shipped pipeline compiled (with defaults filled in);
+//! - `check`'s errors on representative bad configs;
+//! - the JSON Schema.
+
+use std::path::PathBuf;
+
+use harmony_filters::testing::run_sse;
+use harmony_filters::{compile, RequestMeta};
+use harmony_proxy::config::{self, BUILTIN_PIPELINES, EMBEDDED_CONFIG};
+
+macro_rules! snapshots {
+    ($($body:tt)*) => {
+        insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false, omit_expression => true}, { $($body)* })
+    };
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+/// `call_` ids are random: replace them.
+fn redact_call_ids(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("\"call_") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + 6..];
+        let n = tail.bytes().take_while(|b| b.is_ascii_alphanumeric()).count();
+        out.push_str("\"call_[id]");
+        rest = &tail[n..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn client_bytes_for_every_fixture_in_every_mode() {
+    let enc = harmony_filters::testing::encoding();
+    let cfg = config::load_str(EMBEDDED_CONFIG, None, no_env).unwrap();
+    let modes = ["harmony", "text-tools", "ide-tools"];
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.path().file_name()?.to_str()?.strip_suffix(".sse").map(str::to_owned))
+        .collect();
+    names.sort();
+    for name in names {
+        let body = std::fs::read(dir.join(format!("{name}.sse"))).unwrap();
+        let mut doc = String::new();
+        for pipeline in modes {
+            let compiled = compile(&cfg.pipelines[pipeline].0.stages, &enc);
+            for stream in [true, false] {
+                let mut meta = RequestMeta::new("gpt-oss-20b", stream, true);
+                meta.completion_id = "chatcmpl-snapshot".into();
+                meta.created = 1_700_000_000;
+                let out = run_sse(&compiled, &meta, &[&body]);
+                doc.push_str(&format!("## {pipeline}, stream={stream}\n{}\n", redact_call_ids(&String::from_utf8_lossy(&out))));
+            }
+        }
+        snapshots! { insta::assert_snapshot!(format!("fixture__{name}"), doc); }
+    }
+}
+
+#[test]
+fn shipped_pipelines_compiled() {
+    let enc = harmony_filters::testing::encoding();
+    let cfg = config::load_str(EMBEDDED_CONFIG, None, no_env).unwrap();
+    let mut names: Vec<&str> = BUILTIN_PIPELINES.iter().map(|(n, _)| *n).collect();
+    names.sort();
+    for name in names {
+        let (def, source) = &cfg.pipelines[name];
+        let compiled = compile(&def.stages, &enc);
+        let view = serde_json::json!({
+            "source": source,
+            "mode": compiled.mode,
+            "retry": {"max_retries": compiled.retry.max_retries, "backoff_ms": compiled.retry.backoff.as_millis() as u64, "max_backoff_ms": compiled.retry.max_backoff.as_millis() as u64},
+            "stages": def.stages,
+            "factories": compiled.factories.iter().map(|f| f.name()).collect::<Vec<_>>(),
+        });
+        snapshots! { insta::assert_json_snapshot!(format!("pipeline__{name}"), view); }
+    }
+}
+
+#[test]
+fn check_on_bad_configs() {
+    let cases = [
+        ("unknown_keys_and_types", "[server]\nlisten = 8001\nverbose = true\n[upstreams.default]\nurl = \"http://127.0.0.1:8080/v1\"\nretries = 3\n[[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"default\"\npipeline = \"p\"\n[pipelines.p]\nstages = [{ type = \"harmony-parse\", strict = true }, { type = \"sse-encode\" }]\n"),
+        ("bad_values", "[server]\nshutdown_grace = \"soon\"\nlog_level = \"loud\"\n[upstreams.default]\nurl = \"localhost:8080\"\n[[routes]]\npath = \"v1/chat\"\nmodels = [\"[\"]\nupstream = \"default\"\npipeline = \"p\"\n[pipelines.p]\nstages = [{ type = \"watchdog\", no_final_timeout = \"-1s\" }, { type = \"tool-bridge\", mode = \"tools\", reasoning = \"show\" }, { type = \"sse-encode\" }]\n"),
+        ("broken_references", "[upstreams.a]\nurl = \"http://127.0.0.1:8080/v1\"\n[[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"b\"\npipeline = \"missing\"\n[[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"a\"\npipeline = \"p\"\n[[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"a\"\npipeline = \"p\"\n[pipelines.p]\nstages = [{ type = \"sse-encode\" }, { type = \"harmony-parse\" }, { type = \"sse-encode\" }]\n"),
+        ("missing_variable", "[upstreams.default]\nurl = \"${NO_SUCH_UPSTREAM_URL}\"\napi_key = \"${NO_SUCH_KEY}\"\n"),
+        ("toml_syntax", "[upstreams.default\nurl = 1\n"),
+    ];
+    for (name, text) in cases {
+        let errors = config::load_str(text, None, no_env).expect_err(name).0;
+        snapshots! { insta::assert_snapshot!(format!("check__{name}"), errors.join("\n")); }
+    }
+}
+
+#[test]
+fn json_schema() {
+    let schema = schemars::schema_for!(config::ConfigFile);
+    snapshots! { insta::assert_json_snapshot!("schema", schema); }
+}
