@@ -13,6 +13,7 @@
 //! the response body, with no task or channel between them.
 
 pub mod event;
+pub mod fuzz_targets;
 pub mod markup;
 pub mod pipeline;
 pub mod stage;

@@ -153,6 +153,11 @@ impl Scanner {
         }
     }
 
+    /// Nothing is held back.
+    pub fn is_idle(&self) -> bool {
+        self.held.is_empty()
+    }
+
     /// Release whatever is held, as text.
     pub fn finish(&mut self, f: impl FnMut(Piece<'_>)) {
         let held = std::mem::take(&mut self.held);

@@ -6,6 +6,10 @@
 //! - `reasoning`: analysis text is dropped or streamed as `reasoning_content` / `reasoning`.
 //! - `preambles`: commentary without a recipient is dropped or becomes content.
 //!
+//! Everything client-visible passes a [`Scanner`] once more: a token removed upstream can
+//! join the text around it into something that looks like markup (`<|` + `<|end|>` +
+//! `x|>`), and the contract is about what the client assembles, not each piece.
+//!
 //! Tool calls the upstream already parsed (`delta.tool_calls`) get the same treatment: they
 //! are re-indexed from 0, given our ids, and a call is announced only once its name is known
 //! (arguments that arrive earlier are held). A fragment on a new upstream index with neither
@@ -15,6 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Channel, Event, ReasoningField, UpstreamToolCall};
+use crate::markup::{Piece, Scanner};
 use crate::stage::{random_id, RequestMeta, Stage, StageFactory, Stats};
 use crate::stages::harmony_parse::clean_name;
 
@@ -91,6 +96,8 @@ pub struct ToolBridge {
     open: Option<u32>,
     next_index: u32,
     upstream: Option<UpstreamCall>,
+    content_guard: Scanner,
+    reasoning_guard: Scanner,
     final_chunks: u64,
     tool_chunks: u64,
 }
@@ -104,6 +111,21 @@ pub fn display_name(raw: &str) -> String {
     }
 }
 
+/// Passes `t` through `scanner`, dropping markup; the common case (nothing held, no `<`)
+/// hands the string on without copying.
+fn guard(scanner: &mut Scanner, t: String) -> Option<String> {
+    if scanner.is_idle() && !t.contains('<') {
+        return (!t.is_empty()).then_some(t);
+    }
+    let mut clean = String::with_capacity(t.len());
+    scanner.push(&t, |p| {
+        if let Piece::Text(x) = p {
+            clean.push_str(x)
+        }
+    });
+    (!clean.is_empty()).then_some(clean)
+}
+
 impl ToolBridge {
     pub fn new(cfg: ToolBridgeConfig) -> Self {
         let reasoning = match cfg.reasoning {
@@ -111,12 +133,47 @@ impl ToolBridge {
             Reasoning::ReasoningContent => Some(ReasoningField::ReasoningContent),
             Reasoning::Reasoning => Some(ReasoningField::Reasoning),
         };
-        Self { cfg, reasoning, open: None, next_index: 0, upstream: None, final_chunks: 0, tool_chunks: 0 }
+        Self {
+            cfg,
+            reasoning,
+            open: None,
+            next_index: 0,
+            upstream: None,
+            content_guard: Scanner::default(),
+            reasoning_guard: Scanner::default(),
+            final_chunks: 0,
+            tool_chunks: 0,
+        }
     }
 
     fn content(&mut self, t: String, out: &mut Vec<Event>) {
-        self.final_chunks += 1;
-        out.push(Event::Content(t));
+        if let Some(t) = guard(&mut self.content_guard, t) {
+            self.final_chunks += 1;
+            out.push(Event::Content(t));
+        }
+    }
+
+    fn reasoning(&mut self, field: ReasoningField, t: String, out: &mut Vec<Event>) {
+        if let Some(t) = guard(&mut self.reasoning_guard, t) {
+            out.push(Event::Reasoning(field, t));
+        }
+    }
+
+    /// The response is ending: release what the guards held.
+    fn flush_guards(&mut self, out: &mut Vec<Event>) {
+        let mut held = String::new();
+        self.content_guard.finish(|p| if let Piece::Text(t) = p { held.push_str(t) });
+        if !held.is_empty() {
+            self.final_chunks += 1;
+            out.push(Event::Content(held));
+        }
+        if let Some(field) = self.reasoning {
+            let mut held = String::new();
+            self.reasoning_guard.finish(|p| if let Piece::Text(t) = p { held.push_str(t) });
+            if !held.is_empty() {
+                out.push(Event::Reasoning(field, held));
+            }
+        }
     }
 
     fn start(&mut self, raw_name: &str, out: &mut Vec<Event>) {
@@ -128,7 +185,7 @@ impl ToolBridge {
         self.tool_chunks += 1;
         match self.cfg.mode {
             Mode::FinalOnly => {}
-            Mode::FinalPlusToolsText => out.push(Event::Content(format!("\n[tool:{name}] "))),
+            Mode::FinalPlusToolsText => self.content(format!("\n[tool:{name}] "), out),
             Mode::OpenaiToolCalls => out.push(Event::ClientToolCall { index, id: random_id("call_", 24), name }),
         }
     }
@@ -141,14 +198,14 @@ impl ToolBridge {
         self.tool_chunks += 1;
         match self.cfg.mode {
             Mode::FinalOnly => {}
-            Mode::FinalPlusToolsText => out.push(Event::Content(args)),
+            Mode::FinalPlusToolsText => self.content(args, out),
             Mode::OpenaiToolCalls => out.push(Event::ClientToolArgs { index, args }),
         }
     }
 
     fn end(&mut self, out: &mut Vec<Event>) {
         if self.open.take().is_some() && self.cfg.mode == Mode::FinalPlusToolsText {
-            out.push(Event::Content("\n".into()));
+            self.content("\n".into(), out);
         }
     }
 
@@ -202,7 +259,7 @@ impl Stage for ToolBridge {
             Event::Text(Channel::Final, t) | Event::Upstream(t) => self.content(t, out),
             Event::Text(Channel::Analysis, t) | Event::UpstreamReasoning(t) => {
                 if let Some(field) = self.reasoning {
-                    out.push(Event::Reasoning(field, t));
+                    self.reasoning(field, t, out);
                 }
             }
             Event::Text(Channel::Preamble, t) => {
@@ -221,6 +278,7 @@ impl Stage for ToolBridge {
             ev @ (Event::Finish(_) | Event::Error(_) | Event::Abort) => {
                 self.finish_upstream_call(out);
                 self.end(out);
+                self.flush_guards(out);
                 out.push(ev);
             }
             other => out.push(other),
@@ -229,6 +287,7 @@ impl Stage for ToolBridge {
     fn on_end(&mut self, out: &mut Vec<Event>) {
         self.finish_upstream_call(out);
         self.end(out);
+        self.flush_guards(out);
     }
     fn stats(&self, st: &mut Stats) {
         st.final_chunks += self.final_chunks;
@@ -302,5 +361,25 @@ mod tests {
         assert_eq!(names, [(0, "f".to_string()), (1, "g".to_string())]);
         let args0: String = out.iter().filter_map(|e| if let Event::ClientToolArgs { index: 0, args } = e { Some(args.as_str()) } else { None }).collect();
         assert_eq!(args0, "{\"a\":1}");
+    }
+}
+
+#[cfg(test)]
+mod regressions {
+    use super::*;
+
+    /// Found by the `no_markup_leaks` property: `<|channel|>v<>7.H8,<<|<|return|>…nel|>`.
+    /// Removing `<|return|>` joined `<<|` and `nel|>` into `<|nel|>` in the assembled content,
+    /// though no single chunk held markup.
+    #[test]
+    fn removed_tokens_cannot_join_text_into_markup() {
+        let mut tb = ToolBridge::new(ToolBridgeConfig::default());
+        let mut out = Vec::new();
+        for t in ["a <", "<|", "nel|>", " b"] {
+            tb.on_event(Event::Text(Channel::Final, t.into()), &mut out);
+        }
+        tb.on_end(&mut out);
+        let text: String = out.iter().map(|e| if let Event::Content(t) = e { t.as_str() } else { "" }).collect();
+        assert_eq!(text, "a < b");
     }
 }

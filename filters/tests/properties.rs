@@ -1,0 +1,163 @@
+//! Properties of the Harmony stages (proptest), stated as invariants:
+//! chunking never changes what the client gets; no markup leaks; well-formed conversations
+//! come out byte for byte; the chain never panics and always ends with one finish and one
+//! `[DONE]`.
+
+use harmony_filters::testing::{assemble_json, assemble_sse, llama_sse, pipeline, run_sse, Assembled};
+use harmony_filters::{Compiled, RequestMeta};
+use proptest::prelude::*;
+use std::sync::OnceLock;
+
+/// harmony-parse → fallback → tool-bridge (openai_tool_calls, reasoning shown) → sse-encode.
+fn ide() -> &'static Compiled {
+    static P: OnceLock<Compiled> = OnceLock::new();
+    P.get_or_init(|| {
+        pipeline(r#"[{ type = "harmony-parse" }, { type = "fallback" }, { type = "tool-bridge", mode = "openai_tool_calls", reasoning = "reasoning_content", preambles = "content" }, { type = "sse-encode" }]"#)
+    })
+}
+
+/// What a client keeps, without the random ids.
+fn seen(a: &Assembled) -> (String, String, Vec<(String, String)>, String) {
+    (a.content.clone(), a.reasoning.clone(), a.tool_calls.iter().map(|(_, n, args)| (n.clone(), args.clone())).collect(), a.finish.clone())
+}
+
+fn client_view(deltas: &[&str], byte_cuts: &[usize]) -> Assembled {
+    let body = llama_sse(deltas, "stop");
+    let mut parts: Vec<&[u8]> = Vec::new();
+    let mut last = 0;
+    let mut cuts: Vec<usize> = byte_cuts.iter().map(|c| c % (body.len() + 1)).collect();
+    cuts.sort();
+    for c in cuts {
+        parts.push(&body[last..c]);
+        last = c;
+    }
+    parts.push(&body[last..]);
+    let out = run_sse(ide(), &RequestMeta::new("m", true, false), &parts);
+    assemble_sse(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+}
+
+/// Cuts `text` into deltas at the given char positions (anywhere, including inside tokens).
+fn cut_chars(text: &str, cuts: &[usize]) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut at: Vec<usize> = cuts.iter().map(|c| c % (chars.len() + 1)).collect();
+    at.sort();
+    at.dedup();
+    let mut out = Vec::new();
+    let mut last = 0;
+    for c in at.into_iter().chain([chars.len()]) {
+        if c > last {
+            out.push(chars[last..c].iter().collect());
+            last = c;
+        }
+    }
+    out
+}
+
+const SPECIALS: [&str; 9] = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>", "<|endoftext|>", "<|reserved_200013|>"];
+
+/// Arbitrary interleavings of Harmony pieces: tokens, channel words, recipients, junk, text.
+fn harmony_soup() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        4 => prop::sample::select(SPECIALS.to_vec()).prop_map(str::to_owned),
+        2 => prop::sample::select(vec!["assistant", "analysis", "final", "commentary", "assistantfinal", "analysisThe", " to=functions.f", " to=browser.search", "to=python", " json", "JSON", "\u{a0}", "\u{200b}", "\n", "<|", "|>", "<|chan", "nel|>", "–", "??"]).prop_map(str::to_owned),
+        3 => "[a-zA-Z0-9 {}\":,.é中😀<|>]{0,12}",
+    ];
+    prop::collection::vec(piece, 0..24).prop_map(|v| v.concat())
+}
+
+/// Text without markup or glued header words.
+fn plain_text() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9 .,!?'é中😀\n]{0,30}".prop_filter("no glued words", |s| !s.contains("assistant") && !s.contains("analysis"))
+}
+
+#[derive(Debug, Clone)]
+enum Msg {
+    Analysis(String),
+    Final(String),
+    Call(String, String),
+}
+
+fn conversation() -> impl Strategy<Value = Vec<Msg>> {
+    let msg = prop_oneof![
+        plain_text().prop_map(Msg::Analysis),
+        plain_text().prop_map(Msg::Final),
+        ("[a-z_]{1,12}", prop::collection::btree_map("[a-z]{1,6}", "[a-zA-Z0-9 ]{0,8}", 0..4))
+            .prop_map(|(name, args)| Msg::Call(name, serde_json::to_string(&args).unwrap())),
+    ];
+    prop::collection::vec(msg, 1..6)
+}
+
+fn render(conv: &[Msg]) -> String {
+    let mut s = String::new();
+    for (i, m) in conv.iter().enumerate() {
+        // llama.cpp's output starts at the channel; later messages get their <|start|>.
+        if i > 0 {
+            s.push_str("<|start|>assistant");
+        }
+        match m {
+            Msg::Analysis(t) => s.push_str(&format!("<|channel|>analysis<|message|>{t}<|end|>")),
+            Msg::Final(t) => s.push_str(&format!("<|channel|>final<|message|>{t}<|end|>")),
+            Msg::Call(n, a) => s.push_str(&format!("<|channel|>commentary to=functions.{n} <|constrain|>json<|message|>{a}<|call|>")),
+        }
+    }
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    /// Any partition into deltas (inside special tokens too) and any cut of the SSE bytes
+    /// (inside multi-byte characters too) gives the client the same thing as the whole text.
+    #[test]
+    fn chunking_never_changes_the_output(text in harmony_soup(), delta_cuts in prop::collection::vec(any::<usize>(), 0..12), byte_cuts in prop::collection::vec(any::<usize>(), 0..6)) {
+        let whole = client_view(&[&text], &[]);
+        let deltas = cut_chars(&text, &delta_cuts);
+        let refs: Vec<&str> = deltas.iter().map(String::as_str).collect();
+        let cut = client_view(&refs, &byte_cuts);
+        prop_assert_eq!(seen(&whole), seen(&cut), "deltas {:?}", deltas);
+    }
+
+    /// No `<|…|>` ever reaches content, reasoning or tool names, in any mode, streamed or not.
+    #[test]
+    fn no_markup_leaks(text in harmony_soup(), cuts in prop::collection::vec(any::<usize>(), 0..8)) {
+        let deltas = cut_chars(&text, &cuts);
+        let mut data = Vec::new();
+        for (i, d) in deltas.iter().enumerate() {
+            if i > 0 { data.push(0); }
+            data.extend_from_slice(d.as_bytes());
+        }
+        // The fuzz target's property, which checks every mode, streamed and not.
+        harmony_filters::fuzz_targets::harmony_stream(&data);
+    }
+
+    /// A well-formed conversation: the final text comes out byte for byte, tool arguments
+    /// reassemble exactly, reasoning is the analysis text.
+    #[test]
+    fn well_formed_conversations_come_out_exactly(conv in conversation(), cuts in prop::collection::vec(any::<usize>(), 0..16)) {
+        let text = render(&conv);
+        let deltas = cut_chars(&text, &cuts);
+        let refs: Vec<&str> = deltas.iter().map(String::as_str).collect();
+        let a = client_view(&refs, &[]);
+        let finals: String = conv.iter().filter_map(|m| if let Msg::Final(t) = m { Some(t.as_str()) } else { None }).collect();
+        let analysis: String = conv.iter().filter_map(|m| if let Msg::Analysis(t) = m { Some(t.as_str()) } else { None }).collect();
+        let calls: Vec<(String, String)> = conv.iter().filter_map(|m| if let Msg::Call(n, a) = m { Some((n.clone(), a.clone())) } else { None }).collect();
+        prop_assert_eq!(&a.content, &finals);
+        prop_assert_eq!(&a.reasoning, &analysis);
+        prop_assert_eq!(seen(&a).2, calls.clone());
+        prop_assert_eq!(a.finish.as_str(), if calls.is_empty() { "stop" } else { "tool_calls" });
+    }
+
+    /// Arbitrary text and arbitrary finish: never a panic, always one finish and one [DONE]
+    /// (assemble checks both), and the non-streamed form is a valid completion.
+    #[test]
+    fn always_one_finish_and_one_done(text in "\\PC{0,80}", length in any::<bool>()) {
+        let finish = if length { "length" } else { "stop" };
+        let body = llama_sse(&[&text], finish);
+        for stream in [true, false] {
+            let out = run_sse(ide(), &RequestMeta::new("m", stream, true), &[&body]);
+            let a = if stream { assemble_sse(&out) } else { assemble_json(&out) };
+            let a = a.map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&out))))?;
+            if length { prop_assert_eq!(a.finish.as_str(), "length"); }
+        }
+    }
+}
