@@ -165,6 +165,85 @@ impl Scanner {
     }
 }
 
+/// Removes every token from `s`, including tokens that removing others forms
+/// (`<|<|end|>x|>` → `<|x|>` → ``).
+fn remove_tokens(s: &mut String) {
+    let mut i = 0;
+    while let Some(off) = s.as_bytes()[i..].iter().position(|&b| b == b'<') {
+        let at = i + off;
+        match probe(&s.as_bytes()[at..]) {
+            Probe::Token(_, len) => {
+                s.replace_range(at..at + len, "");
+                // A new token can only form across the join: look again from just before it.
+                i = at.saturating_sub(MAX_NAME + 3);
+                while !s.is_char_boundary(i) {
+                    i -= 1;
+                }
+            }
+            Probe::Partial | Probe::No => i = at + 1,
+        }
+    }
+}
+
+/// Longest text a [`Sanitizer`] holds back; past it the oldest held text is released.
+const MAX_HELD: usize = 4096;
+
+/// Where the tail of `s` that could still become markup begins. With tokens removed, a
+/// token-prefix at the end (`<|na`) may complete; if it then vanishes, the token-prefix
+/// before it (`<|` in `<|<|na`) joins what follows, and so on: the tail is the longest
+/// run of token-prefixes at the end.
+fn hold_start(s: &str) -> usize {
+    let b = s.as_bytes();
+    let mut start = b.len();
+    while let Some(pos) = b[..start].iter().rposition(|&c| c == b'<') {
+        if !matches!(probe(&b[pos..start]), Probe::Partial) {
+            break;
+        }
+        start = pos;
+    }
+    let mut min = b.len().saturating_sub(MAX_HELD);
+    while !s.is_char_boundary(min) {
+        min += 1;
+    }
+    start.max(min)
+}
+
+/// Streaming markup removal for what the client sees: unlike [`Scanner`], what it lets
+/// through can never be joined into markup by what comes later, because it strips to a
+/// fixed point and holds back only a tail that could still start a token.
+#[derive(Debug, Default)]
+pub struct Sanitizer {
+    buf: String,
+}
+
+impl Sanitizer {
+    /// Nothing is held back.
+    pub fn is_idle(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn push(&mut self, input: &str, out: &mut String) {
+        self.buf.push_str(input);
+        remove_tokens(&mut self.buf);
+        let keep = hold_start(&self.buf);
+        out.push_str(&self.buf[..keep]);
+        self.buf.drain(..keep);
+    }
+
+    pub fn finish(&mut self, out: &mut String) {
+        remove_tokens(&mut self.buf);
+        out.push_str(&self.buf);
+        self.buf.clear();
+    }
+}
+
+/// `s` with all markup removed, to a fixed point.
+pub fn strip_all(s: &str) -> String {
+    let mut out = s.to_owned();
+    remove_tokens(&mut out);
+    out
+}
+
 /// Does `s` contain anything that looks like Harmony markup?
 pub fn has_markup(s: &str) -> bool {
     let mut found = false;
@@ -225,6 +304,20 @@ mod tests {
     #[test]
     fn unknown_names_are_other() {
         assert_eq!(pieces(&["<|endoftext|>"]), ["S:Other"]);
+    }
+
+    #[test]
+    fn sanitizer_strips_to_a_fixed_point_across_pieces() {
+        assert_eq!(strip_all("a<|<|end|>b|>c"), "ac");
+        assert_eq!(strip_all("<|e<|<|x|>nd|>|>"), "");
+        let mut s = Sanitizer::default();
+        let mut out = String::new();
+        for piece in ["x <", "|<|a", "|>b|", "> y <|", "<|<|q", "|>r|>t|>", " z"] {
+            s.push(piece, &mut out);
+        }
+        s.finish(&mut out);
+        assert_eq!(out, "x  y  z");
+        assert!(!has_markup(&out));
     }
 
     #[test]

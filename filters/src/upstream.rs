@@ -133,7 +133,8 @@ impl SseDecoder {
 
     /// Feed body bytes; complete events are decoded into `out`.
     pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<Event>) {
-        while !bytes.is_empty() && !self.saw_done {
+        // Nothing after `[DONE]` or the first error counts: the stream is over.
+        while !bytes.is_empty() && !self.saw_done && !self.saw_error {
             match bytes.iter().position(|&b| b == b'\n') {
                 Some(nl) => {
                     self.take_line_part(&bytes[..nl], out);
@@ -243,11 +244,16 @@ impl SseDecoder {
 
     /// The body ended. A stream that stopped without a finish reason or `[DONE]` was cut.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
+        if self.saw_done || self.saw_error {
+            return;
+        }
         if !self.line.is_empty() && !self.skipping_long_line {
             let line = std::mem::take(&mut self.line);
             self.on_line(&line, out);
         }
-        self.dispatch(out);
+        if !self.saw_error {
+            self.dispatch(out);
+        }
         if !self.saw_done && !self.saw_finish && !self.saw_error {
             self.error(out, "upstream closed the stream before it finished");
         }
@@ -317,5 +323,21 @@ mod tests {
         assert!(matches!(ev.last(), Some(Event::Error(e)) if e.message.contains("before it finished")));
         let ev = decode(&[b"data: {not json}\n\n"]);
         assert!(matches!(&ev[0], Event::Error(e) if e.message.contains("invalid chunk")));
+    }
+}
+
+#[cfg(test)]
+mod regressions {
+    use super::*;
+
+    /// Found by the `sse_decode` fuzz target: after an invalid chunk the decoder went on
+    /// decoding, so one stream produced several error events and text after its error.
+    #[test]
+    fn the_first_error_ends_the_stream() {
+        let mut d = SseDecoder::new();
+        let mut out = Vec::new();
+        d.push(b"data: {bad\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"late\"}}]}\n\ndata: {worse\n\n", &mut out);
+        d.finish(&mut out);
+        assert!(matches!(&out[..], [Event::Error(_)]), "{out:?}");
     }
 }

@@ -624,7 +624,8 @@ pub fn final_text(factory: &HarmonyParseFactory, text: &str) -> String {
             answer.push_str(&t);
         }
     }
-    answer
+    // Pieces of text around removed tokens may join into markup again.
+    crate::markup::strip_all(&answer)
 }
 
 #[cfg(test)]

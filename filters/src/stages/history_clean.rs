@@ -71,3 +71,20 @@ impl Stage for HistoryClean {
         out.push(ev);
     }
 }
+
+#[cfg(test)]
+mod regressions {
+    use super::*;
+    use crate::stages::harmony_parse::HarmonyParseConfig;
+
+    /// Found by the `request` fuzz target: `x<|end<|reserved_200898|>|>y` came back as
+    /// `x<|end|>y`, markup formed by removing the token in the middle.
+    #[test]
+    fn cleaned_history_has_no_markup_even_when_removal_forms_it() {
+        let parse = HarmonyParseFactory::new(&HarmonyParseConfig::default(), crate::testing::encoding());
+        let mut req = serde_json::json!({"messages": [{"role": "assistant", "content": "<|channe:|>analysis<|message|>x<|end<|reserved_200898|>|><|se|>y"}]});
+        clean(&parse, &mut req);
+        let c = req["messages"][0]["content"].as_str().unwrap();
+        assert!(!crate::markup::has_markup(c), "{c:?}");
+    }
+}

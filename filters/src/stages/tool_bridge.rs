@@ -6,9 +6,9 @@
 //! - `reasoning`: analysis text is dropped or streamed as `reasoning_content` / `reasoning`.
 //! - `preambles`: commentary without a recipient is dropped or becomes content.
 //!
-//! Everything client-visible passes a [`Scanner`] once more: a token removed upstream can
-//! join the text around it into something that looks like markup (`<|` + `<|end|>` +
-//! `x|>`), and the contract is about what the client assembles, not each piece.
+//! Everything client-visible passes a [`Sanitizer`]: a token removed upstream can join the
+//! text around it into something that looks like markup (`<|` + `<|end|>` + `x|>`), and the
+//! contract is about what the client assembles, not each piece.
 //!
 //! Tool calls the upstream already parsed (`delta.tool_calls`) get the same treatment: they
 //! are re-indexed from 0, given our ids, and a call is announced only once its name is known
@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Channel, Event, ReasoningField, UpstreamToolCall};
-use crate::markup::{Piece, Scanner};
+use crate::markup::Sanitizer;
 use crate::stage::{random_id, RequestMeta, Stage, StageFactory, Stats};
 use crate::stages::harmony_parse::clean_name;
 
@@ -96,8 +96,8 @@ pub struct ToolBridge {
     open: Option<u32>,
     next_index: u32,
     upstream: Option<UpstreamCall>,
-    content_guard: Scanner,
-    reasoning_guard: Scanner,
+    content_guard: Sanitizer,
+    reasoning_guard: Sanitizer,
     final_chunks: u64,
     tool_chunks: u64,
 }
@@ -111,18 +111,14 @@ pub fn display_name(raw: &str) -> String {
     }
 }
 
-/// Passes `t` through `scanner`, dropping markup; the common case (nothing held, no `<`)
-/// hands the string on without copying.
-fn guard(scanner: &mut Scanner, t: String) -> Option<String> {
-    if scanner.is_idle() && !t.contains('<') {
+/// Passes `t` through `sanitizer`; the common case (nothing held, no `<`) hands the string
+/// on without copying.
+fn guard(sanitizer: &mut Sanitizer, t: String) -> Option<String> {
+    if sanitizer.is_idle() && !t.contains('<') {
         return (!t.is_empty()).then_some(t);
     }
     let mut clean = String::with_capacity(t.len());
-    scanner.push(&t, |p| {
-        if let Piece::Text(x) = p {
-            clean.push_str(x)
-        }
-    });
+    sanitizer.push(&t, &mut clean);
     (!clean.is_empty()).then_some(clean)
 }
 
@@ -139,8 +135,8 @@ impl ToolBridge {
             open: None,
             next_index: 0,
             upstream: None,
-            content_guard: Scanner::default(),
-            reasoning_guard: Scanner::default(),
+            content_guard: Sanitizer::default(),
+            reasoning_guard: Sanitizer::default(),
             final_chunks: 0,
             tool_chunks: 0,
         }
@@ -162,14 +158,14 @@ impl ToolBridge {
     /// The response is ending: release what the guards held.
     fn flush_guards(&mut self, out: &mut Vec<Event>) {
         let mut held = String::new();
-        self.content_guard.finish(|p| if let Piece::Text(t) = p { held.push_str(t) });
+        self.content_guard.finish(&mut held);
         if !held.is_empty() {
             self.final_chunks += 1;
             out.push(Event::Content(held));
         }
         if let Some(field) = self.reasoning {
             let mut held = String::new();
-            self.reasoning_guard.finish(|p| if let Piece::Text(t) = p { held.push_str(t) });
+            self.reasoning_guard.finish(&mut held);
             if !held.is_empty() {
                 out.push(Event::Reasoning(field, held));
             }
@@ -375,7 +371,7 @@ mod regressions {
     fn removed_tokens_cannot_join_text_into_markup() {
         let mut tb = ToolBridge::new(ToolBridgeConfig::default());
         let mut out = Vec::new();
-        for t in ["a <", "<|", "nel|>", " b"] {
+        for t in ["a <", "<|", "nel|>", " b", "<|", "<|x|>", "y|>"] {
             tb.on_event(Event::Text(Channel::Final, t.into()), &mut out);
         }
         tb.on_end(&mut out);

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for a bounded time from the committed seed corpus (CI runs this).
+#   FUZZ_SECONDS=600 bash fuzz/smoke.sh            # longer
+#   bash fuzz/smoke.sh harmony_stream              # one target
+set -euo pipefail
+cd "$(dirname "$0")"
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+# Lets the stable toolchain pass the -Z flags cargo-fuzz uses.
+export RUSTC_BOOTSTRAP=1
+secs=${FUZZ_SECONDS:-60}
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(harmony_stream sse_decode config request)
+for t in "${targets[@]}"; do
+  work=$(mktemp -d)
+  cp corpus/"$t"/seed-* "$work"/
+  echo "fuzz: $t for ${secs}s"
+  if cargo fuzz run --sanitizer none "$t" "$work" -- -max_total_time="$secs" -max_len=16384 -rss_limit_mb=4096 -print_final_stats=1 > "$work.log" 2>&1; then
+    grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units)" "$work.log" || tail -n 3 "$work.log"
+  else
+    tail -n 60 "$work.log"
+    echo "fuzz: $t FOUND A FAILURE (the input is in fuzz/artifacts/$t; make it a named regression test)"
+    exit 1
+  fi
+  rm -rf "$work" "$work.log"
+done
+echo "fuzz: all targets clean"
