@@ -238,7 +238,11 @@ impl PipelineBody {
         if self.wire_sent || self.retries >= self.call.policy.max_retries {
             return false;
         }
-        // Start over with fresh stages; nothing of the broken attempt reached the client.
+        // Start over with fresh stages; nothing of the broken attempt reached the client,
+        // and the trace records only the attempt that answers.
+        if let Some((_, t)) = &mut self.trace {
+            t.clear();
+        }
         self.events.clear();
         self.out.clear();
         self.chain = self.pipeline.new_chain(&self.meta);
@@ -296,7 +300,9 @@ impl PipelineBody {
 
     fn write_trace(&mut self) {
         if let Some((dir, data)) = self.trace.take() {
-            let path = dir.join(format!("{}.sse", self.meta.request_id));
+            // The id may come from the client: keep it to a plain file name.
+            let name: String = self.meta.request_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+            let path = dir.join(format!("{name}.sse"));
             let _ = std::thread::Builder::new().name("trace-writer".into()).spawn(move || {
                 let _ = std::fs::create_dir_all(&dir);
                 if let Err(e) = std::fs::write(&path, data) {

@@ -4,6 +4,7 @@
 mod common;
 mod config;
 mod core;
+mod operations;
 mod resilience;
 mod snapshots;
 mod tools;

@@ -713,6 +713,15 @@ mod tests {
     }
 
     #[test]
+    fn without_prepend_an_unframed_start_goes_to_fallback() {
+        let f = HarmonyParseFactory::new(&HarmonyParseConfig { prepend_missing_start: Flag(false), ..Default::default() }, encoding());
+        let ev = parse_chunks(&f, &["<|channel|>analysis<|message|>x<|end|><|start|>assistant<|channel|>final<|message|>y"]);
+        assert_eq!(ev, ["unparsed:<|channel|>analysis<|message|>x<|end|>", "final:y"]);
+        // A stream that starts with <|start|> is framed as usual.
+        assert_eq!(parse_chunks(&f, &["<|start|>assistant<|channel|>final<|message|>z"]), ["final:z"]);
+    }
+
+    #[test]
     fn names_are_cleaned() {
         assert_eq!(clean_name("functions.get_weather\u{a0}\u{200b}"), "functions.get_weather");
         assert_eq!(clean_name("read_file json"), "read_file");
