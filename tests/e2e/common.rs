@@ -75,6 +75,10 @@ pub fn mock(dir: &Path) -> Proc {
 
 /// The config the shared test proxy runs: model globs pick the shipped pipelines.
 pub fn config(mock_url: &str, extra: &str) -> String {
+    let routes: String = [("text-*", "text-tools"), ("ide-*", "ide-tools"), ("pass-*", "passthrough"), ("*", "harmony")]
+        .iter()
+        .map(|(glob, pipeline)| format!("[[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"{glob}\"]\nupstream = \"default\"\npipeline = \"{pipeline}\"\n\n"))
+        .collect();
     format!(
         r#"
 [server]
@@ -87,29 +91,24 @@ url = "{mock_url}/v1"
 read_timeout = "5s"
 connect_timeout = "2s"
 
-[[routes]]
-path = "/v1/chat/completions"
-models = ["text-*"]
-upstream = "default"
-pipeline = "text-tools"
+{routes}"#
+    )
+}
 
+/// A config with one route to one pipeline made of `stages` (a TOML array body);
+/// `upstream_extra` goes into `[upstreams.default]`.
+pub fn one_pipeline(mock_url: &str, upstream_extra: &str, stages: &str) -> String {
+    format!(
+        r#"
+[upstreams.default]
+url = "{mock_url}/v1"
+{upstream_extra}
 [[routes]]
 path = "/v1/chat/completions"
-models = ["ide-*"]
 upstream = "default"
-pipeline = "ide-tools"
-
-[[routes]]
-path = "/v1/chat/completions"
-models = ["pass-*"]
-upstream = "default"
-pipeline = "passthrough"
-
-[[routes]]
-path = "/v1/chat/completions"
-models = ["*"]
-upstream = "default"
-pipeline = "harmony"
+pipeline = "main"
+[pipelines.main]
+stages = [{stages}]
 "#
     )
 }

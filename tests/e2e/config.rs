@@ -17,18 +17,7 @@ fn write_atomically(path: &Path, text: &str) {
 }
 
 fn config_with_mode(mock: &str, mode: &str) -> String {
-    format!(
-        r#"
-[upstreams.default]
-url = "{mock}/v1"
-[[routes]]
-path = "/v1/chat/completions"
-upstream = "default"
-pipeline = "main"
-[pipelines.main]
-stages = [{{ type = "harmony-parse" }}, {{ type = "tool-bridge", mode = "{mode}" }}, {{ type = "sse-encode" }}]
-"#
-    )
+    one_pipeline(mock, "", &format!(r#"{{ type = "harmony-parse" }}, {{ type = "tool-bridge", mode = "{mode}" }}, {{ type = "sse-encode" }}"#))
 }
 
 fn tool_calls_now(env: &Env) -> usize {

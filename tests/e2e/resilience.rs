@@ -13,28 +13,11 @@ use crate::common::*;
 /// A proxy whose single pipeline has fast retries, a short read timeout and a watchdog.
 fn env() -> Env {
     Env::with_config(|mock| {
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-[upstreams.default]
-url = "{mock}/v1"
-read_timeout = "700ms"
-connect_timeout = "1s"
-[[routes]]
-path = "/v1/chat/completions"
-upstream = "default"
-pipeline = "p"
-[pipelines.p]
-stages = [
-  {{ type = "retry", max_retries = 2, backoff = "20ms" }},
-  {{ type = "harmony-parse" }},
-  {{ type = "fallback" }},
-  {{ type = "tool-bridge", mode = "openai_tool_calls" }},
-  {{ type = "watchdog", no_final_timeout = "1500ms" }},
-  {{ type = "sse-encode" }},
-]
-"#
+        one_pipeline(
+            mock,
+            "read_timeout = \"700ms\"\nconnect_timeout = \"1s\"",
+            r#"{ type = "retry", max_retries = 2, backoff = "20ms" }, { type = "harmony-parse" }, { type = "fallback" },
+               { type = "tool-bridge", mode = "openai_tool_calls" }, { type = "watchdog", no_final_timeout = "1500ms" }, { type = "sse-encode" }"#,
         )
     })
 }

@@ -7,18 +7,7 @@ use crate::common::*;
 
 fn env_with_bridge(bridge: &str) -> Env {
     Env::with_config(|mock| {
-        format!(
-            r#"
-[upstreams.default]
-url = "{mock}/v1"
-[[routes]]
-path = "/v1/chat/completions"
-upstream = "default"
-pipeline = "p"
-[pipelines.p]
-stages = [{{ type = "history-clean" }}, {{ type = "harmony-parse" }}, {{ type = "tool-bridge", {bridge} }}, {{ type = "sse-encode" }}]
-"#
-        )
+        one_pipeline(mock, "", &format!(r#"{{ type = "history-clean" }}, {{ type = "harmony-parse" }}, {{ type = "tool-bridge", {bridge} }}, {{ type = "sse-encode" }}"#))
     })
 }
 
