@@ -2,7 +2,7 @@
 //! whole response phase, against the SSE decoding alone (what a plain byte proxy that
 //! understood SSE would pay). `cargo bench -p harmony-filters --bench pipeline`
 //!
-//! Prints CPU time per upstream token and the stage chain's size per open stream.
+//! Prints CPU time per upstream token, and the memory an open stream holds.
 
 use std::time::Instant;
 
@@ -51,4 +51,33 @@ fn main() {
     println!("full response phase: {:.2} µs per token ({:.0} tokens/s on one core)", full * 1e6, 1.0 / full);
     println!("SSE decoding alone:  {:.2} µs per token", decode * 1e6);
     println!("(the Python proxy this replaces: ~80 µs per token)");
+
+    // Memory per open stream: many chains mid-answer at once, resident set before and after.
+    let n = 2000;
+    let before = rss_kib();
+    let mut open = Vec::with_capacity(n);
+    let head = llama_sse(&refs[..600], "stop");
+    let head = &head[..head.len() - 100]; // mid-stream: no finish, no [DONE]
+    for _ in 0..n {
+        let mut chain = p.new_chain(&meta);
+        let mut d = SseDecoder::new();
+        let (mut evs, mut out) = (Vec::new(), Vec::new());
+        // As the server does: network-sized reads, each read's frames written before the next.
+        for part in head.chunks(1400) {
+            d.push(part, &mut evs);
+            chain.push_all(&mut evs, &mut out);
+            out.clear();
+        }
+        open.push((chain, d));
+    }
+    if let (Some(b), Some(a)) = (before, rss_kib()) {
+        println!("open streams: {n} mid-answer (600 tokens in): {:.1} KiB each", (a.saturating_sub(b)) as f64 / n as f64);
+    }
+    drop(open);
+}
+
+/// Resident set size from /proc (Linux), in KiB.
+fn rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }

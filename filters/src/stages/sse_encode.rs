@@ -105,7 +105,16 @@ impl SseEncode {
             None => self.buf.extend_from_slice(b"null"),
         }
         self.buf.extend_from_slice(b"}]}\n\n");
+        self.emit(out);
+    }
+
+    /// Hands the buffered bytes on. A burst can grow the buffer while earlier frames are
+    /// still unsent; don't keep a large one for the rest of the stream.
+    fn emit(&mut self, out: &mut Vec<Event>) {
         out.push(Event::Wire(self.buf.split().freeze()));
+        if self.buf.capacity() > 16 << 10 {
+            self.buf = BytesMut::with_capacity(512);
+        }
     }
 
     fn write_str(&mut self, s: &str) {
@@ -168,7 +177,7 @@ impl SseEncode {
             }
         }
         self.buf.extend_from_slice(b"data: [DONE]\n\n");
-        out.push(Event::Wire(self.buf.split().freeze()));
+        self.emit(out);
     }
 
     fn finish_json(&mut self, out: &mut Vec<Event>) {
@@ -204,7 +213,7 @@ impl SseEncode {
             body
         };
         let _ = serde_json::to_writer((&mut self.buf).writer(), &body);
-        out.push(Event::Wire(self.buf.split().freeze()));
+        self.emit(out);
     }
 }
 
