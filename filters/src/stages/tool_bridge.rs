@@ -94,6 +94,8 @@ pub struct ToolBridge {
     reasoning: Option<ReasoningField>,
     /// Index of the open call, if any.
     open: Option<u32>,
+    /// The open call has had arguments other than whitespace.
+    open_has_args: bool,
     next_index: u32,
     upstream: Option<UpstreamCall>,
     content_guard: Sanitizer,
@@ -133,6 +135,7 @@ impl ToolBridge {
             cfg,
             reasoning,
             open: None,
+            open_has_args: false,
             next_index: 0,
             upstream: None,
             content_guard: Sanitizer::default(),
@@ -178,6 +181,7 @@ impl ToolBridge {
         let index = self.next_index;
         self.next_index += 1;
         self.open = Some(index);
+        self.open_has_args = false;
         self.tool_chunks += 1;
         match self.cfg.mode {
             Mode::FinalOnly => {}
@@ -191,6 +195,7 @@ impl ToolBridge {
         if args.is_empty() {
             return;
         }
+        self.open_has_args |= !args.trim().is_empty();
         self.tool_chunks += 1;
         match self.cfg.mode {
             Mode::FinalOnly => {}
@@ -200,8 +205,12 @@ impl ToolBridge {
     }
 
     fn end(&mut self, out: &mut Vec<Event>) {
-        if self.open.take().is_some() && self.cfg.mode == Mode::FinalPlusToolsText {
-            self.content("\n".into(), out);
+        let Some(index) = self.open.take() else { return };
+        match self.cfg.mode {
+            Mode::FinalPlusToolsText => self.content("\n".into(), out),
+            // Agents (Cline) run a call only once its arguments are non-empty.
+            Mode::OpenaiToolCalls if !self.open_has_args => out.push(Event::ClientToolArgs { index, args: "{}".into() }),
+            _ => {}
         }
     }
 
@@ -331,6 +340,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(bridge(Mode::FinalOnly, call("a", "{}")).is_empty());
+    }
+
+    #[test]
+    fn a_call_without_arguments_gets_an_empty_object() {
+        let out = bridge(Mode::OpenaiToolCalls, vec![Event::ToolCallStart { name: "functions.now".into() }, Event::ToolCallEnd]);
+        assert!(matches!(&out[..], [Event::ClientToolCall { .. }, Event::ClientToolArgs { index: 0, args }] if args == "{}"), "{out:?}");
     }
 
     #[test]
