@@ -259,7 +259,10 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     let (outcome, retries) = call.clone().run(0, None).await;
     let resp = match outcome {
         Outcome::Stream(r) => r,
-        Outcome::Passthrough(r) => return passthrough(r),
+        Outcome::Passthrough(r) => {
+            tracing::info!(request_id = rid, route = %route.label, model = %model, status = r.status().as_u16(), attempts = retries + 1, "request: upstream answer passed through");
+            return passthrough(r);
+        }
         Outcome::Failed(e) => {
             tracing::warn!(request_id = rid, route = %route.label, model = %model, status = e.status, attempts = retries + 1, error = %e.message, "request");
             return error_response(&e);

@@ -49,6 +49,18 @@ fn retryable_statuses_are_retried_then_succeed() {
 }
 
 #[test]
+fn retry_after_is_honoured() {
+    let env = env();
+    let k = key();
+    let started = std::time::Instant::now();
+    let r = ask(&env, true, json!({"text": ANSWER, "key": k, "faults": [{"status": 503, "retry_after": 1}]}));
+    assert_eq!(r.assemble(true).content, "All good.");
+    // The pipeline's own backoff is 20ms: only Retry-After explains a wait of a second.
+    assert!(started.elapsed() >= Duration::from_millis(950), "waited only {:?}", started.elapsed());
+    assert_eq!(attempts(&env, &k), 2);
+}
+
+#[test]
 fn retries_run_out_into_502() {
     let env = env();
     let k = key();
@@ -171,6 +183,8 @@ fn sigterm_lets_streams_finish_then_exits_zero() {
     std::thread::sleep(Duration::from_millis(300));
     let pid = env.proxy.child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let addr = env.proxy.url.trim_start_matches("http://").to_owned();
+    assert!(eventually(2, || std::net::TcpStream::connect(&addr).is_err()), "still accepting after SIGTERM");
     let r = handle.join().unwrap();
     let a = r.assemble(true);
     assert_eq!(a.content, "tick ".repeat(10).trim_end(), "the in-flight stream finished");
