@@ -237,3 +237,33 @@ fn api_keys_and_the_concurrency_limit() {
     assert_eq!(r.status, 503);
     assert_eq!(r.headers["retry-after"], "1");
 }
+
+#[test]
+fn an_upstream_that_never_accepts_hits_the_connect_timeout() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so connecting
+    // hangs rather than being refused.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (listener, addr, _fillers) = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = sock.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..8 {
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+                fillers.push(s);
+            }
+        }
+        (listener, addr, fillers)
+    });
+    let env = Env::with_config(|_| {
+        one_pipeline(&format!("http://{addr}"), "connect_timeout = \"300ms\"", r#"{ type = "retry", max_retries = 1, backoff = "10ms" }, { type = "harmony-parse" }, { type = "sse-encode" }"#)
+    });
+    let started = std::time::Instant::now();
+    let r = post(&env.url("/v1/chat/completions"), &chat_body("m", true, "hi"));
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_unreachable");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("deadline has elapsed") && started.elapsed() < Duration::from_secs(5), "{message} after {:?}", started.elapsed());
+    drop(listener);
+}
