@@ -68,6 +68,11 @@ enum Cmd {
         host: String,
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Serve HTTPS with this PEM certificate (and --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Mock upstream and proxy together, to see it work without a GPU.
     Demo {
@@ -90,7 +95,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Replay { file, config, pipeline, json } => replay(&file, config.as_deref(), pipeline.as_deref(), json),
-        Cmd::MockUpstream { host, port } => mock(&host, port),
+        Cmd::MockUpstream { host, port, tls_cert, tls_key } => mock(&host, port, tls_cert.as_deref().zip(tls_key.as_deref())),
         Cmd::Demo { port } => demo(port),
     }
 }
@@ -208,7 +213,7 @@ fn serve(args: ServeArgs, path: Option<PathBuf>, mock: Option<(std::net::TcpList
             let _ = l.set_nonblocking(true);
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => {
-                    tokio::spawn(mock_upstream::run(l, Arc::new(MockState::default())));
+                    tokio::spawn(mock_upstream::run(l, Arc::new(MockState::default()), None));
                 }
                 Err(e) => return fail(format!("mock upstream: {e}")),
             }
@@ -248,20 +253,25 @@ async fn shutdown_signal() {
     }
 }
 
-fn mock(host: &str, port: u16) -> ExitCode {
+fn mock(host: &str, port: u16, tls: Option<(&Path, &Path)>) -> ExitCode {
     let rt = match runtime() {
         Ok(r) => r,
         Err(c) => return c,
     };
+    let tls = match tls.map(|(cert, key)| server::tls_acceptor(cert, key)).transpose() {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     rt.block_on(async {
         let listener = match tokio::net::TcpListener::bind((host, port)).await {
             Ok(l) => l,
             Err(e) => return fail(format!("cannot listen on {host}:{port}: {e}")),
         };
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        println!("mock upstream listening on http://{local}/v1");
+        println!("mock upstream listening on {scheme}://{local}/v1");
         tokio::select! {
-            _ = mock_upstream::run(listener, Arc::new(MockState::default())) => {}
+            _ = mock_upstream::run(listener, Arc::new(MockState::default()), tls) => {}
             _ = shutdown_signal() => {}
         }
         ExitCode::SUCCESS

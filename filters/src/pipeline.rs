@@ -83,9 +83,29 @@ pub fn validate(specs: &[StageSpec]) -> Vec<String> {
     if encoders > 1 {
         errors.push("`sse-encode` may appear only once".to_owned());
     }
-    for kind in ["retry", "harmony-parse", "tool-bridge", "watchdog"] {
+    for kind in ["retry", "harmony-parse", "fallback", "tool-bridge", "watchdog"] {
         if specs.iter().filter(|s| s.type_name() == kind).count() > 1 {
             errors.push(format!("`{kind}` may appear only once"));
+        }
+    }
+    // The response stages only make sense in one order.
+    let pos = |kind: &str| specs.iter().position(|s| s.type_name() == kind);
+    let (parse, fallback, bridge, watchdog) = (pos("harmony-parse"), pos("fallback"), pos("tool-bridge"), pos("watchdog"));
+    match (parse, bridge) {
+        (Some(_), None) => errors.push(
+            "`harmony-parse` needs a `tool-bridge` after it to decide what the client sees (e.g. { type = \"tool-bridge\", mode = \"final_only\" })".to_owned(),
+        ),
+        (Some(p), Some(b)) if b < p => errors.push("`tool-bridge` must come after `harmony-parse`".to_owned()),
+        _ => {}
+    }
+    if let Some(f) = fallback {
+        if parse.is_none_or(|p| f < p) || bridge.is_some_and(|b| b < f) {
+            errors.push("`fallback` must come after `harmony-parse` and before `tool-bridge`".to_owned());
+        }
+    }
+    if let (Some(w), Some(b)) = (watchdog, bridge) {
+        if w < b {
+            errors.push("`watchdog` must come after `tool-bridge` (it watches what the client gets)".to_owned());
         }
     }
     for s in specs {

@@ -110,7 +110,7 @@ models = ["gpt-oss-*"]
 upstream = "default"
 pipeline = "p"
 [pipelines.p]
-stages = [{{ type = "retry", max_retries = 1, backoff = "10ms" }}, {{ type = "harmony-parse" }}, {{ type = "sse-encode" }}]
+stages = [{{ type = "retry", max_retries = 1, backoff = "10ms" }}, {{ type = "harmony-parse" }}, {{ type = "tool-bridge" }}, {{ type = "sse-encode" }}]
 "#
     );
     std::fs::write(dir.path().join("proxy.toml"), cfg).unwrap();

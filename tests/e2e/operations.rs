@@ -46,6 +46,26 @@ fn serves_https() {
 }
 
 #[test]
+fn https_upstreams_trust_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.path().join("up.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("up.key"), cert.key_pair.serialize_pem()).unwrap();
+    let mock = spawn(&["mock-upstream", "--port", "0", "--tls-cert", "up.pem", "--tls-key", "up.key"], dir.path(), &[]);
+    assert!(mock.url.starts_with("https://"));
+    for (ca, ok) in [("ca_file = \"up.pem\"", true), ("", false)] {
+        std::fs::write(dir.path().join("proxy.toml"), one_pipeline(&mock.url, &format!("{ca}\nconnect_timeout = \"2s\""), r#"{ type = "harmony-parse" }, { type = "tool-bridge" }, { type = "sse-encode" }"#)).unwrap();
+        let proxy = spawn(&["--config", "proxy.toml", "--port", "0"], dir.path(), &[]);
+        let r = post(&format!("{}/v1/chat/completions", proxy.url), &chat_body("m", true, "hi"));
+        if ok {
+            assert_eq!(r.assemble(true).content, "Hello! How can I help you today?");
+        } else {
+            assert_eq!(r.status, 502, "an unknown issuer must not be trusted: {}", r.text());
+        }
+    }
+}
+
+#[test]
 fn metrics_count_what_happened() {
     let env = Env::start("");
     chat(&env, "ide-x", true, "scenario:weather");

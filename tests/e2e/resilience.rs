@@ -257,7 +257,7 @@ fn an_upstream_that_never_accepts_hits_the_connect_timeout() {
         (listener, addr, fillers)
     });
     let env = Env::with_config(|_| {
-        one_pipeline(&format!("http://{addr}"), "connect_timeout = \"300ms\"", r#"{ type = "retry", max_retries = 1, backoff = "10ms" }, { type = "harmony-parse" }, { type = "sse-encode" }"#)
+        one_pipeline(&format!("http://{addr}"), "connect_timeout = \"300ms\"", r#"{ type = "retry", max_retries = 1, backoff = "10ms" }, { type = "harmony-parse" }, { type = "tool-bridge" }, { type = "sse-encode" }"#)
     });
     let started = std::time::Instant::now();
     let r = post(&env.url("/v1/chat/completions"), &chat_body("m", true, "hi"));
