@@ -78,12 +78,14 @@ pub struct PipelineBody {
     out: Vec<Event>,
     pending: VecDeque<Bytes>,
     read_timeout: Duration,
+    /// When the upstream last sent bytes; the read timer is re-armed from it only when it
+    /// fires, which keeps timer updates off the per-frame path.
+    last_read: tokio::time::Instant,
     read_timer: Pin<Box<Sleep>>,
     stage_timer: Option<Pin<Box<Sleep>>>,
     wire_sent: bool,
     finished: bool,
     first_error: Option<ApiError>,
-    first_output: Option<Instant>,
     summary: Summary,
     metrics: Arc<Metrics>,
     trace: Option<(std::path::PathBuf, Vec<u8>)>,
@@ -119,12 +121,12 @@ impl PipelineBody {
             out: Vec::with_capacity(8),
             pending: VecDeque::new(),
             read_timeout,
+            last_read: tokio::time::Instant::now(),
             read_timer: Box::pin(tokio::time::sleep(read_timeout)),
             stage_timer: None,
             wire_sent: false,
             finished: false,
             first_error: None,
-            first_output: None,
             summary,
             metrics,
             trace: trace_dir.map(|d| (d, Vec::new())),
@@ -147,7 +149,6 @@ impl PipelineBody {
                 Event::Wire(b) => {
                     if !b.is_empty() {
                         self.wire_sent = true;
-                        self.first_output.get_or_insert_with(Instant::now);
                         self.pending.push_back(b);
                     }
                 }
@@ -210,8 +211,9 @@ impl PipelineBody {
 
     /// The upstream body ended (cleanly or not).
     fn on_upstream_end(&mut self) {
+        // A finish reason means the answer is complete, [DONE] or not.
         let clean = match &self.decoder {
-            Decoder::Sse(d) => d.is_done() || d.saw_error(),
+            Decoder::Sse(d) => d.is_done() || d.saw_error() || d.saw_finish(),
             Decoder::Json(_) => true,
         };
         if !clean && self.try_retry() {
@@ -290,7 +292,17 @@ impl PipelineBody {
                 }
             }
         }
-        if matches!(self.phase, Phase::Streaming(_)) && self.read_timer.as_mut().poll(cx).is_ready() {
+        while matches!(self.phase, Phase::Streaming(_)) && self.read_timer.as_mut().poll(cx).is_ready() {
+            let due = self.last_read + self.read_timeout;
+            if due > tokio::time::Instant::now() {
+                self.read_timer.as_mut().reset(due); // bytes came since it was armed
+                continue;
+            }
+            if matches!(&self.decoder, Decoder::Sse(d) if d.saw_finish()) {
+                // The answer was complete; the upstream just never closed or sent [DONE].
+                self.on_upstream_end();
+                return true;
+            }
             let msg = format!("upstream {} sent nothing for {:?}", self.call.upstream.name, self.read_timeout);
             self.on_failure("timeout", ApiError::new(504, "upstream_error", Some("upstream_timeout"), msg));
             return true;
@@ -335,12 +347,16 @@ impl Body for PipelineBody {
                         this.retries = retries;
                         this.decoder = Decoder::for_response(&resp);
                         this.phase = Phase::Streaming(resp.into_body());
-                        this.read_timer.as_mut().reset(tokio::time::Instant::now() + this.read_timeout);
+                        this.last_read = tokio::time::Instant::now();
+                        this.read_timer.as_mut().reset(this.last_read + this.read_timeout);
                     }
                     Poll::Ready((Outcome::Passthrough(resp), retries)) => {
+                        // Headers may have gone out already: keep the upstream's status for a
+                        // non-streamed answer, and say it in the error event of a stream.
                         this.retries = retries;
-                        let msg = format!("upstream answered HTTP {} on retry", resp.status().as_u16());
-                        this.events.push(Event::Error(ApiError::upstream(msg)));
+                        let status = resp.status().as_u16();
+                        let msg = format!("upstream answered HTTP {status} when retried");
+                        this.events.push(Event::Error(ApiError::new(status, "upstream_error", Some("upstream_error"), msg)));
                         this.end();
                     }
                     Poll::Ready((Outcome::Failed(err), retries)) => {
@@ -357,7 +373,7 @@ impl Body for PipelineBody {
                 },
                 Phase::Streaming(incoming) => match Pin::new(incoming).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
-                        this.read_timer.as_mut().reset(tokio::time::Instant::now() + this.read_timeout);
+                        this.last_read = tokio::time::Instant::now();
                         if let Ok(data) = frame.into_data() {
                             this.on_bytes(&data);
                             this.arm_stage_timer();
@@ -400,7 +416,7 @@ impl Drop for PipelineBody {
         m.watchdog_aborts.increment(st.watchdog_aborts);
         let duration = self.summary.started.elapsed();
         m.duration.record(duration.as_secs_f64());
-        let ttft_ms = self.first_output.map(|t| {
+        let ttft_ms = st.first_output.map(|t| {
             let d = t.duration_since(self.summary.started);
             m.ttft.record(d.as_secs_f64());
             d.as_millis() as u64

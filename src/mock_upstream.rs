@@ -62,6 +62,9 @@ pub struct Fault {
     pub truncate_after: Option<usize>,
     /// After this many deltas: send a chunk that is not JSON.
     pub invalid_after: Option<usize>,
+    /// After the last frame: keep the connection open (without `[DONE]`) until the client goes.
+    #[serde(default)]
+    pub linger: bool,
 }
 
 /// A scripted answer.
@@ -397,10 +400,13 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
             let u = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-oss-20b", "choices": [], "usage": usage});
             let _ = send(Bytes::from(format!("data: {u}\n\n"))).await;
         }
-        if script.done {
+        if script.done && !fault.linger {
             let _ = send(Bytes::from_static(b"data: [DONE]\n\n")).await;
         }
         state.completed.fetch_add(1, Ordering::SeqCst);
+        if fault.linger {
+            tx.closed().await;
+        }
     });
     let body = StreamBody::new(ReceiverStream(rx)).boxed_unsync();
     let mut r = Response::new(body);

@@ -257,6 +257,9 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
         metrics: state.metrics.clone(),
     });
     let (outcome, retries) = call.clone().run(0, None).await;
+    if !matches!(outcome, Outcome::Stream(_)) {
+        state.metrics.duration.record(started.elapsed().as_secs_f64());
+    }
     let resp = match outcome {
         Outcome::Stream(r) => r,
         Outcome::Passthrough(r) => {

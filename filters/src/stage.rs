@@ -74,6 +74,8 @@ pub trait Stage: Send {
 /// What happened in one request, summed over its stages.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
+    /// When the first answer text or tool call reached the encoder (time to first token).
+    pub first_output: Option<Instant>,
     pub final_chunks: u64,
     pub tool_chunks: u64,
     pub tool_calls: u64,
@@ -178,7 +180,7 @@ impl Chain {
     }
 
     pub fn stats(&self) -> Stats {
-        let mut st = Stats::default();
+        let mut st = Stats { first_output: None, ..Stats::default() };
         for s in &self.stages {
             s.stats(&mut st);
         }

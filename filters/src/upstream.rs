@@ -191,12 +191,28 @@ impl SseDecoder {
             if self.has_data {
                 self.data.push(b'\n');
             }
+            if self.data.len() + value.len() > MAX_LINE {
+                self.data.clear();
+                self.has_data = false;
+                self.error(out, "upstream sent an SSE event larger than 4 MiB");
+                return;
+            }
             self.data.extend_from_slice(value);
             self.has_data = true;
             // Servers that forget the blank line between events still put one JSON per line:
-            // dispatch eagerly when the data is a complete JSON value or [DONE].
-            if self.data == b"[DONE]" || serde_json::from_slice::<serde::de::IgnoredAny>(&self.data).is_ok() {
+            // take the event as soon as it is a complete chunk (parsed once) or [DONE].
+            if self.data.trim_ascii() == b"[DONE]" {
                 self.dispatch(out);
+            } else {
+                let data = std::mem::take(&mut self.data);
+                if let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(&data) {
+                    self.take_chunk(chunk, out);
+                    self.has_data = false;
+                    self.data = data;
+                    self.data.clear();
+                } else {
+                    self.data = data; // not complete yet: wait for more lines or the blank line
+                }
             }
         }
         // event:, id:, retry: carry nothing we use.
@@ -213,18 +229,20 @@ impl SseDecoder {
             self.saw_done = true;
         } else if !trimmed.is_empty() {
             match serde_json::from_slice::<Chunk<'_>>(trimmed) {
-                Ok(chunk) => {
-                    let before = out.len();
-                    chunk_events(chunk, out, &mut self.saw_finish);
-                    if out[before..].iter().any(|e| matches!(e, Event::Error(_))) {
-                        self.saw_error = true;
-                    }
-                }
+                Ok(chunk) => self.take_chunk(chunk, out),
                 Err(e) => self.error(out, &format!("upstream sent an invalid chunk: {e}")),
             }
         }
         self.data = data;
         self.data.clear();
+    }
+
+    fn take_chunk(&mut self, chunk: Chunk<'_>, out: &mut Vec<Event>) {
+        let before = out.len();
+        chunk_events(chunk, out, &mut self.saw_finish);
+        if out[before..].iter().any(|e| matches!(e, Event::Error(_))) {
+            self.saw_error = true;
+        }
     }
 
     fn error(&mut self, out: &mut Vec<Event>, msg: &str) {
@@ -235,6 +253,11 @@ impl SseDecoder {
     /// Has the upstream said it is done (`[DONE]`)?
     pub fn is_done(&self) -> bool {
         self.saw_done
+    }
+
+    /// Has the upstream given a finish reason (its answer is complete)?
+    pub fn saw_finish(&self) -> bool {
+        self.saw_finish
     }
 
     /// Has anything gone wrong that ends the stream?

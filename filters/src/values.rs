@@ -45,10 +45,10 @@ impl<'de> Deserialize<'de> for Dur {
                 parse_duration(v).map(Dur).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v).map(|s| Dur(Duration::from_secs(s))).map_err(|_| E::custom("negative duration"))
+                parse_duration(&v.to_string()).map(Dur).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
-                Ok(Dur(Duration::from_secs(v)))
+                parse_duration(&v.to_string()).map(Dur).map_err(E::custom)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
                 parse_duration(&v.to_string()).map(Dur).map_err(E::custom)
@@ -187,5 +187,13 @@ mod tests {
         assert!(parse_duration("5x").unwrap_err().contains("invalid duration \"5x\""));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1").is_err());
+        // Found in review: whole numbers skipped the cap, and Instant + Duration overflowed.
+        assert!(parse_duration("9223372036854775807").is_err());
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[allow(dead_code)]
+            d: Dur,
+        }
+        assert!(toml::from_str::<T>("d = 9223372036854775807").is_err());
     }
 }

@@ -41,7 +41,9 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
                         Some((n, d)) => (n, Some(d)),
                         None => (inner, None),
                     };
+                    // As in the shell, `:-` also replaces a variable that is set but empty.
                     let value = match (lookup(name), default) {
+                        (Some(v), Some(d)) if v.is_empty() => d.to_owned(),
                         (Some(v), _) => v,
                         (None, Some(d)) => d.to_owned(),
                         (None, None) => {
@@ -93,6 +95,7 @@ mod tests {
             "A" => Some("x".into()),
             "Q" => Some("a\"b\\c".into()),
             "N" => Some("120".into()),
+            "EMPTY" => Some(String::new()),
             _ => None,
         }
     }
@@ -103,6 +106,9 @@ mod tests {
         assert_eq!(interpolate("a = \"${B:-dflt}\"", env).unwrap(), "a = \"dflt\"");
         assert_eq!(interpolate("a = ${N:-3}", env).unwrap(), "a = 120");
         assert_eq!(interpolate("a = \"${B:-}\"", env).unwrap(), "a = \"\"");
+        // Found in review: MAX_RETRIES= (set, empty) gave `max_retries = `, a syntax error.
+        assert_eq!(interpolate("a = ${EMPTY:-3}", env).unwrap(), "a = 3");
+        assert_eq!(interpolate("a = \"${EMPTY}\"", env).unwrap(), "a = \"\"");
     }
 
     #[test]

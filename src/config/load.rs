@@ -395,6 +395,6 @@ stages = [{ type = "harmony-parse", extra = 1 }, { type = "retry", backoff = "5x
         assert!(e.contains("pipelines.main: `tool-bridge` must come after `harmony-parse`"), "{e}");
         let t = OK.replace(r#"{ type = "tool-bridge" }, "#, "");
         let e = load_text(&t).unwrap_err().0.join("\n");
-        assert!(e.contains("`harmony-parse` needs a `tool-bridge` after it"), "{e}");
+        assert!(e.contains("a pipeline needs a `tool-bridge`"), "{e}");
     }
 }

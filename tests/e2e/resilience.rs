@@ -118,6 +118,20 @@ fn once_output_reached_the_client_a_failure_ends_the_stream_with_an_error_and_do
     }
 }
 
+/// Found in review: a stream with a finish reason that closed without `[DONE]` counted as
+/// broken, so a non-streamed answer was generated again (up to max_retries times).
+#[test]
+fn a_finished_stream_without_done_is_complete() {
+    let env = env();
+    for (stream, fault) in [(false, json!({})), (true, json!({})), (false, json!({"linger": true})), (true, json!({"linger": true}))] {
+        let k = key();
+        let r = ask(&env, stream, json!({"text": ANSWER, "key": k, "done": false, "faults": [fault]}));
+        let a = r.assemble(stream);
+        assert_eq!((a.content.as_str(), a.finish.as_str(), a.error.is_none()), ("All good.", "stop", true), "{fault}: {}", r.text());
+        assert_eq!(attempts(&env, &k), 1, "{fault}: regenerated");
+    }
+}
+
 #[test]
 fn no_answer_before_the_read_timeout_is_504() {
     let env = env();

@@ -136,8 +136,12 @@ enum State {
     Unframed,
 }
 
-/// Longest header kept; beyond it the "header" is junk and goes to fallback.
-const MAX_HEADER: usize = 1024;
+/// Longest header kept; what a header holds beyond it is dropped (memory stays bounded, and
+/// none of it can become answer text).
+const MAX_HEADER: usize = 64 << 10;
+/// Longest text handed to the tokenizer at once: openai-harmony's tokenizer panics on
+/// runs of about a megabyte of one character (its regex gives up and it unwraps).
+const MAX_ENCODE: usize = 16 << 10;
 /// Longest text held between messages while deciding whether it starts a header.
 const MAX_HOLD: usize = 64;
 /// Words that stand for stripped headers: `assistantfinal`, …
@@ -255,10 +259,8 @@ impl HarmonyParse {
             },
             State::Header => match p {
                 Piece::Text(t) => {
-                    self.header.push_str(t);
-                    if self.header.len() > MAX_HEADER {
-                        self.headerless(out);
-                    }
+                    let room = MAX_HEADER.saturating_sub(self.header.len());
+                    self.header.push_str(&t[..floor_char_boundary(t, room)]);
                 }
                 Piece::Special(s) => self.in_header(s, out),
             },
@@ -289,7 +291,10 @@ impl HarmonyParse {
                     out.push(Event::Unparsed(std::mem::take(&mut self.header)));
                     self.state = State::Header;
                 }
-                Piece::Text(t) => self.header.push_str(t),
+                Piece::Text(t) => {
+                    let room = MAX_HEADER.saturating_sub(self.header.len());
+                    self.header.push_str(&t[..floor_char_boundary(t, room)]);
+                }
                 Piece::Special(s) => self.header.push_str(s.literal()),
             },
         }
@@ -343,7 +348,8 @@ impl HarmonyParse {
         } else if let Some(rest) = s.strip_prefix("analysis").filter(|_| first) {
             match rest.chars().next() {
                 None => return,
-                Some(c) if c.is_uppercase() => {
+                // `analysisWe…`, `analysisuser…`: no word starts with "analysis" and goes on.
+                Some(c) if c.is_alphanumeric() => {
                     let content = rest.to_owned();
                     self.hold.clear();
                     self.open_glued("analysis", &content, out);
@@ -412,7 +418,7 @@ impl HarmonyParse {
         self.tokens.push(sh.start);
         self.tokens.extend_from_slice(&sh.assistant);
         if let Some(r) = &recipient {
-            self.tokens.extend(sh.enc.tokenizer().encode_ordinary(&format!(" to={r}")));
+            encode(&sh.enc, &format!(" to={r}"), &mut self.tokens);
         }
         self.tokens.push(sh.channel);
         self.tokens.extend(sh.enc.tokenizer().encode_ordinary(channel));
@@ -446,7 +452,9 @@ impl HarmonyParse {
         if self.parser_broken {
             self.scratch.push_str(t);
         } else {
-            let tokens = self.sh.enc.tokenizer().encode_ordinary(t);
+            let mut tokens = std::mem::take(&mut self.tokens);
+            tokens.clear();
+            encode(&self.sh.enc, t, &mut tokens);
             for (i, &tok) in tokens.iter().enumerate() {
                 match self.parser.process(tok) {
                     Ok(p) => {
@@ -464,11 +472,12 @@ impl HarmonyParse {
                     }
                 }
             }
+            self.tokens = tokens;
         }
         if self.scratch.is_empty() {
             return;
         }
-        let text = self.scratch.clone();
+        let text = std::mem::take(&mut self.scratch);
         out.push(match target {
             Target::Text(ch) => Event::Text(ch, text),
             Target::Tool => Event::ToolCallArgs(text),
@@ -547,6 +556,27 @@ impl HarmonyParse {
             out.push(Event::Unparsed(h));
         }
         self.state = State::ExpectStart;
+    }
+}
+
+/// The largest index `<= i` on a char boundary of `s`.
+fn floor_char_boundary(s: &str, i: usize) -> usize {
+    let mut i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Tokenizes `text` in pieces of at most [`MAX_ENCODE`] bytes (the decoded text is the same).
+fn encode(enc: &HarmonyEncoding, mut text: &str, out: &mut Vec<Rank>) {
+    while !text.is_empty() {
+        let cut = match floor_char_boundary(text, MAX_ENCODE) {
+            0 => text.len(),
+            n => n,
+        };
+        out.extend(enc.tokenizer().encode_ordinary(&text[..cut]));
+        text = &text[cut..];
     }
 }
 
@@ -721,6 +751,27 @@ mod tests {
         assert_eq!(parse_chunks(&f, &["<|start|>assistant<|channel|>final<|message|>z"]), ["final:z"]);
     }
 
+    /// Found in review: a ~1 MB run of one character made openai-harmony's tokenizer panic
+    /// (reachable from a client through history-clean, and from an upstream delta).
+    #[test]
+    fn a_huge_run_of_one_character_does_not_panic() {
+        let long = "a".repeat(1_300_000);
+        let ev = run(&["<|channel|>final<|message|>", &long]);
+        assert_eq!(ev.concat().len(), "final:".len() + long.len());
+    }
+
+    /// Found in review: reasoning in a header that never reached `<|message|>` became answer
+    /// text once the header passed its size limit.
+    #[test]
+    fn an_endless_header_never_becomes_the_answer() {
+        let long = "thinking ".repeat(300);
+        let mut chunks = vec!["<|channel|>analysis "];
+        chunks.extend(long.split_inclusive(' '));
+        let ev = run(&chunks);
+        assert!(ev.iter().all(|e| e.starts_with("unparsed:")), "{:?}", &ev[..ev.len().min(3)]);
+        assert_eq!(run(&["analysisuser wants x.assistantfinalOk"]), ["analysis:user wants x.", "final:Ok"]);
+    }
+
     #[test]
     fn names_are_cleaned() {
         assert_eq!(clean_name("functions.get_weather\u{a0}\u{200b}"), "functions.get_weather");
@@ -728,3 +779,4 @@ mod tests {
         assert_eq!(clean_name("browser.search<|channel|>x"), "browser.search");
     }
 }
+

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::{ApiError, Event, FinishReason, ReasoningField};
-use crate::stage::{RequestMeta, Stage, StageFactory};
+use crate::stage::{RequestMeta, Stage, StageFactory, Stats};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +57,7 @@ pub struct SseEncode {
     reasoning: Option<(ReasoningField, String)>,
     calls: Vec<ToolCall>,
     saw_tool_call: bool,
+    first_output: Option<std::time::Instant>,
 }
 
 fn json_str(s: &str) -> String {
@@ -87,6 +88,7 @@ impl SseEncode {
             reasoning: None,
             calls: Vec::new(),
             saw_tool_call: false,
+            first_output: None,
         }
     }
 
@@ -222,8 +224,12 @@ impl Stage for SseEncode {
         if self.done {
             return;
         }
+        if self.first_output.is_none() && matches!(ev, Event::Content(_) | Event::ClientToolCall { .. }) {
+            self.first_output = Some(std::time::Instant::now());
+        }
         match ev {
-            Event::Content(t) | Event::Upstream(t) => {
+            // Only tool-bridge's client events are shown: it is where markup is removed.
+            Event::Content(t) => {
                 if self.stream {
                     self.text_chunk("content", &t, out)
                 } else {
@@ -271,6 +277,10 @@ impl Stage for SseEncode {
             ev @ (Event::Abort | Event::Wire(_)) => out.push(ev),
             _ => {}
         }
+    }
+
+    fn stats(&self, st: &mut Stats) {
+        st.first_output = st.first_output.or(self.first_output);
     }
 
     fn on_end(&mut self, out: &mut Vec<Event>) {
