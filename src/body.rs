@@ -146,11 +146,9 @@ impl PipelineBody {
         let mut abort = false;
         for ev in self.out.drain(..) {
             match ev {
-                Event::Wire(b) => {
-                    if !b.is_empty() {
-                        self.wire_sent = true;
-                        self.pending.push_back(b);
-                    }
+                Event::Wire(b) if !b.is_empty() => {
+                    self.wire_sent = true;
+                    self.pending.push_back(b);
                 }
                 Event::Error(e) => {
                     self.first_error.get_or_insert(e);

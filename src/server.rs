@@ -191,6 +191,7 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
 }
 
 /// The concurrency limit: a guard while under it, a 503 beyond it.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once
 fn admit(state: &Arc<AppState>, snap: &Snapshot) -> Result<InflightGuard, Response<RespBody>> {
     let n = state.inflight.fetch_add(1, Ordering::Relaxed) + 1;
     let guard = InflightGuard(state.inflight.clone());
@@ -324,8 +325,10 @@ async fn forward(snap: &Snapshot, req: Request<Incoming>, rid: &str) -> Response
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
+    // The client's Authorization is for the proxy when the proxy checks keys.
+    let keep_auth = snap.config.server.api_keys.is_empty();
     for (k, v) in &parts.headers {
-        if !HOP_BY_HOP.contains(&k.as_str()) && !(k == header::AUTHORIZATION && !snap.config.server.api_keys.is_empty()) {
+        if !HOP_BY_HOP.contains(&k.as_str()) && (k != header::AUTHORIZATION || keep_auth) {
             out.headers_mut().append(k, v.clone());
         }
     }
