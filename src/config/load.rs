@@ -374,6 +374,68 @@ stages = [{ type = "harmony-parse", extra = 1 }, { type = "retry", backoff = "5x
         assert!(all.contains("pipelines.main.stages[2] (nope): unknown stage type `nope`"), "{all}");
     }
 
+    /// The shipped proxy.toml maps every environment variable of the original Python proxy.
+    #[test]
+    fn every_python_proxy_variable_lands_where_it_should() {
+        use harmony_filters::stages::tool_bridge::Mode;
+        use std::time::Duration;
+        let env = |k: &str| {
+            Some(
+                match k {
+                    "UPSTREAM_BASE_URL" => "http://gpu-box:9000/v1",
+                    "PROXY_MODE" => "openai_tool_calls",
+                    "HARMONY_ENCODING_NAME" => "HarmonyGptOss",
+                    "CONNECT_TIMEOUT" => "3",
+                    "READ_TIMEOUT" => "45",
+                    "NO_FINAL_TIMEOUT" => "30",
+                    "MAX_RETRIES" => "5",
+                    "RETRY_BACKOFF_SECONDS" => "0.25",
+                    "HARMONY_STOPS_ENABLED" => "false",
+                    "EXTRA_STOP_SEQUENCES" => "END, STOP",
+                    "LOG_LEVEL" => "DEBUG",
+                    "METRICS_ENABLED" => "0",
+                    "PREPEND_MISSING_HARMONY_START" => "0",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        let c = load_str(super::super::EMBEDDED_CONFIG, None, env).unwrap();
+        let up = &c.upstreams["default"];
+        assert_eq!(up.url, "http://gpu-box:9000/v1");
+        assert_eq!((up.connect_timeout.0, up.read_timeout.0), (Duration::from_secs(3), Duration::from_secs(45)));
+        assert_eq!((c.server.log_level, c.server.metrics.0), (super::super::LogLevel::Debug, false));
+        let stages = &c.pipelines["harmony"].0.stages;
+        let mut seen = 0;
+        for st in stages {
+            match st {
+                StageSpec::StopInjection(s) => {
+                    assert!(!s.harmony_stops.0);
+                    assert_eq!(s.extra.0, ["END", "STOP"]);
+                    seen += 1;
+                }
+                StageSpec::Retry(r) => {
+                    assert_eq!((r.max_retries, r.backoff.0), (5, Duration::from_millis(250)));
+                    seen += 1;
+                }
+                StageSpec::HarmonyParse(h) => {
+                    assert_eq!((h.prepend_missing_start.0, h.encoding.as_str()), (false, "HarmonyGptOss"));
+                    seen += 1;
+                }
+                StageSpec::ToolBridge(t) => {
+                    assert_eq!(t.mode, Mode::OpenaiToolCalls);
+                    seen += 1;
+                }
+                StageSpec::Watchdog(w) => {
+                    assert_eq!(w.no_final_timeout.0, Duration::from_secs(30));
+                    seen += 1;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(seen, 5);
+    }
+
     /// Every committed seed of the `config` fuzz target (crashes included) stays a test.
     #[test]
     fn fuzz_corpus_loads_consistently() {
