@@ -106,16 +106,6 @@ impl Chain {
         }
     }
 
-    /// Push one event through every stage; the chain's output is appended to `out`.
-    pub fn push(&mut self, ev: Event, out: &mut Vec<Event>) {
-        if self.ended {
-            return;
-        }
-        self.a.clear();
-        self.a.push(ev);
-        self.run_from(0, out);
-    }
-
     /// Push several events (drained from `input`).
     pub fn push_all(&mut self, input: &mut Vec<Event>, out: &mut Vec<Event>) {
         if self.ended {
@@ -154,10 +144,6 @@ impl Chain {
             self.run_from(i + 1, out);
         }
         self.ended = true;
-    }
-
-    pub fn is_ended(&self) -> bool {
-        self.ended
     }
 
     /// The earliest deadline any stage asked for.
