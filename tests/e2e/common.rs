@@ -1,10 +1,15 @@
 //! The harness: start the real binary (proxy and built-in mock upstream) on ephemeral
 //! loopback ports, and talk to it as a client would.
+//!
+//! Invariant: no process the suite starts outlives it. Rust never drops statics, so the
+//! shared environment's children would be orphaned when the test binary exits; instead every
+//! child is forked by [`spawn_child`] with a parent-death signal (Linux `PR_SET_PDEATHSIG`),
+//! and the kernel kills it when the test process ends, however it ends.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use harmony_filters::testing::{assemble_json, assemble_sse, Assembled};
@@ -12,12 +17,65 @@ use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_harmony-proxy");
 
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` so that the child dies with the test process.
+///
+/// The parent-death signal fires when the *thread* that forked the child exits, not the
+/// process, and test threads end while shared children must live on: so all children are
+/// forked by one thread that lives as long as the process.
+pub fn spawn_child(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("child-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(spawn_dying_with_parent(&mut cmd));
+                }
+            })
+            .expect("spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.lock().unwrap_or_else(|e| e.into_inner()).send((cmd, reply_tx)).expect("spawner thread is gone");
+    reply_rx.recv().expect("spawner thread is gone")
+}
+
+#[cfg(target_os = "linux")]
+fn spawn_dying_with_parent(cmd: &mut Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then nobody would ever signal us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spawn_dying_with_parent(cmd: &mut Command) -> std::io::Result<Child> {
+    cmd.spawn()
+}
+
 /// A child process, killed when dropped.
 pub struct Proc {
     pub child: Child,
     /// What it printed as its address (`http://127.0.0.1:PORT`).
     pub url: String,
     pub stderr: PathBuf,
+    /// A copy of what it printed on stdout.
+    pub stdout: PathBuf,
 }
 
 impl Drop for Proc {
@@ -31,6 +89,11 @@ impl Proc {
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Everything it printed on stdout so far.
+    pub fn out(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 }
 
@@ -49,19 +112,28 @@ pub fn spawn(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Proc {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn harmony-proxy");
+    let mut child = spawn_child(cmd).expect("spawn harmony-proxy");
     let stdout = child.stdout.take().unwrap();
+    let stdout_log = cwd.join(format!("stdout-{}.log", fastrand::u64(..)));
+    let mut copy = std::fs::File::create(&stdout_log).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         while let Some(Ok(line)) = lines.next() {
-            if let Some(i) = line.find(" listening on ") {
+            use std::io::Write as _;
+            let _ = writeln!(copy, "{line}");
+            if line.starts_with('{') {
+                // JSON log mode: the banner is a JSON object with the address in `url`.
+                if let Some(url) = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["url"].as_str().map(str::to_owned)) {
+                    let _ = tx.send(url);
+                }
+            } else if let Some(i) = line.find(" listening on ") {
                 let _ = tx.send(line[i + " listening on ".len()..].trim().to_owned());
             }
         }
     });
     match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(url) => Proc { child, url: url.trim_end_matches("/v1").to_owned(), stderr },
+        Ok(url) => Proc { child, url: url.trim_end_matches("/v1").to_owned(), stderr, stdout: stdout_log },
         Err(_) => {
             let _ = child.kill();
             panic!("{args:?} did not start: {}", std::fs::read_to_string(&stderr).unwrap_or_default())
