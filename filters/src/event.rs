@@ -90,6 +90,9 @@ pub struct UpstreamToolCall {
     pub id: Option<String>,
     pub name: Option<String>,
     pub arguments: Option<String>,
+    /// The id the client will see, when a stage before `tool-bridge` chose it
+    /// (`reasoning-memory` keys its store by it); else the bridge makes one.
+    pub client_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,8 +106,10 @@ pub enum Event {
 
     /// Parsed text of one channel.
     Text(Channel, String),
-    /// A Harmony message addressed to a tool began; `name` is the raw recipient.
-    ToolCallStart { name: String },
+    /// A Harmony message addressed to a tool began; `name` is the raw recipient. `id` is the
+    /// id the client will see, when a stage before `tool-bridge` chose it (`reasoning-memory`);
+    /// else the bridge makes one.
+    ToolCallStart { name: String, id: Option<String> },
     /// More argument text of the open tool call.
     ToolCallArgs(String),
     /// The open tool call is complete.

@@ -1,5 +1,12 @@
 //! Stage specs (the `stages = [...]` tables of the config) and their compilation into
 //! factories, once per config generation.
+//!
+//! One list registers every stage ([`stages!`] below): its `type` name, its config type and
+//! its variant. The config type lives in the stage's own file and says, through
+//! [`StageConfig`], how its options are checked and what it adds to a pipeline. Everything
+//! else — the [`StageSpec`] enum, [`STAGE_TYPES`], [`StageSpec::type_name`], parsing one stage
+//! table ([`StageSpec::from_options`]) and [`compile`] — derives from that list, so adding a
+//! stage is one file and one line here.
 
 use std::sync::Arc;
 
@@ -8,53 +15,113 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::stage::{Chain, RequestMeta, StageFactory};
-use crate::stages::fallback::{FallbackConfig, FallbackFactory};
+use crate::stages::fallback::FallbackConfig;
 use crate::stages::harmony_parse::{HarmonyParseConfig, HarmonyParseFactory};
-use crate::stages::history_clean::{HistoryCleanConfig, HistoryCleanFactory};
+use crate::stages::history_clean::HistoryCleanConfig;
+use crate::stages::reasoning_memory::ReasoningMemoryConfig;
 use crate::stages::retry::{RetryConfig, RetryPolicy};
-use crate::stages::sse_encode::{SseEncodeConfig, SseEncodeFactory};
-use crate::stages::stop_injection::{StopInjectionConfig, StopInjectionFactory};
-use crate::stages::tool_bridge::{Mode, ToolBridgeConfig, ToolBridgeFactory};
-use crate::stages::watchdog::{WatchdogConfig, WatchdogFactory};
+use crate::stages::sse_encode::SseEncodeConfig;
+use crate::stages::stop_injection::StopInjectionConfig;
+use crate::stages::tool_bridge::{Mode, ToolBridgeConfig};
+use crate::stages::watchdog::WatchdogConfig;
 
-/// One stage of a pipeline, as written in the config (`{ type = "retry", max_retries = 3 }`).
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum StageSpec {
-    /// Request: add `<|return|>`, `<|call|>` and `extra` to `stop`.
-    StopInjection(StopInjectionConfig),
-    /// Request: reduce echoed Harmony in assistant messages to the final text.
-    HistoryClean(HistoryCleanConfig),
-    /// Upstream call: retry failures that happen before the client saw anything.
-    Retry(RetryConfig),
-    /// Response: Harmony text → channels and tool calls (official openai-harmony parser).
-    HarmonyParse(HarmonyParseConfig),
-    /// Response: recover the answer from blocks harmony-parse could not frame.
-    Fallback(FallbackConfig),
-    /// Response: channels and tool calls → what the client sees.
-    ToolBridge(ToolBridgeConfig),
-    /// Response: end the response when no answer came for `no_final_timeout`.
-    Watchdog(WatchdogConfig),
-    /// Response: client events → SSE chunks or one JSON completion. Must be last.
-    SseEncode(SseEncodeConfig),
+/// What a stage's config says about itself. Implemented in each stage's file.
+pub trait StageConfig {
+    /// Problems with the options, each without its location (the caller adds it).
+    fn validate(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Adds what this stage contributes to the pipeline being compiled: usually a factory,
+    /// for `retry` the call's policy.
+    fn build(&self, b: &mut Builder<'_>);
 }
 
-/// Every stage `type`, in the order a pipeline usually lists them.
-pub const STAGE_TYPES: [&str; 8] = ["stop-injection", "history-clean", "retry", "harmony-parse", "fallback", "tool-bridge", "watchdog", "sse-encode"];
+/// A pipeline being compiled (see [`StageConfig::build`]).
+pub struct Builder<'a> {
+    pub enc: &'a HarmonyEncoding,
+    pub factories: Vec<Arc<dyn StageFactory>>,
+    pub retry: RetryPolicy,
+    /// The tool-bridge mode (the `mode` metric label).
+    pub mode: Option<&'static str>,
+    history_parse: Option<Arc<HarmonyParseFactory>>,
+}
 
-impl StageSpec {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::StopInjection(_) => "stop-injection",
-            Self::HistoryClean(_) => "history-clean",
-            Self::Retry(_) => "retry",
-            Self::HarmonyParse(_) => "harmony-parse",
-            Self::Fallback(_) => "fallback",
-            Self::ToolBridge(_) => "tool-bridge",
-            Self::Watchdog(_) => "watchdog",
-            Self::SseEncode(_) => "sse-encode",
-        }
+impl Builder<'_> {
+    pub fn push(&mut self, f: impl StageFactory) {
+        self.factories.push(Arc::new(f));
     }
+    /// A default `harmony-parse`, shared by every request stage that reads Harmony in history.
+    pub fn history_parser(&mut self) -> Arc<HarmonyParseFactory> {
+        let enc = self.enc;
+        self.history_parse.get_or_insert_with(|| Arc::new(HarmonyParseFactory::new(&HarmonyParseConfig::default(), enc.clone()))).clone()
+    }
+}
+
+/// Where a stage's options failed to deserialize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionsError {
+    /// The option's path inside the stage table (`.` for the table itself).
+    pub path: String,
+    pub message: String,
+}
+
+fn options<T: serde::de::DeserializeOwned>(v: toml::Value) -> Result<T, OptionsError> {
+    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| OptionsError { path: e.path().to_string(), message: e.into_inner().to_string() })
+}
+
+/// The one list of stages. For each: the doc shown in the JSON Schema, the `type` name, the
+/// variant and its config type.
+macro_rules! stages {
+    ($( $(#[$doc:meta])* $name:literal => $variant:ident($config:ty), )*) => {
+        /// One stage of a pipeline, as written in the config (`{ type = "retry", max_retries = 3 }`).
+        #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+        #[serde(tag = "type")]
+        pub enum StageSpec {
+            $( $(#[$doc])* #[serde(rename = $name)] $variant($config), )*
+        }
+
+        /// Every stage `type`, in the order a pipeline usually lists them.
+        pub const STAGE_TYPES: &[&str] = &[$($name),*];
+
+        impl StageSpec {
+            pub fn type_name(&self) -> &'static str {
+                match self { $(Self::$variant(_) => $name,)* }
+            }
+            fn config(&self) -> &dyn StageConfig {
+                match self { $(Self::$variant(c) => c,)* }
+            }
+            /// The stage of type `kind` with the options `v` (the table without `type`);
+            /// `None` when no stage has that type. Each stage is read straight into its typed
+            /// options so that errors keep the option's path (a tagged enum would lose it).
+            pub fn from_options(kind: &str, v: toml::Value) -> Option<Result<StageSpec, OptionsError>> {
+                match kind {
+                    $($name => Some(options::<$config>(v).map(Self::$variant)),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+stages! {
+    /// Request: add `<|return|>`, `<|call|>` and `extra` to `stop`.
+    "stop-injection" => StopInjection(StopInjectionConfig),
+    /// Request: repair the history (echoed Harmony, content beside reasoning, bad arguments).
+    "history-clean" => HistoryClean(HistoryCleanConfig),
+    /// Upstream call: retry failures that happen before the client saw anything.
+    "retry" => Retry(RetryConfig),
+    /// Response: Harmony text → channels and tool calls (official openai-harmony parser).
+    "harmony-parse" => HarmonyParse(HarmonyParseConfig),
+    /// Response: recover the answer from blocks harmony-parse could not frame.
+    "fallback" => Fallback(FallbackConfig),
+    /// Both: remember each tool-call turn's reasoning and give it back on the next request.
+    "reasoning-memory" => ReasoningMemory(ReasoningMemoryConfig),
+    /// Response: channels and tool calls → what the client sees.
+    "tool-bridge" => ToolBridge(ToolBridgeConfig),
+    /// Response: end the response when no answer came for `no_final_timeout`.
+    "watchdog" => Watchdog(WatchdogConfig),
+    /// Response: client events → SSE chunks or one JSON completion. Must be last.
+    "sse-encode" => SseEncode(SseEncodeConfig),
 }
 
 /// A pipeline ready to serve: factories built once, shared by every request.
@@ -83,7 +150,7 @@ pub fn validate(specs: &[StageSpec]) -> Vec<String> {
     if encoders > 1 {
         errors.push("`sse-encode` may appear only once".to_owned());
     }
-    for kind in ["retry", "harmony-parse", "fallback", "tool-bridge", "watchdog"] {
+    for kind in ["retry", "harmony-parse", "fallback", "reasoning-memory", "tool-bridge", "watchdog"] {
         if specs.iter().filter(|s| s.type_name() == kind).count() > 1 {
             errors.push(format!("`{kind}` may appear only once"));
         }
@@ -108,46 +175,26 @@ pub fn validate(specs: &[StageSpec]) -> Vec<String> {
             errors.push("`watchdog` must come after `tool-bridge` (it watches what the client gets)".to_owned());
         }
     }
-    for s in specs {
-        if let StageSpec::HarmonyParse(c) = s {
-            if let Err(e) = crate::vocab::check_encoding_name(&c.encoding) {
-                errors.push(format!("harmony-parse: encoding: {e}"));
-            }
+    if let Some(m) = pos("reasoning-memory") {
+        if bridge.is_none_or(|b| m > b) || parse.is_some_and(|p| m < p) || fallback.is_some_and(|f| m < f) {
+            errors.push("`reasoning-memory` must come after `harmony-parse` (and `fallback`) and before `tool-bridge`: it must see the reasoning before the bridge drops it".to_owned());
         }
+    }
+    for s in specs {
+        errors.extend(s.config().validate().into_iter().map(|e| format!("{}: {e}", s.type_name())));
     }
     errors
 }
 
 /// Builds the factories. `specs` must have passed [`validate`].
 pub fn compile(specs: &[StageSpec], enc: &HarmonyEncoding) -> Compiled {
-    let mut factories: Vec<Arc<dyn StageFactory>> = Vec::new();
-    let mut retry = RetryPolicy::NONE;
-    let mut mode = "passthrough";
-    let mut parse_for_history: Option<Arc<HarmonyParseFactory>> = None;
+    let mut b = Builder { enc, factories: Vec::new(), retry: RetryPolicy::NONE, mode: None, history_parse: None };
     for spec in specs {
-        match spec {
-            StageSpec::StopInjection(c) => factories.push(Arc::new(StopInjectionFactory::new(c))),
-            StageSpec::HistoryClean(_) => {
-                let p = parse_for_history
-                    .get_or_insert_with(|| Arc::new(HarmonyParseFactory::new(&HarmonyParseConfig::default(), enc.clone())))
-                    .clone();
-                factories.push(Arc::new(HistoryCleanFactory::new(p)));
-            }
-            StageSpec::Retry(c) => retry = RetryPolicy::from(c),
-            StageSpec::HarmonyParse(c) => factories.push(Arc::new(HarmonyParseFactory::new(c, enc.clone()))),
-            StageSpec::Fallback(_) => factories.push(Arc::new(FallbackFactory)),
-            StageSpec::ToolBridge(c) => {
-                mode = c.mode.as_str();
-                factories.push(Arc::new(ToolBridgeFactory(c.clone())));
-            }
-            StageSpec::Watchdog(c) => factories.push(Arc::new(WatchdogFactory(c.no_final_timeout.0))),
-            StageSpec::SseEncode(_) => factories.push(Arc::new(SseEncodeFactory)),
-        }
+        spec.config().build(&mut b);
     }
-    if mode == "passthrough" && specs.iter().any(|s| matches!(s, StageSpec::HarmonyParse(_))) {
-        mode = Mode::FinalOnly.as_str();
-    }
-    Compiled { specs: specs.to_vec(), factories, retry, mode }
+    let parses = specs.iter().any(|s| matches!(s, StageSpec::HarmonyParse(_)));
+    let mode = b.mode.unwrap_or(if parses { Mode::FinalOnly.as_str() } else { "passthrough" });
+    Compiled { specs: specs.to_vec(), factories: b.factories, retry: b.retry, mode }
 }
 
 impl Compiled {

@@ -17,6 +17,9 @@ pub struct RequestMeta {
     pub stream: bool,
     /// The client asked for a usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// Who the request is from, when the server checks API keys (a digest of the key):
+    /// state kept between requests (`reasoning-memory`) is never shared across scopes.
+    pub auth_scope: Option<String>,
 }
 
 impl RequestMeta {
@@ -32,6 +35,7 @@ impl RequestMeta {
             model: model.to_owned(),
             stream,
             include_usage,
+            auth_scope: None,
         }
     }
 }
@@ -49,8 +53,6 @@ pub fn random_id(prefix: &str, len: usize) -> String {
 
 /// Built once per config generation from the stage's TOML table; shared by all requests.
 pub trait StageFactory: Send + Sync + 'static {
-    /// The stage's `type` in the config.
-    fn name(&self) -> &'static str;
     fn new_stage(&self, req: &RequestMeta) -> Box<dyn Stage>;
 }
 

@@ -29,7 +29,7 @@ fn render(e: Event) -> String {
         Event::Text(Channel::Final, t) => format!("final:{t}"),
         Event::Text(Channel::Analysis, t) => format!("analysis:{t}"),
         Event::Text(Channel::Preamble, t) => format!("preamble:{t}"),
-        Event::ToolCallStart { name } => format!("tool:{name}"),
+        Event::ToolCallStart { name, .. } => format!("tool:{name}"),
         Event::ToolCallArgs(a) => format!("args:{a}"),
         Event::ToolCallEnd => "end".into(),
         Event::Unparsed(u) => format!("unparsed:{u}"),

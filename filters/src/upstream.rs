@@ -100,6 +100,7 @@ fn chunk_events(chunk: Chunk<'_>, out: &mut Vec<Event>, saw_finish: &mut bool) {
                     id: tc.id,
                     name,
                     arguments,
+                    client_id: None,
                 }));
             }
         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use harmony_filters::StageSpec;
 use serde::de::DeserializeOwned;
 
-use super::{env, Config, PipelineDef, RouteConfig, ServerConfig, UpstreamConfig, BUILTIN_PIPELINES, EMBEDDED_CONFIG};
+use super::{any_model, env, Config, PipelineDef, RouteConfig, ServerConfig, UpstreamConfig, BUILTIN_PIPELINES, CHAT_PATH, EMBEDDED_CONFIG};
 
 /// Everything wrong with a config, one located message each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,18 +60,25 @@ fn de<T: DeserializeOwned>(v: toml::Value, place: &str, errors: &mut Vec<String>
     match serde_path_to_error::deserialize::<_, T>(v) {
         Ok(t) => Some(t),
         Err(e) => {
-            let mut path = e.path().to_string();
-            let msg = e.into_inner().to_string();
-            // For an unknown field the path ends at the field itself; the message names it.
-            let last = path.rsplit('.').next().unwrap_or("").to_owned();
-            if msg.starts_with(&format!("unknown field `{last}`")) {
-                path = path.rsplit_once('.').map(|(p, _)| p.to_owned()).unwrap_or_default();
-            }
-            // toml appends "in `field`", which the path already says.
-            let msg = msg.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("in `")).collect::<Vec<_>>().join(" ");
-            errors.push(if path == "." || path == "?" || path.is_empty() { format!("{place}: {msg}") } else { format!("{place}: {path}: {msg}") });
+            let path = e.path().to_string();
+            errors.push(located(place, path, e.into_inner().to_string()));
             None
         }
+    }
+}
+
+/// `place: path: message`, tidied: for an unknown field the path ends at the field itself
+/// (the message names it), and toml's "in `field`" repeats the path.
+fn located(place: &str, mut path: String, msg: String) -> String {
+    let last = path.rsplit('.').next().unwrap_or("").to_owned();
+    if msg.starts_with(&format!("unknown field `{last}`")) {
+        path = path.rsplit_once('.').map(|(p, _)| p.to_owned()).unwrap_or_default();
+    }
+    let msg = msg.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("in `")).collect::<Vec<_>>().join(" ");
+    if path == "." || path == "?" || path.is_empty() {
+        format!("{place}: {msg}")
+    } else {
+        format!("{place}: {path}: {msg}")
     }
 }
 
@@ -106,27 +113,22 @@ fn stages(v: toml::Value, place: &str, errors: &mut Vec<String>) -> Option<Vec<S
     ok.then_some(specs)
 }
 
-/// One stage table, deserialized straight into its typed options so that errors keep the
-/// field's path (serde's tagged-enum buffering would lose it).
+/// One stage table, read into its typed options (see `StageSpec::from_options`).
 fn stage_spec(kind: &str, item: toml::Value, at: &str, errors: &mut Vec<String>) -> Option<StageSpec> {
-    use harmony_filters::stages::*;
     let toml::Value::Table(mut table) = item else {
         errors.push(format!("{at}: a stage must be a table like {{ type = \"harmony-parse\" }}"));
         return None;
     };
     table.remove("type");
-    let v = toml::Value::Table(table);
-    match kind {
-        "stop-injection" => de::<stop_injection::StopInjectionConfig>(v, at, errors).map(StageSpec::StopInjection),
-        "history-clean" => de::<history_clean::HistoryCleanConfig>(v, at, errors).map(StageSpec::HistoryClean),
-        "retry" => de::<retry::RetryConfig>(v, at, errors).map(StageSpec::Retry),
-        "harmony-parse" => de::<harmony_parse::HarmonyParseConfig>(v, at, errors).map(StageSpec::HarmonyParse),
-        "fallback" => de::<fallback::FallbackConfig>(v, at, errors).map(StageSpec::Fallback),
-        "tool-bridge" => de::<tool_bridge::ToolBridgeConfig>(v, at, errors).map(StageSpec::ToolBridge),
-        "watchdog" => de::<watchdog::WatchdogConfig>(v, at, errors).map(StageSpec::Watchdog),
-        "sse-encode" => de::<sse_encode::SseEncodeConfig>(v, at, errors).map(StageSpec::SseEncode),
-        other => {
-            errors.push(format!("{at}: unknown stage type `{other}`, expected one of {}", harmony_filters::pipeline::STAGE_TYPES.map(|t| format!("`{t}`")).join(", ")));
+    match StageSpec::from_options(kind, toml::Value::Table(table)) {
+        Some(Ok(spec)) => Some(spec),
+        Some(Err(e)) => {
+            errors.push(located(at, e.path, e.message));
+            None
+        }
+        None => {
+            let known: Vec<String> = harmony_filters::pipeline::STAGE_TYPES.iter().map(|t| format!("`{t}`")).collect();
+            errors.push(format!("{at}: unknown stage type `{kind}`, expected one of {}", known.join(", ")));
             None
         }
     }
@@ -283,8 +285,21 @@ pub fn load_str(text: &str, pipelines_dir: Option<&Path>, lookup: impl Fn(&str) 
         })
         .collect();
 
+    // Zero-config behaviour: chat completions never go out unfiltered by accident. A config
+    // with no route for the chat path gets the built-in `harmony` pipeline there; raw
+    // forwarding must be asked for with the `passthrough` pipeline.
+    let mut routes = routes;
+    let mut implied_routes = Vec::new();
+    if !routes.iter().any(|r| r.path == CHAT_PATH) {
+        let default = if upstreams.contains_key("default") { Some("default") } else { upstreams.keys().next().map(String::as_str) };
+        if let Some(up) = default {
+            implied_routes.push(routes.len());
+            routes.push(RouteConfig { path: CHAT_PATH.into(), models: any_model(), upstream: up.to_owned(), pipeline: "harmony".into() });
+        }
+    }
+
     if errors.is_empty() {
-        Ok(Config { server, upstreams, routes, pipelines, source: None })
+        Ok(Config { server, upstreams, routes, pipelines, source: None, implied_routes })
     } else {
         Err(ConfigErrors(errors))
     }

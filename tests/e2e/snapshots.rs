@@ -80,7 +80,7 @@ fn shipped_pipelines_compiled() {
             "mode": compiled.mode,
             "retry": {"max_retries": compiled.retry.max_retries, "backoff_ms": compiled.retry.backoff.as_millis() as u64, "max_backoff_ms": compiled.retry.max_backoff.as_millis() as u64},
             "stages": def.stages,
-            "factories": compiled.factories.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            "factories": compiled.factories.len(),
         });
         snapshots! { insta::assert_json_snapshot!(format!("pipeline__{name}"), view); }
     }

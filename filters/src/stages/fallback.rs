@@ -22,9 +22,6 @@ pub struct FallbackConfig {}
 pub struct FallbackFactory;
 
 impl StageFactory for FallbackFactory {
-    fn name(&self) -> &'static str {
-        "fallback"
-    }
     fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
         Box::new(Fallback::default())
     }
@@ -67,7 +64,7 @@ pub fn recover(raw: &str, out: &mut Vec<Event>) {
     let body = if raw.contains("<|channel|>") { h.rest } else { raw };
     let body = strip_header_words(body);
     if let Some(name) = h.recipient {
-        out.push(Event::ToolCallStart { name });
+        out.push(Event::ToolCallStart { name, id: None });
         if !body.is_empty() {
             out.push(Event::ToolCallArgs(body));
         }
@@ -133,6 +130,12 @@ fn last_final_block(raw: &str) -> Option<String> {
         .filter(|t| !t.trim().is_empty())
 }
 
+impl crate::pipeline::StageConfig for FallbackConfig {
+    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+        b.push(FallbackFactory);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,7 +153,7 @@ mod tests {
         assert_eq!(
             rec("<|channel|>commentary to=functions.f <|constrain|>json {\"a\":1}"),
             [
-                Event::ToolCallStart { name: "functions.f".into() },
+                Event::ToolCallStart { name: "functions.f".into(), id: None },
                 Event::ToolCallArgs("{\"a\":1}".into()),
                 Event::ToolCallEnd
             ]

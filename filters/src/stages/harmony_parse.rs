@@ -108,9 +108,6 @@ impl HarmonyParseFactory {
 }
 
 impl StageFactory for HarmonyParseFactory {
-    fn name(&self) -> &'static str {
-        "harmony-parse"
-    }
     fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
         Box::new(self.stage())
     }
@@ -431,7 +428,7 @@ impl HarmonyParse {
             }
         }
         if let Some(r) = recipient {
-            out.push(Event::ToolCallStart { name: r });
+            out.push(Event::ToolCallStart { name: r, id: None });
         }
         self.state = State::Content(target);
     }
@@ -656,6 +653,16 @@ pub fn final_text(factory: &HarmonyParseFactory, text: &str) -> String {
     }
     // Pieces of text around removed tokens may join into markup again.
     crate::markup::strip_all(&answer)
+}
+
+impl crate::pipeline::StageConfig for HarmonyParseConfig {
+    fn validate(&self) -> Vec<String> {
+        crate::vocab::check_encoding_name(&self.encoding).err().map(|e| format!("encoding: {e}")).into_iter().collect()
+    }
+    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+        let f = HarmonyParseFactory::new(self, b.enc.clone());
+        b.push(f);
+    }
 }
 
 #[cfg(test)]

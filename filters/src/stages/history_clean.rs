@@ -1,6 +1,19 @@
-//! `history-clean` (request phase): assistant messages that echo Harmony markup are reduced
-//! to their final text before going upstream — llama.cpp's template rejects echoed markup
-//! (HTTP 500 on the next turn), so a multi-turn agent session would otherwise break.
+//! `history-clean` (request phase): the conversation an agent sends back is repaired so the
+//! server's chat template renders it, instead of answering HTTP 500 on the next turn.
+//!
+//! For each message, in order:
+//! - assistant content that echoes Harmony markup, or its stripped-token form
+//!   (`analysisX…assistantfinalY`), is reduced to its final text (`Y`);
+//! - an assistant turn with `tool_calls` never carries both content and reasoning: llama.cpp's
+//!   gpt-oss template raises "Cannot pass both content and thinking in an assistant message
+//!   with tool calls" (issues #17040, #19701), and the OpenAI SDK hands agents exactly that
+//!   message (a preamble as content, the reasoning, the calls). The content is a preamble the
+//!   model wrote after its reasoning, so it is appended to the reasoning, in that order;
+//! - tool-call `arguments` that are empty become `{}`; arguments that are not JSON keep their
+//!   leading JSON value if they have one (a glued header after it), else are wrapped as a
+//!   JSON string under `"input"` — the template parses them as JSON;
+//! - a `role: tool` message whose `tool_call_id` matches no earlier call (the template has no
+//!   function to address it from) becomes a user message that says what it was.
 
 use std::sync::Arc;
 
@@ -28,9 +41,6 @@ impl HistoryCleanFactory {
 }
 
 impl StageFactory for HistoryCleanFactory {
-    fn name(&self) -> &'static str {
-        "history-clean"
-    }
     fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
         Box::new(HistoryClean { parse: self.parse.clone() })
     }
@@ -40,27 +50,119 @@ pub struct HistoryClean {
     parse: Arc<HarmonyParseFactory>,
 }
 
-/// Cleans every assistant message of `req` in place.
+/// The reasoning fields clients and servers use for an assistant turn's analysis.
+pub const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "reasoning", "thinking"];
+
+/// Text whose special tokens were stripped but whose words were kept.
+fn looks_glued(s: &str) -> bool {
+    let t = s.trim_start();
+    (t.starts_with("analysis") || t.starts_with("commentary")) && (t.contains("assistantfinal") || t.contains("assistantcommentary"))
+}
+
+fn needs_cleaning(s: &str) -> bool {
+    markup::has_markup(s) || looks_glued(s)
+}
+
+/// Repairs every message of `req` in place (see the module header for what and why).
 pub fn clean(parse: &HarmonyParseFactory, req: &mut Value) {
     let Some(messages) = req.get_mut("messages").and_then(Value::as_array_mut) else { return };
+    let mut call_ids: Vec<String> = Vec::new();
     for m in messages {
-        if m.get("role").and_then(Value::as_str) != Some("assistant") {
-            continue;
-        }
-        match m.get_mut("content") {
-            Some(Value::String(s)) if markup::has_markup(s) => *s = final_text(parse, s),
-            Some(Value::Array(parts)) => {
-                for p in parts {
-                    if let Some(Value::String(s)) = p.get_mut("text") {
-                        if markup::has_markup(s) {
-                            *s = final_text(parse, s);
-                        }
-                    }
+        match m.get("role").and_then(Value::as_str) {
+            Some("assistant") => {
+                clean_content(parse, m);
+                repair_tool_turn(m, &mut call_ids);
+            }
+            Some("tool") => {
+                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+                if !call_ids.iter().any(|c| c == id) {
+                    orphan_to_user(m);
                 }
             }
             _ => {}
         }
     }
+}
+
+fn clean_content(parse: &HarmonyParseFactory, m: &mut Value) {
+    match m.get_mut("content") {
+        Some(Value::String(s)) if needs_cleaning(s) => *s = final_text(parse, s),
+        Some(Value::Array(parts)) => {
+            for p in parts {
+                if let Some(Value::String(s)) = p.get_mut("text") {
+                    if needs_cleaning(s) {
+                        *s = final_text(parse, s);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The text of a content value (a string, or text parts).
+fn content_text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+        _ => String::new(),
+    }
+}
+
+fn repair_tool_turn(m: &mut Value, call_ids: &mut Vec<String>) {
+    let Some(calls) = m.get_mut("tool_calls").and_then(Value::as_array_mut).filter(|c| !c.is_empty()) else { return };
+    for call in calls.iter_mut() {
+        if let Some(id) = call.get("id").and_then(Value::as_str) {
+            call_ids.push(id.to_owned());
+        }
+        if let Some(args) = call.pointer_mut("/function/arguments") {
+            normalise_arguments(args);
+        }
+    }
+    merge_content_into_reasoning(m);
+}
+
+/// An assistant tool-call turn carrying both content and reasoning: the content (a preamble
+/// said after the reasoning) is appended to the reasoning and the content emptied.
+pub fn merge_content_into_reasoning(m: &mut Value) {
+    let content = content_text(m.get("content"));
+    if content.trim().is_empty() {
+        return;
+    }
+    let Some(field) = REASONING_FIELDS.iter().find(|f| m.get(**f).and_then(Value::as_str).is_some_and(|r| !r.trim().is_empty())) else { return };
+    let reasoning = m[*field].as_str().unwrap_or_default();
+    let merged = format!("{}\n\n{}", reasoning.trim_end(), content.trim());
+    m[*field] = Value::String(merged);
+    m["content"] = Value::Null;
+}
+
+/// Arguments the template can parse as JSON, as a JSON string (the OpenAI shape).
+fn normalise_arguments(args: &mut Value) {
+    let fixed = match &*args {
+        Value::String(s) if s.trim().is_empty() => "{}".to_owned(),
+        Value::String(s) => {
+            if serde_json::from_str::<Value>(s).is_ok() {
+                return;
+            }
+            // A JSON value followed by something else (a glued header): keep the value.
+            let mut values = serde_json::Deserializer::from_str(s).into_iter::<Value>();
+            match values.next() {
+                Some(Ok(v @ Value::Object(_))) => v.to_string(),
+                _ => serde_json::json!({"input": s}).to_string(),
+            }
+        }
+        Value::Null => "{}".to_owned(),
+        // An object given as such: the OpenAI shape is a JSON string.
+        other => other.to_string(),
+    };
+    *args = Value::String(fixed);
+}
+
+fn orphan_to_user(m: &mut Value) {
+    let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("").to_owned();
+    let name = m.get("name").and_then(Value::as_str).map(|n| format!(" {n}")).unwrap_or_default();
+    let text = content_text(m.get("content"));
+    *m = serde_json::json!({"role": "user", "content": format!("(result of tool call{name} {id}, whose call is not in this conversation)\n{text}")});
 }
 
 impl Stage for HistoryClean {
@@ -69,6 +171,13 @@ impl Stage for HistoryClean {
     }
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
         out.push(ev);
+    }
+}
+
+impl crate::pipeline::StageConfig for HistoryCleanConfig {
+    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+        let parse = b.history_parser();
+        b.push(HistoryCleanFactory::new(parse));
     }
 }
 
@@ -86,5 +195,68 @@ mod regressions {
         clean(&parse, &mut req);
         let c = req["messages"][0]["content"].as_str().unwrap();
         assert!(!crate::markup::has_markup(c), "{c:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::harmony_parse::HarmonyParseConfig;
+    use serde_json::json;
+
+    fn cleaned(messages: Value) -> Value {
+        let parse = HarmonyParseFactory::new(&HarmonyParseConfig::default(), crate::testing::encoding());
+        let mut req = json!({ "messages": messages });
+        clean(&parse, &mut req);
+        req["messages"].clone()
+    }
+
+    fn call(id: &str, args: &str) -> Value {
+        json!({"id": id, "type": "function", "function": {"name": "get_weather", "arguments": args}})
+    }
+
+    /// llama.cpp answers 500 to this turn, exactly as the OpenAI SDK hands it to an agent.
+    #[test]
+    fn a_tool_turn_with_content_and_reasoning_keeps_both_as_reasoning_in_order() {
+        for field in REASONING_FIELDS {
+            let m = cleaned(json!([{"role": "assistant", "content": "Checking now.", field: "Need the weather.", "tool_calls": [call("c1", "{}")]}]));
+            assert_eq!(m[0][field], "Need the weather.\n\nChecking now.", "{field}");
+            assert!(m[0]["content"].is_null());
+        }
+        // Without tool calls, or without reasoning, nothing to repair.
+        let m = cleaned(json!([{"role": "assistant", "content": "Hi.", "reasoning_content": "greet"}]));
+        assert_eq!(m[0]["content"], "Hi.");
+        let m = cleaned(json!([{"role": "assistant", "content": "Checking.", "tool_calls": [call("c1", "{}")]}]));
+        assert_eq!(m[0]["content"], "Checking.");
+    }
+
+    #[test]
+    fn glued_stripped_token_history_is_reduced_to_the_answer() {
+        let m = cleaned(json!([{"role": "assistant", "content": "analysisUser says hi. Greet.assistantfinalHello! How can I help?"}]));
+        assert_eq!(m[0]["content"], "Hello! How can I help?");
+        let m = cleaned(json!([{"role": "assistant", "content": "The analysis shows an assistantfinal result."}]));
+        assert_eq!(m[0]["content"], "The analysis shows an assistantfinal result.", "ordinary prose stays");
+    }
+
+    #[test]
+    fn tool_arguments_always_parse_as_json() {
+        let m = cleaned(json!([{"role": "assistant", "content": null, "tool_calls": [
+            call("a", ""), call("b", "{\"path\":\"/x\"}commentary<|message|>We need"), call("c", "not json"), call("d", "{\"ok\":1}")
+        ]}]));
+        let args: Vec<&str> = (0..4).map(|i| m[0]["tool_calls"][i]["function"]["arguments"].as_str().unwrap()).collect();
+        assert_eq!(args, ["{}", "{\"path\":\"/x\"}", "{\"input\":\"not json\"}", "{\"ok\":1}"]);
+    }
+
+    #[test]
+    fn a_tool_result_without_its_call_becomes_a_user_message() {
+        let m = cleaned(json!([
+            {"role": "user", "content": "hi"},
+            {"role": "tool", "tool_call_id": "ghost", "content": "42"},
+            {"role": "assistant", "content": null, "tool_calls": [call("real", "{}")]},
+            {"role": "tool", "tool_call_id": "real", "content": "sunny"},
+        ]));
+        assert_eq!(m[1]["role"], "user");
+        assert!(m[1]["content"].as_str().unwrap().contains("ghost") && m[1]["content"].as_str().unwrap().ends_with("42"));
+        assert_eq!(m[3], json!({"role": "tool", "tool_call_id": "real", "content": "sunny"}));
     }
 }

@@ -4,6 +4,7 @@
 pub mod fallback;
 pub mod harmony_parse;
 pub mod history_clean;
+pub mod reasoning_memory;
 pub mod retry;
 pub mod sse_encode;
 pub mod stop_injection;

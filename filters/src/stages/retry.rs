@@ -69,6 +69,13 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(|s| Duration::from_secs_f64(s.min(3600.0)))
 }
 
+impl crate::pipeline::StageConfig for RetryConfig {
+    /// Retry is the upstream call's policy, not a stage of the chain.
+    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+        b.retry = RetryPolicy::from(self);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

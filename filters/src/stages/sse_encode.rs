@@ -26,9 +26,6 @@ pub struct SseEncodeConfig {}
 pub struct SseEncodeFactory;
 
 impl StageFactory for SseEncodeFactory {
-    fn name(&self) -> &'static str {
-        "sse-encode"
-    }
     fn new_stage(&self, req: &RequestMeta) -> Box<dyn Stage> {
         Box::new(SseEncode::new(req))
     }
@@ -293,5 +290,11 @@ impl Stage for SseEncode {
         } else {
             self.finish_json(out)
         }
+    }
+}
+
+impl crate::pipeline::StageConfig for SseEncodeConfig {
+    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+        b.push(SseEncodeFactory);
     }
 }

@@ -38,9 +38,6 @@ impl StopInjectionFactory {
 }
 
 impl StageFactory for StopInjectionFactory {
-    fn name(&self) -> &'static str {
-        "stop-injection"
-    }
     fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
         Box::new(StopInjection { stops: self.stops.clone() })
     }
@@ -75,6 +72,12 @@ impl Stage for StopInjection {
     }
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
         out.push(ev);
+    }
+}
+
+impl crate::pipeline::StageConfig for StopInjectionConfig {
+    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+        b.push(StopInjectionFactory::new(self));
     }
 }
 

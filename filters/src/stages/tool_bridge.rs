@@ -73,9 +73,6 @@ pub struct ToolBridgeConfig {
 pub struct ToolBridgeFactory(pub ToolBridgeConfig);
 
 impl StageFactory for ToolBridgeFactory {
-    fn name(&self) -> &'static str {
-        "tool-bridge"
-    }
     fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
         Box::new(ToolBridge::new(self.0.clone()))
     }
@@ -85,6 +82,8 @@ impl StageFactory for ToolBridgeFactory {
 struct UpstreamCall {
     up_index: u32,
     id: Option<String>,
+    /// The client id an earlier stage chose for it.
+    client_id: Option<String>,
     started: bool,
     held_args: String,
 }
@@ -175,7 +174,8 @@ impl ToolBridge {
         }
     }
 
-    fn start(&mut self, raw_name: &str, out: &mut Vec<Event>) {
+    /// Opens a call; `id` is the one an earlier stage chose for it, if any.
+    fn start(&mut self, raw_name: &str, id: Option<String>, out: &mut Vec<Event>) {
         self.end(out);
         let name = display_name(raw_name);
         let index = self.next_index;
@@ -186,7 +186,7 @@ impl ToolBridge {
         match self.cfg.mode {
             Mode::FinalOnly => {}
             Mode::FinalPlusToolsText => self.content(format!("\n[tool:{name}] "), out),
-            Mode::OpenaiToolCalls => out.push(Event::ClientToolCall { index, id: random_id("call_", 24), name }),
+            Mode::OpenaiToolCalls => out.push(Event::ClientToolCall { index, id: id.unwrap_or_else(|| random_id("call_", 24)), name }),
         }
     }
 
@@ -224,17 +224,21 @@ impl ToolBridge {
         };
         if is_new {
             self.finish_upstream_call(out);
-            self.upstream = Some(UpstreamCall { up_index: u.index, id: u.id.clone(), started: false, held_args: String::new() });
+            self.upstream = Some(UpstreamCall { up_index: u.index, id: u.id.clone(), client_id: None, started: false, held_args: String::new() });
         }
         let Some(call) = self.upstream.as_mut() else { return };
         if call.id.is_none() {
             call.id = u.id;
         }
+        if call.client_id.is_none() {
+            call.client_id = u.client_id;
+        }
         if let Some(name) = u.name.filter(|n| !clean_name(n).is_empty()) {
             if !call.started {
                 call.started = true;
                 let held = std::mem::take(&mut call.held_args);
-                self.start(&name, out);
+                let id = call.client_id.clone();
+                self.start(&name, id, out);
                 self.args(held, out);
             }
         }
@@ -250,7 +254,7 @@ impl ToolBridge {
     fn finish_upstream_call(&mut self, out: &mut Vec<Event>) {
         if let Some(c) = self.upstream.take() {
             if !c.started && !c.held_args.is_empty() {
-                self.start("unknown_tool", out);
+                self.start("unknown_tool", c.client_id, out);
                 self.args(c.held_args, out);
             }
             self.end(out);
@@ -272,9 +276,9 @@ impl Stage for ToolBridge {
                     self.content(t, out);
                 }
             }
-            Event::ToolCallStart { name } => {
+            Event::ToolCallStart { name, id } => {
                 self.finish_upstream_call(out);
-                self.start(&name, out)
+                self.start(&name, id, out)
             }
             Event::ToolCallArgs(a) => self.args(a, out),
             Event::ToolCallEnd => self.end(out),
@@ -301,6 +305,13 @@ impl Stage for ToolBridge {
     }
 }
 
+impl crate::pipeline::StageConfig for ToolBridgeConfig {
+    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+        b.mode = Some(self.mode.as_str());
+        b.push(ToolBridgeFactory(self.clone()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,7 +327,7 @@ mod tests {
     }
 
     fn call(name: &str, args: &str) -> Vec<Event> {
-        vec![Event::ToolCallStart { name: name.into() }, Event::ToolCallArgs(args.into()), Event::ToolCallEnd]
+        vec![Event::ToolCallStart { name: name.into(), id: None }, Event::ToolCallArgs(args.into()), Event::ToolCallEnd]
     }
 
     #[test]
@@ -344,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_call_without_arguments_gets_an_empty_object() {
-        let out = bridge(Mode::OpenaiToolCalls, vec![Event::ToolCallStart { name: "functions.now".into() }, Event::ToolCallEnd]);
+        let out = bridge(Mode::OpenaiToolCalls, vec![Event::ToolCallStart { name: "functions.now".into(), id: None }, Event::ToolCallEnd]);
         assert!(matches!(&out[..], [Event::ClientToolCall { .. }, Event::ClientToolArgs { index: 0, args }] if args == "{}"), "{out:?}");
     }
 
@@ -356,6 +367,7 @@ mod tests {
                 id: id.map(Into::into),
                 name: name.map(Into::into),
                 arguments: args.map(Into::into),
+                client_id: None,
             })
         };
         let out = bridge(

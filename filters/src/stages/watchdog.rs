@@ -26,9 +26,6 @@ fn default_timeout() -> Dur {
 pub struct WatchdogFactory(pub Duration);
 
 impl StageFactory for WatchdogFactory {
-    fn name(&self) -> &'static str {
-        "watchdog"
-    }
     fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
         Box::new(Watchdog { timeout: self.0, deadline: Instant::now() + self.0, fired: false })
     }
@@ -60,5 +57,11 @@ impl Stage for Watchdog {
     }
     fn stats(&self, st: &mut Stats) {
         st.watchdog_aborts += u64::from(self.fired);
+    }
+}
+
+impl crate::pipeline::StageConfig for WatchdogConfig {
+    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+        b.push(WatchdogFactory(self.no_final_timeout.0));
     }
 }

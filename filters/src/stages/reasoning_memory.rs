@@ -1,0 +1,491 @@
+//! `reasoning-memory`: gpt-oss's reasoning carried across tool calls.
+//!
+//! Harmony's rule: the analysis of a turn that ended in a tool call is given back to the
+//! model on the next request, until a final answer follows. Most agents drop it (they never
+//! showed it, or strip unknown fields); carried, it measurably improves tool use.
+//!
+//! ```text
+//! response: harmony-parse ─► reasoning-memory ─► tool-bridge ─► …
+//!           analysis text is collected; each tool call gets its client id here (the bridge
+//!           sends that same id); at the end, reasoning is stored under every call id
+//! request:  an assistant turn with tool_calls and no reasoning, after the last final
+//!           answer, gets the reasoning stored under its call ids back, as `field`
+//! ```
+//! The store is bounded (`max_bytes`, least recently used first out, `ttl`) and scoped: with
+//! `server.api_keys` set, a key only ever gets its own reasoning back. The in-process store is
+//! one per process and `store` setting, so it survives config reloads; a shared store for
+//! replicas goes behind the same [`ReasoningStore`] trait.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::{Channel, Event};
+use crate::stage::{random_id, RequestMeta, Stage, StageFactory};
+use crate::stages::history_clean::{merge_content_into_reasoning, REASONING_FIELDS};
+use crate::values::Dur;
+
+/// The most reasoning kept for one turn; longer reasoning keeps its end (the part nearest the call).
+const MAX_ENTRY_BYTES: usize = 256 << 10;
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    /// llama.cpp, LM Studio, most agents.
+    #[default]
+    ReasoningContent,
+    /// vLLM, Ollama.
+    Reasoning,
+}
+
+impl Field {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReasoningContent => "reasoning_content",
+            Self::Reasoning => "reasoning",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReasoningMemoryConfig {
+    /// The message field the reasoning is put back in.
+    #[serde(default)]
+    pub field: Field,
+    /// The most the store holds, in bytes of reasoning; the least recently used goes first.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// How long a turn's reasoning is kept.
+    #[serde(default = "default_ttl")]
+    pub ttl: Dur,
+    /// `memory` (this process), or a `redis://` URL shared by replicas.
+    #[serde(default = "default_store")]
+    pub store: String,
+}
+
+fn default_max_bytes() -> u64 {
+    64 << 20
+}
+fn default_ttl() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+fn default_store() -> String {
+    "memory".into()
+}
+
+impl Default for ReasoningMemoryConfig {
+    fn default() -> Self {
+        Self { field: Field::default(), max_bytes: default_max_bytes(), ttl: default_ttl(), store: default_store() }
+    }
+}
+
+impl ReasoningMemoryConfig {
+    /// Errors in the options (without a location; the caller adds it).
+    pub fn validate(&self) -> Vec<String> {
+        let mut e = Vec::new();
+        if self.store != "memory" {
+            e.push(format!(
+                "store: {:?} is not supported by this build (only \"memory\"; a shared redis:// store is planned)",
+                self.store
+            ));
+        }
+        if self.ttl.0.is_zero() {
+            e.push("ttl: must be more than 0".into());
+        }
+        e
+    }
+}
+
+/// Where reasoning is kept between requests. Called once at the start and once at the end of
+/// a request, never per token.
+pub trait ReasoningStore: Send + Sync {
+    /// Remembers `reasoning` under each of `ids`, within `scope`.
+    fn put(&self, scope: &str, ids: &[String], reasoning: &str);
+    /// The reasoning remembered under `id` within `scope`.
+    fn get(&self, scope: &str, id: &str) -> Option<Arc<str>>;
+}
+
+struct Entry {
+    value: Arc<str>,
+    expires: Instant,
+    /// Position in `order` (least recently used first).
+    tick: u64,
+}
+
+struct Lru {
+    map: HashMap<(String, String), Entry>,
+    order: BTreeMap<u64, (String, String)>,
+    tick: u64,
+    bytes: u64,
+    max_bytes: u64,
+    ttl: Duration,
+}
+
+/// The in-process store: bounded in bytes, least recently used out first, entries expire.
+pub struct MemoryStore {
+    inner: Mutex<Lru>,
+}
+
+impl MemoryStore {
+    pub fn new(max_bytes: u64, ttl: Duration) -> Self {
+        Self { inner: Mutex::new(Lru { map: HashMap::new(), order: BTreeMap::new(), tick: 0, bytes: 0, max_bytes, ttl }) }
+    }
+
+    /// New limits (a reload); applies to what is stored from now on, and evicts to fit.
+    pub fn set_limits(&self, max_bytes: u64, ttl: Duration) {
+        let mut l = self.lock();
+        l.max_bytes = max_bytes;
+        l.ttl = ttl;
+        l.evict_to_fit();
+    }
+
+    /// Bytes of reasoning held (for tests and metrics).
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn entry_cost(key: &(String, String), value: &str) -> u64 {
+    (key.0.len() + key.1.len() + value.len()) as u64
+}
+
+impl Lru {
+    fn remove(&mut self, key: &(String, String)) {
+        if let Some(e) = self.map.remove(key) {
+            self.order.remove(&e.tick);
+            self.bytes -= entry_cost(key, &e.value);
+        }
+    }
+
+    fn evict_to_fit(&mut self) {
+        while self.bytes > self.max_bytes {
+            let Some((_, key)) = self.order.pop_first() else { break };
+            if let Some(e) = self.map.remove(&key) {
+                self.bytes -= entry_cost(&key, &e.value);
+            }
+        }
+    }
+}
+
+impl ReasoningStore for MemoryStore {
+    fn put(&self, scope: &str, ids: &[String], reasoning: &str) {
+        let value: Arc<str> = Arc::from(reasoning);
+        let mut l = self.lock();
+        let expires = Instant::now() + l.ttl;
+        for id in ids {
+            let key = (scope.to_owned(), id.clone());
+            l.remove(&key);
+            let cost = entry_cost(&key, &value);
+            if cost > l.max_bytes {
+                continue;
+            }
+            l.tick += 1;
+            let tick = l.tick;
+            l.order.insert(tick, key.clone());
+            l.bytes += cost;
+            l.map.insert(key, Entry { value: value.clone(), expires, tick });
+        }
+        l.evict_to_fit();
+    }
+
+    fn get(&self, scope: &str, id: &str) -> Option<Arc<str>> {
+        let mut l = self.lock();
+        let key = (scope.to_owned(), id.to_owned());
+        let (expired, old_tick) = match l.map.get(&key) {
+            None => return None,
+            Some(e) => (e.expires <= Instant::now(), e.tick),
+        };
+        if expired {
+            l.remove(&key);
+            return None;
+        }
+        l.tick += 1;
+        let tick = l.tick;
+        l.order.remove(&old_tick);
+        l.order.insert(tick, key.clone());
+        let e = l.map.get_mut(&key)?;
+        e.tick = tick;
+        Some(e.value.clone())
+    }
+}
+
+/// The process's in-memory store (one, whatever the config generation: a reload keeps memory).
+pub fn process_store(max_bytes: u64, ttl: Duration) -> Arc<MemoryStore> {
+    static STORE: OnceLock<Arc<MemoryStore>> = OnceLock::new();
+    let s = STORE.get_or_init(|| Arc::new(MemoryStore::new(max_bytes, ttl)));
+    s.set_limits(max_bytes, ttl);
+    s.clone()
+}
+
+pub struct ReasoningMemoryFactory {
+    field: Field,
+    store: Arc<dyn ReasoningStore>,
+}
+
+impl ReasoningMemoryFactory {
+    pub fn new(cfg: &ReasoningMemoryConfig) -> Self {
+        Self { field: cfg.field, store: process_store(cfg.max_bytes, cfg.ttl.0) }
+    }
+    /// With a store of the caller's (tests, a shared store).
+    pub fn with_store(field: Field, store: Arc<dyn ReasoningStore>) -> Self {
+        Self { field, store }
+    }
+}
+
+impl StageFactory for ReasoningMemoryFactory {
+    fn new_stage(&self, req: &RequestMeta) -> Box<dyn Stage> {
+        Box::new(ReasoningMemory {
+            field: self.field,
+            store: self.store.clone(),
+            scope: req.auth_scope.clone().unwrap_or_default(),
+            reasoning: String::new(),
+            call_ids: Vec::new(),
+            upstream_ids: Vec::new(),
+            stored: false,
+        })
+    }
+}
+
+pub struct ReasoningMemory {
+    field: Field,
+    store: Arc<dyn ReasoningStore>,
+    scope: String,
+    /// This turn's analysis so far (its last `MAX_ENTRY_BYTES`).
+    reasoning: String,
+    /// The client ids of this turn's calls.
+    call_ids: Vec<String>,
+    /// Upstream call id → our client id, for calls the upstream parsed itself.
+    upstream_ids: Vec<(String, String)>,
+    stored: bool,
+}
+
+impl ReasoningMemory {
+    fn note_reasoning(&mut self, t: &str) {
+        self.reasoning.push_str(t);
+        if self.reasoning.len() > 2 * MAX_ENTRY_BYTES {
+            let mut cut = self.reasoning.len() - MAX_ENTRY_BYTES;
+            while !self.reasoning.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.reasoning.drain(..cut);
+        }
+    }
+
+    fn new_id(&mut self) -> String {
+        let id = random_id("call_", 24);
+        self.call_ids.push(id.clone());
+        id
+    }
+
+    fn store(&mut self) {
+        if self.stored || self.call_ids.is_empty() || self.reasoning.trim().is_empty() {
+            return;
+        }
+        self.stored = true;
+        let start = self.reasoning.len().saturating_sub(MAX_ENTRY_BYTES);
+        let start = (start..=self.reasoning.len()).find(|&i| self.reasoning.is_char_boundary(i)).unwrap_or(0);
+        self.store.put(&self.scope, &self.call_ids, &self.reasoning[start..]);
+    }
+}
+
+/// Puts remembered reasoning back into the assistant tool-call turns of `req` that lack it,
+/// after the last final answer. Returns how many turns got theirs back.
+pub fn restore(req: &mut Value, field: Field, scope: &str, store: &dyn ReasoningStore) -> usize {
+    let Some(messages) = req.get_mut("messages").and_then(Value::as_array_mut) else { return 0 };
+    let is_tool_turn = |m: &Value| m.get("role").and_then(Value::as_str) == Some("assistant") && m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+    // Harmony drops the analysis of turns before the last final answer itself.
+    let first = messages
+        .iter()
+        .rposition(|m| m.get("role").and_then(Value::as_str) == Some("assistant") && !is_tool_turn(m))
+        .map_or(0, |i| i + 1);
+    let mut restored = 0;
+    for m in &mut messages[first..] {
+        if !is_tool_turn(m) {
+            continue;
+        }
+        if REASONING_FIELDS.iter().any(|f| m.get(*f).and_then(Value::as_str).is_some_and(|r| !r.trim().is_empty())) {
+            continue;
+        }
+        let found = m["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("id").and_then(Value::as_str))
+            .find_map(|id| store.get(scope, id));
+        if let Some(r) = found {
+            m[field.as_str()] = Value::String(r.to_string());
+            // A preamble the client kept as content must not stand beside it (llama.cpp 500).
+            merge_content_into_reasoning(m);
+            restored += 1;
+        }
+    }
+    restored
+}
+
+impl Stage for ReasoningMemory {
+    fn on_request(&mut self, req: &mut Value) {
+        restore(req, self.field, &self.scope, &*self.store);
+    }
+
+    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
+        match ev {
+            Event::Text(Channel::Analysis, ref t) | Event::UpstreamReasoning(ref t) => {
+                self.note_reasoning(t);
+                out.push(ev);
+            }
+            Event::ToolCallStart { name, id: None } => {
+                let id = self.new_id();
+                out.push(Event::ToolCallStart { name, id: Some(id) });
+            }
+            Event::UpstreamToolCall(mut u) => {
+                // A call the upstream parsed: one client id per upstream id (fragments after
+                // the first carry no id and continue the open call).
+                if let Some(up) = u.id.clone() {
+                    let known = self.upstream_ids.iter().find(|(k, _)| *k == up).map(|(_, v)| v.clone());
+                    let id = match known {
+                        Some(id) => id,
+                        None => {
+                            let id = self.new_id();
+                            self.upstream_ids.push((up, id.clone()));
+                            id
+                        }
+                    };
+                    u.client_id = Some(id);
+                }
+                out.push(Event::UpstreamToolCall(u));
+            }
+            ev @ (Event::Finish(_) | Event::Error(_) | Event::Abort) => {
+                self.store();
+                out.push(ev);
+            }
+            other => out.push(other),
+        }
+    }
+
+    fn on_end(&mut self, _out: &mut Vec<Event>) {
+        self.store();
+    }
+}
+
+impl crate::pipeline::StageConfig for ReasoningMemoryConfig {
+    fn validate(&self) -> Vec<String> {
+        ReasoningMemoryConfig::validate(self)
+    }
+    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+        b.push(ReasoningMemoryFactory::new(self));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn turn(ids: &[&str], reasoning: Option<&str>) -> Value {
+        let calls: Vec<Value> = ids.iter().map(|id| json!({"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}})).collect();
+        let mut m = json!({"role": "assistant", "content": null, "tool_calls": calls});
+        if let Some(r) = reasoning {
+            m["reasoning_content"] = json!(r);
+        }
+        m
+    }
+
+    fn run_turn(f: &ReasoningMemoryFactory, meta: &RequestMeta, events: Vec<Event>) -> Vec<Event> {
+        let mut s = f.new_stage(meta);
+        let mut out = Vec::new();
+        for e in events {
+            s.on_event(e, &mut out);
+        }
+        s.on_end(&mut out);
+        out
+    }
+
+    #[test]
+    fn reasoning_of_a_tool_turn_is_put_back_under_the_ids_the_client_got() {
+        let store = Arc::new(MemoryStore::new(1 << 20, Duration::from_secs(60)));
+        let f = ReasoningMemoryFactory::with_store(Field::ReasoningContent, store.clone());
+        let meta = RequestMeta::new("m", true, false);
+        let out = run_turn(&f, &meta, vec![Event::Text(Channel::Analysis, "Need the weather.".into()), Event::ToolCallStart { name: "functions.get_weather".into(), id: None }, Event::ToolCallEnd]);
+        let Some(Event::ToolCallStart { id: Some(id), .. }) = out.iter().find(|e| matches!(e, Event::ToolCallStart { .. })) else { panic!("{out:?}") };
+        assert!(id.starts_with("call_"));
+        let mut req = json!({"messages": [{"role": "user", "content": "weather?"}, turn(&[id], None), {"role": "tool", "tool_call_id": id, "content": "sunny"}]});
+        f.new_stage(&meta).on_request(&mut req);
+        assert_eq!(req["messages"][1]["reasoning_content"], "Need the weather.");
+        // Reasoning the client sent itself is left alone; other ids get nothing.
+        let mut req = json!({"messages": [turn(&[id], Some("mine")), turn(&["call_other"], None)]});
+        f.new_stage(&meta).on_request(&mut req);
+        assert_eq!(req["messages"][0]["reasoning_content"], "mine");
+        assert!(req["messages"][1].get("reasoning_content").is_none());
+    }
+
+    #[test]
+    fn only_turns_after_the_last_final_answer_get_reasoning_back() {
+        let store = MemoryStore::new(1 << 20, Duration::from_secs(60));
+        store.put("", &["a".into(), "b".into()], "r");
+        let mut req = json!({"messages": [turn(&["a"], None), {"role": "assistant", "content": "done"}, turn(&["b"], None)]});
+        assert_eq!(restore(&mut req, Field::Reasoning, "", &store), 1);
+        assert!(req["messages"][0].get("reasoning").is_none());
+        assert_eq!(req["messages"][2]["reasoning"], "r");
+    }
+
+    #[test]
+    fn upstream_parsed_calls_get_one_client_id_each() {
+        let store = Arc::new(MemoryStore::new(1 << 20, Duration::from_secs(60)));
+        let f = ReasoningMemoryFactory::with_store(Field::ReasoningContent, store.clone());
+        let up = |id: Option<&str>, args: &str| Event::UpstreamToolCall(crate::event::UpstreamToolCall { index: 0, id: id.map(Into::into), name: None, arguments: Some(args.into()), client_id: None });
+        let out = run_turn(&f, &RequestMeta::new("m", true, false), vec![Event::UpstreamReasoning("think".into()), up(Some("x"), "{"), up(None, "}")]);
+        let ids: Vec<_> = out.iter().filter_map(|e| if let Event::UpstreamToolCall(u) = e { Some(u.client_id.clone()) } else { None }).collect();
+        assert!(matches!(&ids[..], [Some(_), None]), "{ids:?}");
+        assert_eq!(&*store.get("", ids[0].as_deref().unwrap()).unwrap(), "think");
+    }
+
+    #[test]
+    fn the_least_recently_used_goes_first_when_full() {
+        let store = MemoryStore::new(30, Duration::from_secs(60));
+        store.put("", &["a".into()], "0123456789"); // 11 bytes with its key
+        store.put("", &["b".into()], "0123456789");
+        assert!(store.get("", "a").is_some()); // a is now the most recently used
+        store.put("", &["c".into()], "0123456789");
+        assert!(store.get("", "b").is_none(), "b was least recently used");
+        assert!(store.get("", "a").is_some() && store.get("", "c").is_some());
+        assert!(store.bytes() <= 30);
+        store.put("", &["huge".into()], &"x".repeat(100));
+        assert!(store.get("", "huge").is_none(), "an entry larger than the store is not kept");
+    }
+
+    #[test]
+    fn entries_expire() {
+        let store = MemoryStore::new(1 << 20, Duration::from_millis(30));
+        store.put("", &["a".into()], "r");
+        assert!(store.get("", "a").is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(store.get("", "a").is_none());
+        assert_eq!(store.bytes(), 0);
+    }
+
+    #[test]
+    fn a_key_only_gets_its_own_reasoning_back() {
+        let store = Arc::new(MemoryStore::new(1 << 20, Duration::from_secs(60)));
+        let f = ReasoningMemoryFactory::with_store(Field::ReasoningContent, store);
+        let mut alice = RequestMeta::new("m", true, false);
+        alice.auth_scope = Some("alice".into());
+        let mut bob = alice.clone();
+        bob.auth_scope = Some("bob".into());
+        let out = run_turn(&f, &alice, vec![Event::Text(Channel::Analysis, "secret plan".into()), Event::ToolCallStart { name: "f".into(), id: None }]);
+        let Some(Event::ToolCallStart { id: Some(id), .. }) = out.iter().find(|e| matches!(e, Event::ToolCallStart { .. })).cloned() else { panic!("{out:?}") };
+        let mut req = json!({"messages": [turn(&[&id], None)]});
+        f.new_stage(&bob).on_request(&mut req);
+        assert!(req["messages"][0].get("reasoning_content").is_none(), "bob must not see alice's reasoning");
+        f.new_stage(&alice).on_request(&mut req);
+        assert_eq!(req["messages"][0]["reasoning_content"], "secret plan");
+    }
+}
