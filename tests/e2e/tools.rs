@@ -55,7 +55,8 @@ fn echoed_harmony_in_history_is_reduced_to_the_answer() {
     assert_eq!(post(&env.url("/v1/chat/completions"), &body).status, 200);
     let sent: Value = env.mock_stats()["last_request"]["messages"].clone();
     assert_eq!(sent[1]["content"], "Hello there!");
-    assert_eq!(sent[2]["content"][0]["text"], "analysisThinking.assistantfinalSecond answer.", "no markup tokens: left alone");
+    // Stripped special tokens with their words kept (MLX-family servers): the answer only.
+    assert_eq!(sent[2]["content"][0]["text"], "Second answer.");
     assert_eq!(sent[3]["tool_calls"][0]["id"], "call_1");
     assert_eq!(sent[4]["content"], "<|channel|> stays: tool output is data");
     assert_eq!(sent[5]["content"], "A plain earlier answer.");
