@@ -84,6 +84,8 @@ pub struct PipelineBody {
     read_timer: Pin<Box<Sleep>>,
     stage_timer: Option<Pin<Box<Sleep>>>,
     wire_sent: bool,
+    /// Bytes handed to hyper for the client (the summary line of a disconnect says how far it got).
+    bytes_sent: u64,
     finished: bool,
     first_error: Option<ApiError>,
     summary: Summary,
@@ -125,6 +127,7 @@ impl PipelineBody {
             read_timer: Box::pin(tokio::time::sleep(read_timeout)),
             stage_timer: None,
             wire_sent: false,
+            bytes_sent: 0,
             finished: false,
             first_error: None,
             summary,
@@ -331,6 +334,7 @@ impl Body for PipelineBody {
         let this = &mut *self;
         loop {
             if let Some(b) = this.pending.pop_front() {
+                this.bytes_sent += b.len() as u64;
                 return Poll::Ready(Some(Ok(Frame::data(b))));
             }
             if this.finished {
@@ -435,6 +439,7 @@ impl Drop for PipelineBody {
             attempts = self.retries + 1,
             ttft_ms,
             duration_ms = duration.as_millis() as u64,
+            bytes_sent = self.bytes_sent,
             final_chunks = st.final_chunks,
             tool_calls = st.tool_calls,
             fallback = st.fallback,

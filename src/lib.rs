@@ -15,6 +15,8 @@
 
 pub mod body;
 pub mod config;
+pub mod doctor;
+pub mod init;
 pub mod metrics;
 pub mod mock_upstream;
 pub mod pipeline;

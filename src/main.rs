@@ -18,12 +18,15 @@ use harmony_proxy::reload;
 
 #[derive(Parser)]
 #[command(name = "harmony-proxy", version, about = "Turns gpt-oss Harmony output into clean OpenAI Chat Completions")]
-#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     #[command(flatten)]
     serve: ServeArgs,
+    /// Read environment variables from this file (default: ./.env if it exists); variables
+    /// already in the environment win.
+    #[arg(long, global = true, value_name = "FILE")]
+    env_file: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -62,12 +65,43 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write a commented proxy.toml for an upstream and a kind of client.
+    Init {
+        /// The model server's base URL, e.g. http://127.0.0.1:8080/v1.
+        #[arg(long)]
+        upstream: String,
+        /// The client that will talk to the proxy.
+        #[arg(long = "for", value_enum)]
+        client: harmony_proxy::init::ClientKind,
+        /// Where to write it (`-`: standard output).
+        #[arg(long, default_value = "proxy.toml")]
+        output: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check a running upstream: reachable, models, a one-token chat, and whether it already
+    /// parses Harmony (which decides the pipeline).
+    Doctor {
+        /// The upstream's base URL (default: the config's default upstream).
+        #[arg(long)]
+        upstream: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The model to ask (default: the first one the upstream lists).
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Run the built-in simulated gpt-oss server (llama.cpp framing).
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Parse Harmony as llama-server does by default (reasoning_content, content,
+        /// tool_calls) instead of sending raw Harmony in content.
+        #[arg(long)]
+        parsed: bool,
         /// Serve HTTPS with this PEM certificate (and --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -83,6 +117,18 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: this writes the process environment.
+    let (env_file, required) = match &cli.env_file {
+        Some(f) => (f.clone(), true),
+        None => (PathBuf::from(".env"), false),
+    };
+    if let Err(e) = config::dotenv::apply(&env_file, required) {
+        return fail(format!("env file: {e}"));
+    }
+    // `harmony-proxy --port 1 check` would silently ignore --port: say so instead.
+    if cli.cmd.is_some() && (cli.serve.config.is_some() || cli.serve.host.is_some() || cli.serve.port.is_some()) {
+        return fail("--config, --host and --port go after the subcommand (e.g. `harmony-proxy serve --port 8001`)");
+    }
     match cli.cmd.unwrap_or(Cmd::Serve(cli.serve)) {
         Cmd::Serve(a) => {
             let path = config::resolve_path(a.config.as_deref());
@@ -95,7 +141,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Replay { file, config, pipeline, json } => replay(&file, config.as_deref(), pipeline.as_deref(), json),
-        Cmd::MockUpstream { host, port, tls_cert, tls_key } => mock(&host, port, tls_cert.as_deref().zip(tls_key.as_deref())),
+        Cmd::Init { upstream, client, output, force } => init(&upstream, client, &output, force),
+        Cmd::Doctor { upstream, config, model } => doctor(upstream.as_deref(), config.as_deref(), model.as_deref()),
+        Cmd::MockUpstream { host, port, parsed, tls_cert, tls_key } => mock(&host, port, parsed, tls_cert.as_deref().zip(tls_key.as_deref())),
         Cmd::Demo { port } => demo(port),
     }
 }
@@ -136,10 +184,14 @@ fn check(path: Option<&Path>) -> ExitCode {
         Err(c) => return c,
     };
     let (routes, pipelines) = (cfg.routes.len(), cfg.pipelines.len());
+    let warnings = cfg.warnings();
     match Snapshot::build(cfg, &enc, 0) {
         Ok(_) => {
             let at = path.map(|p| p.display().to_string()).unwrap_or_else(|| "embedded proxy.toml".into());
             println!("{at}: ok ({routes} routes, {pipelines} pipelines)");
+            for w in warnings {
+                println!("warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -153,13 +205,37 @@ fn check(path: Option<&Path>) -> ExitCode {
 }
 
 fn init_logging(cfg: &Config) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("harmony_proxy={0},harmony_filters={0},warn", cfg.server.log_level.as_str())));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: never in a file, a pipe or with NO_COLOR.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match cfg.server.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => {
+            // A panic's message would be a plain line in a JSON log: log it as an event.
+            std::panic::set_hook(Box::new(|info| {
+                let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+                let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
+                tracing::error!(panic = %msg, at = %at, "panic");
+            }));
+            builder.json().flatten_event(true).try_init()
+        }
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// The line that says where the proxy listens, on stdout (scripts and tests wait for it). In
+/// JSON log mode it is a JSON object like every other line the process writes.
+fn banner(format: LogFormat, url: &str) {
+    match format {
+        LogFormat::Text => println!("harmony-proxy listening on {url}"),
+        LogFormat::Json => {
+            let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            let line = serde_json::json!({"timestamp": ts, "level": "INFO", "message": format!("harmony-proxy listening on {url}"), "url": url, "target": "harmony_proxy"});
+            println!("{line}");
+        }
+    }
 }
 
 /// Runs the proxy; with `mock`, a built-in mock upstream runs beside it (demo).
@@ -169,6 +245,7 @@ fn serve(args: ServeArgs, path: Option<PathBuf>, mock: Option<(std::net::TcpList
         Err(c) => return c,
     };
     init_logging(&cfg);
+    let log_format = cfg.server.log_format;
     let enc = match encoding() {
         Ok(e) => e,
         Err(c) => return c,
@@ -227,7 +304,7 @@ fn serve(args: ServeArgs, path: Option<PathBuf>, mock: Option<(std::net::TcpList
         });
         let _watcher = reload::start(state.clone(), path.clone());
         let scheme = if tls.is_some() { "https" } else { "http" };
-        println!("harmony-proxy listening on {scheme}://{local}");
+        banner(log_format, &format!("{scheme}://{local}"));
         tracing::info!(addr = %local, config = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "embedded".into()), "listening");
         let grace_state = state.clone();
         server::serve(state, listener, tls, shutdown_signal(), move || grace_state.snapshot.load().config.server.shutdown_grace.0).await;
@@ -253,7 +330,71 @@ async fn shutdown_signal() {
     }
 }
 
-fn mock(host: &str, port: u16, tls: Option<(&Path, &Path)>) -> ExitCode {
+fn init(upstream: &str, client: harmony_proxy::init::ClientKind, output: &Path, force: bool) -> ExitCode {
+    match upstream.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+        _ => return fail(format!("--upstream: invalid URL {upstream:?} (expected http(s)://host:port/v1)")),
+    }
+    let text = harmony_proxy::init::config(upstream, client);
+    if output == Path::new("-") {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    }
+    if output.exists() && !force {
+        return fail(format!("{} exists; use --force to overwrite it, or --output FILE", output.display()));
+    }
+    if let Err(e) = std::fs::write(output, text) {
+        return fail(format!("{}: {e}", output.display()));
+    }
+    println!("wrote {}; check it with `harmony-proxy check --config {0}`, then run `harmony-proxy doctor --config {0}`", output.display());
+    ExitCode::SUCCESS
+}
+
+fn doctor(url: Option<&str>, cfg_path: Option<&Path>, model: Option<&str>) -> ExitCode {
+    let (name, up_cfg) = match url {
+        Some(u) => {
+            let text = format!("[upstreams.default]\nurl = {}\n", toml::Value::String(u.to_owned()));
+            match config::load_str(&text, None, |_| None) {
+                Ok(mut c) => ("default".to_owned(), c.upstreams.remove("default").expect("just written")),
+                Err(e) => return fail(format!("--upstream: {e}")),
+            }
+        }
+        None => {
+            let cfg = match load(config::resolve_path(cfg_path).as_deref()) {
+                Ok(c) => c,
+                Err(c) => return c,
+            };
+            let Some(name) = cfg.default_upstream().map(str::to_owned) else { return fail("the config has no upstream") };
+            let u = cfg.upstreams[&name].clone();
+            (name, u)
+        }
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    rt.block_on(async {
+        let up = match harmony_proxy::upstream::Upstream::new(&name, &up_cfg) {
+            Ok(u) => u,
+            Err(e) => return fail(e),
+        };
+        let report = harmony_proxy::doctor::run(&up, model).await;
+        for line in &report.lines {
+            println!("{line}");
+        }
+        if report.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn mock(host: &str, port: u16, parsed: bool, tls: Option<(&Path, &Path)>) -> ExitCode {
+    let parsed = match parsed.then(encoding).transpose() {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
     let rt = match runtime() {
         Ok(r) => r,
         Err(c) => return c,
@@ -271,7 +412,7 @@ fn mock(host: &str, port: u16, tls: Option<(&Path, &Path)>) -> ExitCode {
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         println!("mock upstream listening on {scheme}://{local}/v1");
         tokio::select! {
-            _ = mock_upstream::run(listener, Arc::new(MockState::default()), tls) => {}
+            _ = mock_upstream::run(listener, Arc::new(MockState::parsing(parsed)), tls) => {}
             _ = shutdown_signal() => {}
         }
         ExitCode::SUCCESS

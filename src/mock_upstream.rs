@@ -7,6 +7,10 @@
 //! - a JSON object `{"mock": {…}}` is a script of its own (see [`Script`]);
 //! - anything else gets `hello`.
 //!
+//! Like llama.cpp's gpt-oss chat template, it answers HTTP 500 to histories the template
+//! refuses: an assistant tool-call turn with both content and reasoning, tool-call arguments
+//! that are not JSON, a tool result with no earlier tool call.
+//!
 //! Scripts can fail on purpose (per attempt, counted by `key`): answer a status, close before
 //! answering, cut or stall the stream, send an in-band error, end without `[DONE]`.
 //! `GET /mock/stats` tells how many requests came and how many streams the client cancelled.
@@ -33,6 +37,10 @@ type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 #[derive(Default)]
 pub struct MockState {
+    /// Parse Harmony as llama-server does by default (`mock-upstream --parsed`): reasoning in
+    /// `reasoning_content`, tool calls in `tool_calls` (ids without `call_`), the rest in
+    /// `content`. `None`: raw Harmony in `content`.
+    pub parsed: Option<openai_harmony::HarmonyEncoding>,
     pub requests: AtomicU64,
     pub completed: AtomicU64,
     pub cancelled: AtomicU64,
@@ -234,6 +242,13 @@ impl std::fmt::Display for CloseConnection {
 }
 impl std::error::Error for CloseConnection {}
 
+impl MockState {
+    /// A mock that parses Harmony as llama-server does by default (see [`MockState::parsed`]).
+    pub fn parsing(enc: Option<openai_harmony::HarmonyEncoding>) -> Self {
+        Self { parsed: enc, ..Self::default() }
+    }
+}
+
 async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Body>, CloseConnection> {
     let path = req.uri().path().to_owned();
     match (req.method().as_str(), path.as_str()) {
@@ -293,7 +308,38 @@ impl http_body::Body for ChainBody {
     }
 }
 
+/// What llama.cpp's gpt-oss chat template refuses in a history (it answers HTTP 500).
+fn template_error(req: &Value) -> Option<&'static str> {
+    let messages = req.get("messages").and_then(Value::as_array)?;
+    let mut seen_call = false;
+    for m in messages {
+        let calls = m.get("tool_calls").and_then(Value::as_array).filter(|c| !c.is_empty());
+        match m.get("role").and_then(Value::as_str) {
+            Some("assistant") if calls.is_some() => {
+                seen_call = true;
+                let content = m.get("content").and_then(Value::as_str).is_some_and(|c| !c.is_empty());
+                let thinking = ["reasoning_content", "reasoning", "thinking"].iter().any(|f| m.get(*f).and_then(Value::as_str).is_some_and(|r| !r.is_empty()));
+                if content && thinking {
+                    return Some("Cannot pass both content and thinking in an assistant message with tool calls! Put the analysis message in one or the other, but not both.");
+                }
+                for c in calls.into_iter().flatten() {
+                    let args = c.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("");
+                    if serde_json::from_str::<Value>(args).is_err() {
+                        return Some("Failed to parse tool call arguments as JSON");
+                    }
+                }
+            }
+            Some("tool") if !seen_call => return Some("Message has tool role, but there was no previous assistant message with a tool call!"),
+            _ => {}
+        }
+    }
+    None
+}
+
 async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, CloseConnection> {
+    if let Some(msg) = template_error(&req) {
+        return Ok(json_resp(500, &json!({"error": {"code": 500, "message": msg, "type": "server_error"}})));
+    }
     let script = script_for(&req);
     let attempt = match &script.key {
         Some(k) => {
@@ -322,6 +368,14 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
     if let Some(t) = &script.text {
         deltas.extend(llama_pieces(t).into_iter().map(|p| json!({"content": p})));
     }
+    let mut finish = script.finish.clone();
+    if let Some(enc) = &state.parsed {
+        let (parsed, calls) = parse_like_llama(enc, &deltas);
+        deltas = parsed;
+        if calls && finish.as_deref() == Some("stop") {
+            finish = Some("tool_calls".into());
+        }
+    }
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let usage = json!({"prompt_tokens": 12, "completion_tokens": deltas.len(), "total_tokens": 12 + deltas.len()});
     if script.json || !stream {
@@ -330,7 +384,7 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
         return Ok(json_resp(
             200,
             &json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-oss-20b",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": script.finish}],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
                     "usage": usage}),
         ));
     }
@@ -391,7 +445,7 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
             state.completed.fetch_add(1, Ordering::SeqCst);
             return;
         }
-        if let Some(f) = &script.finish {
+        if let Some(f) = &finish {
             if !send(chunk(&json!({}), Some(f))).await {
                 return cancelled();
             }
@@ -412,6 +466,41 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
     let mut r = Response::new(body);
     r.headers_mut().insert(header::CONTENT_TYPE, "text/event-stream".parse().expect("static"));
     Ok(r)
+}
+
+/// Raw-Harmony content deltas → the deltas llama-server sends with its parser on, made with
+/// our own parser (harmony-parse, then tool-bridge as `ide-tools` has it). Whether any tool
+/// call was made comes back too (the finish reason becomes `tool_calls`).
+fn parse_like_llama(enc: &openai_harmony::HarmonyEncoding, deltas: &[Value]) -> (Vec<Value>, bool) {
+    use harmony_filters::stages::harmony_parse::{HarmonyParseConfig, HarmonyParseFactory};
+    use harmony_filters::stages::tool_bridge::{Mode, Preambles, Reasoning, ToolBridgeConfig, ToolBridgeFactory};
+    use harmony_filters::{Chain, Event, RequestMeta, StageFactory};
+    let meta = RequestMeta::new("mock", true, false);
+    let bridge = ToolBridgeConfig { mode: Mode::OpenaiToolCalls, reasoning: Reasoning::ReasoningContent, preambles: Preambles::Content };
+    let mut chain = Chain::new(vec![
+        HarmonyParseFactory::new(&HarmonyParseConfig::default(), enc.clone()).new_stage(&meta),
+        ToolBridgeFactory(bridge).new_stage(&meta),
+    ]);
+    let mut input: Vec<Event> = deltas.iter().filter_map(|d| d.get("content").and_then(Value::as_str)).map(|t| Event::Upstream(t.to_owned())).collect();
+    let mut events = Vec::new();
+    chain.push_all(&mut input, &mut events);
+    chain.end(&mut events);
+    let mut calls = false;
+    let out = events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Content(t) => Some(json!({"content": t})),
+            Event::Reasoning(_, t) => Some(json!({"reasoning_content": t})),
+            Event::ClientToolCall { index, name, .. } => {
+                calls = true;
+                let id = harmony_filters::stage::random_id("", 32);
+                Some(json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}))
+            }
+            Event::ClientToolArgs { index, args } => Some(json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]})),
+            _ => None,
+        })
+        .collect();
+    (out, calls)
 }
 
 struct ReceiverStream(mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);

@@ -139,12 +139,43 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| harmony_filters::stage::random_id("req_", 20))
 }
 
+/// Set on a response whose body writes the request's summary line itself when it ends
+/// (pipeline answers: they know tokens, time to first token, bytes sent).
+#[derive(Clone, Copy)]
+pub struct SummaryByBody;
+
+/// What the summary line of a request that ended before a pipeline body says about it.
+#[derive(Clone)]
+pub struct RouteInfo {
+    pub route: String,
+    pub model: String,
+    pub attempts: u32,
+}
+
 async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr) -> Response<RespBody> {
+    let started = Instant::now();
     let rid = request_id(req.headers());
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let snap = state.snapshot.load_full();
     let mut resp = dispatch(&state, snap, req, &rid).await;
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    // One summary line per request, whatever its fate; probes and metrics scrapes are
+    // debug-level so they do not drown the log.
+    if resp.extensions().get::<SummaryByBody>().is_none() {
+        let info = resp.extensions().get::<RouteInfo>();
+        let route = info.map(|i| i.route.as_str()).unwrap_or(if path.starts_with("/v1/") { "forward" } else { "-" });
+        let status = resp.status().as_u16();
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (model, attempts) = (info.map(|i| i.model.as_str()).unwrap_or(""), info.map(|i| i.attempts).unwrap_or(1));
+        if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+            tracing::debug!(request_id = %rid, method = %method, path = %path, status, duration_ms, "request");
+        } else if status >= 500 {
+            tracing::warn!(request_id = %rid, method = %method, path = %path, route, model, status, attempts, duration_ms, "request");
+        } else {
+            tracing::info!(request_id = %rid, method = %method, path = %path, route, model, status, attempts, duration_ms, "request");
+        }
     }
     resp
 }
@@ -205,6 +236,20 @@ fn admit(state: &Arc<AppState>, snap: &Snapshot) -> Result<InflightGuard, Respon
     Ok(guard)
 }
 
+/// With `api_keys` set, a digest of the client's key: state kept between requests
+/// (reasoning memory) is never shared across keys. `None` when keys are not checked.
+fn auth_scope(snap: &Snapshot, headers: &HeaderMap) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    if snap.config.server.api_keys.is_empty() {
+        return None;
+    }
+    let key = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))?.trim();
+    // SipHash with fixed keys: stable for the process, and the key itself is not kept.
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    Some(format!("k{:016x}", h.finish()))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -224,6 +269,7 @@ async fn read_body(body: Incoming, max: u64) -> Result<Bytes, Response<RespBody>
 async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>, rid: &str, guard: InflightGuard) -> Response<RespBody> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
+    let auth_scope = auth_scope(&snap, req.headers());
     let raw = match read_body(req.into_body(), snap.config.server.max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -242,6 +288,7 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
     let mut meta = RequestMeta::new(&model, stream, include_usage);
     meta.request_id = rid.to_owned();
+    meta.auth_scope = auth_scope;
     state.metrics.request(&route.label, route.pipeline.mode, stream);
 
     let mut chain = route.pipeline.new_chain(&meta);
@@ -261,15 +308,19 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     if !matches!(outcome, Outcome::Stream(_)) {
         state.metrics.duration.record(started.elapsed().as_secs_f64());
     }
+    let info = RouteInfo { route: route.label.clone(), model: model.clone(), attempts: retries + 1 };
     let resp = match outcome {
         Outcome::Stream(r) => r,
         Outcome::Passthrough(r) => {
-            tracing::info!(request_id = rid, route = %route.label, model = %model, status = r.status().as_u16(), attempts = retries + 1, "request: upstream answer passed through");
-            return passthrough(r);
+            let mut r = passthrough(r);
+            r.extensions_mut().insert(info);
+            return r;
         }
         Outcome::Failed(e) => {
-            tracing::warn!(request_id = rid, route = %route.label, model = %model, status = e.status, attempts = retries + 1, error = %e.message, "request");
-            return error_response(&e);
+            tracing::debug!(request_id = rid, error = %e.message, "upstream call failed");
+            let mut r = error_response(&e);
+            r.extensions_mut().insert(info);
+            return r;
         }
     };
     let summary = Summary { route: route.label.clone(), mode: route.pipeline.mode, model, started };
@@ -280,6 +331,7 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
         let h = r.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        r.extensions_mut().insert(SummaryByBody);
         return r;
     }
     // Not streamed: run the pipeline to its end here, so a failure can still be a status.
@@ -290,7 +342,9 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
         }
     }
     let status = pbody.error().map(|e| e.status).unwrap_or(200);
+    drop(pbody); // writes the summary line
     let mut r = Response::new(body_of(bytes));
+    r.extensions_mut().insert(SummaryByBody);
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

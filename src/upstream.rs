@@ -46,20 +46,7 @@ pub fn full(b: Bytes) -> ReqBody {
 
 impl Upstream {
     pub fn new(name: &str, cfg: &UpstreamConfig) -> Result<Self, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("upstreams.{name}: ca_file: cannot read {}: {e}", ca.display()))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| format!("upstreams.{name}: ca_file: invalid PEM: {e}"))?;
-                roots.add(cert).map_err(|e| format!("upstreams.{name}: ca_file: {e}"))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("upstreams.{name}: tls: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = client_tls(name, cfg)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.connect_timeout.0));
@@ -129,6 +116,94 @@ impl Upstream {
             Ok(Err(e)) => Err(e.error.message),
             Err(_) => Err("no answer within 3s".into()),
         }
+    }
+}
+
+/// The TLS client of one upstream: the public roots, plus `ca_file` as roots *and* as pinned
+/// certificates, or no verification at all with `tls_insecure`.
+fn client_tls(name: &str, cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut pinned = Vec::new();
+    if let Some(ca) = &cfg.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| format!("upstreams.{name}: ca_file: cannot read {}: {e}", ca.display()))?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("upstreams.{name}: ca_file: invalid PEM: {e}"))?;
+            // A server certificate that is not a valid trust anchor can still be pinned.
+            let _ = roots.add(cert.clone());
+            pinned.push(cert);
+        }
+        if pinned.is_empty() {
+            return Err(format!("upstreams.{name}: ca_file: no certificate in {}", ca.display()));
+        }
+    }
+    if cfg.tls_insecure.0 {
+        tracing::warn!(upstream = name, "tls_insecure = true: the upstream's certificate is not verified (for a lab only)");
+    }
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| format!("upstreams.{name}: tls: {e}"))?;
+    let verifier = Arc::new(PinningVerifier { webpki, pinned, insecure: cfg.tls_insecure.0, provider: provider.clone() });
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("upstreams.{name}: tls: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// Verifies as webpki does; when webpki refuses, accepts a server certificate that is
+/// byte for byte one of `pinned`. A self-signed certificate made with `openssl req -x509` is
+/// marked as a CA, and webpki refuses a CA as the server's own certificate
+/// (`CaUsedAsEndEntity`) although curl `--cacert` and the OpenAI SDKs accept it. Signatures
+/// of the handshake are always checked, so the server must hold the pinned key.
+#[derive(Debug)]
+struct PinningVerifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<rustls::pki_types::CertificateDer<'static>>,
+    insecure: bool,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Ok(v) => Ok(v),
+            Err(_) if self.insecure || self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

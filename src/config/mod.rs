@@ -4,6 +4,7 @@
 //! Every section is deserialized on its own, so one bad stage does not hide the errors of
 //! the others: `check` reports them all at once, each with its place.
 
+pub mod dotenv;
 pub mod env;
 pub mod load;
 
@@ -168,9 +169,13 @@ pub struct UpstreamConfig {
     /// Sent as `Authorization: Bearer` to this upstream (empty: none).
     #[serde(default)]
     pub api_key: Option<String>,
-    /// An extra PEM root certificate for an https upstream.
+    /// PEM certificates for an https upstream: extra roots (a private CA), or the server's own
+    /// self-signed certificate, which is then trusted exactly (pinned).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Do not verify the upstream's certificate at all (a lab only; logged as a warning).
+    #[serde(default)]
+    pub tls_insecure: Flag,
 }
 
 fn default_connect_timeout() -> Dur {
@@ -192,7 +197,10 @@ pub struct RouteConfig {
     pub pipeline: String,
 }
 
-fn any_model() -> Vec<String> {
+/// The path of OpenAI chat completions, the one the pipelines serve.
+pub const CHAT_PATH: &str = "/v1/chat/completions";
+
+pub(crate) fn any_model() -> Vec<String> {
     vec!["*".into()]
 }
 
@@ -213,9 +221,55 @@ pub struct Config {
     pub pipelines: BTreeMap<String, (PipelineDef, String)>,
     /// The file it came from (`None`: the embedded default).
     pub source: Option<PathBuf>,
+    /// Indexes in `routes` of routes the config did not write (the chat path's default).
+    pub implied_routes: Vec<usize>,
 }
 
 impl Config {
+    /// What runs but is probably a mistake, one line each (`check` prints them; exit 0).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for &i in &self.implied_routes {
+            let r = &self.routes[i];
+            w.push(format!(
+                "routes: no route for {} in the config: implied routes[{i}] models [\"*\"] -> upstream `{}`, pipeline `harmony` (write a route with pipeline `passthrough` for raw forwarding)",
+                r.path, r.upstream
+            ));
+        }
+        // Stops that end the answer early: llama.cpp renders these tokens into the text its
+        // stop matcher sees, so `<|end|>` ends the reply right after the reasoning.
+        for (name, (def, place)) in &self.pipelines {
+            for (i, st) in def.stages.iter().enumerate() {
+                if let StageSpec::StopInjection(c) = st {
+                    for stop in c.extra.0.iter().filter(|s| ["<|end|>", "<|start|>", "<|channel|>", "<|message|>"].contains(&s.trim())) {
+                        let at = if place == "built-in" { format!("built-in pipeline {name}") } else { place.clone() };
+                        w.push(format!("{at}.stages[{i}] (stop-injection): extra names {stop}: it ends answers early (llama.cpp stops right after the reasoning); remove it"));
+                    }
+                }
+            }
+        }
+        for (name, (_, place)) in &self.pipelines {
+            if place != "built-in" && !self.routes.iter().any(|r| &r.pipeline == name) && !BUILTIN_PIPELINES.iter().any(|(b, _)| b == name) {
+                w.push(format!("{place}: pipeline `{name}` is defined but no route uses it"));
+            }
+        }
+        for (j, later) in self.routes.iter().enumerate() {
+            if self.implied_routes.contains(&j) {
+                continue;
+            }
+            let shadow = self.routes[..j].iter().enumerate().find(|(_, earlier)| {
+                earlier.path == later.path && later.models.iter().all(|m| globs_cover(&earlier.models, m))
+            });
+            if let Some((i, earlier)) = shadow {
+                w.push(format!(
+                    "routes[{j}]: never matches: routes[{i}] (models {:?}) comes first and takes every model it names",
+                    earlier.models
+                ));
+            }
+        }
+        w
+    }
+
     /// The upstream that receives forwarded `/v1/*` requests.
     pub fn default_upstream(&self) -> Option<&str> {
         if self.upstreams.contains_key("default") {
@@ -224,6 +278,15 @@ impl Config {
             self.upstreams.keys().next().map(String::as_str)
         }
     }
+}
+
+/// Whether some glob of `earlier` matches every model `later` can match: exactly when one
+/// of them matches everything, or matches the later glob's own text and the later glob has
+/// no wildcard (a literal model name).
+fn globs_cover(earlier: &[String], later: &str) -> bool {
+    earlier.iter().any(|g| {
+        g == "*" || g == "**" || (!later.contains(['*', '?', '[', '{']) && globset::Glob::new(g).is_ok_and(|g| g.compile_matcher().is_match(later))) || g == later
+    })
 }
 
 /// The shipped `proxy.toml`, used when no file exists.

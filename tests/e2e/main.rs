@@ -4,7 +4,10 @@
 mod common;
 mod config;
 mod core;
+mod harness;
 mod operations;
+mod operator;
+mod real_llama;
 mod resilience;
 mod snapshots;
 mod tools;

@@ -1,0 +1,87 @@
+//! `harmony-proxy init`: a commented `proxy.toml` for one upstream and one kind of client,
+//! so an operator's first config is a working one (it passes `check`; a test proves it).
+
+/// The clients `init` knows, and the pipeline each gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientKind {
+    /// Roo Code (and Kilo Code): OpenAI tool calls, reasoning shown, preambles as content.
+    Roo,
+    /// Cline: the same; a call runs once id, name and arguments are all non-empty.
+    Cline,
+    /// Continue: the same; content and tool calls never share a chunk.
+    Continue,
+    /// Applications on the OpenAI SDKs: answers and tool calls, no reasoning.
+    Sdk,
+}
+
+impl ClientKind {
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Roo => ("Roo Code / Kilo Code", "ide-tools"),
+            Self::Cline => ("Cline", "ide-tools"),
+            Self::Continue => ("Continue", "ide-tools"),
+            Self::Sdk => ("OpenAI SDK applications", "app"),
+        }
+    }
+}
+
+/// The config text.
+pub fn config(upstream: &str, kind: ClientKind) -> String {
+    let (who, pipeline) = kind.describe();
+    let url = upstream.trim_end_matches('/');
+    let mut s = format!(
+        r#"# harmony-proxy for {who}, in front of {url}
+# Written by `harmony-proxy init`. Check it with `harmony-proxy check`; see what the upstream
+# sends with `harmony-proxy doctor`. Edits apply live (file watch or SIGHUP).
+# Every value can come from the environment: "${{VAR}}" or "${{VAR:-default}}" (a .env file
+# in the working directory is read too).
+
+[server]
+listen = "${{LISTEN:-127.0.0.1:8001}}"   # point the client at http://THIS/v1
+log_format = "text"                     # "json" for a log shipper: every line is JSON
+# api_keys = ["${{PROXY_API_KEY}}"]       # require Authorization: Bearer <key> from clients
+
+[upstreams.default]
+url = "${{UPSTREAM_BASE_URL:-{url}}}"
+read_timeout = "120s"                   # longest silence between upstream bytes
+# api_key = "${{UPSTREAM_API_KEY}}"       # if the model server wants a key
+# ca_file = "server.pem"                # https upstream with a private CA or a self-signed cert
+# tls_insecure = true                   # lab only: do not verify the upstream's certificate
+
+# Chat completions go through the pipeline below; every other /v1/* path is forwarded
+# to the upstream untouched.
+[[routes]]
+path = "/v1/chat/completions"
+models = ["*"]
+upstream = "default"
+pipeline = "{pipeline}"
+"#
+    );
+    match kind {
+        ClientKind::Sdk => s.push_str(
+            r#"
+# Answers and OpenAI tool_calls; reasoning and preambles stay out of the reply.
+# The built-in pipelines (harmony, ide-tools, text-tools, passthrough) are always there too.
+[pipelines.app]
+stages = [
+  { type = "stop-injection", harmony_stops = true },
+  { type = "history-clean" },
+  { type = "retry", max_retries = 3, backoff = "500ms" },
+  { type = "harmony-parse" },
+  { type = "fallback" },
+  { type = "tool-bridge", mode = "openai_tool_calls", reasoning = "drop", preambles = "drop" },
+  { type = "watchdog", no_final_timeout = "90s" },
+  { type = "sse-encode" },
+]
+"#,
+        ),
+        _ => s.push_str(
+            r#"
+# `ide-tools` is built in: OpenAI tool_calls, reasoning in `reasoning_content`, preambles
+# ("I'll check the weather.") as content, history repaired for llama.cpp's template.
+# To change it, copy it here as [pipelines.ide-tools] (see pipelines/ide-tools.toml).
+"#,
+        ),
+    }
+    s
+}
