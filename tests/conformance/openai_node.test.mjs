@@ -62,3 +62,30 @@ test('streamed chunks keep content and tool_calls apart and carry reasoning_cont
   assert.equal(content, "I'll check the weather.");
   assert.equal(finishes, 1);
 });
+
+const lastUpstreamRequest = async () => (await (await fetch(`${process.env.MOCK_URL.replace(/\/v1$/, '')}/mock/stats`)).json()).last_request;
+
+for (const [how, turn] of [
+  ['stream', (messages) => client.chat.completions.stream({ model: 'ide-gpt-oss-20b', messages, tools }).finalChatCompletion()],
+  ['create', (messages) => client.chat.completions.create({ model: 'ide-gpt-oss-20b', messages, tools })],
+]) {
+  for (const turns of [2, 3]) {
+    // The SDK's message goes back as is each turn; the mock answers 500 (like llama.cpp's
+    // template) to content beside reasoning in a tool-call turn unless the proxy repairs it.
+    test(`a ${turns}-turn agent loop via ${how}`, async () => {
+      const messages = ask('scenario:weather');
+      for (let i = 0; i < turns; i++) {
+        const msg = (await turn(messages)).choices[0].message;
+        assert.deepEqual(msg.tool_calls.map((t) => t.function.name), ['get_weather']);
+        messages.push(msg);
+        for (const t of msg.tool_calls) messages.push({ role: 'tool', tool_call_id: t.id, content: '18 C, clear' });
+      }
+      const sent = (await lastUpstreamRequest()).messages.filter((m) => m.role === 'assistant' && m.tool_calls?.length);
+      assert.equal(sent.length, turns - 1);
+      for (const m of sent) {
+        assert.ok(!(m.content && m.reasoning_content), JSON.stringify(m));
+        assert.match(m.reasoning_content, /^Need the weather tool for Paris\./);
+      }
+    });
+  }
+}

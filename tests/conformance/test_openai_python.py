@@ -115,3 +115,50 @@ def test_errors_reach_the_sdk_as_openai_errors():
     with pytest.raises(openai.NotFoundError) as e:
         lost.chat.completions.create(model=FINAL_ONLY, messages=ask("hi"))
     assert e.value.code == "not_found"
+
+
+def mock_last_request():
+    import urllib.request
+    with urllib.request.urlopen(os.environ["MOCK_URL"].removesuffix("/v1") + "/mock/stats") as r:
+        return json.load(r)["last_request"]
+
+
+def agent_turn(messages, stream):
+    if stream:
+        with client.chat.completions.stream(model=IDE, messages=messages, tools=TOOLS) as s:
+            for _ in s:
+                pass
+            return s.get_final_completion()
+    return client.chat.completions.create(model=IDE, messages=messages, tools=TOOLS)
+
+
+@pytest.mark.parametrize("turns", [2, 3])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream-helper", "create"])
+def test_an_agent_loop_sends_the_sdk_message_back_and_goes_on(turns, stream):
+    """The SDK's own message object (preamble as content, reasoning, calls) goes back each
+    turn; the mock, like llama.cpp's template, answers 500 to content beside reasoning in a
+    tool-call turn, so every turn succeeding proves the proxy repaired the history."""
+    messages = ask("scenario:weather")
+    for _ in range(turns):
+        msg = agent_turn(messages, stream).choices[0].message
+        assert [t.function.name for t in msg.tool_calls] == ["get_weather"]
+        messages.append(msg)
+        for t in msg.tool_calls:
+            messages.append({"role": "tool", "tool_call_id": t.id, "content": "18 C, clear"})
+    sent = mock_last_request()["messages"]
+    tool_turns = [m for m in sent if m.get("role") == "assistant" and m.get("tool_calls")]
+    assert len(tool_turns) == turns - 1
+    for m in tool_turns:
+        assert not (m.get("content") and m.get("reasoning_content")), m
+        assert m["reasoning_content"].startswith("Need the weather tool for Paris."), m
+
+
+def test_reasoning_the_agent_dropped_is_given_back_to_the_model():
+    first = agent_turn(ask("scenario:weather"), False).choices[0].message
+    # An agent that keeps only what it shows: no reasoning field.
+    bare = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": t.id, "type": "function", "function": {"name": t.function.name, "arguments": t.function.arguments}} for t in first.tool_calls]}
+    messages = ask("scenario:weather") + [bare, {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": "18 C"}]
+    agent_turn(messages, False)
+    sent = mock_last_request()["messages"]
+    assert sent[1]["reasoning_content"] == "Need the weather tool for Paris."

@@ -297,8 +297,9 @@ impl ReasoningMemory {
     }
 }
 
-/// Puts remembered reasoning back into the assistant tool-call turns of `req` that lack it,
-/// after the last final answer. Returns how many turns got theirs back.
+/// Puts remembered reasoning back into the assistant tool-call turns of `req` that lack it
+/// (or carry only its last piece), after the last final answer. Returns how many turns got
+/// theirs back.
 pub fn restore(req: &mut Value, field: Field, scope: &str, store: &dyn ReasoningStore) -> usize {
     let Some(messages) = req.get_mut("messages").and_then(Value::as_array_mut) else { return 0 };
     let is_tool_turn = |m: &Value| m.get("role").and_then(Value::as_str) == Some("assistant") && m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
@@ -312,23 +313,46 @@ pub fn restore(req: &mut Value, field: Field, scope: &str, store: &dyn Reasoning
         if !is_tool_turn(m) {
             continue;
         }
-        if REASONING_FIELDS.iter().any(|f| m.get(*f).and_then(Value::as_str).is_some_and(|r| !r.trim().is_empty())) {
-            continue;
-        }
+        let given = REASONING_FIELDS.iter().find_map(|f| m.get(*f).and_then(Value::as_str).filter(|r| !r.trim().is_empty()).map(|r| (*f, r.trim().to_owned())));
         let found = m["tool_calls"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|c| c.get("id").and_then(Value::as_str))
             .find_map(|id| store.get(scope, id));
-        if let Some(r) = found {
-            m[field.as_str()] = Value::String(r.to_string());
+        let Some(r) = found else { continue };
+        // The client's own reasoning stands, unless it is only the end of what was said: the
+        // OpenAI Node SDK's stream helper keeps just the last reasoning delta of a stream.
+        let (target, value) = match given {
+            None => (field.as_str(), r.to_string()),
+            Some((f, g)) => match made_whole(&r, &g) {
+                Some(whole) => (f, whole),
+                None => continue,
+            },
+        };
+        {
+            m[target] = Value::String(value);
             // A preamble the client kept as content must not stand beside it (llama.cpp 500).
             merge_content_into_reasoning(m);
             restored += 1;
         }
     }
     restored
+}
+
+/// When `given` begins with only the end of `remembered` (what an SDK kept of it), possibly
+/// followed by `\n\n` and a preamble `history-clean` merged in: the whole reasoning with that
+/// same tail. `None` when `given` is the client's own (or the whole) reasoning.
+fn made_whole(remembered: &str, given: &str) -> Option<String> {
+    let remembered = remembered.trim_end();
+    let cuts = std::iter::once(given.len()).chain(given.match_indices("\n\n").map(|(i, _)| i));
+    for k in cuts {
+        let fragment = &given[..k];
+        if !fragment.trim().is_empty() && remembered.len() > fragment.trim().len() && remembered.ends_with(fragment.trim()) {
+            return Some(format!("{remembered}{}", &given[k..]));
+        }
+    }
+    None
 }
 
 impl Stage for ReasoningMemory {
@@ -425,6 +449,26 @@ mod tests {
         f.new_stage(&meta).on_request(&mut req);
         assert_eq!(req["messages"][0]["reasoning_content"], "mine");
         assert!(req["messages"][1].get("reasoning_content").is_none());
+    }
+
+    /// Found by the Node SDK conformance test: `chat.completions.stream().finalChatCompletion()`
+    /// keeps only the last `reasoning_content` delta, so the agent sends back " weather.".
+    #[test]
+    fn a_reasoning_fragment_the_sdk_kept_is_made_whole_again() {
+        let store = MemoryStore::new(1 << 20, Duration::from_secs(60));
+        store.put("", &["a".into()], "Need the weather.");
+        let mut req = json!({"messages": [turn(&["a"], Some(" weather."))]});
+        assert_eq!(restore(&mut req, Field::ReasoningContent, "", &store), 1);
+        assert_eq!(req["messages"][0]["reasoning_content"], "Need the weather.");
+        // history-clean already merged the preamble after the fragment.
+        let mut req = json!({"messages": [turn(&["a"], Some(" weather.\n\nChecking."))]});
+        assert_eq!(restore(&mut req, Field::ReasoningContent, "", &store), 1);
+        assert_eq!(req["messages"][0]["reasoning_content"], "Need the weather.\n\nChecking.");
+        // The whole reasoning, or the client's own, is left as it is.
+        for own in ["Need the weather.", "Need the weather.\n\nChecking.", "Something else."] {
+            let mut req = json!({"messages": [turn(&["a"], Some(own))]});
+            assert_eq!(restore(&mut req, Field::ReasoningContent, "", &store), 0, "{own}");
+        }
     }
 
     #[test]
