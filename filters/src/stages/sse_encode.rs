@@ -186,8 +186,9 @@ impl SseEncode {
             let mut message = serde_json::Map::new();
             message.insert("role".into(), "assistant".into());
             let content = std::mem::take(&mut self.content);
-            // Beside tool_calls the contract wants content null (a preamble yields to the calls).
-            message.insert("content".into(), if self.calls.is_empty() { Value::String(content) } else { Value::Null });
+            // Beside tool_calls, no content is null; a preamble the bridge kept (`preambles =
+            // "content"`) is the content.
+            message.insert("content".into(), if content.is_empty() && !self.calls.is_empty() { Value::Null } else { Value::String(content) });
             if let Some((field, text)) = self.reasoning.take() {
                 message.insert(field.as_str().into(), Value::String(text));
             }

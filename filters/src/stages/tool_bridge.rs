@@ -10,6 +10,11 @@
 //! text around it into something that looks like markup (`<|` + `<|end|>` + `x|>`), and the
 //! contract is about what the client assembles, not each piece.
 //!
+//! A non-streamed answer is read to its end before the client sees it, so the bridge holds its
+//! answer text there: text followed by a tool call in the same turn is a preamble (a parsing
+//! upstream such as llama-server swallows the preamble's header and sends it as content) and
+//! follows `preambles`. A streamed answer never waits to find out: its text goes on at once.
+//!
 //! Tool calls the upstream already parsed (`delta.tool_calls`) get the same treatment: they
 //! are re-indexed from 0, given our ids, and a call is announced only once its name is known
 //! (arguments that arrive earlier are held). A fragment on a new upstream index with neither
@@ -73,8 +78,10 @@ pub struct ToolBridgeConfig {
 pub struct ToolBridgeFactory(pub ToolBridgeConfig);
 
 impl StageFactory for ToolBridgeFactory {
-    fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
-        Box::new(ToolBridge::new(self.0.clone()))
+    fn new_stage(&self, req: &RequestMeta) -> Box<dyn Stage> {
+        let mut b = ToolBridge::new(self.0.clone());
+        b.hold_answer = !req.stream;
+        Box::new(b)
     }
 }
 
@@ -97,6 +104,9 @@ pub struct ToolBridge {
     open_has_args: bool,
     next_index: u32,
     upstream: Option<UpstreamCall>,
+    /// Non-streamed: answer text is held until a tool call (then it was a preamble) or the end.
+    hold_answer: bool,
+    held: String,
     content_guard: Sanitizer,
     reasoning_guard: Sanitizer,
     final_chunks: u64,
@@ -137,6 +147,8 @@ impl ToolBridge {
             open_has_args: false,
             next_index: 0,
             upstream: None,
+            hold_answer: false,
+            held: String::new(),
             content_guard: Sanitizer::default(),
             reasoning_guard: Sanitizer::default(),
             final_chunks: 0,
@@ -148,6 +160,23 @@ impl ToolBridge {
         if let Some(t) = guard(&mut self.content_guard, t) {
             self.final_chunks += 1;
             out.push(Event::Content(t));
+        }
+    }
+
+    /// Answer text: held in a non-streamed answer (see the module header), else content.
+    fn answer(&mut self, t: String, out: &mut Vec<Event>) {
+        if self.hold_answer {
+            self.held.push_str(&t);
+        } else {
+            self.content(t, out);
+        }
+    }
+
+    /// Held text is the answer after all.
+    fn release_held(&mut self, out: &mut Vec<Event>) {
+        if !self.held.is_empty() {
+            let t = std::mem::take(&mut self.held);
+            self.content(t, out);
         }
     }
 
@@ -177,6 +206,13 @@ impl ToolBridge {
     /// Opens a call; `id` is the one an earlier stage chose for it, if any.
     fn start(&mut self, raw_name: &str, id: Option<String>, out: &mut Vec<Event>) {
         self.end(out);
+        // Text before a tool call in the same turn was a preamble.
+        if !self.held.is_empty() {
+            let t = std::mem::take(&mut self.held);
+            if self.cfg.preambles == Preambles::Content {
+                self.content(t, out);
+            }
+        }
         let name = display_name(raw_name);
         let index = self.next_index;
         self.next_index += 1;
@@ -265,13 +301,14 @@ impl ToolBridge {
 impl Stage for ToolBridge {
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
         match ev {
-            Event::Text(Channel::Final, t) | Event::Upstream(t) => self.content(t, out),
+            Event::Text(Channel::Final, t) | Event::Upstream(t) => self.answer(t, out),
             Event::Text(Channel::Analysis, t) | Event::UpstreamReasoning(t) => {
                 if let Some(field) = self.reasoning {
                     self.reasoning(field, t, out);
                 }
             }
             Event::Text(Channel::Preamble, t) => {
+                self.release_held(out);
                 if self.cfg.preambles == Preambles::Content {
                     self.content(t, out);
                 }
@@ -287,6 +324,7 @@ impl Stage for ToolBridge {
             ev @ (Event::Finish(_) | Event::Error(_) | Event::Abort) => {
                 self.finish_upstream_call(out);
                 self.end(out);
+                self.release_held(out);
                 self.flush_guards(out);
                 out.push(ev);
             }
@@ -296,6 +334,7 @@ impl Stage for ToolBridge {
     fn on_end(&mut self, out: &mut Vec<Event>) {
         self.finish_upstream_call(out);
         self.end(out);
+        self.release_held(out);
         self.flush_guards(out);
     }
     fn stats(&self, st: &mut Stats) {
@@ -384,6 +423,53 @@ mod tests {
         assert_eq!(names, [(0, "f".to_string()), (1, "g".to_string())]);
         let args0: String = out.iter().filter_map(|e| if let Event::ClientToolArgs { index: 0, args } = e { Some(args.as_str()) } else { None }).collect();
         assert_eq!(args0, "{\"a\":1}");
+    }
+}
+
+#[cfg(test)]
+mod preambles_on_parsing_upstreams {
+    use super::*;
+
+    fn run(stream: bool, preambles: Preambles) -> Vec<Event> {
+        let mut tb = ToolBridge::new(ToolBridgeConfig { mode: Mode::OpenaiToolCalls, preambles, ..Default::default() });
+        tb.hold_answer = !stream;
+        let mut out = Vec::new();
+        for e in [
+            Event::Upstream("Let me look ".into()),
+            Event::Upstream("that up.".into()),
+            Event::ToolCallStart { name: "functions.f".into(), id: None },
+            Event::ToolCallArgs("{}".into()),
+            Event::ToolCallEnd,
+        ] {
+            tb.on_event(e, &mut out);
+        }
+        tb.on_end(&mut out);
+        out
+    }
+
+    fn content(out: &[Event]) -> String {
+        out.iter().map(|e| if let Event::Content(t) = e { t.as_str() } else { "" }).collect()
+    }
+
+    /// llama-server swallows a preamble's header and sends it as content before the call.
+    #[test]
+    fn text_before_a_tool_call_in_a_non_streamed_answer_follows_the_preambles_option() {
+        assert_eq!(content(&run(false, Preambles::Drop)), "");
+        assert_eq!(content(&run(false, Preambles::Content)), "Let me look that up.");
+        // Streamed, text is never held to find out.
+        assert_eq!(content(&run(true, Preambles::Drop)), "Let me look that up.");
+    }
+
+    #[test]
+    fn a_held_answer_with_no_call_after_it_is_the_answer() {
+        let mut tb = ToolBridge::new(ToolBridgeConfig::default());
+        tb.hold_answer = true;
+        let mut out = Vec::new();
+        tb.on_event(Event::Upstream("Hello".into()), &mut out);
+        assert!(out.is_empty(), "held");
+        tb.on_event(Event::Finish(crate::event::FinishReason::Stop), &mut out);
+        assert_eq!(content(&out), "Hello");
+        assert!(matches!(out.last(), Some(Event::Finish(_))), "content before the finish");
     }
 }
 

@@ -1,0 +1,499 @@
+//! The real-server suite: the real proxy binary in front of a real llama.cpp `llama-server`
+//! serving tiny gpt-oss "script player" models, read by the official OpenAI Python SDK.
+//!
+//! ```text
+//! tests/real_llama/prepare.sh ─► llama-server + models + manifest (cached outside the checkout)
+//! this file: for each scenario × server mode: llama-server ─► harmony-proxy ─► client.py (SDK)
+//!            and the raw bytes once more through the contract-checking assembler
+//! ```
+//! Each scenario's model always emits one Harmony text (tests/real_llama/scenarios.json), so
+//! what a client must get is known exactly. Where llama-server itself destroys information
+//! (a tool call dropped because the request declared no `tools`), the test asserts that
+//! documented behaviour and says so.
+//!
+//! Without `prepare.sh` these tests print one line saying how to prepare and pass; under CI
+//! (`CI` set) or `HARMONY_PROXY_REAL_LLAMA=required` they fail instead.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+pub struct Harness {
+    pub server: PathBuf,
+    pub random_model: PathBuf,
+    pub models: BTreeMap<String, PathBuf>,
+    pub scenarios: Value,
+}
+
+fn cache_dir() -> PathBuf {
+    match std::env::var_os("HARMONY_PROXY_TEST_CACHE") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/harmony-proxy"),
+    }
+}
+
+fn load_harness() -> Result<Harness, String> {
+    let manifest_path = cache_dir().join("real-llama/manifest.json");
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| format!("no {} ({e})", manifest_path.display()))?;
+    let m: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
+    let scenarios_text = std::fs::read_to_string(Path::new(ROOT).join("tests/real_llama/scenarios.json")).map_err(|e| e.to_string())?;
+    let scenarios: Value = serde_json::from_str(&scenarios_text).map_err(|e| e.to_string())?;
+    if m.get("scenarios") != Some(&scenarios) {
+        return Err("the models were made for another scenarios.json".into());
+    }
+    let path = |v: &Value| -> Result<PathBuf, String> {
+        let p = PathBuf::from(v.as_str().ok_or("manifest: a path is missing")?);
+        if p.exists() {
+            Ok(p)
+        } else {
+            Err(format!("{} is missing", p.display()))
+        }
+    };
+    let mut models = BTreeMap::new();
+    for (k, v) in m["models"].as_object().ok_or("manifest: no models")? {
+        models.insert(k.clone(), path(v)?);
+    }
+    python_sdk()?;
+    Ok(Harness { server: path(&m["server"])?, random_model: path(&m["random_model"])?, models, scenarios })
+}
+
+fn python_sdk() -> Result<(), String> {
+    let ok = Command::new("python3").args(["-c", "import openai"]).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err("python3 cannot import openai (pip install -r tests/conformance/requirements.txt)".into())
+    }
+}
+
+/// The prepared harness, or `None` after saying once how to prepare it.
+pub fn harness() -> Option<&'static Harness> {
+    static H: OnceLock<Option<Harness>> = OnceLock::new();
+    H.get_or_init(|| match load_harness() {
+        Ok(h) => Some(h),
+        Err(why) => {
+            let required = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+                || std::env::var("HARMONY_PROXY_REAL_LLAMA").is_ok_and(|v| v == "required");
+            if required {
+                panic!("the real-llama-server suite is not prepared: {why}. Run `bash tests/real_llama/prepare.sh`.");
+            }
+            // Straight to the stream: libtest would swallow an eprintln! of a passing test.
+            let _ = writeln!(std::io::stderr(), "real-llama-server tests skipped ({why}); prepare them with `bash tests/real_llama/prepare.sh`");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// A running llama-server, stopped when dropped (and killed with the test process).
+pub struct Llama {
+    child: Child,
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Drop for Llama {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Llama {
+    pub fn start(h: &Harness, model: &Path, mode: ServerMode, dir: &Path) -> Llama {
+        let port = free_port();
+        let log = dir.join(format!("llama-{port}.log"));
+        let mut cmd = Command::new(&h.server);
+        cmd.args(["-m", model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-c", "4096", "-np", "1", "-t", "2", "--jinja", "--alias", "gpt-oss-tiny", "--no-webui"])
+            .args(mode.args())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("llama-{port}.err"))).unwrap());
+        let child = spawn_child(cmd).expect("start llama-server");
+        let mut l = Llama { child, url: format!("http://127.0.0.1:{port}"), log };
+        l.wait_healthy();
+        l
+    }
+
+    fn wait_healthy(&mut self) {
+        let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+        let end = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("llama-server exited ({status}): {}", self.logs());
+            }
+            if c.get(format!("{}/health", self.url)).send().is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("llama-server not healthy within 120 s: {}", self.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        let err = self.log.with_extension("err");
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default() + &std::fs::read_to_string(err).unwrap_or_default();
+        let tail: Vec<&str> = s.lines().rev().take(30).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerMode {
+    /// llama-server's default (`--reasoning-format auto`): it parses Harmony itself.
+    Default,
+    /// `--reasoning-format none`: the analysis channel stays in `content`, markup and all.
+    None,
+}
+
+impl ServerMode {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Self::Default => &[],
+            Self::None => &["--reasoning-format", "none"],
+        }
+    }
+}
+
+/// The shipped pipelines, chosen by model name (see `common::config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipeline {
+    Harmony,
+    IdeTools,
+    TextTools,
+    Passthrough,
+}
+
+impl Pipeline {
+    pub const ALL: [Pipeline; 4] = [Self::Harmony, Self::IdeTools, Self::TextTools, Self::Passthrough];
+    pub fn model(self) -> &'static str {
+        match self {
+            Self::Harmony => "gpt-oss-tiny",
+            Self::IdeTools => "ide-gpt-oss-tiny",
+            Self::TextTools => "text-gpt-oss-tiny",
+            Self::Passthrough => "pass-gpt-oss-tiny",
+        }
+    }
+}
+
+/// A proxy in front of `llama`, with the shared test config's routes.
+pub fn proxy_for(llama: &Llama, dir: &Path) -> Proc {
+    // A tiny model on a loaded 2-core machine (other suites run beside it, and grammar
+    // sampling checks every candidate token) can pause for seconds between tokens.
+    let cfg = config(&llama.url, "").replace("read_timeout = \"5s\"", "read_timeout = \"60s\"");
+    std::fs::write(dir.join("proxy.toml"), cfg).unwrap();
+    spawn(&["serve", "--config", "proxy.toml", "--port", "0"], dir, &[])
+}
+
+/// Runs `job` through tests/real_llama/client.py; results by name.
+pub fn sdk(job: &Value) -> BTreeMap<String, Value> {
+    let mut child = Command::new("python3")
+        .arg(Path::new(ROOT).join("tests/real_llama/client.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(job.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "client.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("client.py printed {l:?}: {e}"));
+            (v["name"].as_str().unwrap().to_owned(), v)
+        })
+        .collect()
+}
+
+/// What a client got, in a form one `assert_eq!` can compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Got {
+    pub content: String,
+    pub reasoning: String,
+    /// (name, arguments) of each call.
+    pub tools: Vec<(String, String)>,
+    pub finish: String,
+}
+
+impl Got {
+    /// From one SDK result, checking what every answer must satisfy on the way.
+    pub fn from_sdk(r: &Value, ctx: &str) -> Got {
+        assert_eq!(r["ok"], true, "{ctx}: {r}");
+        let calls = r["tool_calls"].as_array().cloned().unwrap_or_default();
+        for c in &calls {
+            let id = c["id"].as_str().unwrap_or("");
+            assert!(id.starts_with("call_") && id.len() > 5, "{ctx}: tool call id {id:?}");
+        }
+        assert_ne!(r["mixed_chunk"], true, "{ctx}: a chunk carried content and tool_calls together");
+        if r.get("ids").is_some() {
+            assert_eq!(r["ids"], 1, "{ctx}: one id for the whole stream");
+        }
+        let reasoning = r["reasoning"].as_str().unwrap_or("").to_owned();
+        if !reasoning.is_empty() {
+            assert_eq!(r["reasoning_field"], "reasoning_content", "{ctx}");
+        }
+        Got {
+            content: r["content"].as_str().unwrap_or("").to_owned(),
+            reasoning,
+            tools: calls.iter().map(|c| (c["name"].as_str().unwrap_or("").to_owned(), c["arguments"].as_str().unwrap_or("").to_owned())).collect(),
+            finish: r["finish_reason"].as_str().unwrap_or("").to_owned(),
+        }
+    }
+}
+
+/// One scenario of scenarios.json.
+pub struct Scenario<'a> {
+    pub reasoning: &'a str,
+    pub preamble: &'a str,
+    pub final_text: &'a str,
+    pub tool: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> Scenario<'a> {
+    pub fn from(v: &'a Value) -> Self {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
+        Scenario {
+            reasoning: s("reasoning"),
+            preamble: s("preamble"),
+            final_text: s("final"),
+            tool: v.get("tool").map(|t| (t["name"].as_str().unwrap(), t["arguments"].as_str().unwrap())),
+        }
+    }
+}
+
+/// What a client must receive for `sc` through `pipeline` from a llama-server in `mode`,
+/// with or without `tools` declared in the request.
+pub fn expected(sc: &Scenario, mode: ServerMode, pipeline: Pipeline, tools: bool, stream: bool) -> Got {
+    let _ = mode;
+    // llama-server drops a tool call when the request declared no `tools`, in every mode:
+    // the call never reaches the proxy, so no pipeline can give it back (only harmony-render,
+    // which reads the raw completion, can).
+    let tool = if tools { sc.tool } else { None };
+    let show_reasoning = matches!(pipeline, Pipeline::IdeTools | Pipeline::Passthrough);
+    let shows_preambles = matches!(pipeline, Pipeline::IdeTools | Pipeline::Passthrough);
+    // llama-server swallows a preamble's header in every mode: the preamble reaches the proxy
+    // as plain answer text. Streamed, it cannot be told from an answer until the call comes
+    // (the proxy never holds answer text to find out); non-streamed, text followed by a call
+    // is a preamble and follows the pipeline's `preambles`. With the call dropped, it is the
+    // answer.
+    let mut content = String::new();
+    if tool.is_none() || stream || shows_preambles {
+        content.push_str(sc.preamble);
+    }
+    content.push_str(sc.final_text);
+    let mut tools_out = Vec::new();
+    if let Some((name, args)) = tool {
+        match pipeline {
+            Pipeline::Harmony => {}
+            Pipeline::TextTools => content.push_str(&format!("\n[tool:{name}] {args}\n")),
+            Pipeline::IdeTools | Pipeline::Passthrough => tools_out.push((name.to_owned(), args.to_owned())),
+        }
+    }
+    let finish = if tools_out.is_empty() { "stop" } else { "tool_calls" };
+    Got { content, reasoning: if show_reasoning { sc.reasoning.to_owned() } else { String::new() }, tools: tools_out, finish: finish.to_owned() }
+}
+
+fn chat_request(model: &str, user: &str, tools: Option<&Value>, stream: bool) -> Value {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": user}], "stream": stream, "temperature": 0, "max_tokens": 200});
+    if stream {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    if let Some(t) = tools {
+        body["tools"] = t.clone();
+    }
+    body
+}
+
+/// Every scenario in `mode`: each through every shipped pipeline, with and without tools,
+/// streamed and not; the SDK's view compared exactly, and every streamed answer's raw bytes
+/// checked against the client contract.
+fn all_scenarios(mode: ServerMode) {
+    let Some(h) = harness() else { return };
+    let user = h.scenarios["user"].as_str().unwrap();
+    let tools_decl = &h.scenarios["tools"];
+    let mut failures = Vec::new();
+    for (name, v) in h.scenarios["scenarios"].as_object().unwrap() {
+        let sc = Scenario::from(v);
+        let dir = tempfile::tempdir().unwrap();
+        let llama = Llama::start(h, &h.models[name], mode, dir.path());
+        let proxy = proxy_for(&llama, dir.path());
+        let mut requests = Vec::new();
+        let mut cases = Vec::new();
+        for pipeline in Pipeline::ALL {
+            // `passthrough` parses no Harmony: in front of a server that sends it raw it is a
+            // misconfiguration (`doctor` says so); see passthrough_on_a_raw_server_… below.
+            if pipeline == Pipeline::Passthrough && mode == ServerMode::None {
+                continue;
+            }
+            for tools in [true, false] {
+                for stream in [true, false] {
+                    let case = format!("{name} {mode:?} {pipeline:?} tools={tools} stream={stream}");
+                    let body = chat_request(pipeline.model(), user, tools.then_some(tools_decl), stream);
+                    requests.push(json!({"name": case, "body": body}));
+                    cases.push((case, pipeline, tools, stream, body));
+                }
+            }
+        }
+        let results = sdk(&json!({"base_url": format!("{}/v1", proxy.url), "requests": requests}));
+        for (case, pipeline, tools, stream, body) in &cases {
+            let want = expected(&sc, mode, *pipeline, *tools, *stream);
+            let r = &results[case];
+            if r["ok"] != true {
+                failures.push(format!("{case}: {r}"));
+                continue;
+            }
+            let got = Got::from_sdk(r, case);
+            if got != want {
+                failures.push(format!("{case}:\n    got  {got:?}\n    want {want:?}"));
+            }
+            if *stream {
+                let raw = post(&format!("{}/v1/chat/completions", proxy.url), body);
+                if let Err(e) = harmony_filters::testing::assemble_sse(&raw.body) {
+                    failures.push(format!("{case}: raw stream breaks the contract: {e}\n{}", raw.text()));
+                }
+            }
+        }
+        if !failures.is_empty() {
+            failures.push(format!("llama-server log tail ({name}):\n{}\nproxy log:\n{}", llama.logs(), proxy.log()));
+            break;
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn every_scenario_through_every_pipeline_on_a_default_llama_server() {
+    all_scenarios(ServerMode::Default);
+}
+
+#[test]
+fn every_scenario_through_every_pipeline_on_a_reasoning_format_none_llama_server() {
+    all_scenarios(ServerMode::None);
+}
+
+/// An IDE agent's loop through the real chat template: turn 1 ends in a tool call (after
+/// reasoning and a preamble); the SDK's own message object goes back with the tool result;
+/// turn 2 must answer. llama.cpp's template answers 500 to an assistant turn carrying both
+/// content and reasoning beside tool calls (issues #17040, #19701): the proxy repairs that.
+fn agent_session(mode: ServerMode) {
+    let Some(h) = harness() else { return };
+    let a = &h.scenarios["agent"];
+    let dir = tempfile::tempdir().unwrap();
+    let llama = Llama::start(h, &h.models["agent"], mode, dir.path());
+    let proxy = proxy_for(&llama, dir.path());
+    let mut agents = Vec::new();
+    for pipeline in [Pipeline::IdeTools, Pipeline::Passthrough] {
+        for stream in [false, true] {
+            agents.push(json!({
+                "name": format!("agent {mode:?} {pipeline:?} stream={stream}"),
+                "model": pipeline.model(), "stream": stream, "user": h.scenarios["user"],
+                "tools": h.scenarios["tools"], "tool_result": a["tool_result"],
+            }));
+        }
+    }
+    let results = sdk(&json!({"base_url": format!("{}/v1", proxy.url), "agents": agents}));
+    let mut failures = Vec::new();
+    for (name, r) in &results {
+        if r["ok"] != true {
+            failures.push(format!("{name}: {r}"));
+            continue;
+        }
+        let t1 = Got::from_sdk(&r["turn1"], name);
+        assert_eq!(t1.tools, [(a["tool"]["name"].as_str().unwrap().to_owned(), a["tool"]["arguments"].as_str().unwrap().to_owned())], "{name}");
+        let t2 = Got::from_sdk(&r["turn2"], name);
+        if t2.content != a["final"].as_str().unwrap() || t2.finish != "stop" || !t2.tools.is_empty() {
+            failures.push(format!("{name}: turn 2 got {t2:?}; turn 1 sent back {}", r["sent"]));
+        }
+    }
+    assert!(failures.is_empty(), "{}\nllama-server:\n{}\nproxy:\n{}", failures.join("\n"), llama.logs(), proxy.log());
+}
+
+#[test]
+fn a_two_turn_agent_session_succeeds_on_a_default_llama_server() {
+    agent_session(ServerMode::Default);
+}
+
+#[test]
+fn a_two_turn_agent_session_succeeds_on_a_reasoning_format_none_llama_server() {
+    agent_session(ServerMode::None);
+}
+
+/// Output the server cannot parse as Harmony (a random model, no grammar) makes llama-server
+/// send the role chunk, an in-band `{"error":…}` frame and no `[DONE]`: the client still gets
+/// an error event and exactly one `[DONE]` when streaming, and an HTTP error otherwise.
+#[test]
+fn an_in_band_error_without_done_still_ends_the_stream_properly() {
+    let Some(h) = harness() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let llama = Llama::start(h, &h.random_model, ServerMode::Default, dir.path());
+    let proxy = proxy_for(&llama, dir.path());
+    let url = format!("{}/v1/chat/completions", proxy.url);
+    let body = |stream| json!({"model": "gpt-oss-tiny", "stream": stream, "max_tokens": 8, "temperature": 0, "seed": 1, "messages": [{"role": "user", "content": "hi"}]});
+    let r = post(&url, &body(true));
+    assert_eq!(r.status, 200);
+    let a = r.assemble(true); // checks the single [DONE]
+    assert!(a.error.as_deref().is_some_and(|e| e.contains("does not match")), "{}", r.text());
+    let r = post(&url, &body(false));
+    assert!(r.status >= 500, "{} {}", r.status, r.text());
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("does not match"), "{}", r.text());
+}
+
+/// A grammar-forced random model: tokens are arbitrary sub-word pieces (`"T"`, `"h"`, …), a
+/// different chunking from the script players; the answer must come out the same.
+#[test]
+fn grammar_forced_output_in_small_pieces_comes_out_clean() {
+    let Some(h) = harness() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let grammar = r#"root ::= <|channel|> "analysis" <|message|> "Think a bit." <|end|> <|start|> "assistant" <|channel|> "final" <|message|> "Fine: 東京 ok.""#;
+    for mode in [ServerMode::Default, ServerMode::None] {
+        let llama = Llama::start(h, &h.random_model, mode, dir.path());
+        let proxy = proxy_for(&llama, dir.path());
+        for stream in [true, false] {
+            for pipeline in [Pipeline::Harmony, Pipeline::IdeTools] {
+                let body = json!({"model": pipeline.model(), "stream": stream, "max_tokens": 120, "temperature": 0, "grammar": grammar,
+                    "logit_bias": {"200002": 100}, "messages": [{"role": "user", "content": "hi"}]});
+                let r = post(&format!("{}/v1/chat/completions", proxy.url), &body);
+                assert_eq!(r.status, 200, "{mode:?} {pipeline:?} {}", r.text());
+                let a = r.assemble(stream);
+                assert_eq!(a.error, None, "{mode:?} {pipeline:?} stream={stream}");
+                assert_eq!(a.content, "Fine: 東京 ok.", "{mode:?} {pipeline:?} stream={stream}: {}\n{}", r.text(), llama.logs());
+                let want_reasoning = if pipeline == Pipeline::IdeTools { "Think a bit." } else { "" };
+                assert_eq!(a.reasoning, want_reasoning, "{mode:?} {pipeline:?} stream={stream}");
+            }
+        }
+    }
+}
+
+/// What `passthrough` does in front of a server that sends raw Harmony (`--reasoning-format
+/// none`): it parses nothing, so only the special tokens are removed (no markup ever reaches
+/// a client) and the channel words and the reasoning stay in the answer. That is why `doctor`
+/// says "never `passthrough`" for such a server, and why the default pipeline parses.
+#[test]
+fn passthrough_on_a_raw_server_removes_markup_but_cannot_separate_reasoning() {
+    let Some(h) = harness() else { return };
+    let sc = &h.scenarios["scenarios"]["reasoning_final"];
+    let dir = tempfile::tempdir().unwrap();
+    let llama = Llama::start(h, &h.models["reasoning_final"], ServerMode::None, dir.path());
+    let proxy = proxy_for(&llama, dir.path());
+    let body = chat_request(Pipeline::Passthrough.model(), h.scenarios["user"].as_str().unwrap(), None, true);
+    let a = post(&format!("{}/v1/chat/completions", proxy.url), &body).assemble(true);
+    let (r, f) = (sc["reasoning"].as_str().unwrap(), sc["final"].as_str().unwrap());
+    assert_eq!(a.content, format!("analysis{r}{f}"));
+    let harmony = post(&format!("{}/v1/chat/completions", proxy.url), &chat_request(Pipeline::Harmony.model(), "hi", None, true)).assemble(true);
+    assert_eq!(harmony.content, f, "the default pipeline gets it right");
+}
