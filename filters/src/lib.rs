@@ -14,6 +14,7 @@
 
 pub mod event;
 pub mod fuzz_targets;
+pub mod json_end;
 pub mod markup;
 pub mod pipeline;
 pub mod stage;

@@ -273,18 +273,25 @@ pub fn assemble_json(body: &[u8]) -> Result<Assembled, String> {
 /// for a tool-bridge `mode` of the shipped pipelines.
 pub fn check_fixture(mode: &str, stream: bool, exp: &serde_json::Value, a: &Assembled) -> Result<(), String> {
     let s = |k: &str| exp[k].as_str().unwrap_or("").to_owned();
+    // [name, arguments as an openai_tool_calls client gets them, arguments as text (optional)]
     let tools: Vec<(String, String)> = exp["tools"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|t| (t[0].as_str().unwrap_or("").to_owned(), t[1].as_str().unwrap_or("").to_owned()))
         .collect();
+    let text_tools: Vec<(String, String)> = exp["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| (t[0].as_str().unwrap_or("").to_owned(), t.get(2).unwrap_or(&t[1]).as_str().unwrap_or("").to_owned()))
+        .collect();
     let (final_text, finish) = (s("final"), s("finish"));
     let got_tools: Vec<(String, String)> = a.tool_calls.iter().map(|(_, n, args)| (n.clone(), args.clone())).collect();
     let ok = match mode {
         "final_only" => a.content == final_text && a.tool_calls.is_empty() && a.reasoning.is_empty() && a.finish == finish,
         "final_plus_tools_text" => {
-            let rendered: String = tools.iter().map(|(n, args)| format!("\n[tool:{n}] {args}\n")).collect();
+            let rendered: String = text_tools.iter().map(|(n, args)| format!("\n[tool:{n}] {args}\n")).collect();
             a.content == format!("{rendered}{final_text}") && a.tool_calls.is_empty() && a.finish == finish
         }
         "openai_tool_calls" => {

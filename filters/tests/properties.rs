@@ -103,8 +103,67 @@ fn render(conv: &[Msg]) -> String {
     s
 }
 
+/// harmony-parse → fallback → tool-bridge (final_only: the default pipeline) → sse-encode.
+fn final_only() -> &'static Compiled {
+    static P: OnceLock<Compiled> = OnceLock::new();
+    P.get_or_init(|| pipeline(r#"[{ type = "harmony-parse" }, { type = "fallback" }, { type = "tool-bridge" }, { type = "sse-encode" }]"#))
+}
+
+/// `render`, with the special tokens stripped and their words kept (MLX-family servers).
+fn render_stripped(conv: &[Msg]) -> String {
+    let mut s = render(conv);
+    for t in SPECIALS {
+        s = s.replace(t, "");
+    }
+    s
+}
+
+/// Runs `deltas` through `p`, streamed or not, and assembles what the client gets.
+fn assembled(p: &Compiled, deltas: &[&str], stream: bool) -> Result<Assembled, TestCaseError> {
+    let body = llama_sse(deltas, "stop");
+    let out = run_sse(p, &RequestMeta::new("m", stream, false), &[&body]);
+    let a = if stream { assemble_sse(&out) } else { assemble_json(&out) };
+    a.map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&out))))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    /// Tool arguments an `openai_tool_calls` client assembles always parse as JSON, whatever
+    /// the upstream sent (cut bodies, glued headers after them, garbage) and however it was
+    /// cut into deltas, streamed or not.
+    #[test]
+    fn tool_arguments_always_parse(text in harmony_soup(), cuts in prop::collection::vec(any::<usize>(), 0..10), stream in any::<bool>()) {
+        let deltas = cut_chars(&text, &cuts);
+        let refs: Vec<&str> = deltas.iter().map(String::as_str).collect();
+        let a = assembled(ide(), &refs, stream)?;
+        for (_, name, args) in &a.tool_calls {
+            prop_assert!(serde_json::from_str::<serde_json::Value>(args).is_ok(), "{name}({args:?}) from {text:?}");
+        }
+    }
+
+    /// Reasoning never reaches the answer: the analysis of a conversation (raw, or with its
+    /// special tokens stripped) never shows up in `content`, in the default pipeline or the
+    /// IDE one, whatever the chunking.
+    #[test]
+    fn reasoning_never_reaches_the_answer(conv in conversation(), stripped in any::<bool>(), cuts in prop::collection::vec(any::<usize>(), 0..12), stream in any::<bool>()) {
+        const MARK: &str = "QZXSECRET";
+        // The model writes no space right after `<|message|>`, so stripped reasoning is glued
+        // to its word (`analysisWe…`); `analysis of…` is an answer by design.
+        let conv: Vec<Msg> = conv.into_iter().map(|m| match m { Msg::Analysis(t) => Msg::Analysis(format!("{}{MARK}", t.trim_start())), other => other }).collect();
+        // Stripped output is read by its words; it always opens with its reasoning.
+        let stripped = stripped && matches!(conv.first(), Some(Msg::Analysis(_)));
+        let text = if stripped { render_stripped(&conv) } else { render(&conv) };
+        let deltas = cut_chars(&text, &cuts);
+        let refs: Vec<&str> = deltas.iter().map(String::as_str).collect();
+        for p in [final_only(), ide()] {
+            let a = assembled(p, &refs, stream)?;
+            prop_assert!(!a.content.contains(MARK), "reasoning in the answer: {:?} from {:?}", a.content, text);
+            for (_, _, args) in &a.tool_calls {
+                prop_assert!(!args.contains(MARK), "reasoning in arguments: {args:?} from {text:?}");
+            }
+        }
+    }
 
     /// Any partition into deltas (inside special tokens too) and any cut of the SSE bytes
     /// (inside multi-byte characters too) gives the client the same thing as the whole text.

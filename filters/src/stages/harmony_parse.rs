@@ -17,7 +17,11 @@
 //! - a header that never reaches `<|message|>` is passed on as [`Event::Unparsed`] for
 //!   `fallback`;
 //! - output whose special tokens were stripped but whose words were kept
-//!   (`analysisWe think…assistantfinalHello`) is framed by those words.
+//!   (`analysisWe think…assistantfinalHello`) is framed by those words, tool headers too
+//!   (`commentary to=functions.get_weather json{…}`, split anywhere, `comment` + `ary`);
+//! - a tool call's JSON arguments end where the value ends: what follows (a header glued on
+//!   with its tokens stripped, a preamble) is the next message;
+//! - a message with an empty channel (`<|channel|><|message|>x`) is not the answer.
 //!
 //! Invariant: no text between `<|` and `|>` of a recognised token ever leaves this stage
 //! as `Text` or `ToolCallArgs`.
@@ -29,6 +33,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Channel, Event};
+use crate::json_end::JsonEnd;
 use crate::markup::{Piece, Scanner, Special};
 use crate::stage::{RequestMeta, Stage, StageFactory, Stats};
 use crate::values::Flag;
@@ -131,6 +136,56 @@ enum State {
     /// `prepend_missing_start = false` and the output began without `<|start|>`:
     /// collect raw text (in `self.header`) until the next `<|start|>`.
     Unframed,
+    /// A channel word was read with its special tokens stripped (`…assistantcommentary`);
+    /// the text after it (in `self.hold`) decides whether a tool recipient follows
+    /// (` to=functions.x json{…}`) before the message opens.
+    GluedHeader(&'static str),
+}
+
+/// The most text held after a stripped channel word while deciding whether a recipient follows.
+const MAX_GLUED_HEADER: usize = 512;
+
+/// What follows a channel word whose special tokens were stripped.
+#[derive(Debug, PartialEq, Eq)]
+enum Glued {
+    /// Cannot tell yet.
+    NeedMore,
+    /// Not a recipient: the text is the message's content.
+    NotTool,
+    /// A tool call to `name`; its arguments begin at byte `body_at`.
+    Tool { name: String, body_at: usize },
+}
+
+/// Reads ` to=NAME [json|code|…]BODY` after a stripped channel word. `at_end`: no more text
+/// will come before a special token or the end, so what is there must do.
+fn glued_tool_header(text: &str, at_end: bool) -> Glued {
+    let lead = text.len() - text.trim_start_matches(is_junk).len();
+    let t = &text[lead..];
+    if !t.starts_with("to=") {
+        return if !at_end && "to=".starts_with(t) { Glued::NeedMore } else { Glued::NotTool };
+    }
+    let after = &t[3..];
+    let name_end = match after.find(|c: char| is_junk(c) || matches!(c, '{' | '[' | '<' | '"')) {
+        Some(i) => i,
+        None if at_end => after.len(),
+        None => return Glued::NeedMore,
+    };
+    let name = clean_name(&after[..name_end]);
+    if name.is_empty() {
+        return Glued::NotTool;
+    }
+    let rest_at = lead + 3 + name_end;
+    let rest = &text[rest_at..];
+    let skip = rest.len() - rest.trim_start_matches(is_junk).len();
+    let r = &rest[skip..];
+    // An optional constraint word glued before the body: `json`, `JSON`, `code`, `shelljson`.
+    let word_end = r.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(r.len());
+    if word_end == r.len() && !at_end {
+        return Glued::NeedMore; // the word (or the body) may go on
+    }
+    let word = r[..word_end].to_ascii_lowercase();
+    let constraint = word.ends_with("json") || word == "code";
+    Glued::Tool { name, body_at: rest_at + skip + if constraint { word_end } else { 0 } }
 }
 
 /// Longest header kept; what a header holds beyond it is dropped (memory stays bounded, and
@@ -165,6 +220,8 @@ pub struct HarmonyParse {
     at_start: bool,
     /// A message has been opened.
     seen_message: bool,
+    /// Where the open tool call's JSON arguments end.
+    args_end: JsonEnd,
     /// Reused token buffer.
     tokens: Vec<Rank>,
     scratch: String,
@@ -186,6 +243,7 @@ impl HarmonyParse {
             glued_tail: String::new(),
             at_start: true,
             seen_message: false,
+            args_end: JsonEnd::default(),
             tokens: Vec::new(),
             scratch: String::new(),
             parser_errors: 0,
@@ -217,6 +275,10 @@ impl HarmonyParse {
                 out.push(Event::Unparsed(std::mem::take(&mut self.header)));
                 self.state = State::ExpectStart;
             }
+            State::GluedHeader(_) => {
+                self.decide_glued_header(true, out);
+                self.close(None, out);
+            }
         }
     }
 
@@ -240,11 +302,16 @@ impl HarmonyParse {
                         self.state = State::Unframed;
                         return;
                     }
-                    // Held text such as "assistant" is this header's start.
+                    // Held text such as "assistant" is this header's start; a bare channel word
+                    // (`…}commentary<|message|>`, its `<|channel|>` stripped) is its channel.
                     self.header.clear();
                     let held = std::mem::take(&mut self.hold);
-                    if held.trim_start().starts_with("assistant") {
-                        self.header.push_str(held.trim());
+                    let h = held.trim();
+                    if h.starts_with("assistant") {
+                        self.header.push_str(h);
+                    } else if ["commentary", "analysis", "final"].iter().any(|w| h.starts_with(w)) {
+                        self.header.push_str("<|channel|>");
+                        self.header.push_str(h);
                     }
                     self.state = State::Header;
                     self.in_header(s, out);
@@ -282,6 +349,16 @@ impl HarmonyParse {
                     self.state = State::Header;
                 }
                 Piece::Special(_) => {}
+            },
+            State::GluedHeader(_) => match p {
+                Piece::Text(t) => {
+                    self.hold.push_str(t);
+                    self.decide_glued_header(false, out);
+                }
+                Piece::Special(_) => {
+                    self.decide_glued_header(true, out);
+                    self.on_piece(p, out);
+                }
             },
             State::Unframed => match p {
                 Piece::Special(Special::Start) => {
@@ -343,18 +420,35 @@ impl HarmonyParse {
                 return; // wait: a header's special token may follow
             }
         } else if let Some(rest) = s.strip_prefix("analysis").filter(|_| first) {
+            // `analysisWe…`, `analysis, so…`: output that opens with the bare word glued to
+            // what follows is stripped Harmony (the model writes no space after
+            // `<|message|>`); `analysis of the code` is an answer. ` to=…` is a tool header.
             match rest.chars().next() {
                 None => return,
-                // `analysisWe…`, `analysisuser…`: no word starts with "analysis" and goes on.
-                Some(c) if c.is_alphanumeric() => {
+                Some(c) if !c.is_whitespace() || rest.trim_start_matches(is_junk).starts_with("to=") => {
                     let content = rest.to_owned();
                     self.hold.clear();
                     self.open_glued("analysis", &content, out);
                     return;
                 }
+                Some(_) if "to=".starts_with(rest.trim_start_matches(is_junk)) && self.hold.len() < MAX_HOLD => return,
                 Some(_) => {}
             }
-        } else if !s.is_empty() && ("assistant".starts_with(s) || (first && "analysis".starts_with(s))) {
+        } else if let Some(rest) = s.strip_prefix("commentary") {
+            // A tool header with its special tokens stripped (`commentary to=functions.x
+            // json{…}`, MLX-family servers), or a bare channel word whose `<|message|>` follows.
+            match glued_tool_header(rest, false) {
+                Glued::Tool { name, body_at } => {
+                    let body = rest[body_at..].to_owned();
+                    self.hold.clear();
+                    self.open_glued_tool("commentary", &name, &body, out);
+                    return;
+                }
+                Glued::NeedMore if self.hold.len() < MAX_GLUED_HEADER => return,
+                _ if rest.trim_matches(is_junk).is_empty() && self.hold.len() < MAX_HOLD => return,
+                _ => {}
+            }
+        } else if !s.is_empty() && ("assistant".starts_with(s) || "commentary".starts_with(s) || (first && "analysis".starts_with(s))) {
             return;
         }
         self.hold_to_answer(out);
@@ -380,19 +474,59 @@ impl HarmonyParse {
         self.hold.clear();
     }
 
-    fn open_glued(&mut self, channel: &str, content: &str, out: &mut Vec<Event>) {
+    /// A message framed by a stripped channel word: `final` opens at once; after `analysis` or
+    /// `commentary` a tool recipient may follow, so the text waits in `GluedHeader` until
+    /// [`Self::decide_glued_header`] can tell.
+    fn open_glued(&mut self, channel: &'static str, content: &str, out: &mut Vec<Event>) {
+        if channel == "final" {
+            self.header.clear();
+            self.header.push_str("<|channel|>final");
+            self.open(true, out);
+            self.glued_text(content, out);
+            return;
+        }
+        self.hold.clear();
+        self.hold.push_str(content);
+        self.state = State::GluedHeader(channel);
+        self.decide_glued_header(false, out);
+    }
+
+    fn open_glued_tool(&mut self, channel: &str, name: &str, body: &str, out: &mut Vec<Event>) {
         self.header.clear();
         self.header.push_str("<|channel|>");
         self.header.push_str(channel);
+        self.header.push_str(" to=");
+        self.header.push_str(name);
         self.open(true, out);
-        self.glued_text(content, out);
+        self.glued_text(body, out);
+    }
+
+    /// In `GluedHeader`: open the message once the held text shows whether a recipient
+    /// follows the channel word (`force`: a special token or the end came, decide now).
+    fn decide_glued_header(&mut self, force: bool, out: &mut Vec<Event>) {
+        let State::GluedHeader(channel) = self.state else { return };
+        match glued_tool_header(&self.hold, force) {
+            Glued::NeedMore if self.hold.len() < MAX_GLUED_HEADER => {}
+            Glued::Tool { name, body_at } => {
+                let text = std::mem::take(&mut self.hold);
+                self.open_glued_tool(channel, &name, &text[body_at..], out);
+            }
+            _ => {
+                let text = std::mem::take(&mut self.hold);
+                self.header.clear();
+                self.header.push_str("<|channel|>");
+                self.header.push_str(channel);
+                self.open(true, out);
+                self.glued_text(&text, out);
+            }
+        }
     }
 
     /// `<|message|>` ends the header in `self.header`: start feeding the parser.
     fn open(&mut self, glued: bool, out: &mut Vec<Event>) {
         let header = std::mem::take(&mut self.header);
         let h = HeaderInfo::parse(&header);
-        let (channel_word, recipient) = (h.channel, h.recipient);
+        let (channel_word, recipient, empty_channel) = (h.channel, h.recipient, h.empty_channel);
         self.header = header;
         self.header.clear();
         self.glued = glued;
@@ -401,6 +535,8 @@ impl HarmonyParse {
             (Some(_), _) => Target::Tool,
             (None, Some("analysis")) => Target::Text(Channel::Analysis),
             (None, Some("commentary")) => Target::Text(Channel::Preamble),
+            // `<|channel|><|message|>`: no channel at all is not the answer.
+            (None, None) if empty_channel => Target::Text(Channel::Analysis),
             // `final`, no channel, or a channel we cannot read: the answer.
             (None, _) => Target::Text(Channel::Final),
         };
@@ -430,6 +566,7 @@ impl HarmonyParse {
         if let Some(r) = recipient {
             out.push(Event::ToolCallStart { name: r, id: None });
         }
+        self.args_end = JsonEnd::default();
         self.state = State::Content(target);
     }
 
@@ -475,10 +612,36 @@ impl HarmonyParse {
             return;
         }
         let text = std::mem::take(&mut self.scratch);
-        out.push(match target {
-            Target::Text(ch) => Event::Text(ch, text),
-            Target::Tool => Event::ToolCallArgs(text),
-        });
+        match target {
+            Target::Text(ch) => out.push(Event::Text(ch, text)),
+            Target::Tool => self.tool_args(text, out),
+        }
+    }
+
+    /// Tool-call arguments. A JSON value ends where it ends: text after it is the next message
+    /// (a header glued on with its special tokens stripped, a preamble), never arguments.
+    fn tool_args(&mut self, text: String, out: &mut Vec<Event>) {
+        let rest_at = if self.args_end.is_done() {
+            0
+        } else {
+            match self.args_end.feed(&text) {
+                None => {
+                    out.push(Event::ToolCallArgs(text));
+                    return;
+                }
+                Some(i) => {
+                    if i > 0 {
+                        out.push(Event::ToolCallArgs(text[..i].to_owned()));
+                    }
+                    i
+                }
+            }
+        };
+        let rest = &text[rest_at..];
+        if !rest.trim_matches(is_junk).is_empty() {
+            self.close(None, out);
+            self.between_messages(rest.trim_start_matches(is_junk), out);
+        }
     }
 
     /// Text of a message framed by words: watch for the next `assistant<channel>` word.
@@ -494,11 +657,10 @@ impl HarmonyParse {
                     let tail = std::mem::take(&mut self.glued_tail);
                     self.content(&tail[..i], out);
                     self.close(None, out);
-                    self.header.clear();
-                    self.header.push_str("<|channel|>");
-                    self.header.push_str(channel);
-                    self.open(true, out);
-                    self.glued_tail.push_str(&tail[i + len..]);
+                    // Text a closed tool call left between messages is settled first.
+                    self.hold_to_answer_if_text(out);
+                    self.open_glued(channel, &tail[i + len..], out);
+                    return;
                 }
                 None => {
                     // Keep back a suffix that may be the start of a word.
@@ -513,7 +675,12 @@ impl HarmonyParse {
                     let cut = self.glued_tail.len() - keep;
                     let tail = std::mem::take(&mut self.glued_tail);
                     self.content(&tail[..cut], out);
-                    self.glued_tail.push_str(&tail[cut..]);
+                    if matches!(self.state, State::Content(_)) {
+                        self.glued_tail.push_str(&tail[cut..]);
+                    } else {
+                        // The message closed (its JSON arguments ended): the rest is between messages.
+                        self.between_messages(&tail[cut..], out);
+                    }
                     return;
                 }
             }
@@ -522,11 +689,15 @@ impl HarmonyParse {
 
     /// Close the open message (with the upstream's stop token, or `<|end|>` when it had none).
     fn close(&mut self, stop: Option<Special>, out: &mut Vec<Event>) {
-        let State::Content(target) = self.state else { return };
+        if !matches!(self.state, State::Content(_)) {
+            return;
+        }
         if self.glued && !self.glued_tail.is_empty() {
             let tail = std::mem::take(&mut self.glued_tail);
             self.content(&tail, out);
         }
+        // Flushing the tail may have closed the message (its JSON arguments ended).
+        let State::Content(target) = self.state else { return };
         let rank = match stop {
             Some(Special::Return) => self.sh.ret,
             Some(Special::Call) => self.sh.call,
@@ -608,6 +779,8 @@ pub struct HeaderInfo<'a> {
     pub recipient: Option<String>,
     /// What follows the channel word, for headers that never reached `<|message|>`.
     pub rest: &'a str,
+    /// `<|channel|>` with no word after it at all.
+    pub empty_channel: bool,
 }
 
 /// Characters that are junk around names: whitespace, nbsp, zero-width spaces, BOM.
@@ -619,15 +792,17 @@ impl<'a> HeaderInfo<'a> {
     pub fn parse(h: &'a str) -> Self {
         let mut channel = None;
         let mut rest = "";
+        let mut empty_channel = false;
         if let Some(i) = h.find("<|channel|>") {
             let after = &h[i + "<|channel|>".len()..];
             let word_end = after.find(|c: char| is_junk(c) || c == '<').unwrap_or(after.len());
             let word = &after[..word_end];
             channel = ["final", "analysis", "commentary"].into_iter().find(|c| word.contains(c));
             rest = &after[word_end..];
+            empty_channel = after.trim_matches(is_junk).is_empty();
         }
         let recipient = h.find("to=").map(|i| clean_name(&h[i + 3..])).filter(|n| !n.is_empty());
-        HeaderInfo { channel, recipient, rest }
+        HeaderInfo { channel, recipient, rest, empty_channel }
     }
 }
 
@@ -734,7 +909,8 @@ mod tests {
     fn malformed_headers() {
         assert_eq!(run(&["<|channel|>commentary 2?<|message|>I'll check."]), ["preamble:I'll check."]);
         assert_eq!(run(&["<|channel|>––final<|message|>A"]), ["final:A"]);
-        assert_eq!(run(&["<|channel|><|message|>A"]), ["final:A"]);
+        // An empty channel is not the answer (issue: agent sessions, every wild shape).
+        assert_eq!(run(&["<|channel|><|message|>A"]), ["analysis:A"]);
         assert_eq!(run(&["<|start|><|start|>assistant<|channel|>final<|message|>A"]), ["final:A"]);
         assert_eq!(
             run(&["<|channel|>analysis<|message|>x<|end|><|return|>assistant<|channel|>final<|message|>A"]),

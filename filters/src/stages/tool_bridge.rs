@@ -24,6 +24,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Channel, Event, ReasoningField, UpstreamToolCall};
+use crate::json_end::JsonEnd;
 use crate::markup::Sanitizer;
 use crate::stage::{random_id, RequestMeta, Stage, StageFactory, Stats};
 use crate::stages::harmony_parse::clean_name;
@@ -85,6 +86,22 @@ impl StageFactory for ToolBridgeFactory {
     }
 }
 
+/// Most argument text held for one call while its JSON value is incomplete; beyond it the
+/// call is closed as `{}` (a client never gets arguments that do not parse).
+const MAX_HELD_ARGS: usize = 8 << 20;
+
+/// A call the client has been told about, whose arguments are still coming.
+struct OpenCall {
+    index: u32,
+    /// It has had arguments other than white space.
+    has_args: bool,
+    /// `openai_tool_calls`: arguments held until their JSON value is complete.
+    held: String,
+    end: JsonEnd,
+    /// The value was complete and has gone to the client; what follows is not arguments.
+    sent: bool,
+}
+
 /// An upstream-parsed call being assembled.
 struct UpstreamCall {
     up_index: u32,
@@ -98,10 +115,10 @@ struct UpstreamCall {
 pub struct ToolBridge {
     cfg: ToolBridgeConfig,
     reasoning: Option<ReasoningField>,
-    /// Index of the open call, if any.
-    open: Option<u32>,
-    /// The open call has had arguments other than whitespace.
-    open_has_args: bool,
+    /// The open call, if any.
+    open: Option<OpenCall>,
+    /// Calls whose arguments never became valid JSON (closed as `{}`).
+    fallback: u64,
     next_index: u32,
     upstream: Option<UpstreamCall>,
     /// Non-streamed: answer text is held until a tool call (then it was a preamble) or the end.
@@ -144,7 +161,7 @@ impl ToolBridge {
             cfg,
             reasoning,
             open: None,
-            open_has_args: false,
+            fallback: 0,
             next_index: 0,
             upstream: None,
             hold_answer: false,
@@ -216,8 +233,7 @@ impl ToolBridge {
         let name = display_name(raw_name);
         let index = self.next_index;
         self.next_index += 1;
-        self.open = Some(index);
-        self.open_has_args = false;
+        self.open = Some(OpenCall { index, has_args: false, held: String::new(), end: JsonEnd::default(), sent: false });
         self.tool_chunks += 1;
         match self.cfg.mode {
             Mode::FinalOnly => {}
@@ -227,25 +243,53 @@ impl ToolBridge {
     }
 
     fn args(&mut self, args: String, out: &mut Vec<Event>) {
-        let Some(index) = self.open else { return };
+        let Some(call) = self.open.as_mut() else { return };
         if args.is_empty() {
             return;
         }
-        self.open_has_args |= !args.trim().is_empty();
+        call.has_args |= !args.trim().is_empty();
         self.tool_chunks += 1;
         match self.cfg.mode {
             Mode::FinalOnly => {}
             Mode::FinalPlusToolsText => self.content(args, out),
-            Mode::OpenaiToolCalls => out.push(Event::ClientToolArgs { index, args }),
+            Mode::OpenaiToolCalls => {
+                // Held until the JSON value is complete: a call cut by max_tokens, or garbage,
+                // must not leave the client with half an object. What follows the value
+                // (a glued header) is not arguments.
+                if call.sent || !call.end.is_json_like() || call.held.len() > MAX_HELD_ARGS {
+                    return;
+                }
+                let before = call.held.len();
+                call.held.push_str(&args);
+                if let Some(i) = call.end.feed(&args) {
+                    call.held.truncate(before + i);
+                    call.sent = true;
+                    let index = call.index;
+                    let args = std::mem::take(&mut call.held);
+                    out.push(Event::ClientToolArgs { index, args: args.trim_start().to_owned() });
+                }
+            }
         }
     }
 
     fn end(&mut self, out: &mut Vec<Event>) {
-        let Some(index) = self.open.take() else { return };
+        let Some(call) = self.open.take() else { return };
         match self.cfg.mode {
             Mode::FinalPlusToolsText => self.content("\n".into(), out),
-            // Agents (Cline) run a call only once its arguments are non-empty.
-            Mode::OpenaiToolCalls if !self.open_has_args => out.push(Event::ClientToolArgs { index, args: "{}".into() }),
+            Mode::OpenaiToolCalls if !call.sent => {
+                let held = call.held.trim();
+                // Agents (Cline) run a call only once its arguments are non-empty: no
+                // arguments are `{}`; a value that never became JSON is `{}` too, counted.
+                let args = if !call.has_args {
+                    "{}".to_owned()
+                } else if call.end.is_json_like() && call.held.len() <= MAX_HELD_ARGS && serde_json::from_str::<serde_json::Value>(held).is_ok() {
+                    held.to_owned()
+                } else {
+                    self.fallback += 1;
+                    "{}".to_owned()
+                };
+                out.push(Event::ClientToolArgs { index: call.index, args });
+            }
             _ => {}
         }
     }
@@ -341,6 +385,7 @@ impl Stage for ToolBridge {
         st.final_chunks += self.final_chunks;
         st.tool_chunks += self.tool_chunks;
         st.tool_calls += u64::from(self.next_index);
+        st.fallback += self.fallback;
     }
 }
 
