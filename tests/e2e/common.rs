@@ -295,3 +295,9 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Runs `harmony-proxy check ARGS` in `cwd`: (exit 0, stdout + stderr).
+pub fn check(args: &[&str], cwd: &Path) -> (bool, String) {
+    let out = Command::new(BIN).arg("check").args(args).current_dir(cwd).env_remove("UPSTREAM_BASE_URL").output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}

@@ -117,11 +117,6 @@ fn listen_changes_need_a_restart() {
     assert_eq!(tool_calls_now(&env), 1, "the rest of the edit applied");
 }
 
-fn check(args: &[&str], cwd: &Path) -> (bool, String) {
-    let out = Command::new(BIN).arg("check").args(args).current_dir(cwd).env_remove("UPSTREAM_BASE_URL").output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
 #[test]
 fn check_lists_every_error_with_its_place() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,11 +8,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-fn check_in(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN).arg("check").args(args).current_dir(dir).env_remove("UPSTREAM_BASE_URL").output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
 /// Regression: a config with an upstream and no `[[routes]]` passed `check` and then forwarded
 /// chat completions untouched, raw `<|channel|>analysis…` markup and all.
 #[test]
@@ -23,7 +18,7 @@ fn a_config_without_routes_still_serves_clean_answers() {
         assert_eq!(a.content, "Hello! How can I help you today?");
         assert!(a.reasoning.is_empty());
     }
-    let (ok, out) = check_in(env.dir.path(), &["--config", "proxy.toml"]);
+    let (ok, out) = check(&["--config", "proxy.toml"], env.dir.path());
     assert!(ok, "{out}");
     assert!(out.contains("implied routes[0]") && out.contains("pipeline `harmony`"), "{out}");
 }
@@ -62,14 +57,14 @@ stages = [{ type = "harmony-parse" }, { type = "tool-bridge" }, { type = "sse-en
 "#,
     )
     .unwrap();
-    let (ok, out) = check_in(dir.path(), &["--config", "proxy.toml"]);
+    let (ok, out) = check(&["--config", "proxy.toml"], dir.path());
     assert!(ok, "warnings do not fail check: {out}");
     insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false, omit_expression => true}, {
         insta::assert_snapshot!("check_warnings", out);
     });
     // A clean config has no warning at all.
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (ok, out) = check_in(shipped, &["--config", "proxy.toml"]);
+    let (ok, out) = check(&["--config", "proxy.toml"], shipped);
     assert!(ok && !out.contains("warning"), "{out}");
 }
 
@@ -218,7 +213,7 @@ fn init_writes_a_config_that_passes_check_for_every_client_kind() {
         assert!(out.status.success(), "{kind}: {}", String::from_utf8_lossy(&out.stderr));
         let text = std::fs::read_to_string(dir.path().join("proxy.toml")).unwrap();
         assert!(text.contains("http://127.0.0.1:8080/v1") && text.lines().filter(|l| l.starts_with('#')).count() > 3, "{text}");
-        let (ok, out) = check_in(dir.path(), &["--config", "proxy.toml"]);
+        let (ok, out) = check(&["--config", "proxy.toml"], dir.path());
         assert!(ok && !out.contains("warning"), "{kind}: {out}");
         // It never overwrites without --force.
         let again = Command::new(BIN).args(["init", "--upstream", "http://h:1/v1", "--for", kind]).current_dir(dir.path()).output().unwrap();
