@@ -61,3 +61,51 @@ fn echoed_harmony_in_history_is_reduced_to_the_answer() {
     assert_eq!(sent[4]["content"], "<|channel|> stays: tool output is data");
     assert_eq!(sent[5]["content"], "A plain earlier answer.");
 }
+
+/// History llama.cpp's template answers 500 to (the mock refuses it the same way): a tool
+/// turn with content beside reasoning, arguments that are empty or not JSON, a tool result
+/// whose call is not in the conversation. Through `ide-tools` it is repaired and answered.
+#[test]
+fn histories_llama_cpp_refuses_are_repaired_before_they_go_upstream() {
+    let env = Env::start(""); // its own mock: last_request must be this test's
+    let call = |id: &str, args: &str| json!({"id": id, "type": "function", "function": {"name": "get_weather", "arguments": args}});
+    let body = json!({"model": "ide-gpt-oss", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "tool", "tool_call_id": "call_lost", "content": "from an earlier session"},
+        {"role": "assistant", "content": "Checking.", "reasoning_content": "Need the tool.", "tool_calls": [call("call_a", ""), call("call_b", "{\"city\":\"Oslo\"}commentary<|message|>x")]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "7 C"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "8 C"},
+        {"role": "user", "content": "hi"}
+    ]});
+    // Straight to the mock: the 500 a user of llama.cpp gets.
+    assert_eq!(post(&format!("{}/v1/chat/completions", env.mock.url), &body).status, 500);
+    let r = post(&env.url("/v1/chat/completions"), &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = env.mock_stats()["last_request"]["messages"].clone();
+    assert_eq!(sent[1]["role"], "user", "the orphan tool result: {}", sent[1]);
+    assert_eq!(sent[2]["reasoning_content"], "Need the tool.\n\nChecking.");
+    assert!(sent[2]["content"].is_null());
+    assert_eq!(sent[2]["tool_calls"][0]["function"]["arguments"], "{}");
+    assert_eq!(sent[2]["tool_calls"][1]["function"]["arguments"], "{\"city\":\"Oslo\"}");
+}
+
+/// With `server.api_keys`, reasoning memory is scoped by key: a turn sent back under another
+/// key gets nothing, under its own key it gets its reasoning back.
+#[test]
+fn reasoning_memory_gives_a_key_only_its_own_reasoning_back() {
+    let env = Env::start("api_keys = [\"alice-key\", \"bob-key\"]");
+    let ask = |key: &str, body: &Value| send(client().post(env.url("/v1/chat/completions")).bearer_auth(key).json(body));
+    let first = ask("alice-key", &chat_body("ide-gpt-oss", false, "scenario:weather"));
+    let msg = first.json()["choices"][0]["message"].clone();
+    let id = msg["tool_calls"][0]["id"].as_str().unwrap().to_owned();
+    // The agent drops the reasoning, as most do.
+    let turn = json!({"model": "ide-gpt-oss", "messages": [
+        {"role": "user", "content": "scenario:weather"},
+        {"role": "assistant", "content": null, "tool_calls": msg["tool_calls"]},
+        {"role": "tool", "tool_call_id": id, "content": "7 C"}
+    ]});
+    assert_eq!(ask("bob-key", &turn).status, 200);
+    assert!(env.mock_stats()["last_request"]["messages"][1].get("reasoning_content").is_none(), "bob got alice's reasoning");
+    assert_eq!(ask("alice-key", &turn).status, 200);
+    assert_eq!(env.mock_stats()["last_request"]["messages"][1]["reasoning_content"], "Need the weather tool for Paris.");
+}
