@@ -290,7 +290,7 @@ fn serve(args: ServeArgs, path: Option<PathBuf>, mock: Option<(std::net::TcpList
             let _ = l.set_nonblocking(true);
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => {
-                    tokio::spawn(mock_upstream::run(l, Arc::new(MockState::default()), None));
+                    tokio::spawn(mock_upstream::run(l, Arc::new(MockState::with_vocabulary(enc.clone(), false)), None));
                 }
                 Err(e) => return fail(format!("mock upstream: {e}")),
             }
@@ -391,8 +391,8 @@ fn doctor(url: Option<&str>, cfg_path: Option<&Path>, model: Option<&str>) -> Ex
 }
 
 fn mock(host: &str, port: u16, parsed: bool, tls: Option<(&Path, &Path)>) -> ExitCode {
-    let parsed = match parsed.then(encoding).transpose() {
-        Ok(p) => p,
+    let enc = match encoding() {
+        Ok(e) => e,
         Err(c) => return c,
     };
     let rt = match runtime() {
@@ -412,7 +412,7 @@ fn mock(host: &str, port: u16, parsed: bool, tls: Option<(&Path, &Path)>) -> Exi
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         println!("mock upstream listening on {scheme}://{local}/v1");
         tokio::select! {
-            _ = mock_upstream::run(listener, Arc::new(MockState::parsing(parsed)), tls) => {}
+            _ = mock_upstream::run(listener, Arc::new(MockState::with_vocabulary(enc, parsed)), tls) => {}
             _ = shutdown_signal() => {}
         }
         ExitCode::SUCCESS

@@ -37,10 +37,12 @@ type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 #[derive(Default)]
 pub struct MockState {
+    /// The vocabulary: the raw completion endpoints read prompts as token ids and answer ids.
+    pub enc: Option<openai_harmony::HarmonyEncoding>,
     /// Parse Harmony as llama-server does by default (`mock-upstream --parsed`): reasoning in
     /// `reasoning_content`, tool calls in `tool_calls` (ids without `call_`), the rest in
-    /// `content`. `None`: raw Harmony in `content`.
-    pub parsed: Option<openai_harmony::HarmonyEncoding>,
+    /// `content`. Off: raw Harmony in `content`.
+    pub parsed: bool,
     pub requests: AtomicU64,
     pub completed: AtomicU64,
     pub cancelled: AtomicU64,
@@ -243,9 +245,10 @@ impl std::fmt::Display for CloseConnection {
 impl std::error::Error for CloseConnection {}
 
 impl MockState {
-    /// A mock that parses Harmony as llama-server does by default (see [`MockState::parsed`]).
-    pub fn parsing(enc: Option<openai_harmony::HarmonyEncoding>) -> Self {
-        Self { parsed: enc, ..Self::default() }
+    /// A mock with the vocabulary (for the raw completion endpoints), parsing Harmony as
+    /// llama-server does by default when `parsed` (see [`MockState::parsed`]).
+    pub fn with_vocabulary(enc: openai_harmony::HarmonyEncoding, parsed: bool) -> Self {
+        Self { enc: Some(enc), parsed, ..Self::default() }
     }
 }
 
@@ -271,6 +274,15 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
             state.requests.fetch_add(1, Ordering::SeqCst);
             *state.last_request.lock().unwrap_or_else(|e| e.into_inner()) = v.clone();
             chat(state, v).await
+        }
+        ("POST", p @ ("/v1/completions" | "/completion")) => {
+            let native = p == "/completion";
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                return Ok(json_resp(400, &json!({"error": {"message": "invalid JSON", "type": "invalid_request_error"}})));
+            };
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            completion(state, v, native).await
         }
         (_, p) if p.starts_with("/v1/") => {
             // Echo: the method, path, query and body, streamed back as they arrive.
@@ -369,7 +381,7 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
         deltas.extend(llama_pieces(t).into_iter().map(|p| json!({"content": p})));
     }
     let mut finish = script.finish.clone();
-    if let Some(enc) = &state.parsed {
+    if let Some(enc) = state.enc.as_ref().filter(|_| state.parsed) {
         let (parsed, calls) = parse_like_llama(enc, &deltas);
         deltas = parsed;
         if calls && finish.as_deref() == Some("stop") {
@@ -466,6 +478,89 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
     let mut r = Response::new(body);
     r.headers_mut().insert(header::CONTENT_TYPE, "text/event-stream".parse().expect("static"));
     Ok(r)
+}
+
+/// A raw completion, as llama.cpp answers a prompt the client rendered: `/v1/completions`
+/// streams `choices[0].text` with special tokens as text; the native `/completion` streams
+/// each token id (`return_tokens`) and ends with `stop: true` and no `[DONE]`. The script is
+/// picked from the prompt's last user message; the decoded prompt is kept in `last_request`
+/// (`prompt_text`) so tests can assert what the proxy rendered.
+async fn completion(state: Arc<MockState>, req: Value, native: bool) -> Result<Response<Body>, CloseConnection> {
+    let Some(enc) = state.enc.clone() else {
+        return Ok(json_resp(501, &json!({"error": {"message": "this mock has no vocabulary", "type": "server_error"}})));
+    };
+    let prompt_ids: Vec<u32> = match req.get("prompt") {
+        Some(Value::Array(a)) => a.iter().filter_map(|t| t.as_u64().map(|t| t as u32)).collect(),
+        Some(Value::String(s)) => enc.tokenizer().encode_with_special_tokens(s),
+        _ => return Ok(json_resp(400, &json!({"error": {"message": "prompt is required", "type": "invalid_request_error"}}))),
+    };
+    let prompt_text = enc.tokenizer().decode_utf8(&prompt_ids).unwrap_or_default();
+    let mut recorded = req.clone();
+    recorded["prompt_text"] = Value::String(prompt_text.clone());
+    *state.last_request.lock().unwrap_or_else(|e| e.into_inner()) = recorded;
+    let last_user = prompt_text
+        .rsplit_once("<|start|>user<|message|>")
+        .map(|(_, rest)| rest.split("<|end|>").next().unwrap_or("").to_owned())
+        .unwrap_or_default();
+    let chat_like = json!({"messages": [{"role": "user", "content": last_user}]});
+    let script = script_for(&chat_like);
+    let text = script.text.clone().unwrap_or_default();
+    // The model's own stop token ends the turn: <|call|> after a tool call, else <|return|>.
+    let ends_in_call = text.rsplit("<|start|>").next().is_some_and(|m| m.contains(" to="));
+    let full = format!("{text}{}", if ends_in_call { "<|call|>" } else { "<|return|>" });
+    let mut ids = enc.tokenizer().encode_with_special_tokens(&full);
+    let limit = req.get(if native { "n_predict" } else { "max_tokens" }).and_then(Value::as_i64).filter(|n| *n >= 0).map(|n| n as usize);
+    let cut = limit.is_some_and(|n| n < ids.len());
+    if let Some(n) = limit {
+        ids.truncate(n);
+    }
+    let created = 1_700_000_000;
+    let model = req.get("model").cloned().unwrap_or(json!("gpt-oss-20b"));
+    let include_usage = req.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let mut frames: Vec<Bytes> = Vec::new();
+    let (stop_a, stop_b) = (enc.tokenizer().encode_with_special_tokens("<|return|>"), enc.tokenizer().encode_with_special_tokens("<|call|>"));
+    for id in &ids {
+        // llama.cpp renders its end-of-generation tokens as empty text.
+        let piece = if stop_a.contains(id) || stop_b.contains(id) { String::new() } else { enc.tokenizer().decode_utf8([*id]).unwrap_or_default() };
+        let v = if native {
+            json!({"content": piece, "tokens": [id], "stop": false})
+        } else {
+            json!({"id": "cmpl-mock", "object": "text_completion", "created": created, "model": model, "choices": [{"index": 0, "text": piece, "logprobs": null, "finish_reason": null}]})
+        };
+        frames.push(Bytes::from(format!("data: {v}\n\n")));
+    }
+    let (n_prompt, n_out) = (prompt_ids.len(), ids.len());
+    if native {
+        let v = json!({"content": "", "tokens": [], "stop": true, "stop_type": if cut { "limit" } else { "eos" }, "tokens_predicted": n_out, "tokens_evaluated": n_prompt});
+        frames.push(Bytes::from(format!("data: {v}\n\n")));
+    } else {
+        let v = json!({"id": "cmpl-mock", "object": "text_completion", "created": created, "model": model, "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": if cut { "length" } else { "stop" }}]});
+        frames.push(Bytes::from(format!("data: {v}\n\n")));
+        if include_usage {
+            let u = json!({"id": "cmpl-mock", "object": "text_completion", "created": created, "model": model, "choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}});
+            frames.push(Bytes::from(format!("data: {u}\n\n")));
+        }
+        frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    }
+    state.completed.fetch_add(1, Ordering::SeqCst);
+    let body = StreamBody::new(futures_stream(frames)).boxed_unsync();
+    let mut r = Response::new(body);
+    r.headers_mut().insert(header::CONTENT_TYPE, "text/event-stream".parse().expect("static"));
+    Ok(r)
+}
+
+/// A body of ready frames.
+fn futures_stream(frames: Vec<Bytes>) -> ReadyFrames {
+    ReadyFrames(frames.into_iter())
+}
+
+struct ReadyFrames(std::vec::IntoIter<Bytes>);
+
+impl futures_core::Stream for ReadyFrames {
+    type Item = Result<Frame<Bytes>, BoxError>;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.next().map(|b| Ok(Frame::data(b))))
+    }
 }
 
 /// Raw-Harmony content deltas → the deltas llama-server sends with its parser on, made with

@@ -274,7 +274,7 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
         Ok(b) => b,
         Err(r) => return r,
     };
-    let mut body: Value = match serde_json::from_slice(&raw) {
+    let body: Value = match serde_json::from_slice(&raw) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return err(400, "invalid_request_error", Some("invalid_json"), "request body must be a JSON object"),
         Err(e) => return err(400, "invalid_request_error", Some("invalid_json"), format!("request body is not valid JSON: {e}")),
@@ -292,13 +292,23 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     state.metrics.request(&route.label, route.pipeline.mode, stream);
 
     let mut chain = route.pipeline.new_chain(&meta);
-    chain.on_request(&mut body);
+    let mut up = harmony_filters::UpstreamRequest::chat(body);
+    if let Err(e) = chain.on_request(&mut up) {
+        let mut r = error_response(&e);
+        r.extensions_mut().insert(RouteInfo { route: route.label.clone(), model: model.clone(), attempts: 0 });
+        return r;
+    }
+    let (mut body, endpoint) = (up.body, up.endpoint);
     // Upstream always streams (retry, watchdog and true streaming need it); usage is always
-    // asked for, and shown to the client only when it asked.
+    // asked for, and shown to the client only when it asked (llama.cpp's native endpoint
+    // puts it on its last chunk unasked).
     body["stream"] = Value::Bool(true);
-    body["stream_options"] = serde_json::json!({"include_usage": true});
+    if endpoint != harmony_filters::Endpoint::LlamaCompletion {
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
     let call = Arc::new(Call {
         upstream: route.upstream.clone(),
+        endpoint,
         body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
         policy: route.pipeline.retry,
         request_id: rid.to_owned(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use harmony_filters::stages::retry::{is_retryable_status, parse_retry_after, RetryPolicy};
-use harmony_filters::ApiError;
+use harmony_filters::{ApiError, Endpoint};
 use http::{header, HeaderValue, Request, Response, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -94,9 +94,19 @@ impl Upstream {
         }
     }
 
-    /// `POST {base}/chat/completions` with a JSON body, asking for SSE.
-    pub async fn post_chat(&self, body: Bytes, request_id: &str) -> Result<Response<Incoming>, CallError> {
-        let mut req = Request::post(format!("{}/chat/completions", self.base))
+    /// Where `endpoint` is on this upstream.
+    pub fn endpoint_url(&self, endpoint: Endpoint) -> String {
+        match endpoint {
+            Endpoint::Chat => format!("{}/chat/completions", self.base),
+            Endpoint::Completions => format!("{}/completions", self.base),
+            // llama.cpp's native API lives beside /v1, not under it.
+            Endpoint::LlamaCompletion => format!("{}/completion", self.base.strip_suffix("/v1").unwrap_or(&self.base)),
+        }
+    }
+
+    /// `POST` a JSON body to `endpoint`, asking for SSE.
+    pub async fn post(&self, endpoint: Endpoint, body: Bytes, request_id: &str) -> Result<Response<Incoming>, CallError> {
+        let mut req = Request::post(self.endpoint_url(endpoint))
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "text/event-stream")
             .body(full(body))
@@ -230,6 +240,8 @@ pub enum Outcome {
 /// One upstream call of a pipeline request, re-runnable for retries.
 pub struct Call {
     pub upstream: Arc<Upstream>,
+    /// Where the request phase said to send it.
+    pub endpoint: Endpoint,
     pub body: Bytes,
     pub policy: RetryPolicy,
     pub request_id: String,
@@ -245,7 +257,7 @@ impl Call {
             if let Some(w) = wait.take() {
                 tokio::time::sleep(w).await;
             }
-            let (failure, retry_after) = match self.upstream.post_chat(self.body.clone(), &self.request_id).await {
+            let (failure, retry_after) = match self.upstream.post(self.endpoint, self.body.clone(), &self.request_id).await {
                 Ok(resp) if resp.status().is_success() => return (Outcome::Stream(resp), retries),
                 Ok(resp) => {
                     let status = resp.status().as_u16();

@@ -103,6 +103,8 @@ pub enum Event {
     UpstreamReasoning(String),
     /// A tool-call fragment the upstream already parsed.
     UpstreamToolCall(UpstreamToolCall),
+    /// Token ids of raw model output (llama.cpp's `/completion` with `return_tokens`).
+    UpstreamTokens(Vec<u32>),
 
     /// Parsed text of one channel.
     Text(Channel, String),

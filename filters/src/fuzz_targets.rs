@@ -79,7 +79,7 @@ pub fn sse_decode(data: &[u8]) {
 /// `request`: arbitrary JSON bodies through the request stages. The stops afterwards hold
 /// the client's string stops and the Harmony ones; no assistant message carries markup.
 pub fn request(data: &[u8]) {
-    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return };
     let client_stops: Vec<String> = match v.get("stop") {
         Some(serde_json::Value::String(s)) => vec![s.clone()],
         Some(serde_json::Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
@@ -87,7 +87,9 @@ pub fn request(data: &[u8]) {
     };
     let p = pipeline(r#"[{ type = "stop-injection", extra = ["X"] }, { type = "history-clean" }, { type = "sse-encode" }]"#);
     let mut chain = p.new_chain(&RequestMeta::new("fuzz", true, false));
-    chain.on_request(&mut v);
+    let mut up = crate::stage::UpstreamRequest::chat(v);
+    chain.on_request(&mut up).expect("these stages never refuse");
+    let v = up.body;
     if !v.is_object() {
         return;
     }

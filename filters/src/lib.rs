@@ -26,4 +26,4 @@ pub mod vocab;
 
 pub use event::{ApiError, Channel, Event, FinishReason};
 pub use pipeline::{compile, validate, Compiled, StageSpec};
-pub use stage::{Chain, RequestMeta, Stage, StageFactory, Stats};
+pub use stage::{Chain, Endpoint, RequestMeta, Stage, StageFactory, Stats, UpstreamRequest};

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::stage::{Chain, RequestMeta, StageFactory};
 use crate::stages::fallback::FallbackConfig;
 use crate::stages::harmony_parse::{HarmonyParseConfig, HarmonyParseFactory};
+use crate::stages::harmony_render::HarmonyRenderConfig;
 use crate::stages::history_clean::HistoryCleanConfig;
 use crate::stages::reasoning_memory::ReasoningMemoryConfig;
 use crate::stages::retry::{RetryConfig, RetryPolicy};
@@ -108,6 +109,8 @@ stages! {
     "stop-injection" => StopInjection(StopInjectionConfig),
     /// Request: repair the history (echoed Harmony, content beside reasoning, bad arguments).
     "history-clean" => HistoryClean(HistoryCleanConfig),
+    /// Request: render the prompt with openai-harmony and call the raw completion endpoint.
+    "harmony-render" => HarmonyRender(HarmonyRenderConfig),
     /// Upstream call: retry failures that happen before the client saw anything.
     "retry" => Retry(RetryConfig),
     /// Response: Harmony text → channels and tool calls (official openai-harmony parser).
@@ -150,7 +153,7 @@ pub fn validate(specs: &[StageSpec]) -> Vec<String> {
     if encoders > 1 {
         errors.push("`sse-encode` may appear only once".to_owned());
     }
-    for kind in ["retry", "harmony-parse", "fallback", "reasoning-memory", "tool-bridge", "watchdog"] {
+    for kind in ["harmony-render", "retry", "harmony-parse", "fallback", "reasoning-memory", "tool-bridge", "watchdog"] {
         if specs.iter().filter(|s| s.type_name() == kind).count() > 1 {
             errors.push(format!("`{kind}` may appear only once"));
         }
@@ -173,6 +176,11 @@ pub fn validate(specs: &[StageSpec]) -> Vec<String> {
     if let (Some(w), Some(b)) = (watchdog, bridge) {
         if w < b {
             errors.push("`watchdog` must come after `tool-bridge` (it watches what the client gets)".to_owned());
+        }
+    }
+    if let Some(r) = pos("harmony-render") {
+        if parse.is_none_or(|p| p < r) {
+            errors.push("`harmony-render` needs a `harmony-parse` after it: the raw completion it asks for is Harmony text or token ids".to_owned());
         }
     }
     if let Some(m) = pos("reasoning-memory") {

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::event::Event;
+use crate::event::{ApiError, Event};
 
 /// What a stage may know about the request it serves.
 #[derive(Debug, Clone)]
@@ -56,10 +56,64 @@ pub trait StageFactory: Send + Sync + 'static {
     fn new_stage(&self, req: &RequestMeta) -> Box<dyn Stage>;
 }
 
+/// Which upstream endpoint a request goes to, and how its answer is read. The request phase
+/// chooses (`harmony-render`); the server obeys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Endpoint {
+    /// `POST {url}/chat/completions`: the server renders the prompt with its chat template.
+    #[default]
+    Chat,
+    /// `POST {url}/completions` (OpenAI legacy): a prompt the proxy rendered; raw text back
+    /// in `choices[0].text`, special tokens kept.
+    Completions,
+    /// llama.cpp's native `POST {url without /v1}/completion` with `return_tokens`: token
+    /// ids back, fed to the official parser as they come.
+    LlamaCompletion,
+}
+
+/// What the request phase works on: the body that will go upstream, and where it goes.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    pub body: serde_json::Value,
+    pub endpoint: Endpoint,
+}
+
+impl UpstreamRequest {
+    pub fn chat(body: serde_json::Value) -> Self {
+        Self { body, endpoint: Endpoint::Chat }
+    }
+}
+
 /// Per-request state machine. Nothing here awaits: the chain runs inline in the response body.
+///
+/// The phases, in the order they run for one request:
+/// - [`on_request`](Stage::on_request) runs once, in pipeline order, before the upstream is
+///   called, on the client's chat request: it may rewrite it (stops, history repair,
+///   reasoning put back) or refuse it with an error the client gets as is (a 400 that names
+///   what is wrong); a refusal stops the request phase and nothing goes upstream.
+/// - [`on_upstream_request`](Stage::on_upstream_request) then runs once per stage, in
+///   pipeline order, when every `on_request` is done: it turns the finished chat request
+///   into what goes upstream (`harmony-render` renders the prompt and chooses the
+///   endpoint). A retry re-sends the same upstream request: the request phase does not run
+///   again.
+/// - [`on_event`](Stage::on_event) runs for each event, inline in the response body. A stage
+///   that holds state flushes what it held *before* pushing on a terminal event (`Finish`,
+///   `Error`, `Abort`), so nothing is emitted after the response's end. A retry before any
+///   client-visible byte rebuilds the response stages from their factories (fresh state);
+///   the request-phase state (what `on_request` learnt) of those new stages is not rebuilt.
+/// - [`on_end`](Stage::on_end) runs once when the upstream is done (cleanly or not): flush.
+/// - [`deadline`](Stage::deadline) / [`on_deadline`](Stage::on_deadline): a timer the body
+///   polls (watchdog); `on_deadline` may end the response with `Abort`.
+/// - [`stats`](Stage::stats) is read once, when the response body is dropped.
 pub trait Stage: Send {
-    /// Request phase: may rewrite the JSON body before it goes upstream.
-    fn on_request(&mut self, _req: &mut serde_json::Value) {}
+    /// Request phase: rewrite the client's chat request, or refuse it.
+    fn on_request(&mut self, _req: &mut UpstreamRequest) -> Result<(), ApiError> {
+        Ok(())
+    }
+    /// Request phase, after every `on_request`: turn the chat request into the upstream's.
+    fn on_upstream_request(&mut self, _req: &mut UpstreamRequest) -> Result<(), ApiError> {
+        Ok(())
+    }
     /// Push zero or more events for one input event.
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>);
     /// The upstream is done: flush held state.
@@ -102,10 +156,16 @@ impl Chain {
         Self { stages, a: Vec::with_capacity(8), b: Vec::with_capacity(8), ended: false }
     }
 
-    pub fn on_request(&mut self, req: &mut serde_json::Value) {
+    /// The request phase, stage by stage (`on_request`, then `on_upstream_request`); the
+    /// first refusal ends it.
+    pub fn on_request(&mut self, req: &mut UpstreamRequest) -> Result<(), ApiError> {
         for s in &mut self.stages {
-            s.on_request(req);
+            s.on_request(req)?;
         }
+        for s in &mut self.stages {
+            s.on_upstream_request(req)?;
+        }
+        Ok(())
     }
 
     /// Push several events (drained from `input`).

@@ -1,4 +1,5 @@
-//! Decoding what an upstream sends — an SSE stream of `chat.completion.chunk`s, or one
+//! Decoding what an upstream sends — an SSE stream of `chat.completion.chunk`s (or of legacy
+//! `text_completion` chunks, or llama.cpp's native `/completion` chunks), or one
 //! `chat.completion` JSON — into [`Event`]s.
 //!
 //! Tolerant by design: unknown fields are ignored, comment lines and other event types are
@@ -22,6 +23,17 @@ struct Chunk<'a> {
     usage: Option<serde_json::Value>,
     #[serde(default)]
     error: Option<serde_json::Value>,
+    // llama.cpp's native `/completion` stream: token ids, and `stop` on the last chunk.
+    #[serde(default)]
+    tokens: Option<Vec<u32>>,
+    #[serde(default)]
+    stop: Option<bool>,
+    #[serde(default, borrow)]
+    stop_type: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tokens_predicted: Option<u64>,
+    #[serde(default)]
+    tokens_evaluated: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -30,6 +42,9 @@ struct Choice<'a> {
     delta: Option<Delta<'a>>,
     #[serde(default, borrow)]
     message: Option<Delta<'a>>,
+    /// Legacy completions: the raw text (special tokens kept when the proxy rendered).
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     finish_reason: Option<Cow<'a, str>>,
 }
@@ -75,8 +90,22 @@ fn chunk_events(chunk: Chunk<'_>, out: &mut Vec<Event>, saw_finish: &mut bool) {
         out.push(Event::Error(ApiError::upstream(format!("upstream error: {msg}"))));
         return;
     }
+    // llama.cpp's native stream: ids straight to the parser; the last chunk says why it stopped.
+    if let Some(ids) = chunk.tokens.filter(|t| !t.is_empty()) {
+        out.push(Event::UpstreamTokens(ids));
+    }
+    if chunk.stop == Some(true) {
+        *saw_finish = true;
+        out.push(Event::Finish(if chunk.stop_type.as_deref() == Some("limit") { FinishReason::Length } else { FinishReason::Stop }));
+        if let (Some(p), Some(c)) = (chunk.tokens_evaluated, chunk.tokens_predicted) {
+            out.push(Event::Usage(serde_json::json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})));
+        }
+    }
     // Only the first choice: the proxy asks for n=1 semantics.
     if let Some(choice) = chunk.choices.and_then(|c| c.into_iter().next()) {
+        if let Some(t) = choice.text.filter(|t| !t.is_empty()) {
+            out.push(Event::Upstream(t.into_owned()));
+        }
         if let Some(d) = choice.delta.or(choice.message) {
             if let Some(r) = d.reasoning_content.or(d.reasoning).filter(|r| !r.is_empty()) {
                 out.push(Event::UpstreamReasoning(r.into_owned()));

@@ -298,4 +298,5 @@ pub const BUILTIN_PIPELINES: &[(&str, &str)] = &[
     ("ide-tools", include_str!("../../pipelines/ide-tools.toml")),
     ("text-tools", include_str!("../../pipelines/text-tools.toml")),
     ("passthrough", include_str!("../../pipelines/passthrough.toml")),
+    ("native", include_str!("../../pipelines/native.toml")),
 ];

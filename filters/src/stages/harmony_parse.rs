@@ -23,6 +23,11 @@
 //!   with its tokens stripped, a preamble) is the next message;
 //! - a message with an empty channel (`<|channel|><|message|>x`) is not the answer.
 //!
+//! Token ids (`Event::UpstreamTokens`: llama.cpp's `/completion` after `harmony-render`)
+//! take another road: the prompt the proxy rendered ends with `<|start|>assistant`, so the
+//! official parser reads the ids exactly as they come, with no framing and no re-tokenising
+//! ([`TokenPath`]).
+//!
 //! Invariant: no text between `<|` and `|>` of a recognised token ever leaves this stage
 //! as `Text` or `ToolCallArgs`.
 
@@ -203,8 +208,88 @@ const GLUED: [(&str, &str); 3] = [
     ("assistantcommentary", "commentary"),
 ];
 
+/// The token-id road: the official parser, started inside an assistant turn's header.
+struct TokenPath {
+    parser: StreamableParser,
+    /// Messages the parser had completed when we last looked.
+    done: usize,
+    /// The open message's content has started (its channel and recipient are known).
+    open: Option<Target>,
+}
+
+impl TokenPath {
+    fn new(enc: &HarmonyEncoding) -> Self {
+        let parser = StreamableParser::new_with_options(enc.clone(), Some(openai_harmony::chat::Role::Assistant), ParseOptions { strict: false })
+            .expect("the Harmony encoding has its stop tokens");
+        Self { parser, done: 0, open: None }
+    }
+
+    fn target(&self) -> Target {
+        match (self.parser.current_recipient(), self.parser.current_channel().as_deref()) {
+            (Some(_), _) => Target::Tool,
+            (None, Some("analysis") | Some("")) => Target::Text(Channel::Analysis),
+            (None, Some("commentary")) => Target::Text(Channel::Preamble),
+            _ => Target::Text(Channel::Final),
+        }
+    }
+
+    /// Feeds ids; pushes what they say. Returns how many the parser refused.
+    fn feed(&mut self, ids: &[Rank], out: &mut Vec<Event>) -> u64 {
+        let mut errors = 0;
+        for &id in ids {
+            if self.parser.process(id).is_err() {
+                errors += 1;
+                continue;
+            }
+            if let Ok(Some(delta)) = self.parser.last_content_delta() {
+                if !delta.is_empty() {
+                    let target = match self.open {
+                        Some(t) => t,
+                        None => {
+                            let t = self.target();
+                            if t == Target::Tool {
+                                out.push(Event::ToolCallStart { name: self.parser.current_recipient().unwrap_or_default(), id: None });
+                            }
+                            self.open = Some(t);
+                            t
+                        }
+                    };
+                    out.push(match target {
+                        Target::Text(ch) => Event::Text(ch, delta),
+                        Target::Tool => Event::ToolCallArgs(delta),
+                    });
+                }
+            }
+            let done = self.parser.messages().len();
+            if done > self.done {
+                self.done = done;
+                self.close_message(out);
+            }
+        }
+        errors
+    }
+
+    /// A message ended: a tool call ends with it (one with no content is announced now).
+    fn close_message(&mut self, out: &mut Vec<Event>) {
+        match self.open.take() {
+            Some(Target::Tool) => out.push(Event::ToolCallEnd),
+            Some(_) => {}
+            None => {
+                if let Some(m) = self.parser.messages().last() {
+                    if let Some(r) = m.recipient.clone().filter(|_| m.author.role == openai_harmony::chat::Role::Assistant) {
+                        out.push(Event::ToolCallStart { name: r, id: None });
+                        out.push(Event::ToolCallEnd);
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub struct HarmonyParse {
     sh: Arc<Shared>,
+    /// Set once the upstream sends token ids.
+    token_path: Option<TokenPath>,
     parser: StreamableParser,
     /// The parser rejected the open message: its text is passed on as decoded by us.
     parser_broken: bool,
@@ -233,6 +318,7 @@ impl HarmonyParse {
         let parser = new_parser(&sh.enc);
         Self {
             sh,
+            token_path: None,
             parser,
             parser_broken: false,
             scanner: Scanner::default(),
@@ -258,6 +344,14 @@ impl HarmonyParse {
 
     /// Release everything held and close the open message (end of the upstream's output).
     fn flush(&mut self, out: &mut Vec<Event>) {
+        if let Some(tp) = &mut self.token_path {
+            // Cut before its stop token (max_tokens): a call in progress ends here.
+            if tp.open == Some(Target::Tool) {
+                out.push(Event::ToolCallEnd);
+            }
+            tp.open = None;
+            return;
+        }
         let mut scanner = std::mem::take(&mut self.scanner);
         scanner.finish(|p| self.on_piece(p, out));
         self.scanner = scanner;
@@ -757,6 +851,11 @@ impl Stage for HarmonyParse {
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
         match ev {
             Event::Upstream(t) => self.push_text(&t, out),
+            Event::UpstreamTokens(ids) => {
+                let sh = self.sh.clone();
+                let tp = self.token_path.get_or_insert_with(|| TokenPath::new(&sh.enc));
+                self.parser_errors += tp.feed(&ids, out);
+            }
             ev @ (Event::Finish(_) | Event::Error(_) | Event::Abort) => {
                 self.flush(out);
                 out.push(ev);

@@ -166,8 +166,9 @@ fn orphan_to_user(m: &mut Value) {
 }
 
 impl Stage for HistoryClean {
-    fn on_request(&mut self, req: &mut Value) {
-        clean(&self.parse, req);
+    fn on_request(&mut self, up: &mut crate::stage::UpstreamRequest) -> Result<(), crate::event::ApiError> {
+        clean(&self.parse, &mut up.body);
+        Ok(())
     }
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
         out.push(ev);

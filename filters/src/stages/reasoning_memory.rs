@@ -356,8 +356,9 @@ fn made_whole(remembered: &str, given: &str) -> Option<String> {
 }
 
 impl Stage for ReasoningMemory {
-    fn on_request(&mut self, req: &mut Value) {
-        restore(req, self.field, &self.scope, &*self.store);
+    fn on_request(&mut self, up: &mut crate::stage::UpstreamRequest) -> Result<(), crate::event::ApiError> {
+        restore(&mut up.body, self.field, &self.scope, &*self.store);
+        Ok(())
     }
 
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
@@ -423,6 +424,12 @@ mod tests {
         m
     }
 
+    fn on_request(s: &mut Box<dyn Stage>, req: &mut Value) {
+        let mut up = crate::stage::UpstreamRequest::chat(std::mem::take(req));
+        s.on_request(&mut up).unwrap();
+        *req = up.body;
+    }
+
     fn run_turn(f: &ReasoningMemoryFactory, meta: &RequestMeta, events: Vec<Event>) -> Vec<Event> {
         let mut s = f.new_stage(meta);
         let mut out = Vec::new();
@@ -442,11 +449,11 @@ mod tests {
         let Some(Event::ToolCallStart { id: Some(id), .. }) = out.iter().find(|e| matches!(e, Event::ToolCallStart { .. })) else { panic!("{out:?}") };
         assert!(id.starts_with("call_"));
         let mut req = json!({"messages": [{"role": "user", "content": "weather?"}, turn(&[id], None), {"role": "tool", "tool_call_id": id, "content": "sunny"}]});
-        f.new_stage(&meta).on_request(&mut req);
+        on_request(&mut f.new_stage(&meta), &mut req);
         assert_eq!(req["messages"][1]["reasoning_content"], "Need the weather.");
         // Reasoning the client sent itself is left alone; other ids get nothing.
         let mut req = json!({"messages": [turn(&[id], Some("mine")), turn(&["call_other"], None)]});
-        f.new_stage(&meta).on_request(&mut req);
+        on_request(&mut f.new_stage(&meta), &mut req);
         assert_eq!(req["messages"][0]["reasoning_content"], "mine");
         assert!(req["messages"][1].get("reasoning_content").is_none());
     }
@@ -527,9 +534,9 @@ mod tests {
         let out = run_turn(&f, &alice, vec![Event::Text(Channel::Analysis, "secret plan".into()), Event::ToolCallStart { name: "f".into(), id: None }]);
         let Some(Event::ToolCallStart { id: Some(id), .. }) = out.iter().find(|e| matches!(e, Event::ToolCallStart { .. })).cloned() else { panic!("{out:?}") };
         let mut req = json!({"messages": [turn(&[&id], None)]});
-        f.new_stage(&bob).on_request(&mut req);
+        on_request(&mut f.new_stage(&bob), &mut req);
         assert!(req["messages"][0].get("reasoning_content").is_none(), "bob must not see alice's reasoning");
-        f.new_stage(&alice).on_request(&mut req);
+        on_request(&mut f.new_stage(&alice), &mut req);
         assert_eq!(req["messages"][0]["reasoning_content"], "secret plan");
     }
 }

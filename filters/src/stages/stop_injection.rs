@@ -67,8 +67,9 @@ pub fn inject(req: &mut Value, stops: &[String]) {
 }
 
 impl Stage for StopInjection {
-    fn on_request(&mut self, req: &mut Value) {
-        inject(req, &self.stops);
+    fn on_request(&mut self, up: &mut crate::stage::UpstreamRequest) -> Result<(), crate::event::ApiError> {
+        inject(&mut up.body, &self.stops);
+        Ok(())
     }
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
         out.push(ev);

@@ -1,0 +1,496 @@
+//! `harmony-render` (request phase): the proxy renders the chat request into a Harmony prompt
+//! with the official `openai-harmony` renderer and calls the upstream's raw completion
+//! endpoint, so no server-side chat template or output parser stands between the model and
+//! the proxy (they drop tool calls, 500 on agent histories, turn preambles into answers).
+//!
+//! ```text
+//! chat request ─► conversation (system, developer, user, assistant: analysis / preamble /
+//!                 final / calls, tool results) ─► token ids (each message's tokens cached)
+//!              ─► POST {url}/completions {prompt: ids}            (endpoint = "completions")
+//!                 POST {url without /v1}/completion {prompt: ids,  (endpoint = "llama")
+//!                      return_tokens: true}
+//! ```
+//! Every field a client sends is mapped or refused with a 400 that names it: a message the
+//! renderer cannot express is never silently turned into a different prompt. The answer is
+//! read by `harmony-parse` (text with special tokens, or token ids), which must follow.
+//!
+//! Cost: rendering tokenizes the conversation, and an agent resends a long one every turn.
+//! Each message's tokens are cached by its content (bounded in bytes), so only the newest
+//! turn is tokenized; the system and developer messages (tools) are cached as one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use openai_harmony::chat::{Author, Conversation, DeveloperContent, Message, ReasoningEffort, Role, SystemContent, ToolDescription};
+use openai_harmony::HarmonyEncoding;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::event::{ApiError, Event};
+use crate::stage::{Endpoint, RequestMeta, Stage, StageFactory, UpstreamRequest};
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Effort {
+    Low,
+    #[default]
+    Medium,
+    High,
+}
+
+impl Effort {
+    fn harmony(self) -> ReasoningEffort {
+        match self {
+            Self::Low => ReasoningEffort::Low,
+            Self::Medium => ReasoningEffort::Medium,
+            Self::High => ReasoningEffort::High,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RenderEndpoint {
+    /// `POST {url}/completions`, the OpenAI legacy API (llama.cpp, vLLM, LM Studio).
+    #[default]
+    Completions,
+    /// llama.cpp's native `POST /completion` with token ids both ways.
+    Llama,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HarmonyRenderConfig {
+    /// Reasoning effort when the request does not say (`reasoning_effort`).
+    #[serde(default)]
+    pub reasoning_effort: Effort,
+    /// Which raw completion endpoint the upstream is called on.
+    #[serde(default)]
+    pub endpoint: RenderEndpoint,
+}
+
+/// Most bytes of cached message tokens (with their keys); past it the cache starts afresh.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// Rendered tokens by message content, shared by every request of the process.
+#[derive(Default)]
+pub struct RenderCache {
+    inner: Mutex<(HashMap<String, Arc<[u32]>>, usize)>,
+}
+
+impl RenderCache {
+    fn get_or_render(&self, key: String, render: impl FnOnce() -> Result<Vec<u32>, String>) -> Result<Arc<[u32]>, String> {
+        if let Some(t) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.get(&key) {
+            return Ok(t.clone());
+        }
+        let tokens: Arc<[u32]> = render()?.into();
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let cost = key.len() + tokens.len() * 4;
+        if g.1 + cost > CACHE_BYTES {
+            g.0.clear();
+            g.1 = 0;
+        }
+        g.1 += cost;
+        g.0.insert(key, tokens.clone());
+        Ok(tokens)
+    }
+}
+
+fn process_cache() -> Arc<RenderCache> {
+    static CACHE: OnceLock<Arc<RenderCache>> = OnceLock::new();
+    CACHE.get_or_init(Default::default).clone()
+}
+
+pub struct HarmonyRenderFactory {
+    cfg: HarmonyRenderConfig,
+    enc: HarmonyEncoding,
+    cache: Arc<RenderCache>,
+}
+
+impl HarmonyRenderFactory {
+    pub fn new(cfg: &HarmonyRenderConfig, enc: HarmonyEncoding) -> Self {
+        Self { cfg: cfg.clone(), enc, cache: process_cache() }
+    }
+}
+
+impl StageFactory for HarmonyRenderFactory {
+    fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
+        Box::new(HarmonyRender { cfg: self.cfg.clone(), enc: self.enc.clone(), cache: self.cache.clone(), prompt_tokens: 0 })
+    }
+}
+
+impl crate::pipeline::StageConfig for HarmonyRenderConfig {
+    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+        let f = HarmonyRenderFactory::new(self, b.enc.clone());
+        b.push(f);
+    }
+}
+
+pub struct HarmonyRender {
+    cfg: HarmonyRenderConfig,
+    enc: HarmonyEncoding,
+    cache: Arc<RenderCache>,
+    /// The rendered prompt's length: the usage the client sees says exactly this.
+    prompt_tokens: usize,
+}
+
+fn bad(param: &str, message: impl Into<String>) -> ApiError {
+    let mut e = ApiError::new(400, "invalid_request_error", Some("unsupported_by_harmony_render"), message);
+    e.message = format!("{param}: {}", e.message);
+    e
+}
+
+/// The text of a content value: a string, or text parts (an image part is refused).
+fn text_of(content: Option<&Value>, at: &str) -> Result<String, ApiError> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut s = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") | None if p.get("text").is_some() => s.push_str(p["text"].as_str().unwrap_or("")),
+                    Some(t @ ("image_url" | "input_image" | "image" | "input_audio" | "file")) => {
+                        return Err(bad(&format!("{at}.content[{j}]"), format!("gpt-oss reads text only; a `{t}` part cannot be rendered")));
+                    }
+                    other => return Err(bad(&format!("{at}.content[{j}]"), format!("unsupported content part {other:?}"))),
+                }
+            }
+            Ok(s)
+        }
+        Some(other) => Err(bad(&format!("{at}.content"), format!("expected a string or text parts, got {other}"))),
+    }
+}
+
+/// Today's date as `YYYY-MM-DD` (UTC), as the official renderer puts it in the system message.
+fn today() -> String {
+    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0) as i64;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The request's conversation as Harmony messages: (system + developer, the rest).
+pub fn conversation(body: &Value, default_effort: Effort, date: &str) -> Result<(Vec<Message>, Vec<Message>), ApiError> {
+    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err(bad("n", "only one choice can be generated (n = 1)"));
+    }
+    if body.get("functions").is_some() || body.get("function_call").is_some() {
+        return Err(bad("functions", "the legacy `functions` API is not supported; send `tools`"));
+    }
+    if body.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        return Err(bad("logprobs", "log probabilities are not available through harmony-render"));
+    }
+    let effort = match body.get("reasoning_effort").and_then(Value::as_str) {
+        None => default_effort,
+        Some("low" | "minimal") => Effort::Low,
+        Some("medium") => Effort::Medium,
+        Some("high") => Effort::High,
+        Some(other) => return Err(bad("reasoning_effort", format!("{other:?} is not low, medium or high"))),
+    };
+    let messages = body.get("messages").and_then(Value::as_array).ok_or_else(|| bad("messages", "a list of messages is required"))?;
+
+    let mut instructions: Vec<String> = Vec::new();
+    let mut rest = Vec::new();
+    // Tool call id → function name, for the tool results that follow.
+    let mut call_names: HashMap<String, String> = HashMap::new();
+    for (i, m) in messages.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        match role {
+            "system" | "developer" => {
+                let t = text_of(m.get("content"), &at)?;
+                if !t.trim().is_empty() {
+                    instructions.push(t);
+                }
+            }
+            "user" => rest.push(Message::from_role_and_content(Role::User, text_of(m.get("content"), &at)?)),
+            "assistant" => {
+                let reasoning = ["reasoning_content", "reasoning", "thinking"].iter().find_map(|f| m.get(*f).and_then(Value::as_str).filter(|r| !r.trim().is_empty()));
+                if let Some(r) = reasoning {
+                    rest.push(Message::from_role_and_content(Role::Assistant, r).with_channel("analysis"));
+                }
+                let calls = m.get("tool_calls").and_then(Value::as_array).filter(|c| !c.is_empty());
+                let content = text_of(m.get("content"), &at)?;
+                if !content.trim().is_empty() {
+                    // Beside calls, text is a preamble: commentary the model said before calling.
+                    let channel = if calls.is_some() { "commentary" } else { "final" };
+                    rest.push(Message::from_role_and_content(Role::Assistant, content).with_channel(channel));
+                }
+                for (j, c) in calls.into_iter().flatten().enumerate() {
+                    let name = c.pointer("/function/name").and_then(Value::as_str).filter(|n| !n.is_empty());
+                    let Some(name) = name else {
+                        return Err(bad(&format!("{at}.tool_calls[{j}]"), "a tool call needs function.name"));
+                    };
+                    let args = match c.pointer("/function/arguments") {
+                        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+                        Some(Value::String(_)) | None | Some(Value::Null) => "{}".to_owned(),
+                        Some(other) => other.to_string(),
+                    };
+                    if let Some(id) = c.get("id").and_then(Value::as_str) {
+                        call_names.insert(id.to_owned(), name.to_owned());
+                    }
+                    rest.push(
+                        Message::from_role_and_content(Role::Assistant, args)
+                            .with_channel("commentary")
+                            .with_recipient(format!("functions.{name}"))
+                            .with_content_type("<|constrain|>json"),
+                    );
+                }
+            }
+            "tool" => {
+                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+                let Some(name) = call_names.get(id).cloned().or_else(|| m.get("name").and_then(Value::as_str).map(str::to_owned)) else {
+                    return Err(bad(&at, format!("tool result for call {id:?}, which no earlier assistant message made")));
+                };
+                let content = text_of(m.get("content"), &at)?;
+                rest.push(
+                    Message::from_author_and_content(Author::new(Role::Tool, format!("functions.{name}")), content)
+                        .with_channel("commentary")
+                        .with_recipient("assistant"),
+                );
+            }
+            other => return Err(bad(&format!("{at}.role"), format!("{other:?} cannot be rendered (system, developer, user, assistant, tool)"))),
+        }
+    }
+
+    // Harmony's rule: the analysis of turns before the last final answer is dropped.
+    let last_assistant_final = rest.iter().rev().find(|m| m.author.role == Role::Assistant).is_some_and(|m| m.channel.as_deref() == Some("final"));
+    if last_assistant_final {
+        if let Some(last_final) = rest.iter().rposition(|m| m.author.role == Role::Assistant && m.channel.as_deref() == Some("final")) {
+            let mut i = 0;
+            rest.retain(|m| {
+                let keep = !(i < last_final && m.channel.as_deref() == Some("analysis"));
+                i += 1;
+                keep
+            });
+        }
+    }
+
+    let mut developer = DeveloperContent::new();
+    let tool_choice_none = body.get("tool_choice").and_then(Value::as_str) == Some("none");
+    if let Some(tools) = body.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty() && !tool_choice_none) {
+        let mut descs = Vec::new();
+        for (j, t) in tools.iter().enumerate() {
+            if t.get("type").and_then(Value::as_str).unwrap_or("function") != "function" {
+                return Err(bad(&format!("tools[{j}].type"), "only function tools can be rendered"));
+            }
+            let f = &t["function"];
+            let Some(name) = f.get("name").and_then(Value::as_str) else {
+                return Err(bad(&format!("tools[{j}].function.name"), "a tool needs a name"));
+            };
+            let desc = f.get("description").and_then(Value::as_str).unwrap_or("");
+            descs.push(ToolDescription::new(name, desc, f.get("parameters").cloned()));
+        }
+        developer = developer.with_function_tools(descs);
+    }
+    match body.get("response_format") {
+        None | Some(Value::Null) => {}
+        Some(rf) => match rf.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some("json_object") => instructions.push("# Response Formats\n\nRespond with a single JSON object.".to_owned()),
+            Some("json_schema") => {
+                let js = &rf["json_schema"];
+                let name = js.get("name").and_then(Value::as_str).unwrap_or("response");
+                let schema = js.get("schema").cloned().unwrap_or(json!({}));
+                let mut section = format!("# Response Formats\n\n## {name}\n\n");
+                if let Some(d) = js.get("description").and_then(Value::as_str) {
+                    section.push_str(&format!("// {d}\n"));
+                }
+                section.push_str(&schema.to_string());
+                instructions.push(section);
+            }
+            other => return Err(bad("response_format.type", format!("{other:?} is not text, json_object or json_schema"))),
+        },
+    }
+    if !instructions.is_empty() {
+        developer = developer.with_instructions(instructions.join("\n\n"));
+    }
+
+    let system = SystemContent::new().with_reasoning_effort(effort.harmony()).with_conversation_start_date(date);
+    let mut head = vec![Message::from_role_and_content(Role::System, system)];
+    if developer.instructions.is_some() || developer.tools.is_some() {
+        head.push(Message::from_role_and_content(Role::Developer, developer));
+    }
+    Ok((head, rest))
+}
+
+impl HarmonyRender {
+    /// The prompt's token ids: head and each message from the cache when seen before.
+    fn render(&self, head: &[Message], rest: &[Message]) -> Result<Vec<u32>, ApiError> {
+        let failed = |e: String| ApiError::new(400, "invalid_request_error", Some("unsupported_by_harmony_render"), format!("messages: cannot render: {e}"));
+        let mut tokens = Vec::new();
+        let key = serde_json::to_string(head).unwrap_or_default();
+        let head_tokens = self.cache.get_or_render(key, || {
+            // As a conversation: the system message says the tools' channel when there are tools.
+            let conv = Conversation::from_messages(head.to_vec());
+            let mut t = Vec::new();
+            self.enc.render_conversation_into(&conv.messages, &mut t, None).map_err(|e| e.to_string())?;
+            Ok(t)
+        });
+        tokens.extend_from_slice(&head_tokens.map_err(failed)?);
+        for m in rest {
+            let key = serde_json::to_string(m).unwrap_or_default();
+            let t = self.cache.get_or_render(key, || self.enc.render(m, None).map_err(|e| e.to_string())).map_err(failed)?;
+            tokens.extend_from_slice(&t);
+        }
+        // The next turn is the assistant's.
+        let start = self.enc.tokenizer().encode_with_special_tokens("<|start|>assistant");
+        tokens.extend(start);
+        Ok(tokens)
+    }
+}
+
+/// Client stops that are plain text (never `<|end|>` and friends: they would end the reply
+/// early; the model's own stop tokens end it).
+fn client_stops(body: &Value) -> Vec<String> {
+    let stops: Vec<String> = match body.get("stop") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    };
+    stops.into_iter().filter(|s| !s.is_empty() && !crate::markup::has_markup(s)).collect()
+}
+
+impl Stage for HarmonyRender {
+    /// After every `on_request`: the history is repaired and remembered reasoning is back
+    /// (`reasoning-memory` puts it in the chat request; here it becomes the analysis message).
+    fn on_upstream_request(&mut self, up: &mut UpstreamRequest) -> Result<(), ApiError> {
+        let body = &up.body;
+        let (head, rest) = conversation(body, self.cfg.reasoning_effort, &today())?;
+        let prompt = self.render(&head, &rest)?;
+        self.prompt_tokens = prompt.len();
+        let mut out = serde_json::Map::new();
+        out.insert("model".into(), body.get("model").cloned().unwrap_or(Value::Null));
+        out.insert("prompt".into(), json!(prompt));
+        out.insert("stream".into(), Value::Bool(true));
+        let max = body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).filter(|v| v.is_u64()).cloned();
+        for k in ["temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias"] {
+            if let Some(v) = body.get(k).filter(|v| !v.is_null()) {
+                out.insert(k.into(), v.clone());
+            }
+        }
+        let stops = client_stops(body);
+        if !stops.is_empty() {
+            out.insert("stop".into(), json!(stops));
+        }
+        match self.cfg.endpoint {
+            RenderEndpoint::Completions => {
+                if let Some(m) = max {
+                    out.insert("max_tokens".into(), m);
+                }
+                // vLLM strips special tokens from completion text unless told otherwise.
+                out.insert("skip_special_tokens".into(), Value::Bool(false));
+                up.endpoint = Endpoint::Completions;
+            }
+            RenderEndpoint::Llama => {
+                out.insert("n_predict".into(), max.unwrap_or(json!(-1)));
+                out.insert("return_tokens".into(), Value::Bool(true));
+                out.insert("cache_prompt".into(), Value::Bool(true));
+                up.endpoint = Endpoint::LlamaCompletion;
+            }
+        }
+        up.body = Value::Object(out);
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
+        match ev {
+            // The client's usage counts the prompt the proxy rendered, exactly.
+            Event::Usage(mut u) if self.prompt_tokens > 0 => {
+                let completion = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+                u["prompt_tokens"] = json!(self.prompt_tokens);
+                u["total_tokens"] = json!(self.prompt_tokens as u64 + completion);
+                out.push(Event::Usage(u));
+            }
+            other => out.push(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(body: Value) -> String {
+        let enc = crate::testing::encoding();
+        let f = HarmonyRenderFactory { cfg: HarmonyRenderConfig::default(), enc: enc.clone(), cache: Arc::new(RenderCache::default()) };
+        let stage = HarmonyRender { cfg: f.cfg.clone(), enc: enc.clone(), cache: f.cache.clone(), prompt_tokens: 0 };
+        let (head, rest) = conversation(&body, Effort::Medium, "2026-11-22").unwrap();
+        let tokens = stage.render(&head, &rest).unwrap();
+        enc.tokenizer().decode_utf8(&tokens).unwrap()
+    }
+
+    fn weather_tool() -> Value {
+        json!([{"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
+    }
+
+    #[test]
+    fn a_plain_question_with_a_system_prompt() {
+        insta::assert_snapshot!(rendered(json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]})));
+    }
+
+    #[test]
+    fn tools_become_the_functions_namespace() {
+        insta::assert_snapshot!(rendered(json!({"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": weather_tool()})));
+        let none = rendered(json!({"messages": [{"role": "user", "content": "x"}], "tools": weather_tool(), "tool_choice": "none"}));
+        assert!(!none.contains("get_weather"), "tool_choice none leaves them out");
+    }
+
+    #[test]
+    fn a_tool_loop_with_reasoning_and_a_preamble() {
+        insta::assert_snapshot!(rendered(json!({"reasoning_effort": "high", "tools": weather_tool(), "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": "Checking.", "reasoning_content": "Need the tool.", "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "7 C"}
+        ]})));
+    }
+
+    #[test]
+    fn older_analysis_is_dropped_after_a_final_answer() {
+        let text = rendered(json!({"messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "A.", "reasoning_content": "old thought"},
+            {"role": "user", "content": "b"}
+        ]}));
+        assert!(!text.contains("old thought"), "{text}");
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn response_format_json_schema_is_a_response_format_section() {
+        insta::assert_snapshot!(rendered(json!({"messages": [{"role": "user", "content": "Give me a city."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object", "properties": {"name": {"type": "string"}}}}}})));
+    }
+
+    #[test]
+    fn what_cannot_be_rendered_is_a_400_naming_the_place() {
+        let err = |body: Value| conversation(&body, Effort::Medium, "2026-11-22").unwrap_err();
+        let e = err(json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": "x"}}]}]}));
+        assert_eq!((e.status, e.message.as_str()), (400, "messages[0].content[1]: gpt-oss reads text only; a `image_url` part cannot be rendered"));
+        assert!(err(json!({"n": 2, "messages": []})).message.starts_with("n: "));
+        assert!(err(json!({"messages": [{"role": "tool", "tool_call_id": "x", "content": "1"}]})).message.starts_with("messages[0]: tool result"));
+        assert!(err(json!({"messages": [{"role": "wizard", "content": "1"}]})).message.starts_with("messages[0].role"));
+    }
+
+    #[test]
+    fn special_tokens_are_never_client_stops() {
+        assert_eq!(client_stops(&json!({"stop": ["<|end|>", "END", "<|return|>", ""]})), ["END"]);
+    }
+
+    #[test]
+    fn today_is_a_calendar_date() {
+        let d = today();
+        assert_eq!(d.len(), 10);
+        assert!(d.starts_with("20"), "{d}");
+    }
+}

@@ -1,0 +1,130 @@
+//! Issue: harmony-render, the proxy speaks Harmony both ways. The mock answers the raw
+//! completion endpoints (`/v1/completions`: text with special tokens; `/completion`: token
+//! ids) and keeps the prompt the proxy rendered, decoded, in `last_request.prompt_text`.
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// `native` (endpoint `completions`) for `native-*` models; the same with endpoint `llama`
+/// for `nllama-*`.
+fn native_env() -> Env {
+    Env::with_config(|mock| {
+        format!(
+            r#"
+[upstreams.default]
+url = "{mock}/v1"
+read_timeout = "5s"
+[[routes]]
+path = "/v1/chat/completions"
+models = ["native-*"]
+upstream = "default"
+pipeline = "native"
+[[routes]]
+path = "/v1/chat/completions"
+models = ["nllama-*"]
+upstream = "default"
+pipeline = "nllama"
+[pipelines.nllama]
+stages = [
+  {{ type = "history-clean" }},
+  {{ type = "harmony-render", endpoint = "llama", reasoning_effort = "low" }},
+  {{ type = "harmony-parse" }},
+  {{ type = "reasoning-memory" }},
+  {{ type = "tool-bridge", mode = "openai_tool_calls", reasoning = "reasoning_content", preambles = "content" }},
+  {{ type = "sse-encode" }},
+]
+"#
+        )
+    })
+}
+
+fn tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+}
+
+#[test]
+fn both_endpoints_give_the_exact_answer_streamed_and_not() {
+    let env = native_env();
+    for model in ["native-gpt-oss", "nllama-gpt-oss"] {
+        for stream in [true, false] {
+            let mut body = chat_body(model, stream, "scenario:weather");
+            body["tools"] = tools();
+            let r = post(&env.url("/v1/chat/completions"), &body);
+            assert_eq!(r.status, 200, "{model}: {}", r.text());
+            let a = r.assemble(stream);
+            assert_eq!(a.reasoning, "Need the weather tool for Paris.", "{model} stream={stream}");
+            assert_eq!(a.content, "I'll check the weather.", "{model} stream={stream}: the preamble, known as one");
+            assert_eq!(a.tool_calls.len(), 1);
+            assert_eq!((a.tool_calls[0].1.as_str(), a.tool_calls[0].2.as_str()), ("get_weather", "{\"city\":\"Paris\",\"unit\":\"celsius\"}"));
+            assert_eq!(a.finish, "tool_calls");
+            let sent = env.mock_stats()["last_request"].clone();
+            let prompt = sent["prompt_text"].as_str().unwrap();
+            assert!(prompt.starts_with("<|start|>system<|message|>") && prompt.ends_with("<|start|>assistant"), "{prompt}");
+            assert!(prompt.contains("type get_weather = "), "tools rendered: {prompt}");
+            if model.starts_with("nllama") {
+                assert_eq!(sent["return_tokens"], true);
+                assert!(prompt.contains("Reasoning: low"), "{prompt}");
+            } else {
+                assert_eq!(sent["skip_special_tokens"], false, "vLLM keeps special tokens only when asked");
+            }
+            let hello = post(&env.url("/v1/chat/completions"), &chat_body(model, stream, "hi")).assemble(stream);
+            assert_eq!((hello.content.as_str(), hello.finish.as_str()), ("Hello! How can I help you today?", "stop"));
+        }
+    }
+}
+
+/// The chat endpoint of llama.cpp drops a tool call when the request declares no `tools`;
+/// rendered by the proxy, the call the model makes arrives all the same.
+#[test]
+fn a_tool_call_arrives_without_tools_declared() {
+    let env = native_env();
+    let a = post(&env.url("/v1/chat/completions"), &chat_body("native-x", true, "scenario:weather")).assemble(true);
+    assert_eq!(a.tool_calls[0].1, "get_weather");
+    assert!(!env.mock_stats()["last_request"]["prompt_text"].as_str().unwrap().contains("namespace functions"));
+}
+
+#[test]
+fn usage_counts_the_rendered_prompt_exactly() {
+    let env = native_env();
+    for model in ["native-x", "nllama-x"] {
+        let mut body = chat_body(model, true, "hi");
+        body["stream_options"] = json!({"include_usage": true});
+        let r = post(&env.url("/v1/chat/completions"), &body);
+        let usage: Value = serde_json::from_str(r.assemble(true).usage.as_deref().expect("usage")).unwrap();
+        let sent = env.mock_stats()["last_request"]["prompt"].as_array().unwrap().len();
+        assert_eq!(usage["prompt_tokens"].as_u64(), Some(sent as u64), "{model}: {usage}");
+    }
+}
+
+#[test]
+fn requests_the_renderer_cannot_express_get_a_400_naming_the_place() {
+    let env = native_env();
+    let image = json!({"model": "native-x", "messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}]});
+    let r = post(&env.url("/v1/chat/completions"), &image);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["message"], "messages[0].content[1]: gpt-oss reads text only; a `image_url` part cannot be rendered");
+    let mut two = chat_body("native-x", false, "hi");
+    two["n"] = json!(2);
+    assert_eq!(post(&env.url("/v1/chat/completions"), &two).status, 400);
+    assert_eq!(env.mock_stats()["requests"], 0, "nothing went upstream");
+}
+
+/// A tool loop through `native`: the client drops the reasoning; reasoning memory puts it
+/// back, and the renderer makes it the turn's analysis message.
+#[test]
+fn remembered_reasoning_becomes_the_analysis_message() {
+    let env = native_env();
+    let first = post(&env.url("/v1/chat/completions"), &chat_body("native-x", false, "scenario:weather")).json();
+    let calls = first["choices"][0]["message"]["tool_calls"].clone();
+    let id = calls[0]["id"].as_str().unwrap();
+    let body = json!({"model": "native-x", "messages": [
+        {"role": "user", "content": "scenario:weather"},
+        {"role": "assistant", "content": null, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": id, "content": "7 C"},
+    ]});
+    assert_eq!(post(&env.url("/v1/chat/completions"), &body).status, 200);
+    let prompt = env.mock_stats()["last_request"]["prompt_text"].as_str().unwrap().to_owned();
+    assert!(prompt.contains("<|start|>assistant<|channel|>analysis<|message|>Need the weather tool for Paris.<|end|>"), "{prompt}");
+    assert!(prompt.contains("<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>7 C<|end|>"), "{prompt}");
+}
