@@ -103,8 +103,11 @@ pub enum Event {
     UpstreamReasoning(String),
     /// A tool-call fragment the upstream already parsed.
     UpstreamToolCall(UpstreamToolCall),
-    /// Token ids of raw model output (llama.cpp's `/completion` with `return_tokens`).
-    UpstreamTokens(Vec<u32>),
+    /// Token ids of raw model output (llama.cpp's `/completion` with `return_tokens`), with
+    /// the text the upstream decoded them to: llama.cpp holds back a token that ends inside a
+    /// UTF-8 character and then sends the whole text with only the last id, so the ids are
+    /// the authority on special tokens and headers, the text on content.
+    UpstreamTokens { ids: Vec<u32>, text: String },
 
     /// Parsed text of one channel.
     Text(Channel, String),

@@ -24,6 +24,11 @@ pub fn parse_chunks(f: &HarmonyParseFactory, chunks: &[&str]) -> Vec<String> {
     out.into_iter().map(render).collect()
 }
 
+/// One event, compactly (`final:text`, `tool:name`, `args:…`, `end`).
+pub fn event_string(e: &Event) -> String {
+    render(e.clone())
+}
+
 fn render(e: Event) -> String {
     match e {
         Event::Text(Channel::Final, t) => format!("final:{t}"),

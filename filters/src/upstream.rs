@@ -23,9 +23,12 @@ struct Chunk<'a> {
     usage: Option<serde_json::Value>,
     #[serde(default)]
     error: Option<serde_json::Value>,
-    // llama.cpp's native `/completion` stream: token ids, and `stop` on the last chunk.
+    // llama.cpp's native `/completion` stream: token ids with their text, and `stop` on the
+    // last chunk.
     #[serde(default)]
     tokens: Option<Vec<u32>>,
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
     #[serde(default)]
     stop: Option<bool>,
     #[serde(default, borrow)]
@@ -92,7 +95,7 @@ fn chunk_events(chunk: Chunk<'_>, out: &mut Vec<Event>, saw_finish: &mut bool) {
     }
     // llama.cpp's native stream: ids straight to the parser; the last chunk says why it stopped.
     if let Some(ids) = chunk.tokens.filter(|t| !t.is_empty()) {
-        out.push(Event::UpstreamTokens(ids));
+        out.push(Event::UpstreamTokens { ids, text: chunk.content.map(Cow::into_owned).unwrap_or_default() });
     }
     if chunk.stop == Some(true) {
         *saw_finish = true;

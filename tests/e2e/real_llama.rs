@@ -176,17 +176,26 @@ pub enum Pipeline {
     IdeTools,
     TextTools,
     Passthrough,
+    /// `native`: harmony-render on `/v1/completions`.
+    Native,
+    /// `native` with `endpoint = "llama"`: llama.cpp's `/completion`, token ids both ways.
+    NativeLlama,
 }
 
 impl Pipeline {
-    pub const ALL: [Pipeline; 4] = [Self::Harmony, Self::IdeTools, Self::TextTools, Self::Passthrough];
+    pub const ALL: [Pipeline; 6] = [Self::Harmony, Self::IdeTools, Self::TextTools, Self::Passthrough, Self::Native, Self::NativeLlama];
     pub fn model(self) -> &'static str {
         match self {
             Self::Harmony => "gpt-oss-tiny",
             Self::IdeTools => "ide-gpt-oss-tiny",
             Self::TextTools => "text-gpt-oss-tiny",
             Self::Passthrough => "pass-gpt-oss-tiny",
+            Self::Native => "native-gpt-oss-tiny",
+            Self::NativeLlama => "nllama-gpt-oss-tiny",
         }
+    }
+    fn renders(self) -> bool {
+        matches!(self, Self::Native | Self::NativeLlama)
     }
 }
 
@@ -194,7 +203,34 @@ impl Pipeline {
 pub fn proxy_for(llama: &Llama, dir: &Path) -> Proc {
     // A tiny model on a loaded 2-core machine (other suites run beside it, and grammar
     // sampling checks every candidate token) can pause for seconds between tokens.
-    let cfg = config(&llama.url, "").replace("read_timeout = \"5s\"", "read_timeout = \"60s\"");
+    let native_routes = r#"
+[[routes]]
+path = "/v1/chat/completions"
+models = ["native-*"]
+upstream = "default"
+pipeline = "native"
+
+[[routes]]
+path = "/v1/chat/completions"
+models = ["nllama-*"]
+upstream = "default"
+pipeline = "native-llama"
+
+[pipelines.native-llama]
+stages = [
+  { type = "history-clean" },
+  { type = "harmony-render", endpoint = "llama" },
+  { type = "retry", max_retries = 3, backoff = "500ms" },
+  { type = "harmony-parse" },
+  { type = "fallback" },
+  { type = "reasoning-memory" },
+  { type = "tool-bridge", mode = "openai_tool_calls", reasoning = "reasoning_content", preambles = "content" },
+  { type = "watchdog", no_final_timeout = "120s" },
+  { type = "sse-encode" },
+]
+"#;
+    // First match wins: the native routes go before the shared config's catch-all.
+    let cfg = config(&llama.url, "").replace("read_timeout = \"5s\"", "read_timeout = \"60s\"").replacen("[[routes]]", &format!("{native_routes}\n[[routes]]"), 1);
     std::fs::write(dir.join("proxy.toml"), cfg).unwrap();
     spawn(&["serve", "--config", "proxy.toml", "--port", "0"], dir, &[])
 }
@@ -280,6 +316,14 @@ impl<'a> Scenario<'a> {
 /// with or without `tools` declared in the request.
 pub fn expected(sc: &Scenario, mode: ServerMode, pipeline: Pipeline, tools: bool, stream: bool) -> Got {
     let _ = mode;
+    if pipeline.renders() {
+        // The proxy rendered the prompt and read the raw completion: exactly what the model
+        // said, in any server mode, the tool call too when no `tools` were declared, and a
+        // preamble known as one (shown as content: `preambles = "content"`).
+        let tools_out: Vec<(String, String)> = sc.tool.iter().map(|(n, a)| (n.to_string(), a.to_string())).collect();
+        let finish = if tools_out.is_empty() { "stop" } else { "tool_calls" };
+        return Got { content: format!("{}{}", sc.preamble, sc.final_text), reasoning: sc.reasoning.to_owned(), tools: tools_out, finish: finish.to_owned() };
+    }
     // llama-server drops a tool call when the request declared no `tools`, in every mode:
     // the call never reaches the proxy, so no pipeline can give it back (only harmony-render,
     // which reads the raw completion, can).
@@ -301,7 +345,7 @@ pub fn expected(sc: &Scenario, mode: ServerMode, pipeline: Pipeline, tools: bool
         match pipeline {
             Pipeline::Harmony => {}
             Pipeline::TextTools => content.push_str(&format!("\n[tool:{name}] {args}\n")),
-            Pipeline::IdeTools | Pipeline::Passthrough => tools_out.push((name.to_owned(), args.to_owned())),
+            Pipeline::IdeTools | Pipeline::Passthrough | Pipeline::Native | Pipeline::NativeLlama => tools_out.push((name.to_owned(), args.to_owned())),
         }
     }
     let finish = if tools_out.is_empty() { "stop" } else { "tool_calls" };
@@ -397,7 +441,7 @@ fn agent_session(mode: ServerMode) {
     let llama = Llama::start(h, &h.models["agent"], mode, dir.path());
     let proxy = proxy_for(&llama, dir.path());
     let mut agents = Vec::new();
-    for pipeline in [Pipeline::IdeTools, Pipeline::Passthrough] {
+    for pipeline in [Pipeline::IdeTools, Pipeline::Passthrough, Pipeline::Native, Pipeline::NativeLlama] {
         for stream in [false, true] {
             agents.push(json!({
                 "name": format!("agent {mode:?} {pipeline:?} stream={stream}"),

@@ -208,20 +208,23 @@ const GLUED: [(&str, &str); 3] = [
     ("assistantcommentary", "commentary"),
 ];
 
-/// The token-id road: the official parser, started inside an assistant turn's header.
+/// The token-id road: the official parser, started inside an assistant turn's header, reads
+/// every id (it is the authority on headers: channel, recipient). Content bytes are decoded
+/// here and released only as complete UTF-8: a character split across tokens (an emoji, CJK)
+/// must not reach the client as a replacement character.
 struct TokenPath {
     parser: StreamableParser,
-    /// Messages the parser had completed when we last looked.
-    done: usize,
-    /// The open message's content has started (its channel and recipient are known).
+    /// Between `<|message|>` and the message's stop token: where its text goes.
     open: Option<Target>,
+    /// Content bytes of an incomplete UTF-8 sequence.
+    pending: Vec<u8>,
 }
 
 impl TokenPath {
     fn new(enc: &HarmonyEncoding) -> Self {
         let parser = StreamableParser::new_with_options(enc.clone(), Some(openai_harmony::chat::Role::Assistant), ParseOptions { strict: false })
             .expect("the Harmony encoding has its stop tokens");
-        Self { parser, done: 0, open: None }
+        Self { parser, open: None, pending: Vec::new() }
     }
 
     fn target(&self) -> Target {
@@ -233,55 +236,68 @@ impl TokenPath {
         }
     }
 
-    /// Feeds ids; pushes what they say. Returns how many the parser refused.
-    fn feed(&mut self, ids: &[Rank], out: &mut Vec<Event>) -> u64 {
+    fn emit(target: Target, text: String, out: &mut Vec<Event>) {
+        if text.is_empty() {
+            return;
+        }
+        out.push(match target {
+            Target::Text(ch) => Event::Text(ch, text),
+            Target::Tool => Event::ToolCallArgs(text),
+        });
+    }
+
+    /// Feeds one upstream chunk: its ids and the text the upstream decoded them to. Pushes
+    /// what they say; returns how many ids the parser refused.
+    fn feed(&mut self, sh: &Shared, ids: &[Rank], text: &str, out: &mut Vec<Event>) -> u64 {
+        let is_special = |id: &Rank| [sh.message, sh.end, sh.ret, sh.call, sh.start, sh.channel].contains(id) || *id >= 199_998;
+        // Plain content: the upstream's text is whole even when it sent fewer ids than tokens.
+        if let Some(target) = self.open.filter(|_| !text.is_empty() && !ids.iter().any(is_special)) {
+            let mut errors = 0;
+            for &id in ids {
+                errors += u64::from(self.parser.process(id).is_err());
+            }
+            self.pending.clear();
+            Self::emit(target, text.to_owned(), out);
+            return errors;
+        }
         let mut errors = 0;
         for &id in ids {
             if self.parser.process(id).is_err() {
                 errors += 1;
-                continue;
             }
-            if let Ok(Some(delta)) = self.parser.last_content_delta() {
-                if !delta.is_empty() {
-                    let target = match self.open {
-                        Some(t) => t,
-                        None => {
-                            let t = self.target();
-                            if t == Target::Tool {
-                                out.push(Event::ToolCallStart { name: self.parser.current_recipient().unwrap_or_default(), id: None });
-                            }
-                            self.open = Some(t);
-                            t
-                        }
-                    };
-                    out.push(match target {
-                        Target::Text(ch) => Event::Text(ch, delta),
-                        Target::Tool => Event::ToolCallArgs(delta),
-                    });
+            if id == sh.message {
+                let t = self.target();
+                if t == Target::Tool {
+                    out.push(Event::ToolCallStart { name: self.parser.current_recipient().unwrap_or_default(), id: None });
                 }
-            }
-            let done = self.parser.messages().len();
-            if done > self.done {
-                self.done = done;
+                self.open = Some(t);
+            } else if [sh.end, sh.ret, sh.call, sh.start].contains(&id) {
                 self.close_message(out);
+            } else if let Some(target) = self.open {
+                if let Ok(bytes) = sh.enc.tokenizer().decode_bytes([id]) {
+                    self.pending.extend_from_slice(&bytes);
+                    let valid = match std::str::from_utf8(&self.pending) {
+                        Ok(_) => self.pending.len(),
+                        // An error with no length is an incomplete sequence at the end: wait.
+                        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                        Err(_) => self.pending.len(),
+                    };
+                    let rest = self.pending.split_off(valid);
+                    let text = String::from_utf8_lossy(&std::mem::replace(&mut self.pending, rest)).into_owned();
+                    Self::emit(target, text, out);
+                }
             }
         }
         errors
     }
 
-    /// A message ended: a tool call ends with it (one with no content is announced now).
+    /// The open message ended: what it held goes out; a tool call ends with it.
     fn close_message(&mut self, out: &mut Vec<Event>) {
-        match self.open.take() {
-            Some(Target::Tool) => out.push(Event::ToolCallEnd),
-            Some(_) => {}
-            None => {
-                if let Some(m) = self.parser.messages().last() {
-                    if let Some(r) = m.recipient.clone().filter(|_| m.author.role == openai_harmony::chat::Role::Assistant) {
-                        out.push(Event::ToolCallStart { name: r, id: None });
-                        out.push(Event::ToolCallEnd);
-                    }
-                }
-            }
+        let Some(target) = self.open.take() else { return };
+        let held = String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned();
+        Self::emit(target, held, out);
+        if target == Target::Tool {
+            out.push(Event::ToolCallEnd);
         }
     }
 }
@@ -345,11 +361,8 @@ impl HarmonyParse {
     /// Release everything held and close the open message (end of the upstream's output).
     fn flush(&mut self, out: &mut Vec<Event>) {
         if let Some(tp) = &mut self.token_path {
-            // Cut before its stop token (max_tokens): a call in progress ends here.
-            if tp.open == Some(Target::Tool) {
-                out.push(Event::ToolCallEnd);
-            }
-            tp.open = None;
+            // Cut before its stop token (max_tokens): the open message ends here.
+            tp.close_message(out);
             return;
         }
         let mut scanner = std::mem::take(&mut self.scanner);
@@ -851,10 +864,10 @@ impl Stage for HarmonyParse {
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
         match ev {
             Event::Upstream(t) => self.push_text(&t, out),
-            Event::UpstreamTokens(ids) => {
+            Event::UpstreamTokens { ids, text } => {
                 let sh = self.sh.clone();
                 let tp = self.token_path.get_or_insert_with(|| TokenPath::new(&sh.enc));
-                self.parser_errors += tp.feed(&ids, out);
+                self.parser_errors += tp.feed(&sh, &ids, &text, out);
             }
             ev @ (Event::Finish(_) | Event::Error(_) | Event::Abort) => {
                 self.flush(out);
@@ -1002,6 +1015,67 @@ mod tests {
         assert_eq!(ev, ["tool:functions.search", "args:{}", "end"]);
         let ev = run(&["<|start|>assistant to=functions.query_dataset<|channel|>commentary<|constrain|>json<|message|>{}"]);
         assert_eq!(ev, ["tool:functions.query_dataset", "args:{}", "end"]);
+    }
+
+    /// Found by the real-llama suite: an emoji split across tokens came out as U+FFFD
+    /// through the parser's per-token delta on the token-id road.
+    #[test]
+    fn token_ids_split_inside_a_character_come_out_whole() {
+        let f = factory();
+        let enc = encoding();
+        let mut ids = enc.tokenizer().encode_with_special_tokens("<|channel|>final<|message|>Ok 🦀🌦️ 東京<|return|>");
+        // The ids of the multi-byte characters, one event each, as llama.cpp streams them.
+        let mut stage = f.stage();
+        let mut out = Vec::new();
+        for id in ids.drain(..) {
+            // No text: the ids alone must do (another server's shape).
+            stage.on_event(Event::UpstreamTokens { ids: vec![id], text: String::new() }, &mut out);
+        }
+        stage.on_end(&mut out);
+        let text: String = out.iter().map(|e| if let Event::Text(Channel::Final, t) = e { t.as_str() } else { "" }).collect();
+        assert_eq!(text, "Ok 🦀🌦️ 東京");
+        assert!(out.iter().all(|e| !matches!(e, Event::Text(_, t) if t.contains('\u{FFFD}'))), "{out:?}");
+    }
+
+    /// llama.cpp's native stream: a chunk that completes a held-back character carries the
+    /// whole text but only the last id.
+    #[test]
+    fn token_chunks_with_fewer_ids_than_their_text_keep_the_text() {
+        let f = factory();
+        let enc = encoding();
+        let tok = |s: &str| enc.tokenizer().encode_with_special_tokens(s);
+        let mut stage = f.stage();
+        let mut out = Vec::new();
+        for piece in ["<|channel|>", "final", "<|message|>", "Hi"] {
+            stage.on_event(Event::UpstreamTokens { ids: tok(piece), text: piece.to_owned() }, &mut out);
+        }
+        let crab = tok(" 🦀");
+        stage.on_event(Event::UpstreamTokens { ids: vec![*crab.last().unwrap()], text: " 🦀".to_owned() }, &mut out);
+        stage.on_event(Event::UpstreamTokens { ids: tok("<|return|>"), text: String::new() }, &mut out);
+        stage.on_end(&mut out);
+        let text: String = out.iter().map(|e| if let Event::Text(Channel::Final, t) = e { t.as_str() } else { "" }).collect();
+        assert_eq!(text, "Hi 🦀");
+    }
+
+    #[test]
+    fn token_ids_make_tool_calls_and_channels() {
+        let f = factory();
+        let enc = encoding();
+        let ids = enc.tokenizer().encode_with_special_tokens("<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Oslo\"}<|call|>");
+        let mut stage = f.stage();
+        let mut out = Vec::new();
+        stage.on_event(Event::UpstreamTokens { ids, text: String::new() }, &mut out);
+        stage.on_end(&mut out);
+        let ev: Vec<String> = out.iter().map(crate::testing::event_string).collect();
+        // Merge runs of the same kind (one event per token).
+        let mut merged: Vec<String> = Vec::new();
+        for e in ev {
+            match (merged.last_mut(), e.split_once(':')) {
+                (Some(last), Some((kind, text))) if last.starts_with(&format!("{kind}:")) && kind != "tool" => last.push_str(text),
+                _ => merged.push(e),
+            }
+        }
+        assert_eq!(merged, ["analysis:Think.", "tool:functions.get_weather", "args:{\"city\":\"Oslo\"}", "end"]);
     }
 
     #[test]
