@@ -473,5 +473,11 @@ stages = [{ type = "harmony-parse", extra = 1 }, { type = "retry", backoff = "5x
         let t = OK.replace(r#"{ type = "tool-bridge" }, "#, "");
         let e = load_text(&t).unwrap_err().0.join("\n");
         assert!(e.contains("a pipeline needs a `tool-bridge`"), "{e}");
+        // harmony-render asks for raw Harmony: someone must parse it.
+        let t = OK.replace(r#"{ type = "harmony-parse" }, "#, r#"{ type = "harmony-render" }, "#);
+        let e = load_text(&t).unwrap_err().0.join("\n");
+        assert!(e.contains("`harmony-render` needs a `harmony-parse` after it"), "{e}");
+        let t = OK.replace(r#"{ type = "harmony-parse" }, "#, r#"{ type = "harmony-parse" }, { type = "harmony-render" }, "#);
+        assert!(load_text(&t).unwrap_err().0.join("\n").contains("needs a `harmony-parse` after it"));
     }
 }

@@ -324,8 +324,25 @@ pub fn conversation(body: &Value, default_effort: Effort, date: &str) -> Result<
     Ok((head, rest))
 }
 
-impl HarmonyRender {
-    /// The prompt's token ids: head and each message from the cache when seen before.
+/// The prompt a chat request renders to, as token ids (what the stage sends; public for the
+/// benchmark and tests). `date` is the conversation's date (`YYYY-MM-DD`).
+pub fn render_request(enc: &HarmonyEncoding, cache: &RenderCache, body: &Value, default_effort: Effort, date: &str) -> Result<Vec<u32>, ApiError> {
+    let (head, rest) = conversation(body, default_effort, date)?;
+    render_messages(enc, cache, &head, &rest)
+}
+
+/// The prompt's token ids: head and each message from the cache when seen before.
+fn render_messages(enc: &HarmonyEncoding, cache: &RenderCache, head: &[Message], rest: &[Message]) -> Result<Vec<u32>, ApiError> {
+    let r = Renderer { enc, cache };
+    r.render(head, rest)
+}
+
+struct Renderer<'a> {
+    enc: &'a HarmonyEncoding,
+    cache: &'a RenderCache,
+}
+
+impl Renderer<'_> {
     fn render(&self, head: &[Message], rest: &[Message]) -> Result<Vec<u32>, ApiError> {
         let failed = |e: String| ApiError::new(400, "invalid_request_error", Some("unsupported_by_harmony_render"), format!("messages: cannot render: {e}"));
         let mut tokens = Vec::new();
@@ -366,8 +383,7 @@ impl Stage for HarmonyRender {
     /// (`reasoning-memory` puts it in the chat request; here it becomes the analysis message).
     fn on_upstream_request(&mut self, up: &mut UpstreamRequest) -> Result<(), ApiError> {
         let body = &up.body;
-        let (head, rest) = conversation(body, self.cfg.reasoning_effort, &today())?;
-        let prompt = self.render(&head, &rest)?;
+        let prompt = render_request(&self.enc, &self.cache, body, self.cfg.reasoning_effort, &today())?;
         self.prompt_tokens = prompt.len();
         let mut out = serde_json::Map::new();
         out.insert("model".into(), body.get("model").cloned().unwrap_or(Value::Null));
@@ -424,9 +440,7 @@ mod tests {
     fn rendered(body: Value) -> String {
         let enc = crate::testing::encoding();
         let f = HarmonyRenderFactory { cfg: HarmonyRenderConfig::default(), enc: enc.clone(), cache: Arc::new(RenderCache::default()) };
-        let stage = HarmonyRender { cfg: f.cfg.clone(), enc: enc.clone(), cache: f.cache.clone(), prompt_tokens: 0 };
-        let (head, rest) = conversation(&body, Effort::Medium, "2026-11-22").unwrap();
-        let tokens = stage.render(&head, &rest).unwrap();
+        let tokens = render_request(&enc, &f.cache, &body, Effort::Medium, "2026-11-22").unwrap();
         enc.tokenizer().decode_utf8(&tokens).unwrap()
     }
 
