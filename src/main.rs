@@ -246,6 +246,9 @@ fn serve(args: ServeArgs, path: Option<PathBuf>, mock: Option<(std::net::TcpList
     };
     init_logging(&cfg);
     let log_format = cfg.server.log_format;
+    if let Some((before, after)) = server::raise_fd_limit() {
+        tracing::info!(soft_limit_before = before, soft_limit = after, "open file limit");
+    }
     let enc = match encoding() {
         Ok(e) => e,
         Err(c) => return c,

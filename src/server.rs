@@ -76,13 +76,22 @@ pub async fn serve(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff.reset();
+                    x
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors (or another transient failure): wait for streams to
+                    // end instead of spinning on a listener that stays readable.
+                    let wait = backoff.failed(&e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut shutdown => break,
+                    }
                     continue;
                 }
             },
@@ -127,6 +136,59 @@ pub async fn serve(
     tracing::info!(grace_s = grace.as_secs_f64(), "shutting down: letting in-flight requests finish");
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("shutdown grace ran out; closing remaining connections");
+    }
+}
+
+/// Accept failures: a doubling wait (10 ms up to 1 s) and one log line per second at most.
+#[derive(Default)]
+struct AcceptBackoff {
+    wait: Duration,
+    failures: u64,
+    last_log: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    fn reset(&mut self) {
+        self.wait = Duration::ZERO;
+    }
+
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.failures += 1;
+        self.wait = (self.wait * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        if self.last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            let out_of_fds = matches!(e.raw_os_error(), Some(23 | 24)); // ENFILE, EMFILE
+            tracing::warn!(error = %e, failures = self.failures, backoff_ms = self.wait.as_millis() as u64, out_of_file_descriptors = out_of_fds, "accept failed; backing off");
+            self.failures = 0;
+            self.last_log = Some(Instant::now());
+        }
+        self.wait
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (most services start at 1024, which
+/// holds only a few hundred streams: each takes a client and an upstream socket). Returns
+/// (before, after), or `None` where there is no such limit.
+pub fn raise_fd_limit() -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: a plain syscall on a struct we own.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return None;
+        }
+        let before = lim.rlim_cur as u64;
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                return Some((before, lim.rlim_max as u64));
+            }
+        }
+        Some((before, before))
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }
 

@@ -99,10 +99,23 @@ impl Proc {
 
 /// Starts `BIN args…` and waits for its `… listening on URL` line.
 pub fn spawn(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Proc {
-    let stderr = cwd.join(format!("stderr-{}.log", fastrand::u64(..)));
     let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(cwd)
+    cmd.args(args);
+    spawn_command(cmd, cwd, env)
+}
+
+/// Runs `script` with `sh -c` (`$BIN` is the binary), e.g. to start it under `ulimit`; waits
+/// for the `… listening on URL` line of what it starts.
+pub fn spawn_shell(script: &str, cwd: &Path) -> Proc {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script).env("BIN", BIN);
+    spawn_command(cmd, cwd, &[])
+}
+
+fn spawn_command(mut cmd: Command, cwd: &Path, env: &[(&str, &str)]) -> Proc {
+    let stderr = cwd.join(format!("stderr-{}.log", fastrand::u64(..)));
+    let args = format!("{cmd:?}");
+    cmd.current_dir(cwd)
         .env_remove("UPSTREAM_BASE_URL")
         .env_remove("HARMONY_PROXY_CONFIG")
         .env_remove("RUST_LOG")

@@ -258,3 +258,44 @@ fn the_parsed_mock_reads_like_llama_server_and_the_proxy_reshapes_it() {
     assert_eq!(a.tool_calls[0].1, "get_weather");
     assert!(a.tool_calls[0].0.starts_with("call_"));
 }
+
+fn soft_fd_limit(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_owned();
+    let v: Vec<&str> = line.split_whitespace().collect();
+    (v[3].to_owned(), v[4].to_owned())
+}
+
+/// Started as most services start (`ulimit -n` 1024, or lower), the proxy held only a few
+/// hundred streams: it now raises its soft limit to the hard one.
+#[test]
+fn the_soft_file_limit_is_raised_to_the_hard_limit() {
+    let env = Env::start("");
+    std::fs::copy(env.config_path(), env.dir.path().join("low.toml")).unwrap();
+    let proxy = spawn_shell("ulimit -Sn 256 && exec \"$BIN\" serve --config low.toml --port 0", env.dir.path());
+    let (soft, hard) = soft_fd_limit(proxy.child.id());
+    assert_eq!(soft, hard, "soft limit raised to the hard one");
+    assert!(proxy.log().contains("soft_limit_before=256"), "{}", proxy.log());
+}
+
+/// Out of descriptors, accept fails over and over while the listener stays readable: the
+/// proxy backs off instead of spinning, says so at most once a second, and serves again
+/// once connections close.
+#[test]
+fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    let env = Env::start("");
+    std::fs::copy(env.config_path(), env.dir.path().join("tight.toml")).unwrap();
+    let proxy = spawn_shell("ulimit -n 48 && exec \"$BIN\" serve --config tight.toml --port 0", env.dir.path());
+    let addr = proxy.url.trim_start_matches("http://").to_owned();
+    let held: Vec<std::net::TcpStream> = (0..120).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
+    assert!(!held.is_empty());
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    drop(held);
+    let a = post(&format!("{}/v1/chat/completions", proxy.url), &chat_body("gpt-oss", false, "hi"));
+    assert_eq!(a.status, 200, "serves again: {}", a.text());
+    let log = proxy.log();
+    let lines = log.lines().filter(|l| l.contains("accept failed; backing off")).count();
+    assert!(lines >= 1, "the failure is said: {log}");
+    assert!(lines <= 4, "at most once a second ({lines} lines in ~2.5 s): {log}");
+    assert!(log.contains("out_of_file_descriptors=true"), "{log}");
+}
