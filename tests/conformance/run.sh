@@ -14,11 +14,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts "$@" in the background and prints the URL from its "listening on" line.
+# Starts "$@" in the background as NAME. Not inside $(…): a process started in a command
+# substitution belongs to a subshell, its pid never reaches `pids`, and the trap above could
+# not stop it (the suite used to leave its mock and proxy running).
 start() {
-  local out="$work/$1.out"; shift
-  "$@" > "$out" 2> "$out.err" &
+  local name=$1; shift
+  "$@" > "$work/$name.out" 2> "$work/$name.err" &
   pids+=($!)
+}
+
+# Prints the URL from NAME's "listening on" line once it is there.
+url_of() {
+  local out="$work/$1.out"
   for _ in $(seq 1 300); do
     if grep -q " listening on " "$out" 2>/dev/null; then
       sed -n 's/.* listening on \(http[^ ]*\).*/\1/p' "$out" | head -n1
@@ -26,12 +33,14 @@ start() {
     fi
     sleep 0.1
   done
-  echo "did not start: $*" >&2; cat "$out.err" >&2; return 1
+  echo "did not start: $1" >&2; cat "$work/$1.err" >&2; return 1
 }
 
-MOCK_URL=$(start mock "$bin" mock-upstream --port 0)
+start mock "$bin" mock-upstream --port 0
+MOCK_URL=$(url_of mock)
 export MOCK_URL
-PROXY_URL=$(start proxy "$bin" serve --config "$here/proxy.toml" --port 0)
+start proxy "$bin" serve --config "$here/proxy.toml" --port 0
+PROXY_URL=$(url_of proxy)
 export PROXY_URL
 echo "conformance: proxy $PROXY_URL, mock $MOCK_URL"
 
