@@ -28,6 +28,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::metrics::Metrics;
+use crate::pool::Lease;
 use crate::upstream::{Call, Outcome};
 
 /// Most a non-streamed upstream JSON answer may hold.
@@ -73,6 +74,8 @@ pub struct PipelineBody {
     pipeline: Arc<Compiled>,
     meta: RequestMeta,
     call: Arc<Call>,
+    /// The hold on the server streaming to us (its `outstanding` count), until the end.
+    lease: Option<Lease>,
     retries: u32,
     events: Vec<Event>,
     out: Vec<Event>,
@@ -98,6 +101,7 @@ impl PipelineBody {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         resp: http::Response<Incoming>,
+        lease: Lease,
         chain: Chain,
         pipeline: Arc<Compiled>,
         meta: RequestMeta,
@@ -118,6 +122,7 @@ impl PipelineBody {
             pipeline,
             meta,
             call,
+            lease: Some(lease),
             retries,
             events: Vec::with_capacity(8),
             out: Vec::with_capacity(8),
@@ -180,6 +185,7 @@ impl PipelineBody {
         self.collect();
         self.finished = true;
         self.phase = Phase::Done;
+        self.lease = None; // the upstream is dropped: its server has a slot free again
         self.stage_timer = None;
     }
 
@@ -230,6 +236,9 @@ impl PipelineBody {
     /// The upstream failed: retry if nothing reached the client, else end with the error.
     fn on_failure(&mut self, kind: &'static str, err: ApiError) {
         self.metrics.upstream_error(kind);
+        if let Some(l) = &self.lease {
+            l.server().failed(kind);
+        }
         if self.try_retry() {
             return;
         }
@@ -254,7 +263,9 @@ impl PipelineBody {
         self.metrics.upstream_retries.increment(1);
         let call = self.call.clone();
         let retries = self.retries;
-        self.phase = Phase::Connecting(Box::pin(call.run(retries, Some(wait))));
+        // The next try goes to another server when the pool has a healthy one.
+        let failed = self.lease.take().map(|l| l.server().clone());
+        self.phase = Phase::Connecting(Box::pin(call.run(retries, Some(wait), failed)));
         true
     }
 
@@ -345,14 +356,15 @@ impl Body for PipelineBody {
                     this.end();
                 }
                 Phase::Connecting(fut) => match fut.as_mut().poll(cx) {
-                    Poll::Ready((Outcome::Stream(resp), retries)) => {
+                    Poll::Ready((Outcome::Stream(resp, lease), retries)) => {
                         this.retries = retries;
+                        this.lease = Some(lease);
                         this.decoder = Decoder::for_response(&resp);
                         this.phase = Phase::Streaming(resp.into_body());
                         this.last_read = tokio::time::Instant::now();
                         this.read_timer.as_mut().reset(this.last_read + this.read_timeout);
                     }
-                    Poll::Ready((Outcome::Passthrough(resp), retries)) => {
+                    Poll::Ready((Outcome::Passthrough(resp, _lease), retries)) => {
                         // Headers may have gone out already: keep the upstream's status for a
                         // non-streamed answer, and say it in the error event of a stream.
                         this.retries = retries;

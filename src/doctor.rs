@@ -49,8 +49,8 @@ async fn body_text(resp: http::Response<hyper::body::Incoming>, limit: usize, wa
     }
 }
 
-fn post(up: &Upstream, body: &Value) -> Request<crate::upstream::ReqBody> {
-    let mut req = Request::post(format!("{}/chat/completions", up.base)).body(full(Bytes::from(body.to_string()))).expect("static request");
+fn post(base: &str, body: &Value) -> Request<crate::upstream::ReqBody> {
+    let mut req = Request::post(format!("{base}/chat/completions")).body(full(Bytes::from(body.to_string()))).expect("static request");
     req.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     req
 }
@@ -80,12 +80,23 @@ pub fn classify(sse: &str) -> Shape {
     }
 }
 
+/// Checks every server of `up`'s pool in turn.
 pub async fn run(up: &Upstream, model: Option<&str>) -> Report {
-    let mut r = Report { lines: vec![format!("doctor: upstream {}", up.base)], ok: true };
+    let mut all = Report { lines: Vec::new(), ok: true };
+    for server in &up.pool.servers {
+        let r = run_one(up, &server.url, model).await;
+        all.ok &= r.ok;
+        all.lines.extend(r.lines);
+    }
+    all
+}
+
+async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
+    let mut r = Report { lines: vec![format!("doctor: upstream {base}")], ok: true };
 
     // 1. Reachable, and which models.
     let started = Instant::now();
-    let req = Request::get(format!("{}/models", up.base)).body(full(Bytes::new())).expect("static request");
+    let req = Request::get(format!("{base}/models")).body(full(Bytes::new())).expect("static request");
     let resp = match up.send(req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -119,7 +130,7 @@ pub async fn run(up: &Upstream, model: Option<&str>) -> Report {
     // 2. A one-token chat.
     let started = Instant::now();
     let one = json!({"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 1, "stream": false});
-    match up.send(post(up, &one)).await {
+    match up.send(post(base, &one)).await {
         Ok(resp) if resp.status().is_success() => {
             let _ = body_text(resp, 1 << 20, Duration::from_secs(30)).await;
             r.say(true, format!("chat: model {model:?} answered a one-token request in {} ms", started.elapsed().as_millis()));
@@ -138,7 +149,7 @@ pub async fn run(up: &Upstream, model: Option<&str>) -> Report {
 
     // 3. What a streamed answer looks like.
     let probe = json!({"model": model, "messages": [{"role": "user", "content": "Say hello in a few words."}], "max_tokens": 64, "stream": true});
-    let shape = match up.send(post(up, &probe)).await {
+    let shape = match up.send(post(base, &probe)).await {
         Ok(resp) if resp.status().is_success() => match body_text(resp, 1 << 20, Duration::from_secs(60)).await {
             Ok(text) => classify(&text),
             Err(e) => {

@@ -20,6 +20,7 @@ pub mod init;
 pub mod metrics;
 pub mod mock_upstream;
 pub mod pipeline;
+pub mod pool;
 pub mod reload;
 pub mod server;
 pub mod upstream;

@@ -26,6 +26,8 @@ use tokio::net::TcpListener;
 use crate::body::{PipelineBody, Summary};
 use crate::metrics::Metrics;
 use crate::pipeline::{RouteMatch, Snapshot};
+use crate::pool::Lease;
+use crate::upstream::Upstream;
 use crate::upstream::{BoxError, Call, Outcome};
 
 pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -58,8 +60,40 @@ fn json_response(status: u16, v: &Value) -> Response<RespBody> {
     r
 }
 
+/// The error as an OpenAI-shaped answer; a 503 (the proxy or a pool is full) says when to
+/// come back.
 pub fn error_response(e: &ApiError) -> Response<RespBody> {
-    json_response(e.status, &e.to_json())
+    let mut r = json_response(e.status, &e.to_json());
+    if e.status == 503 {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// An upstream body passed through as is, holding its server's slot until it ends.
+struct Leased {
+    body: Incoming,
+    _lease: Lease,
+}
+
+impl http_body::Body for Leased {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn err(status: u16, kind: &'static str, code: Option<&'static str>, msg: impl Into<String>) -> Response<RespBody> {
@@ -290,9 +324,7 @@ fn admit(state: &Arc<AppState>, snap: &Snapshot) -> Result<InflightGuard, Respon
     let guard = InflightGuard(state.inflight.clone());
     if let Some(max) = snap.config.server.max_concurrent_requests {
         if n > max {
-            let mut r = err(503, "server_error", Some("overloaded"), format!("more than {max} requests in flight; retry shortly"));
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return Err(r);
+            return Err(err(503, "server_error", Some("overloaded"), format!("more than {max} requests in flight; retry shortly")));
         }
     }
     Ok(guard)
@@ -376,15 +408,15 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
         request_id: rid.to_owned(),
         metrics: state.metrics.clone(),
     });
-    let (outcome, retries) = call.clone().run(0, None).await;
-    if !matches!(outcome, Outcome::Stream(_)) {
+    let (outcome, retries) = call.clone().run(0, None, None).await;
+    if !matches!(outcome, Outcome::Stream(..)) {
         state.metrics.duration.record(started.elapsed().as_secs_f64());
     }
     let info = RouteInfo { route: route.label.clone(), model: model.clone(), attempts: retries + 1 };
-    let resp = match outcome {
-        Outcome::Stream(r) => r,
-        Outcome::Passthrough(r) => {
-            let mut r = passthrough(r);
+    let (resp, lease) = match outcome {
+        Outcome::Stream(r, lease) => (r, lease),
+        Outcome::Passthrough(r, lease) => {
+            let mut r = passthrough(r, lease);
             r.extensions_mut().insert(info);
             return r;
         }
@@ -397,7 +429,7 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     };
     let summary = Summary { route: route.label.clone(), mode: route.pipeline.mode, model, started };
     let trace_dir = snap.config.server.trace_dir.clone();
-    let mut pbody = PipelineBody::new(resp, chain, route.pipeline.clone(), meta, call, retries, summary, trace_dir, Some(guard));
+    let mut pbody = PipelineBody::new(resp, lease, chain, route.pipeline.clone(), meta, call, retries, summary, trace_dir, Some(guard));
     if stream {
         let mut r = Response::new(pbody.map_err(|e| match e {}).boxed_unsync());
         let h = r.headers_mut();
@@ -423,9 +455,9 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
 }
 
 /// An upstream answer the client should see as is (status, content type, body streamed).
-fn passthrough(up: Response<Incoming>) -> Response<RespBody> {
+fn passthrough(up: Response<Incoming>, lease: Lease) -> Response<RespBody> {
     let (parts, body) = up.into_parts();
-    let mut r = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+    let mut r = Response::new(Leased { body, _lease: lease }.boxed_unsync());
     *r.status_mut() = parts.status;
     for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
         if let Some(v) = parts.headers.get(&name) {
@@ -437,12 +469,14 @@ fn passthrough(up: Response<Incoming>) -> Response<RespBody> {
 
 const HOP_BY_HOP: [&str; 9] = ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host"];
 
-/// Any other `/v1/*`: to the default upstream untouched, bodies streamed both ways.
+/// Any other `/v1/*`: to a server of the default upstream's pool untouched (it does not wait
+/// for a slot: listing models must not queue behind generations), bodies streamed both ways.
 async fn forward(snap: &Snapshot, req: Request<Incoming>, rid: &str) -> Response<RespBody> {
     let up = snap.default_upstream.clone();
+    let lease = up.pool.acquire_now();
     let (parts, body) = req.into_parts();
     let after_v1 = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/").strip_prefix("/v1").unwrap_or("/").to_owned();
-    let uri = match up.uri_for(&after_v1) {
+    let uri = match Upstream::uri_for(&lease.server().url, &after_v1) {
         Ok(u) => u,
         Err(e) => return error_response(&e),
     };
@@ -463,8 +497,13 @@ async fn forward(snap: &Snapshot, req: Request<Incoming>, rid: &str) -> Response
     }
     match up.send(out).await {
         Ok(resp) => {
+            if resp.status().as_u16() >= 500 {
+                lease.server().failed("status");
+            } else {
+                lease.server().succeeded();
+            }
             let (parts, body) = resp.into_parts();
-            let mut r = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+            let mut r = Response::new(Leased { body, _lease: lease }.boxed_unsync());
             *r.status_mut() = parts.status;
             for (k, v) in &parts.headers {
                 if !HOP_BY_HOP.contains(&k.as_str()) && k != header::CONTENT_LENGTH {
@@ -473,32 +512,58 @@ async fn forward(snap: &Snapshot, req: Request<Incoming>, rid: &str) -> Response
             }
             r
         }
-        Err(e) => error_response(&e.error),
+        Err(e) => {
+            lease.server().failed(e.kind);
+            error_response(&e.error)
+        }
     }
 }
 
-/// 200 when every upstream answers `GET {url}/models` (401/403 count as reachable).
+/// 200 while every upstream has a ready server: one that answers `GET {url}/models` (401/403
+/// count as reachable) and is not sitting out after failures. Every server is probed at once.
 async fn readyz(snap: &Snapshot) -> Response<RespBody> {
+    let mut probes = tokio::task::JoinSet::new();
+    for (name, up) in &snap.upstreams {
+        for (i, server) in up.pool.servers.iter().enumerate() {
+            let (name, up, server) = (name.clone(), up.clone(), server.clone());
+            probes.spawn(async move {
+                let mut result = up.probe(&server.url).await;
+                if result.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    result = up.probe(&server.url).await;
+                }
+                (name, i, server, result)
+            });
+        }
+    }
+    let mut results = Vec::new();
+    while let Some(r) = probes.join_next().await {
+        if let Ok(r) = r {
+            results.push(r);
+        }
+    }
+    results.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     let mut all = true;
     let mut report = serde_json::Map::new();
     for (name, up) in &snap.upstreams {
-        let mut result = up.probe().await;
-        if result.is_err() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            result = up.probe().await;
+        let mut servers = serde_json::Map::new();
+        let mut any = false;
+        for (_, _, server, result) in results.iter().filter(|r| &r.0 == name) {
+            let state = server.state();
+            let mut entry = match result {
+                Ok(s) => serde_json::json!({"ready": (200..300).contains(s) || *s == 401 || *s == 403, "status": s}),
+                Err(e) => serde_json::json!({"ready": false, "error": e}),
+            };
+            if state == "out" {
+                entry["ready"] = Value::Bool(false);
+            }
+            entry["health"] = Value::from(state);
+            entry["outstanding"] = Value::from(server.outstanding());
+            any |= entry["ready"] == true;
+            servers.insert(server.url.clone(), entry);
         }
-        let entry = match result {
-            Ok(s) if (200..300).contains(&s) || s == 401 || s == 403 => serde_json::json!({"ready": true, "status": s}),
-            Ok(s) => {
-                all = false;
-                serde_json::json!({"ready": false, "status": s})
-            }
-            Err(e) => {
-                all = false;
-                serde_json::json!({"ready": false, "error": e})
-            }
-        };
-        report.insert(name.clone(), entry);
+        all &= any;
+        report.insert(name.clone(), serde_json::json!({"ready": any, "balance": up.pool.balance().as_str(), "servers": servers}));
     }
     json_response(if all { 200 } else { 503 }, &serde_json::json!({"status": if all {"ready"} else {"not_ready"}, "upstreams": report}))
 }

@@ -1,5 +1,5 @@
 //! Talking to a model server: one pooled HTTP(S) client per upstream per config generation,
-//! and the call with its retry policy.
+//! its pool of servers ([`crate::pool`]), and the call with its retry policy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,15 +18,18 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
+use crate::pool::{Lease, Pool, Server};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
 
 pub struct Upstream {
     pub name: String,
-    /// The base URL without a trailing `/`, e.g. `http://127.0.0.1:8080/v1`.
-    pub base: String,
     pub read_timeout: Duration,
+    /// Also the longest wait for a free slot of a full pool.
+    pub connect_timeout: Duration,
+    pub pool: Pool,
+    health_interval: Option<Duration>,
     auth: Option<HeaderValue>,
     client: Client<HttpsConnector<HttpConnector>, ReqBody>,
 }
@@ -59,12 +62,49 @@ impl Upstream {
             .map(|k| HeaderValue::from_str(&format!("Bearer {k}")))
             .transpose()
             .map_err(|_| format!("upstreams.{name}: api_key: not a valid header value"))?;
-        Ok(Self { name: name.to_owned(), base: cfg.url.trim_end_matches('/').to_owned(), read_timeout: cfg.read_timeout.0, auth, client })
+        let pool = Pool::new(name, &cfg.server_urls(), cfg.balance, cfg.max_outstanding);
+        Ok(Self {
+            name: name.to_owned(),
+            read_timeout: cfg.read_timeout.0,
+            connect_timeout: cfg.connect_timeout.0,
+            pool,
+            health_interval: cfg.health_interval.map(|d| d.0),
+            auth,
+            client,
+        })
     }
 
-    /// `base` + the part of a proxy path after `/v1` (+ query).
-    pub fn uri_for(&self, path_after_v1: &str) -> Result<Uri, ApiError> {
-        format!("{}{}", self.base, path_after_v1)
+    /// The first server's base URL (what `doctor` and messages name for a one-server upstream).
+    pub fn base(&self) -> &str {
+        &self.pool.servers[0].url
+    }
+
+    /// Starts the active health checks (`health_interval`) of this generation's pool; they
+    /// stop when the generation is dropped. Needs a Tokio runtime; without one, does nothing.
+    pub fn start_health_checks(self: &Arc<Self>) {
+        let (Some(every), Ok(rt)) = (self.health_interval, tokio::runtime::Handle::try_current()) else { return };
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(up) = weak.upgrade() else { return };
+                for server in &up.pool.servers {
+                    match up.probe(&server.url).await {
+                        // Any answer below 500 proves the server is up (readiness is stricter: 2xx/401/403).
+                        Ok(s) if s < 500 => server.succeeded(),
+                        _ => server.failed("health_check"),
+                    }
+                }
+            }
+        });
+    }
+
+    /// A server's base + the part of a proxy path after `/v1` (+ query).
+    pub fn uri_for(base: &str, path_after_v1: &str) -> Result<Uri, ApiError> {
+        format!("{base}{path_after_v1}")
             .parse()
             .map_err(|_| ApiError::new(400, "invalid_request_error", None, "request path cannot be forwarded"))
     }
@@ -94,19 +134,19 @@ impl Upstream {
         }
     }
 
-    /// Where `endpoint` is on this upstream.
-    pub fn endpoint_url(&self, endpoint: Endpoint) -> String {
+    /// Where `endpoint` is on the server at `base`.
+    pub fn endpoint_url(base: &str, endpoint: Endpoint) -> String {
         match endpoint {
-            Endpoint::Chat => format!("{}/chat/completions", self.base),
-            Endpoint::Completions => format!("{}/completions", self.base),
+            Endpoint::Chat => format!("{base}/chat/completions"),
+            Endpoint::Completions => format!("{base}/completions"),
             // llama.cpp's native API lives beside /v1, not under it.
-            Endpoint::LlamaCompletion => format!("{}/completion", self.base.strip_suffix("/v1").unwrap_or(&self.base)),
+            Endpoint::LlamaCompletion => format!("{}/completion", base.strip_suffix("/v1").unwrap_or(base)),
         }
     }
 
-    /// `POST` a JSON body to `endpoint`, asking for SSE.
-    pub async fn post(&self, endpoint: Endpoint, body: Bytes, request_id: &str) -> Result<Response<Incoming>, CallError> {
-        let mut req = Request::post(self.endpoint_url(endpoint))
+    /// `POST` a JSON body to `endpoint` of the leased server, asking for SSE.
+    pub async fn post(&self, lease: &Lease, endpoint: Endpoint, body: Bytes, request_id: &str) -> Result<Response<Incoming>, CallError> {
+        let mut req = Request::post(Self::endpoint_url(&lease.server().url, endpoint))
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "text/event-stream")
             .body(full(body))
@@ -117,9 +157,9 @@ impl Upstream {
         self.send(req).await
     }
 
-    /// `GET {base}/models` for readiness: reachable when it answers at all with 2xx/401/403.
-    pub async fn probe(&self) -> Result<u16, String> {
-        let req = Request::get(format!("{}/models", self.base)).body(full(Bytes::new())).map_err(|e| e.to_string())?;
+    /// `GET {base}/models` of one server, for readiness and health: its status, if it answered.
+    pub async fn probe(&self, base: &str) -> Result<u16, String> {
+        let req = Request::get(format!("{base}/models")).body(full(Bytes::new())).map_err(|e| e.to_string())?;
         let fut = self.send(req);
         match tokio::time::timeout(Duration::from_secs(3), fut).await {
             Ok(Ok(r)) => Ok(r.status().as_u16()),
@@ -230,10 +270,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// What a call with retries came to.
 pub enum Outcome {
-    /// A 2xx response to stream from.
-    Stream(Response<Incoming>),
+    /// A 2xx response to stream from, and the hold on its server (kept while it streams).
+    Stream(Response<Incoming>, Lease),
     /// A 4xx the client should see as is.
-    Passthrough(Response<Incoming>),
+    Passthrough(Response<Incoming>, Lease),
     Failed(ApiError),
 }
 
@@ -251,36 +291,60 @@ pub struct Call {
 impl Call {
     /// Calls the upstream, retrying what is retryable; `retries` counts retries already used
     /// by this request and is updated. With `wait_first`, backs off before the first try.
-    pub async fn run(self: Arc<Self>, mut retries: u32, wait_first: Option<std::time::Duration>) -> (Outcome, u32) {
+    /// Each try takes a server from the pool, another than `avoid` (the one that just failed)
+    /// when another healthy one exists; every answer is that server's health verdict.
+    pub async fn run(self: Arc<Self>, mut retries: u32, wait_first: Option<Duration>, mut avoid: Option<Arc<Server>>) -> (Outcome, u32) {
         let mut wait = wait_first;
         loop {
             if let Some(w) = wait.take() {
                 tokio::time::sleep(w).await;
             }
-            let (failure, retry_after) = match self.upstream.post(self.endpoint, self.body.clone(), &self.request_id).await {
-                Ok(resp) if resp.status().is_success() => return (Outcome::Stream(resp), retries),
+            let lease = match self.upstream.pool.acquire(avoid.as_ref(), self.upstream.connect_timeout).await {
+                Ok(l) => l,
+                Err(busy) => {
+                    self.metrics.upstream_error("busy");
+                    let msg = format!(
+                        "every server of upstream {} is at max_outstanding; waited {:.1}s for a free slot",
+                        self.upstream.name,
+                        busy.waited.as_secs_f64()
+                    );
+                    return (Outcome::Failed(ApiError::new(503, "server_error", Some("upstream_busy"), msg)), retries);
+                }
+            };
+            let retry_after = match self.upstream.post(&lease, self.endpoint, self.body.clone(), &self.request_id).await {
+                Ok(resp) if resp.status().is_success() => {
+                    lease.server().succeeded();
+                    return (Outcome::Stream(resp, lease), retries);
+                }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
+                    if status >= 500 {
+                        lease.server().failed("status");
+                    } else {
+                        lease.server().succeeded();
+                    }
                     let retry_after = resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
                     self.metrics.upstream_error("status");
                     if !(is_retryable_status(status) && retries < self.policy.max_retries) {
                         if (400..500).contains(&status) {
-                            return (Outcome::Passthrough(resp), retries);
+                            return (Outcome::Passthrough(resp, lease), retries);
                         }
-                        let msg = format!("upstream {} answered HTTP {status}{}", self.upstream.name, excerpt(resp).await);
+                        let msg = format!("upstream {} ({}) answered HTTP {status}{}", self.upstream.name, lease.server().url, excerpt(resp).await);
                         return (Outcome::Failed(ApiError::new(502, "upstream_error", Some("upstream_error"), msg)), retries);
                     }
-                    (None, retry_after)
+                    retry_after
                 }
                 Err(e) => {
+                    lease.server().failed(e.kind);
                     self.metrics.upstream_error(e.kind);
                     if !(e.retryable && retries < self.policy.max_retries) {
                         return (Outcome::Failed(e.error), retries);
                     }
-                    (Some(e), None)
+                    None
                 }
             };
-            drop(failure);
+            avoid = Some(lease.server().clone());
+            drop(lease);
             wait = Some(self.policy.delay(retries, retry_after));
             retries += 1;
             self.metrics.upstream_retries.increment(1);

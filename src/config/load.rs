@@ -242,9 +242,29 @@ pub fn load_str(text: &str, pipelines_dir: Option<&Path>, lookup: impl Fn(&str) 
     }
     server.api_keys.retain(|k| !k.trim().is_empty());
     for (name, u) in &mut upstreams {
-        match u.url.parse::<http::Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
-            _ => errors.push(format!("upstreams.{name}: url: invalid URL {:?} (expected http(s)://host:port/v1)", u.url)),
+        match (&u.url, u.urls.is_empty()) {
+            (Some(_), false) => errors.push(format!("upstreams.{name}: give either url or urls, not both")),
+            (None, true) => errors.push(format!("upstreams.{name}: url: missing (url = \"http://host:port/v1\", or urls = [...] for a pool)")),
+            _ => {}
+        }
+        let field = if u.url.is_some() { "url" } else { "urls" };
+        let mut seen = Vec::new();
+        for url in u.server_urls() {
+            match url.parse::<http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+                _ => errors.push(format!("upstreams.{name}: {field}: invalid URL {url:?} (expected http(s)://host:port/v1)")),
+            }
+            let canonical = url.trim_end_matches('/');
+            if seen.contains(&canonical) {
+                errors.push(format!("upstreams.{name}: urls: {url:?} is listed twice"));
+            }
+            seen.push(canonical);
+        }
+        if u.max_outstanding == Some(0) {
+            errors.push(format!("upstreams.{name}: max_outstanding: must be at least 1 (leave it out for no limit)"));
+        }
+        if u.health_interval.is_some_and(|d| d.0 < std::time::Duration::from_millis(100)) {
+            errors.push(format!("upstreams.{name}: health_interval: at least 100ms"));
         }
         if u.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
             u.api_key = None;
@@ -417,7 +437,7 @@ stages = [{ type = "harmony-parse", extra = 1 }, { type = "retry", backoff = "5x
         };
         let c = load_str(super::super::EMBEDDED_CONFIG, None, env).unwrap();
         let up = &c.upstreams["default"];
-        assert_eq!(up.url, "http://gpu-box:9000/v1");
+        assert_eq!(up.url.as_deref(), Some("http://gpu-box:9000/v1"));
         assert_eq!((up.connect_timeout.0, up.read_timeout.0), (Duration::from_secs(3), Duration::from_secs(45)));
         assert_eq!((c.server.log_level, c.server.metrics.0), (super::super::LogLevel::Debug, false));
         let stages = &c.pipelines["harmony"].0.stages;

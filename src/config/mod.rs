@@ -160,7 +160,22 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Base URL including `/v1`, e.g. `http://127.0.0.1:8080/v1`.
-    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Instead of `url`: a pool of servers that serve the same models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    /// How a pool picks a server for each request; a retry goes to another healthy server.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Requests in flight per server at most (its `--parallel` slots); beyond it a request
+    /// waits for a free slot up to `connect_timeout`, then gets 503 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_outstanding: Option<usize>,
+    /// Probe `GET {url}/models` of every server this often; a server failing 3 times in a row
+    /// (probes or requests) sits out 30 s. Without it, only requests count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_interval: Option<Dur>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
     /// The longest silence between upstream bytes.
@@ -176,6 +191,33 @@ pub struct UpstreamConfig {
     /// Do not verify the upstream's certificate at all (a lab only; logged as a warning).
     #[serde(default)]
     pub tls_insecure: Flag,
+}
+
+impl UpstreamConfig {
+    /// The servers of this upstream: `urls`, or the one `url`.
+    pub fn server_urls(&self) -> Vec<&str> {
+        self.url.as_deref().into_iter().chain(self.urls.iter().map(String::as_str)).collect()
+    }
+}
+
+/// How a pool of servers shares the requests.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// The healthy server with the fewest requests in flight (ties at random).
+    #[default]
+    LeastOutstanding,
+    /// Healthy servers in turn.
+    RoundRobin,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::LeastOutstanding => "least_outstanding",
+            Balance::RoundRobin => "round_robin",
+        }
+    }
 }
 
 fn default_connect_timeout() -> Dur {

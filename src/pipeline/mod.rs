@@ -46,7 +46,9 @@ impl Snapshot {
         for (name, u) in &config.upstreams {
             match Upstream::new(name, u) {
                 Ok(u) => {
-                    upstreams.insert(name.clone(), Arc::new(u));
+                    let u = Arc::new(u);
+                    u.start_health_checks();
+                    upstreams.insert(name.clone(), u);
                 }
                 Err(e) => errors.push(e),
             }

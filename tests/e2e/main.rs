@@ -8,6 +8,7 @@ mod harness;
 mod native;
 mod operations;
 mod operator;
+mod pools;
 mod real_llama;
 mod resilience;
 mod snapshots;

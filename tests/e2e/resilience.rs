@@ -180,11 +180,13 @@ fn readiness_follows_the_upstreams() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["upstreams"]["default"]["ready"], true);
     let Env { dir: _dir, mock, proxy } = env;
+    let mock_url = mock.url.clone();
     drop(mock);
     let r = send(client().get(format!("{}/readyz", proxy.url)));
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["upstreams"]["default"]["ready"], false);
-    assert!(r.json()["upstreams"]["default"]["error"].is_string());
+    let servers = r.json()["upstreams"]["default"]["servers"].clone();
+    assert!(servers[format!("{mock_url}/v1")]["error"].is_string(), "{servers}");
 }
 
 #[test]
