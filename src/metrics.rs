@@ -39,6 +39,10 @@ impl Metrics {
         describe_histogram!("harmony_proxy_time_to_first_token_seconds", "Time to the first client-visible output");
         describe_histogram!("harmony_proxy_request_duration_seconds", "Whole request duration");
         describe_counter!("harmony_proxy_config_reloads_total", "Config reloads by result");
+        describe_counter!("harmony_proxy_upstream_requests_total", "Requests sent to each server of an upstream's pool");
+        describe_gauge!("harmony_proxy_upstream_outstanding", "Requests in flight on each server of an upstream's pool");
+        describe_gauge!("harmony_proxy_upstream_healthy", "1 while a server takes requests, 0 while it sits out after failures");
+        describe_counter!("harmony_proxy_reasoning_store_errors_total", "Reasoning-memory store calls that failed or timed out (the request went on without it)");
         Self {
             final_chunks: counter!("harmony_proxy_final_chunks_total"),
             tool_chunks: counter!("harmony_proxy_tool_chunks_total"),

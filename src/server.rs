@@ -331,17 +331,14 @@ fn admit(state: &Arc<AppState>, snap: &Snapshot) -> Result<InflightGuard, Respon
 }
 
 /// With `api_keys` set, a digest of the client's key: state kept between requests
-/// (reasoning memory) is never shared across keys. `None` when keys are not checked.
+/// (reasoning memory, also in a Redis shared by replicas) is never shared across keys. `None`
+/// when keys are not checked.
 fn auth_scope(snap: &Snapshot, headers: &HeaderMap) -> Option<String> {
-    use std::hash::{Hash, Hasher};
     if snap.config.server.api_keys.is_empty() {
         return None;
     }
     let key = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))?.trim();
-    // SipHash with fixed keys: stable for the process, and the key itself is not kept.
-    let mut h = std::hash::DefaultHasher::new();
-    key.hash(&mut h);
-    Some(format!("k{:016x}", h.finish()))
+    Some(harmony_filters::stage::key_scope(key))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -17,6 +17,7 @@ pub mod fuzz_targets;
 pub mod json_end;
 pub mod markup;
 pub mod pipeline;
+pub mod redis_store;
 pub mod stage;
 pub mod stages;
 pub mod testing;

@@ -51,6 +51,19 @@ pub fn random_id(prefix: &str, len: usize) -> String {
     s
 }
 
+/// The scope of state kept for a client API key (`RequestMeta::auth_scope`): a digest that is
+/// the same in every replica and every version, and does not reveal the key.
+pub fn key_scope(api_key: &str) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(api_key.as_bytes());
+    let mut s = String::with_capacity(33);
+    s.push('k');
+    for b in &d[..16] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
 /// Built once per config generation from the stage's TOML table; shared by all requests.
 pub trait StageFactory: Send + Sync + 'static {
     fn new_stage(&self, req: &RequestMeta) -> Box<dyn Stage>;

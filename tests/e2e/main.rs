@@ -10,6 +10,7 @@ mod operations;
 mod operator;
 mod pools;
 mod real_llama;
+mod redis;
 mod resilience;
 mod snapshots;
 mod tools;

@@ -66,6 +66,9 @@ pub struct ReasoningMemoryConfig {
     /// `memory` (this process), or a `redis://` URL shared by replicas.
     #[serde(default = "default_store")]
     pub store: String,
+    /// With a Redis store: the longest a request waits for it (then goes on without memory).
+    #[serde(default = "default_store_timeout")]
+    pub store_timeout: Dur,
 }
 
 fn default_max_bytes() -> u64 {
@@ -77,10 +80,19 @@ fn default_ttl() -> Dur {
 fn default_store() -> String {
     "memory".into()
 }
+fn default_store_timeout() -> Dur {
+    Dur(Duration::from_millis(50))
+}
 
 impl Default for ReasoningMemoryConfig {
     fn default() -> Self {
-        Self { field: Field::default(), max_bytes: default_max_bytes(), ttl: default_ttl(), store: default_store() }
+        Self {
+            field: Field::default(),
+            max_bytes: default_max_bytes(),
+            ttl: default_ttl(),
+            store: default_store(),
+            store_timeout: default_store_timeout(),
+        }
     }
 }
 
@@ -89,10 +101,12 @@ impl ReasoningMemoryConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut e = Vec::new();
         if self.store != "memory" {
-            e.push(format!(
-                "store: {:?} is not supported by this build (only \"memory\"; a shared redis:// store is planned)",
-                self.store
-            ));
+            if let Err(why) = crate::redis_store::check_url(&self.store) {
+                e.push(format!("store: {why}"));
+            }
+        }
+        if self.store_timeout.0.is_zero() || self.store_timeout.0 > Duration::from_secs(5) {
+            e.push("store_timeout: between 1ms and 5s".into());
         }
         if self.ttl.0.is_zero() {
             e.push("ttl: must be more than 0".into());
@@ -233,7 +247,17 @@ pub struct ReasoningMemoryFactory {
 
 impl ReasoningMemoryFactory {
     pub fn new(cfg: &ReasoningMemoryConfig) -> Self {
-        Self { field: cfg.field, store: process_store(cfg.max_bytes, cfg.ttl.0) }
+        if cfg.store == "memory" {
+            return Self { field: cfg.field, store: process_store(cfg.max_bytes, cfg.ttl.0) };
+        }
+        match crate::redis_store::process_redis_store(&cfg.store, cfg.ttl.0, cfg.store_timeout.0) {
+            Ok(s) => Self { field: cfg.field, store: s },
+            Err(e) => {
+                // Validation checked the URL; this is a failure to start a thread.
+                tracing::error!(error = %e, "reasoning-memory: the Redis store cannot start; using this process's memory");
+                Self { field: cfg.field, store: process_store(cfg.max_bytes, cfg.ttl.0) }
+            }
+        }
     }
     /// With a store of the caller's (tests, a shared store).
     pub fn with_store(field: Field, store: Arc<dyn ReasoningStore>) -> Self {

@@ -1,0 +1,232 @@
+//! The reasoning store replicas share: `reasoning-memory` with `store = "redis://host:port/db"`.
+//!
+//! ```text
+//! put (end of a tool-call turn) ─► bounded queue ─► writer thread ─► SET key value PX ttl
+//! get (request phase)           ─► GET key on a pooled connection, at most `timeout`
+//! ```
+//!
+//! Invariants: Redis never fails a request and never delays it beyond `timeout`. A request
+//! meets either an answer, a miss, or (Redis down, slow or refusing) nothing: the error is
+//! counted in `harmony_proxy_reasoning_store_errors_total{op}`, logged at most once a minute,
+//! and Redis is skipped for a second, so a dead Redis costs one timeout per second, not one
+//! per request. Writes never wait at all: they are queued (bounded; dropped and counted when
+//! full) for one writer thread. Keys are `harmony-proxy:reasoning:<scope>:<call id>`, values
+//! the turn's reasoning (bounded by the stage), each with the stage's `ttl`.
+//!
+//! Why the sync client of the `redis` crate: the store is called twice per request, never per
+//! token, from a synchronous stage phase; a blocking read with socket timeouts, wrapped in
+//! `block_in_place`, is the smallest correct thing. `fred` is async-only and would need an
+//! async request phase for the same result.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, Counter};
+
+use crate::stages::reasoning_memory::ReasoningStore;
+
+/// Keys of this store start with this.
+pub const KEY_PREFIX: &str = "harmony-proxy:reasoning:";
+/// How long Redis is left alone after an error.
+const BACK_OFF: Duration = Duration::from_secs(1);
+/// Queued writes at most; beyond, writes are dropped (and counted).
+const QUEUE: usize = 4096;
+/// Call ids longer than this are not stored (no client sends them; a bound on key size).
+const MAX_ID: usize = 256;
+
+struct Write {
+    keys: Vec<String>,
+    value: Arc<str>,
+    ttl_ms: u64,
+}
+
+struct Shared {
+    client: redis::Client,
+    url: String,
+    timeout: Duration,
+    /// Set after an error: no Redis call until then.
+    down_until: Mutex<Option<Instant>>,
+    last_log: Mutex<Option<Instant>>,
+    get_errors: Counter,
+    put_errors: Counter,
+}
+
+/// A Redis-backed [`ReasoningStore`]; one per URL per process (see [`process_redis_store`]).
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    idle: Mutex<Vec<redis::Connection>>,
+    ttl_ms: Mutex<u64>,
+    writes: SyncSender<Write>,
+}
+
+/// Whether `url` is a store URL this build can use; the error says why not.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("rediss://") {
+        return Err("rediss:// (TLS) is not supported by this build; use redis:// on a private network".into());
+    }
+    if !url.starts_with("redis://") {
+        return Err(format!("{url:?} is neither \"memory\" nor a redis:// URL"));
+    }
+    redis::Client::open(url).map(|_| ()).map_err(|e| format!("{url:?}: {e}"))
+}
+
+/// The process's store for `url` (kept across config reloads; new `ttl` and `timeout` apply).
+pub fn process_redis_store(url: &str, ttl: Duration, timeout: Duration) -> Result<Arc<RedisStore>, String> {
+    static STORES: OnceLock<Mutex<Vec<Arc<RedisStore>>>> = OnceLock::new();
+    let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = stores.iter().find(|s| s.shared.url == url && s.shared.timeout == timeout) {
+        *s.ttl_ms.lock().unwrap_or_else(|p| p.into_inner()) = ttl.as_millis().max(1) as u64;
+        return Ok(s.clone());
+    }
+    let s = Arc::new(RedisStore::new(url, ttl, timeout)?);
+    stores.push(s.clone());
+    Ok(s)
+}
+
+impl RedisStore {
+    /// A store on `url`; connects lazily (a Redis that is down at start is not an error).
+    pub fn new(url: &str, ttl: Duration, timeout: Duration) -> Result<Self, String> {
+        check_url(url)?;
+        let client = redis::Client::open(url).map_err(|e| format!("{url:?}: {e}"))?;
+        let shared = Arc::new(Shared {
+            client,
+            url: url.to_owned(),
+            timeout,
+            down_until: Mutex::new(None),
+            last_log: Mutex::new(None),
+            get_errors: counter!("harmony_proxy_reasoning_store_errors_total", "op" => "get"),
+            put_errors: counter!("harmony_proxy_reasoning_store_errors_total", "op" => "put"),
+        });
+        let (writes, queue) = sync_channel(QUEUE);
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("reasoning-store-writer".into())
+            .spawn(move || write_loop(&writer, queue))
+            .map_err(|e| format!("cannot start the Redis writer thread: {e}"))?;
+        Ok(Self { shared, idle: Mutex::new(Vec::new()), ttl_ms: Mutex::new(ttl.as_millis().max(1) as u64), writes })
+    }
+
+    fn key(scope: &str, id: &str) -> String {
+        format!("{KEY_PREFIX}{scope}:{id}")
+    }
+
+    fn get_blocking(&self, key: &str) -> Result<Option<String>, redis::RedisError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut con = match pooled {
+            Some(c) => c,
+            None => self.shared.connect()?,
+        };
+        let v: Option<String> = redis::cmd("GET").arg(key).query(&mut con)?;
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(con);
+        Ok(v)
+    }
+}
+
+impl Shared {
+    fn connect(&self) -> Result<redis::Connection, redis::RedisError> {
+        let con = self.client.get_connection_with_timeout(self.timeout)?;
+        con.set_read_timeout(Some(self.timeout))?;
+        con.set_write_timeout(Some(self.timeout))?;
+        Ok(con)
+    }
+
+    fn is_down(&self) -> bool {
+        self.down_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| Instant::now() < t)
+    }
+
+    fn failed(&self, op: &'static str, e: &dyn std::fmt::Display) {
+        if op == "get" { &self.get_errors } else { &self.put_errors }.increment(1);
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + BACK_OFF);
+        let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            tracing::warn!(store = %self.url, op, error = %e, "reasoning store unavailable; requests go on without it (logged once a minute at most)");
+        }
+    }
+}
+
+fn write_loop(shared: &Shared, queue: Receiver<Write>) {
+    let mut con: Option<redis::Connection> = None;
+    while let Ok(w) = queue.recv() {
+        if shared.is_down() {
+            shared.put_errors.increment(1);
+            continue;
+        }
+        let c = match con.take() {
+            Some(c) => c,
+            None => match shared.connect() {
+                Ok(c) => c,
+                Err(e) => {
+                    shared.failed("put", &e);
+                    continue;
+                }
+            },
+        };
+        let mut c = c;
+        let mut pipe = redis::pipe();
+        for k in &w.keys {
+            pipe.cmd("SET").arg(k).arg(&*w.value).arg("PX").arg(w.ttl_ms).ignore();
+        }
+        match pipe.query::<()>(&mut c) {
+            Ok(()) => con = Some(c),
+            Err(e) => shared.failed("put", &e),
+        }
+    }
+}
+
+impl ReasoningStore for RedisStore {
+    fn put(&self, scope: &str, ids: &[String], reasoning: &str) {
+        let keys: Vec<String> = ids.iter().filter(|id| id.len() <= MAX_ID).map(|id| Self::key(scope, id)).collect();
+        if keys.is_empty() {
+            return;
+        }
+        let ttl_ms = *self.ttl_ms.lock().unwrap_or_else(|p| p.into_inner());
+        match self.writes.try_send(Write { keys, value: reasoning.into(), ttl_ms }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.shared.failed("put", &"the write queue is full (Redis too slow)"),
+            Err(TrySendError::Disconnected(_)) => self.shared.failed("put", &"the writer thread is gone"),
+        }
+    }
+
+    fn get(&self, scope: &str, id: &str) -> Option<Arc<str>> {
+        if id.len() > MAX_ID || self.shared.is_down() {
+            return None;
+        }
+        let key = Self::key(scope, id);
+        // A blocking read of at most `timeout`: on a multi-threaded runtime, tell it so that
+        // other tasks move off this worker meanwhile.
+        let in_worker = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let result = if in_worker { tokio::task::block_in_place(|| self.get_blocking(&key)) } else { self.get_blocking(&key) };
+        match result {
+            Ok(v) => v.map(Arc::from),
+            Err(e) => {
+                self.shared.failed("get", &e);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_are_checked_without_connecting() {
+        assert!(check_url("redis://127.0.0.1:1/0").is_ok());
+        assert!(check_url("rediss://x/").unwrap_err().contains("TLS"));
+        assert!(check_url("memcached://x").is_err());
+    }
+
+    #[test]
+    fn a_redis_that_is_not_there_is_a_miss_and_is_left_alone_after_the_first_error() {
+        // Port 1 on loopback refuses at once; the store backs off after the first error.
+        let s = RedisStore::new("redis://127.0.0.1:1/", Duration::from_secs(60), Duration::from_millis(50)).unwrap();
+        assert_eq!(s.get("", "call_a"), None);
+        assert!(s.shared.is_down(), "after an error, Redis is left alone for a while");
+        assert!(s.idle.lock().unwrap().is_empty());
+        assert_eq!(s.get("", "call_a"), None);
+        s.put("", &["call_a".into()], "thinking"); // queued, never blocks
+    }
+}
