@@ -56,10 +56,20 @@ def strip_rust_comments(src):
 # ---------------------------------------------------------------- exported metrics
 
 
+def rust_sources():
+    out = []
+    for top in ("src", os.path.join("filters", "src")):
+        for d, _, files in os.walk(os.path.join(ROOT, top)):
+            out += [os.path.join(d, f) for f in sorted(files) if f.endswith(".rs")]
+    return sorted(out)
+
+
 def exported_metrics():
     """{name: kind} for every metric src/metrics.rs registers, plus the histogram suffix
     matchers that get buckets (the others render as summaries: _sum and _count only)."""
-    src = strip_rust_comments(read(METRICS_RS))
+    # Registered in src/metrics.rs, and where labels are known only later (per pool server in
+    # src/pool.rs, per store in filters/src/redis_store.rs): every Rust source is read.
+    src = strip_rust_comments("\n".join(read(f) for f in rust_sources()))
     kinds = {}
     # `counter!("name"`, `gauge!("name"`, `histogram!("name"` register (and emit) a series;
     # \b keeps `describe_counter!(` out (the `_` before `counter` is a word character).
@@ -294,9 +304,15 @@ def check_kubernetes():
               f"Deployment containerPort is the listen port {port}")
         check(server.get("log_format") == "json", "ConfigMap log_format is json", str(server.get("log_format")))
         pipes = [r.get("pipeline") for r in cfg.get("routes", [])]
-        check("ide-tools" in pipes, "ConfigMap routes to the ide-tools pipeline", str(pipes))
-        stores = re.findall(r'store\s*=\s*"([^"]*)"', toml_text)
-        check(all(s == "memory" for s in stores), "ConfigMap uses no redis:// store (not in this build)", str(stores))
+        check("ide-tools-shared" in pipes, "ConfigMap routes agents to ide-tools-shared", str(pipes))
+        stages = cfg.get("pipelines", {}).get("ide-tools-shared", {}).get("stages", [])
+        stores = [s.get("store") for s in stages if s.get("type") == "reasoning-memory"]
+        check(stores == ["redis://harmony-proxy-redis:6379/"], "ide-tools-shared keeps reasoning memory in redis.yaml's Redis", str(stores))
+        kust = read(os.path.join(K8S, "kustomization.yaml"))
+        check(re.search(r"^\s*-\s*redis\.yaml\b", kust, flags=re.M) is not None, "kustomization.yaml includes redis.yaml")
+        redis = no_comments(read(os.path.join(K8S, "redis.yaml")))
+        check(re.search(r"name:\s*harmony-proxy-redis\b", redis) is not None and re.search(r"\bport:\s*6379\b", redis) is not None,
+              "redis.yaml's Service is harmony-proxy-redis:6379")
 
     check(re.search(r"\bsubPath\b", dep) is None, "ConfigMap volume is mounted without subPath (live reload)")
     mount = re.search(r"mountPath:\s*(\S+)", block(dep, "volumeMounts") or "")
