@@ -13,6 +13,7 @@
 //! - [`metrics`]: Prometheus handles;
 //! - [`mock_upstream`]: the simulated gpt-oss server for demo and tests.
 
+pub mod bench;
 pub mod body;
 pub mod config;
 pub mod doctor;

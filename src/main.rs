@@ -108,6 +108,33 @@ enum Cmd {
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+    /// What the proxy costs: streams through it and straight to the built-in mock, side by
+    /// side (CPU per token, added latency, memory per stream, concurrent streams, start-up).
+    Bench {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// A quick run that proves it works (CI); the figures are rough.
+        #[arg(long)]
+        short: bool,
+        /// Bulk run: streams at once.
+        #[arg(long)]
+        streams: Option<usize>,
+        /// Bulk run: answer tokens per stream.
+        #[arg(long)]
+        tokens: Option<usize>,
+        /// Paced run: streams, and the pace between tokens.
+        #[arg(long)]
+        paced_streams: Option<usize>,
+        #[arg(long)]
+        pace_ms: Option<u64>,
+        /// Streams held open to measure memory per stream.
+        #[arg(long)]
+        memory_streams: Option<usize>,
+        /// Streams open at once through a proxy started with a soft file limit of 1024.
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
     /// Mock upstream and proxy together, to see it work without a GPU.
     Demo {
         #[arg(long, default_value_t = 8001)]
@@ -144,6 +171,26 @@ fn main() -> ExitCode {
         Cmd::Init { upstream, client, output, force } => init(&upstream, client, &output, force),
         Cmd::Doctor { upstream, config, model } => doctor(upstream.as_deref(), config.as_deref(), model.as_deref()),
         Cmd::MockUpstream { host, port, parsed, tls_cert, tls_key } => mock(&host, port, parsed, tls_cert.as_deref().zip(tls_key.as_deref())),
+        Cmd::Bench { json, short, streams, tokens, paced_streams, pace_ms, memory_streams, concurrency } => {
+            let mut o = if short { harmony_proxy::bench::Options::short() } else { harmony_proxy::bench::Options::full() };
+            o.streams = streams.unwrap_or(o.streams).max(1);
+            o.tokens = tokens.unwrap_or(o.tokens).max(1);
+            o.paced_streams = paced_streams.unwrap_or(o.paced_streams).max(1);
+            o.pace_ms = pace_ms.unwrap_or(o.pace_ms).max(1);
+            o.memory_streams = memory_streams.unwrap_or(o.memory_streams).max(1);
+            o.concurrency = concurrency.unwrap_or(o.concurrency).max(1);
+            match harmony_proxy::bench::run(&o) {
+                Ok(r) if json => {
+                    println!("{r}");
+                    ExitCode::SUCCESS
+                }
+                Ok(r) => {
+                    print!("{}", harmony_proxy::bench::text(&r));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("bench: {e}")),
+            }
+        }
         Cmd::Demo { port } => demo(port),
     }
 }
@@ -394,6 +441,7 @@ fn doctor(url: Option<&str>, cfg_path: Option<&Path>, model: Option<&str>) -> Ex
 }
 
 fn mock(host: &str, port: u16, parsed: bool, tls: Option<(&Path, &Path)>) -> ExitCode {
+    server::raise_fd_limit();
     let enc = match encoding() {
         Ok(e) => e,
         Err(c) => return c,

@@ -1,0 +1,491 @@
+//! `harmony-proxy bench`: what the proxy costs, measured beside the direct connection.
+//!
+//! ```text
+//! bench ─spawns─► mock-upstream (this binary)      ◄── direct streams (the baseline)
+//!       ─spawns─► serve (this binary, soft fd limit 1024, config: mock, `harmony`)
+//!                       ◄── the same streams through the proxy
+//! ```
+//!
+//! Figures (each through the proxy and, where it has a meaning, direct):
+//! - CPU per upstream token: the proxy process's user+system time (`/proc/PID/stat`) over
+//!   the upstream tokens of a bulk run (streams sent as fast as the mock can);
+//! - added latency per token: paced streams from a stamping upstream inside the bench
+//!   process; each answer token carries the moment it was sent, so its latency is its
+//!   arrival minus that; p50 and p99 through the proxy and direct;
+//! - memory: the proxy's RSS at rest, and per 1,000 streams held open at once;
+//! - concurrent streams: N streams open at once through a proxy started with a soft file
+//!   limit of 1024 (it raises its own), and how many failed;
+//! - ready: from spawning the proxy to its listening line.
+//!
+//! Nothing here is asserted: it prints what it measured (text, or `--json`). The client side
+//! uses one HTTP/1.1 connection per stream, as IDE agents do.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+/// What to run; `short` is CI's proof that the command works (seconds, no thresholds).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bulk run: streams at once, and tokens of each.
+    pub streams: usize,
+    pub tokens: usize,
+    /// Paced run: streams, tokens and the pace between tokens.
+    pub paced_streams: usize,
+    pub paced_tokens: usize,
+    pub pace_ms: u64,
+    /// Streams held open for the memory figure.
+    pub memory_streams: usize,
+    /// Streams open at once for the concurrency figure.
+    pub concurrency: usize,
+}
+
+impl Options {
+    pub fn full() -> Self {
+        Self { streams: 16, tokens: 4000, paced_streams: 64, paced_tokens: 200, pace_ms: 10, memory_streams: 1000, concurrency: 5000 }
+    }
+    pub fn short() -> Self {
+        Self { streams: 4, tokens: 300, paced_streams: 8, paced_tokens: 30, pace_ms: 10, memory_streams: 100, concurrency: 200 }
+    }
+}
+
+/// A child process of this binary, killed on drop.
+struct ChildProc {
+    child: Child,
+    url: String,
+    ready: Duration,
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ChildProc {
+    /// Starts `harmony-proxy ARGS` with a soft file limit of `nofile` (if given) and waits for
+    /// its listening line.
+    fn start(args: &[&str], cwd: &std::path::Path, nofile: Option<u64>) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(args).current_dir(cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        cmd.env_remove("HARMONY_PROXY_CONFIG").env_remove("UPSTREAM_BASE_URL").env_remove("RUST_LOG");
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    #[cfg(target_os = "linux")]
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if let Some(n) = nofile {
+                        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                            lim.rlim_cur = n.min(lim.rlim_max as u64) as libc::rlim_t;
+                            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {args:?}: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(i) = line.find(" listening on ") {
+                    let _ = tx.send(line[i + " listening on ".len()..].trim().trim_end_matches("/v1").to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => Ok(Self { child, url, ready: started.elapsed() }),
+            Err(_) => {
+                let _ = child.kill();
+                Err(format!("{args:?} did not start"))
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// user+system CPU seconds of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`, which may hold spaces: utime and stime are 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: a plain sysconf query.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// The mock script of one stream: some reasoning, then `tokens` answer tokens.
+fn script(tokens: usize, pace_ms: u64) -> String {
+    let text = format!(
+        "<|channel|>analysis<|message|>{}<|end|><|start|>assistant<|channel|>final<|message|>{}",
+        "think ".repeat(tokens / 8).trim_end(),
+        "tick ".repeat(tokens).trim_end()
+    );
+    let body = json!({"model": "gpt-oss", "stream": true, "messages": [
+        {"role": "user", "content": json!({"mock": {"text": text, "delay_ms": pace_ms}}).to_string()}
+    ]});
+    body.to_string()
+}
+
+/// What one stream saw.
+#[derive(Default)]
+struct Seen {
+    ok: bool,
+    /// SSE events with a delta (upstream tokens, on a direct connection).
+    events: usize,
+    /// Arrival of each answer token ("tick"), from the request's start.
+    ticks: Vec<Duration>,
+    /// Latency of each stamped token (` s<µs since EPOCH>`), in ms.
+    latencies: Vec<f64>,
+}
+
+/// The clock the stamping upstream and the client share (both are this process).
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// The latencies of the stamps (` s<digits>`) in one SSE event, arrived at `now_us`.
+fn stamps(ev: &[u8], now_us: u128, out: &mut Vec<f64>) {
+    let mut i = 0;
+    while let Some(p) = ev[i..].windows(2).position(|w| w == b" s") {
+        let start = i + p + 2;
+        let end = ev[start..].iter().position(|b| !b.is_ascii_digit()).map_or(ev.len(), |e| start + e);
+        if end > start {
+            if let Some(us) = std::str::from_utf8(&ev[start..end]).ok().and_then(|d| d.parse::<u128>().ok()) {
+                out.push(now_us.saturating_sub(us) as f64 / 1000.0);
+            }
+        }
+        i = end.max(start);
+    }
+}
+
+/// A response body fed from a channel.
+struct ChanBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// An upstream that streams, llama.cpp-style, `<|channel|>final<|message|>` and then the
+/// tokens ` s<µs since EPOCH>`, one per pace; the last user message is `TOKENS PACE_MS`.
+async fn stamp_server(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let _ = tcp.set_nodelay(true);
+        let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let ask = v["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("10 10").to_owned();
+            let mut it = ask.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(10));
+            let (tokens, pace) = (it.next().unwrap_or(10), it.next().unwrap_or(10));
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+            tokio::spawn(async move {
+                let event = |content: &str| Bytes::from(format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"content": content}}]})));
+                let _ = tx.send(event("<|channel|>final<|message|>")).await;
+                let start = tokio::time::Instant::now();
+                for i in 0..tokens {
+                    tokio::time::sleep_until(start + Duration::from_millis(pace * (i + 1))).await;
+                    let stamp = format!(" s{}", epoch().elapsed().as_micros());
+                    if tx.send(event(&stamp)).await.is_err() {
+                        return;
+                    }
+                }
+                let fin = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+                let _ = tx.send(Bytes::from(format!("data: {fin}\n\ndata: [DONE]\n\n"))).await;
+            });
+            let mut r = http::Response::new(ChanBody(rx));
+            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
+            Ok::<_, std::convert::Infallible>(r)
+        });
+        tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc));
+    }
+}
+
+/// One streamed request over its own connection; adds a permit to `first` at its first answer
+/// token.
+async fn one_stream(base: &str, body: Arc<String>, first: Option<Arc<tokio::sync::Semaphore>>) -> Seen {
+    let mut seen = Seen::default();
+    let Some(addr) = base.strip_prefix("http://") else { return seen };
+    let started = Instant::now();
+    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else { return seen };
+    let _ = tcp.set_nodelay(true);
+    let Ok((mut send, conn)) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp)).await else { return seen };
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("{base}/v1/chat/completions"))
+        .header(http::header::HOST, addr)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.as_bytes().to_vec())));
+    let Ok(req) = req else { return seen };
+    let Ok(resp) = send.send_request(req).await else { return seen };
+    if !resp.status().is_success() {
+        return seen;
+    }
+    let mut body = resp.into_body();
+    let mut carry: Vec<u8> = Vec::new();
+    let mut done = false;
+    let mut signalled = false;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return seen };
+        let Ok(data) = frame.into_data() else { continue };
+        let now = started.elapsed();
+        let now_us = epoch().elapsed().as_micros();
+        carry.extend_from_slice(&data);
+        // Count what complete events hold; keep the unfinished tail.
+        let end = carry.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2).unwrap_or(0);
+        for ev in carry[..end].split(|&b| b == b'\n').filter(|l| l.starts_with(b"data: ")) {
+            if ev == b"data: [DONE]" {
+                done = true;
+                continue;
+            }
+            if ev.windows(7).any(|w| w == b"\"delta\"") {
+                seen.events += 1;
+            }
+            stamps(ev, now_us, &mut seen.latencies);
+            let n = ev.windows(4).filter(|w| w == b"tick").count();
+            seen.ticks.extend(std::iter::repeat_n(now, n));
+        }
+        carry.drain(..end);
+        if !signalled && !seen.ticks.is_empty() {
+            signalled = true;
+            if let Some(s) = &first {
+                s.add_permits(1);
+            }
+        }
+    }
+    seen.ok = done;
+    seen
+}
+
+/// Runs `n` streams at once against `base`; all of them, in order.
+async fn run_streams(base: &str, n: usize, body: &Arc<String>) -> Vec<Seen> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (base, body) = (base.to_owned(), body.clone());
+        tasks.spawn(async move { (i, one_stream(&base, body, None).await) });
+    }
+    let mut out: Vec<(usize, Seen)> = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(r) = r {
+            out.push(r);
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, s)| s).collect()
+}
+
+/// Opens `n` slow streams (100 tokens, one every 100 ms), calls `at_peak` once each has its
+/// first answer token (all are then mid-answer), and lets them finish. Returns (streams that
+/// ended with `[DONE]`, what `at_peak` gave).
+async fn hold_open<T>(base: &str, n: usize, at_peak: impl FnOnce() -> T) -> (usize, T) {
+    let first = Arc::new(tokio::sync::Semaphore::new(0));
+    let body = Arc::new(script(100, 100));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (base, body, first) = (base.to_owned(), body.clone(), first.clone());
+        tasks.spawn(async move { one_stream(&base, body, Some(first)).await.ok });
+    }
+    // Every stream has its first token, or 30 s passed (some failed: they are counted).
+    let _ = tokio::time::timeout(Duration::from_secs(30), first.acquire_many(n as u32)).await;
+    let peak = at_peak();
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        ok += usize::from(r.unwrap_or(false));
+    }
+    (ok, peak)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Every stamped token's latency, in ms, sorted.
+fn latencies(seen: &[Seen]) -> Vec<f64> {
+    let mut all: Vec<f64> = seen.iter().flat_map(|s| s.latencies.iter().copied()).collect();
+    all.sort_by(f64::total_cmp);
+    all
+}
+
+/// Runs the benchmark; the report as JSON.
+pub fn run(opts: &Options) -> Result<Value, String> {
+    crate::server::raise_fd_limit();
+    let dir = std::env::temp_dir().join(format!("harmony-proxy-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let result = run_in(opts, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let stamper = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).map_err(|e| e.to_string())?;
+    let stamp_url = format!("http://{}", stamper.local_addr().map_err(|e| e.to_string())?);
+    rt.spawn(stamp_server(stamper));
+    let mock = ChildProc::start(&["mock-upstream", "--port", "0"], dir, None)?;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nlog_level = \"warn\"\n\n\
+         [upstreams.default]\nurl = \"{}/v1\"\nread_timeout = \"300s\"\n\n\
+         [upstreams.stamp]\nurl = \"{stamp_url}/v1\"\nread_timeout = \"300s\"\n\n\
+         [[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"stamp\"]\nupstream = \"stamp\"\npipeline = \"harmony\"\n\n\
+         [[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"default\"\npipeline = \"harmony\"\n",
+        mock.url
+    );
+    std::fs::write(dir.join("proxy.toml"), config).map_err(|e| e.to_string())?;
+    let proxy = ChildProc::start(&["serve", "--config", "proxy.toml", "--port", "0"], dir, Some(1024))?;
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss_idle = rss_bytes(proxy.pid());
+
+        // Bulk: CPU per upstream token.
+        let body = Arc::new(script(opts.tokens, 0));
+        let mock_cpu0 = cpu_seconds(mock.child.id());
+        let t = Instant::now();
+        let direct = run_streams(&mock.url, opts.streams, &body).await;
+        let direct_wall = t.elapsed().as_secs_f64();
+        let mock_cpu_direct = cpu_seconds(mock.child.id()) - mock_cpu0;
+        let upstream_tokens: usize = direct.iter().map(|s| s.events).sum();
+        let cpu0 = cpu_seconds(proxy.pid());
+        let t = Instant::now();
+        let via = run_streams(&proxy.url, opts.streams, &body).await;
+        let via_wall = t.elapsed().as_secs_f64();
+        let proxy_cpu = cpu_seconds(proxy.pid()) - cpu0;
+        let bulk_errors = via.iter().filter(|s| !s.ok || s.ticks.len() != opts.tokens).count();
+        let per_token_us = proxy_cpu / upstream_tokens.max(1) as f64 * 1e6;
+
+        // Paced: added latency per token.
+        let ask = format!("{} {}", opts.paced_tokens, opts.pace_ms);
+        let body = Arc::new(json!({"model": "stamp", "stream": true, "messages": [{"role": "user", "content": ask}]}).to_string());
+        let direct_late = latencies(&run_streams(&stamp_url, opts.paced_streams, &body).await);
+        let via_paced = run_streams(&proxy.url, opts.paced_streams, &body).await;
+        let paced_errors = via_paced.iter().filter(|s| !s.ok || s.latencies.len() != opts.paced_tokens).count();
+        let via_late = latencies(&via_paced);
+
+        // Memory per open stream.
+        let (mem_ok, rss_open) = hold_open(&proxy.url, opts.memory_streams, || rss_bytes(proxy.pid())).await;
+        let per_1000 = (rss_open.saturating_sub(rss_idle)) as f64 / opts.memory_streams.max(1) as f64 * 1000.0;
+
+        // Concurrency under a soft limit of 1024 at start.
+        let (conc_ok, rss_conc) = hold_open(&proxy.url, opts.concurrency, || rss_bytes(proxy.pid())).await;
+
+        let mb = |b: f64| (b / 1e6 * 10.0).round() / 10.0;
+        let ms = |v: f64| (v * 1000.0).round() / 1000.0;
+        Ok(json!({
+            "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "build": if cfg!(debug_assertions) {"debug"} else {"release"}},
+            "options": {"streams": opts.streams, "tokens": opts.tokens, "paced_streams": opts.paced_streams, "paced_tokens": opts.paced_tokens,
+                        "pace_ms": opts.pace_ms, "memory_streams": opts.memory_streams, "concurrency": opts.concurrency},
+            "bulk": {
+                "upstream_tokens": upstream_tokens,
+                "proxy_cpu_us_per_token": (per_token_us * 100.0).round() / 100.0,
+                "mock_cpu_us_per_token": (mock_cpu_direct / upstream_tokens.max(1) as f64 * 1e6 * 100.0).round() / 100.0,
+                "tokens_per_s_via_proxy": (upstream_tokens as f64 / via_wall).round() as u64,
+                "tokens_per_s_direct": (upstream_tokens as f64 / direct_wall).round() as u64,
+                "errors": bulk_errors,
+            },
+            "paced": {
+                "p50_ms_via_proxy": ms(percentile(&via_late, 0.5)), "p99_ms_via_proxy": ms(percentile(&via_late, 0.99)),
+                "p50_ms_direct": ms(percentile(&direct_late, 0.5)), "p99_ms_direct": ms(percentile(&direct_late, 0.99)),
+                "added_p50_ms": ms(percentile(&via_late, 0.5) - percentile(&direct_late, 0.5)),
+                "added_p99_ms": ms(percentile(&via_late, 0.99) - percentile(&direct_late, 0.99)),
+                "errors": paced_errors,
+            },
+            "memory": {"rss_idle_mb": mb(rss_idle as f64), "rss_mb_per_1000_streams": mb(per_1000), "held": opts.memory_streams, "held_ok": mem_ok},
+            "concurrency": {"streams": opts.concurrency, "ok": conc_ok, "errors": opts.concurrency - conc_ok, "rss_mb": mb(rss_conc as f64),
+                            "proxy_soft_fd_limit_at_start": 1024},
+            "ready_s": (proxy.ready.as_secs_f64() * 1000.0).round() / 1000.0,
+        }))
+    })
+}
+
+/// The report as text, proxy beside direct.
+pub fn text(r: &Value) -> String {
+    let o = &r["options"];
+    let b = &r["bulk"];
+    let p = &r["paced"];
+    let m = &r["memory"];
+    let c = &r["concurrency"];
+    format!(
+        "harmony-proxy bench ({} build, {} cores; pipeline `harmony`, built-in mock upstream)\n\
+         \n\
+         bulk: {} streams x {} answer tokens ({} upstream tokens)     via proxy      direct\n\
+         \x20 CPU per upstream token (proxy process)        {:>9} us   (mock: {} us)\n\
+         \x20 throughput                                    {:>9} tok/s {} tok/s\n\
+         \x20 errors                                        {:>9}\n\
+         paced: {} streams x {} tokens, one every {} ms\n\
+         \x20 latency per token p50                         {:>9} ms   {} ms  (added {} ms)\n\
+         \x20 latency per token p99                         {:>9} ms   {} ms  (added {} ms)\n\
+         memory\n\
+         \x20 RSS at rest                                   {:>9} MB\n\
+         \x20 RSS per 1,000 open streams ({} held, {} ok)   {:>9} MB\n\
+         concurrency (proxy started with a soft file limit of 1024)\n\
+         \x20 streams open at once                          {:>9}   ok {}, errors {}, RSS {} MB\n\
+         ready after start                               {:>9} s\n",
+        r["machine"]["build"].as_str().unwrap_or("?"),
+        r["machine"]["cores"],
+        o["streams"],
+        o["tokens"],
+        b["upstream_tokens"],
+        b["proxy_cpu_us_per_token"],
+        b["mock_cpu_us_per_token"],
+        b["tokens_per_s_via_proxy"],
+        b["tokens_per_s_direct"],
+        b["errors"],
+        o["paced_streams"],
+        o["paced_tokens"],
+        o["pace_ms"],
+        p["p50_ms_via_proxy"],
+        p["p50_ms_direct"],
+        p["added_p50_ms"],
+        p["p99_ms_via_proxy"],
+        p["p99_ms_direct"],
+        p["added_p99_ms"],
+        m["rss_idle_mb"],
+        m["held"],
+        m["held_ok"],
+        m["rss_mb_per_1000_streams"],
+        c["streams"],
+        c["ok"],
+        c["errors"],
+        c["rss_mb"],
+        r["ready_s"],
+    )
+}
