@@ -323,9 +323,8 @@ pub struct HarmonyParse {
     seen_message: bool,
     /// Where the open tool call's JSON arguments end.
     args_end: JsonEnd,
-    /// Reused token buffer.
+    /// Reused token buffer (headers).
     tokens: Vec<Rank>,
-    scratch: String,
     parser_errors: u64,
 }
 
@@ -347,7 +346,6 @@ impl HarmonyParse {
             seen_message: false,
             args_end: JsonEnd::default(),
             tokens: Vec::new(),
-            scratch: String::new(),
             parser_errors: 0,
         }
     }
@@ -683,45 +681,18 @@ impl HarmonyParse {
         self.parser = new_parser(&self.sh.enc);
     }
 
-    /// Message text: through the parser, out as soon as each token decodes.
+    /// Message text, out as it arrives. It flows through untokenized (DESIGN §1): the
+    /// scanner has already taken every special token out, so what is left is the message's
+    /// content as is, and tokenizing it for the parser would only decode it back to itself.
+    /// The parser keeps the frame: the header it was fed in `open`, the stop token in `close`.
     fn content(&mut self, t: &str, out: &mut Vec<Event>) {
         let State::Content(target) = self.state else { return };
         if t.is_empty() {
             return;
         }
-        self.scratch.clear();
-        if self.parser_broken {
-            self.scratch.push_str(t);
-        } else {
-            let mut tokens = std::mem::take(&mut self.tokens);
-            tokens.clear();
-            encode(&self.sh.enc, t, &mut tokens);
-            for (i, &tok) in tokens.iter().enumerate() {
-                match self.parser.process(tok) {
-                    Ok(p) => {
-                        if let Ok(Some(d)) = p.last_content_delta() {
-                            self.scratch.push_str(&d);
-                        }
-                    }
-                    Err(_) => {
-                        self.parser_failed();
-                        // Pass on what the parser did not get to, decoded by us.
-                        if let Ok(rest) = self.sh.enc.tokenizer().decode_utf8(&tokens[i..]) {
-                            self.scratch.push_str(&rest);
-                        }
-                        break;
-                    }
-                }
-            }
-            self.tokens = tokens;
-        }
-        if self.scratch.is_empty() {
-            return;
-        }
-        let text = std::mem::take(&mut self.scratch);
         match target {
-            Target::Text(ch) => out.push(Event::Text(ch, text)),
-            Target::Tool => self.tool_args(text, out),
+            Target::Text(ch) => out.push(Event::Text(ch, t.to_owned())),
+            Target::Tool => self.tool_args(t.to_owned(), out),
         }
     }
 
