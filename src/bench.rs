@@ -72,7 +72,7 @@ impl Drop for ChildProc {
 impl ChildProc {
     /// Starts `harmony-proxy ARGS` with a soft file limit of `nofile` (if given) and waits for
     /// its listening line.
-    fn start(args: &[&str], cwd: &std::path::Path, nofile: Option<u64>) -> Result<Self, String> {
+    fn start(args: &[&str], cwd: &std::path::Path, nofile: Option<u64>, cpu: Option<usize>) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
         let mut cmd = Command::new(exe);
         cmd.args(args).current_dir(cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
@@ -85,6 +85,9 @@ impl ChildProc {
                 cmd.pre_exec(move || {
                     #[cfg(target_os = "linux")]
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if let Some(c) = cpu {
+                        pin_to(c);
+                    }
                     if let Some(n) = nofile {
                         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
                         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
@@ -119,6 +122,19 @@ impl ChildProc {
     fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// Pins the calling thread (and the threads it starts later) to one CPU.
+fn pin_to(cpu: usize) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a cpu_set_t we own, passed by pointer with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cpu;
 }
 
 /// user+system CPU seconds of a process so far.
@@ -357,11 +373,15 @@ pub fn run(opts: &Options) -> Result<Value, String> {
 }
 
 fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
+    // No CPU pinning: pinned to a core of its own, the proxy measured slower and noisier here
+    // (it batches less when it never waits for the client and the mock).
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (client_cpu, proxy_cpu_core): (Option<usize>, Option<usize>) = (None, None);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let stamper = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).map_err(|e| e.to_string())?;
     let stamp_url = format!("http://{}", stamper.local_addr().map_err(|e| e.to_string())?);
     rt.spawn(stamp_server(stamper));
-    let mock = ChildProc::start(&["mock-upstream", "--port", "0"], dir, None)?;
+    let mock = ChildProc::start(&["mock-upstream", "--port", "0"], dir, None, client_cpu)?;
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nlog_level = \"warn\"\n\n\
          [upstreams.default]\nurl = \"{}/v1\"\nread_timeout = \"300s\"\n\n\
@@ -371,7 +391,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
         mock.url
     );
     std::fs::write(dir.join("proxy.toml"), config).map_err(|e| e.to_string())?;
-    let proxy = ChildProc::start(&["serve", "--config", "proxy.toml", "--port", "0"], dir, Some(1024))?;
+    let proxy = ChildProc::start(&["serve", "--config", "proxy.toml", "--port", "0"], dir, Some(1024), proxy_cpu_core)?;
     rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let rss_idle = rss_bytes(proxy.pid());
@@ -396,7 +416,10 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
         let ask = format!("{} {}", opts.paced_tokens, opts.pace_ms);
         let body = Arc::new(json!({"model": "stamp", "stream": true, "messages": [{"role": "user", "content": ask}]}).to_string());
         let direct_late = latencies(&run_streams(&stamp_url, opts.paced_streams, &body).await);
+        let cpu0 = cpu_seconds(proxy.pid());
         let via_paced = run_streams(&proxy.url, opts.paced_streams, &body).await;
+        let paced_cpu = cpu_seconds(proxy.pid()) - cpu0;
+        let paced_tokens = opts.paced_streams * (opts.paced_tokens + 1);
         let paced_errors = via_paced.iter().filter(|s| !s.ok || s.latencies.len() != opts.paced_tokens).count();
         let via_late = latencies(&via_paced);
 
@@ -410,7 +433,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
         let mb = |b: f64| (b / 1e6 * 10.0).round() / 10.0;
         let ms = |v: f64| (v * 1000.0).round() / 1000.0;
         Ok(json!({
-            "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "build": if cfg!(debug_assertions) {"debug"} else {"release"}},
+            "machine": {"cores": cores, "build": if cfg!(debug_assertions) {"debug"} else {"release"}},
             "options": {"streams": opts.streams, "tokens": opts.tokens, "paced_streams": opts.paced_streams, "paced_tokens": opts.paced_tokens,
                         "pace_ms": opts.pace_ms, "memory_streams": opts.memory_streams, "concurrency": opts.concurrency},
             "bulk": {
@@ -426,6 +449,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
                 "p50_ms_direct": ms(percentile(&direct_late, 0.5)), "p99_ms_direct": ms(percentile(&direct_late, 0.99)),
                 "added_p50_ms": ms(percentile(&via_late, 0.5) - percentile(&direct_late, 0.5)),
                 "added_p99_ms": ms(percentile(&via_late, 0.99) - percentile(&direct_late, 0.99)),
+                "proxy_cpu_us_per_token": (paced_cpu / paced_tokens.max(1) as f64 * 1e6 * 100.0).round() / 100.0,
                 "errors": paced_errors,
             },
             "memory": {"rss_idle_mb": mb(rss_idle as f64), "rss_mb_per_1000_streams": mb(per_1000), "held": opts.memory_streams, "held_ok": mem_ok},
@@ -453,6 +477,7 @@ pub fn text(r: &Value) -> String {
          paced: {} streams x {} tokens, one every {} ms\n\
          \x20 latency per token p50                         {:>9} ms   {} ms  (added {} ms)\n\
          \x20 latency per token p99                         {:>9} ms   {} ms  (added {} ms)\n\
+         \x20 CPU per upstream token (one read and one write each) {:>2} us\n\
          memory\n\
          \x20 RSS at rest                                   {:>9} MB\n\
          \x20 RSS per 1,000 open streams ({} held, {} ok)   {:>9} MB\n\
@@ -478,6 +503,7 @@ pub fn text(r: &Value) -> String {
         p["p99_ms_via_proxy"],
         p["p99_ms_direct"],
         p["added_p99_ms"],
+        p["proxy_cpu_us_per_token"],
         m["rss_idle_mb"],
         m["held"],
         m["held_ok"],

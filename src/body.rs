@@ -80,6 +80,10 @@ pub struct PipelineBody {
     events: Vec<Event>,
     out: Vec<Event>,
     pending: VecDeque<Bytes>,
+    /// Bytes in `pending`.
+    pending_bytes: usize,
+    /// The upstream had nothing more ready: send what is pending now.
+    dry: bool,
     read_timeout: Duration,
     /// When the upstream last sent bytes; the read timer is re-armed from it only when it
     /// fires, which keeps timer updates off the per-frame path.
@@ -127,6 +131,8 @@ impl PipelineBody {
             events: Vec::with_capacity(8),
             out: Vec::with_capacity(8),
             pending: VecDeque::new(),
+            pending_bytes: 0,
+            dry: false,
             read_timeout,
             last_read: tokio::time::Instant::now(),
             read_timer: Box::pin(tokio::time::sleep(read_timeout)),
@@ -156,6 +162,7 @@ impl PipelineBody {
             match ev {
                 Event::Wire(b) if !b.is_empty() => {
                     self.wire_sent = true;
+                    self.pending_bytes += b.len();
                     self.pending.push_back(b);
                 }
                 Event::Error(e) => {
@@ -337,14 +344,37 @@ impl PipelineBody {
     }
 }
 
+/// The most output gathered into one frame.
+const BATCH: usize = 16 << 10;
+
+impl PipelineBody {
+    /// Everything pending, as one buffer.
+    fn take_pending(&mut self) -> Bytes {
+        self.pending_bytes = 0;
+        if self.pending.len() == 1 {
+            return self.pending.pop_front().unwrap_or_default();
+        }
+        let mut all = bytes::BytesMut::with_capacity(self.pending.iter().map(Bytes::len).sum());
+        for b in self.pending.drain(..) {
+            all.extend_from_slice(&b);
+        }
+        all.freeze()
+    }
+}
+
 impl Body for PipelineBody {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
+    /// Output goes out in bursts: what the upstream has ready now is read and sent as one
+    /// frame (one write instead of one per token), up to [`BATCH`] bytes; nothing ever waits
+    /// for more to arrive.
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         loop {
-            if let Some(b) = this.pending.pop_front() {
+            if !this.pending.is_empty() && (this.finished || this.dry || this.pending_bytes >= BATCH) {
+                this.dry = false;
+                let b = this.take_pending();
                 this.bytes_sent += b.len() as u64;
                 return Poll::Ready(Some(Ok(Frame::data(b))));
             }
@@ -382,6 +412,10 @@ impl Body for PipelineBody {
                         if this.poll_timers(cx) {
                             continue;
                         }
+                        if !this.pending.is_empty() {
+                            this.dry = true;
+                            continue;
+                        }
                         return Poll::Pending;
                     }
                 },
@@ -400,6 +434,10 @@ impl Body for PipelineBody {
                     Poll::Ready(None) => this.on_upstream_end(),
                     Poll::Pending => {
                         if this.poll_timers(cx) {
+                            continue;
+                        }
+                        if !this.pending.is_empty() {
+                            this.dry = true;
                             continue;
                         }
                         return Poll::Pending;

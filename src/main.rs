@@ -126,6 +126,9 @@ enum Cmd {
         /// Paced run: streams, and the pace between tokens.
         #[arg(long)]
         paced_streams: Option<usize>,
+        /// Paced run: answer tokens per stream.
+        #[arg(long)]
+        paced_tokens: Option<usize>,
         #[arg(long)]
         pace_ms: Option<u64>,
         /// Streams held open to measure memory per stream.
@@ -171,11 +174,12 @@ fn main() -> ExitCode {
         Cmd::Init { upstream, client, output, force } => init(&upstream, client, &output, force),
         Cmd::Doctor { upstream, config, model } => doctor(upstream.as_deref(), config.as_deref(), model.as_deref()),
         Cmd::MockUpstream { host, port, parsed, tls_cert, tls_key } => mock(&host, port, parsed, tls_cert.as_deref().zip(tls_key.as_deref())),
-        Cmd::Bench { json, short, streams, tokens, paced_streams, pace_ms, memory_streams, concurrency } => {
+        Cmd::Bench { json, short, streams, tokens, paced_streams, paced_tokens, pace_ms, memory_streams, concurrency } => {
             let mut o = if short { harmony_proxy::bench::Options::short() } else { harmony_proxy::bench::Options::full() };
             o.streams = streams.unwrap_or(o.streams).max(1);
             o.tokens = tokens.unwrap_or(o.tokens).max(1);
             o.paced_streams = paced_streams.unwrap_or(o.paced_streams).max(1);
+            o.paced_tokens = paced_tokens.unwrap_or(o.paced_tokens).max(1);
             o.pace_ms = pace_ms.unwrap_or(o.pace_ms).max(1);
             o.memory_streams = memory_streams.unwrap_or(o.memory_streams).max(1);
             o.concurrency = concurrency.unwrap_or(o.concurrency).max(1);

@@ -1,13 +1,15 @@
 //! `harmony-parse`: upstream text → channel text and tool calls.
 //!
 //! The text is cut into special tokens and plain text by [`Scanner`] (which holds back only
-//! what could still become a special token), the plain text is tokenized with o200k_harmony,
-//! and every message is fed to the official `openai-harmony` [`StreamableParser`]
-//! (non-strict), whose content deltas become events as soon as each token is decoded.
+//! what could still become a special token). A message's text flows out as it comes, never
+//! tokenized (DESIGN §1: the per-token path must not tokenize answer text): once the special
+//! tokens are out, tokenizing it for the parser would only decode it back to itself.
 //!
-//! Upstreams send Harmony that is often not well formed (UPSTREAMS.md). Rather than letting
-//! the parser fail on it, this stage frames each message itself and hands the parser a
-//! canonical header (`<|start|>assistant[ to=R]<|channel|>C<|message|>`):
+//! Upstreams send Harmony that is often not well formed (UPSTREAMS.md). This stage frames
+//! each message itself into a canonical header (`<|start|>assistant[ to=R]<|channel|>C<|message|>`)
+//! and a stop token, and the official `openai-harmony` [`StreamableParser`] (non-strict)
+//! judges each distinct frame once per config generation (a rejected frame counts in
+//! `parser_errors`; the text still flows):
 //! - output that begins at `<|channel|>` (llama.cpp) gets its `<|start|>` back;
 //! - a `<|start|>` or `<|channel|>` inside a message closes the message (missing `<|end|>`);
 //! - text after `<|end|>` with no new header is the answer (`--reasoning-format none`);
@@ -31,6 +33,7 @@
 //! Invariant: no text between `<|` and `|>` of a recognised token ever leaves this stage
 //! as `Text` or `ToolCallArgs`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use openai_harmony::{HarmonyEncoding, ParseOptions, StreamableParser};
@@ -81,9 +84,36 @@ struct Shared {
     call: Rank,
     assistant: Vec<Rank>,
     prepend_missing_start: bool,
+    /// Message frames (canonical header + stop token) the official parser has judged, with
+    /// its verdict. Few distinct frames exist (a channel, or a tool name), and the parser
+    /// costs milliseconds per header (it rebuilds its special-token set for each header
+    /// token), so each frame is parsed once per config generation. Locked once per message.
+    frames: std::sync::Mutex<HashMap<Vec<Rank>, bool>>,
 }
 
+/// Frames remembered at most (then forgotten all at once; they are cheap to learn again).
+const MAX_FRAMES: usize = 4096;
+
 impl Shared {
+    /// Whether the official parser accepts the message frame `header` + `stop`.
+    fn frame_ok(&self, header: &[Rank], stop: Rank) -> bool {
+        let mut key = Vec::with_capacity(header.len() + 1);
+        key.extend_from_slice(header);
+        key.push(stop);
+        let lock = || self.frames.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&ok) = lock().get(&key) {
+            return ok;
+        }
+        let mut parser = new_parser(&self.enc);
+        let ok = key.iter().all(|&t| parser.process(t).is_ok());
+        let mut frames = lock();
+        if frames.len() >= MAX_FRAMES {
+            frames.clear();
+        }
+        frames.insert(key, ok);
+        ok
+    }
+
     fn special(enc: &HarmonyEncoding, s: Special) -> Rank {
         let toks = enc.tokenizer().encode_with_special_tokens(s.literal());
         debug_assert_eq!(toks.len(), 1, "{s:?} is one token");
@@ -106,6 +136,7 @@ impl HarmonyParseFactory {
             call: Shared::special(&enc, Special::Call),
             assistant: enc.tokenizer().encode_ordinary("assistant"),
             prepend_missing_start: cfg.prepend_missing_start.0,
+            frames: Default::default(),
             enc,
         };
         Self { shared: Arc::new(shared) }
@@ -306,9 +337,6 @@ pub struct HarmonyParse {
     sh: Arc<Shared>,
     /// Set once the upstream sends token ids.
     token_path: Option<TokenPath>,
-    parser: StreamableParser,
-    /// The parser rejected the open message: its text is passed on as decoded by us.
-    parser_broken: bool,
     scanner: Scanner,
     state: State,
     header: String,
@@ -323,19 +351,16 @@ pub struct HarmonyParse {
     seen_message: bool,
     /// Where the open tool call's JSON arguments end.
     args_end: JsonEnd,
-    /// Reused token buffer (headers).
+    /// The open message's canonical header tokens (its frame, judged at `close`).
     tokens: Vec<Rank>,
     parser_errors: u64,
 }
 
 impl HarmonyParse {
     fn new(sh: Arc<Shared>) -> Self {
-        let parser = new_parser(&sh.enc);
         Self {
             sh,
             token_path: None,
-            parser,
-            parser_broken: false,
             scanner: Scanner::default(),
             state: State::ExpectStart,
             header: String::new(),
@@ -627,7 +652,7 @@ impl HarmonyParse {
         }
     }
 
-    /// `<|message|>` ends the header in `self.header`: start feeding the parser.
+    /// `<|message|>` ends the header in `self.header`: the message's text flows from here.
     fn open(&mut self, glued: bool, out: &mut Vec<Event>) {
         let header = std::mem::take(&mut self.header);
         let h = HeaderInfo::parse(&header);
@@ -661,13 +686,6 @@ impl HarmonyParse {
         self.tokens.push(sh.channel);
         self.tokens.extend(sh.enc.tokenizer().encode_ordinary(channel));
         self.tokens.push(sh.message);
-        self.parser_broken = false;
-        for i in 0..self.tokens.len() {
-            if self.parser.process(self.tokens[i]).is_err() {
-                self.parser_failed();
-                break;
-            }
-        }
         if let Some(r) = recipient {
             out.push(Event::ToolCallStart { name: r, id: None });
         }
@@ -675,11 +693,6 @@ impl HarmonyParse {
         self.state = State::Content(target);
     }
 
-    fn parser_failed(&mut self) {
-        self.parser_errors += 1;
-        self.parser_broken = true;
-        self.parser = new_parser(&self.sh.enc);
-    }
 
     /// Message text, out as it arrives. It flows through untokenized (DESIGN §1): the
     /// scanner has already taken every special token out, so what is left is the message's
@@ -781,12 +794,9 @@ impl HarmonyParse {
             Some(Special::Call) => self.sh.call,
             _ => self.sh.end,
         };
-        if self.parser_broken || self.parser.process(rank).is_err() {
-            if !self.parser_broken {
-                self.parser_errors += 1;
-            }
-            self.parser = new_parser(&self.sh.enc);
-            self.parser_broken = false;
+        // The official parser judges the frame (header tokens of `open` + stop token).
+        if !self.sh.frame_ok(&self.tokens, rank) {
+            self.parser_errors += 1;
         }
         if target == Target::Tool {
             out.push(Event::ToolCallEnd);
