@@ -246,3 +246,40 @@ fn check_refuses_url_and_urls_together_and_duplicate_servers() {
     let (ok, out) = check(&["--config", "dup.toml"], dir.path());
     assert!(!ok && out.contains("is listed twice") && out.contains("max_outstanding: must be at least 1"), "{out}");
 }
+
+/// Passive health only (no `health_interval`): a server that failed 3 times in a row gets no
+/// request for its 30 s sit-out, even once it is back; then one trial request takes it back.
+#[test]
+fn without_health_checks_a_failed_server_sits_out_30s_then_one_trial_takes_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = mock(dir.path());
+    let b = mock(dir.path());
+    let b_url = b.url.clone();
+    let b_port = b_url.rsplit(':').next().unwrap().to_owned();
+    let proxy = start_proxy(dir.path(), &pool_config(&[&a.url, &b.url], "balance = \"round_robin\""));
+    drop(b);
+    // Round robin sends every other request to the dead server; the retry lands on the live one.
+    let mut sent = 0;
+    while metric(&proxy, "harmony_proxy_upstream_healthy", &b_url) != Some(0.0) {
+        assert_eq!(ask(&proxy, true, slow(0, 1)).status, 200);
+        sent += 1;
+        assert!(sent < 20, "three failures in a row never took the server out: {}", proxy.log());
+    }
+    let ejected_at = std::time::Instant::now();
+    let b = spawn(&["mock-upstream", "--port", &b_port], dir.path(), &[]);
+    for _ in 0..6 {
+        assert_eq!(ask(&proxy, true, slow(0, 1)).status, 200);
+    }
+    if ejected_at.elapsed() < Duration::from_secs(25) {
+        assert_eq!(requests(&b), 0, "a server sitting out gets no request, even when it is back");
+    }
+    let r = readyz(&proxy);
+    assert_eq!(r.json()["upstreams"]["default"]["servers"][format!("{b_url}/v1")]["health"], "out", "{}", r.text());
+    thread::sleep(Duration::from_secs(31).saturating_sub(ejected_at.elapsed()));
+    for _ in 0..4 {
+        assert_eq!(ask(&proxy, true, slow(0, 1)).status, 200);
+    }
+    assert!(requests(&b) >= 1, "after the sit-out, the trial request went to it");
+    assert_eq!(metric(&proxy, "harmony_proxy_upstream_healthy", &b_url), Some(1.0));
+    assert_eq!(readyz(&proxy).json()["upstreams"]["default"]["servers"][format!("{b_url}/v1")]["health"], "up");
+}
