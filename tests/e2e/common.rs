@@ -314,3 +314,27 @@ pub fn check(args: &[&str], cwd: &Path) -> (bool, String) {
     let out = Command::new(BIN).arg("check").args(args).current_dir(cwd).env_remove("UPSTREAM_BASE_URL").output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
+
+/// Routes for the native suites: `native-*` models to the shipped `native` pipeline (endpoint
+/// `completions`), `nllama-*` to `native-llama`, whose stages (a TOML array body, endpoint
+/// `llama`) each suite gives. Goes before any catch-all route (first match wins).
+pub fn native_routes(llama_stages: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+path = "/v1/chat/completions"
+models = ["native-*"]
+upstream = "default"
+pipeline = "native"
+
+[[routes]]
+path = "/v1/chat/completions"
+models = ["nllama-*"]
+upstream = "default"
+pipeline = "native-llama"
+
+[pipelines.native-llama]
+stages = [{llama_stages}]
+"#
+    )
+}

@@ -9,34 +9,15 @@ use crate::common::*;
 /// `native` (endpoint `completions`) for `native-*` models; the same with endpoint `llama`
 /// for `nllama-*`.
 fn native_env() -> Env {
-    Env::with_config(|mock| {
-        format!(
-            r#"
-[upstreams.default]
-url = "{mock}/v1"
-read_timeout = "5s"
-[[routes]]
-path = "/v1/chat/completions"
-models = ["native-*"]
-upstream = "default"
-pipeline = "native"
-[[routes]]
-path = "/v1/chat/completions"
-models = ["nllama-*"]
-upstream = "default"
-pipeline = "nllama"
-[pipelines.nllama]
-stages = [
-  {{ type = "history-clean" }},
-  {{ type = "harmony-render", endpoint = "llama", reasoning_effort = "low" }},
-  {{ type = "harmony-parse" }},
-  {{ type = "reasoning-memory" }},
-  {{ type = "tool-bridge", mode = "openai_tool_calls", reasoning = "reasoning_content", preambles = "content" }},
-  {{ type = "sse-encode" }},
-]
-"#
-        )
-    })
+    let stages = r#"
+  { type = "history-clean" },
+  { type = "harmony-render", endpoint = "llama", reasoning_effort = "low" },
+  { type = "harmony-parse" },
+  { type = "reasoning-memory" },
+  { type = "tool-bridge", mode = "openai_tool_calls", reasoning = "reasoning_content", preambles = "content" },
+  { type = "sse-encode" },
+"#;
+    Env::with_config(|mock| format!("[upstreams.default]\nurl = \"{mock}/v1\"\nread_timeout = \"5s\"\n{}", native_routes(stages)))
 }
 
 fn tools() -> Value {

@@ -203,21 +203,8 @@ impl Pipeline {
 pub fn proxy_for(llama: &Llama, dir: &Path) -> Proc {
     // A tiny model on a loaded 2-core machine (other suites run beside it, and grammar
     // sampling checks every candidate token) can pause for seconds between tokens.
-    let native_routes = r#"
-[[routes]]
-path = "/v1/chat/completions"
-models = ["native-*"]
-upstream = "default"
-pipeline = "native"
-
-[[routes]]
-path = "/v1/chat/completions"
-models = ["nllama-*"]
-upstream = "default"
-pipeline = "native-llama"
-
-[pipelines.native-llama]
-stages = [
+    let native_routes = native_routes(
+        r#"
   { type = "history-clean" },
   { type = "harmony-render", endpoint = "llama" },
   { type = "retry", max_retries = 3, backoff = "500ms" },
@@ -227,8 +214,8 @@ stages = [
   { type = "tool-bridge", mode = "openai_tool_calls", reasoning = "reasoning_content", preambles = "content" },
   { type = "watchdog", no_final_timeout = "120s" },
   { type = "sse-encode" },
-]
-"#;
+"#,
+    );
     // First match wins: the native routes go before the shared config's catch-all.
     let cfg = config(&llama.url, "").replace("read_timeout = \"5s\"", "read_timeout = \"60s\"").replacen("[[routes]]", &format!("{native_routes}\n[[routes]]"), 1);
     std::fs::write(dir.join("proxy.toml"), cfg).unwrap();
