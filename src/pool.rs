@@ -40,8 +40,14 @@ enum Health {
     Up { failures: u32 },
     /// Sitting out until `until`; then the next request is a trial.
     Out { until: Instant },
-    /// One trial request is in flight; its verdict puts the server back or out again.
-    Trial,
+    /// One trial request (`id`) is in flight; its verdict puts the server back or out again.
+    Trial { id: u64 },
+}
+
+/// A new trial's id.
+fn next_trial() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Health {
@@ -50,7 +56,7 @@ impl Health {
         match self {
             Health::Up { failures } if failures + 1 >= EJECT_AFTER => (Health::Out { until: now + SIT_OUT }, true),
             Health::Up { failures } => (Health::Up { failures: failures + 1 }, false),
-            Health::Trial => (Health::Out { until: now + SIT_OUT }, true),
+            Health::Trial { .. } => (Health::Out { until: now + SIT_OUT }, true),
             out @ Health::Out { .. } => (out, false),
         }
     }
@@ -60,7 +66,7 @@ impl Health {
         match self {
             Health::Up { .. } => true,
             Health::Out { until } => now >= until,
-            Health::Trial => false,
+            Health::Trial { .. } => false,
         }
     }
 }
@@ -109,18 +115,22 @@ impl Server {
         match *self.health() {
             Health::Up { .. } => "up",
             Health::Out { .. } => "out",
-            Health::Trial => "trial",
+            Health::Trial { .. } => "trial",
         }
     }
 
     /// The server answered (any status below 500): back in, failure count reset.
     pub fn succeeded(&self) {
         let mut h = self.health();
-        if !matches!(*h, Health::Up { .. }) {
+        let was_out = !matches!(*h, Health::Up { .. });
+        *h = Health::Up { failures: 0 };
+        drop(h);
+        if was_out {
             tracing::info!(upstream = %self.upstream, server = %self.url, "server is back in the pool");
             self.healthy_gauge.set(1.0);
+            // Requests waiting for a slot may take this server now.
+            self.freed.notify_waiters();
         }
-        *h = Health::Up { failures: 0 };
     }
 
     /// The server failed a request or a probe (`why`: the error kind).
@@ -151,8 +161,8 @@ impl Server {
 /// A request's hold on a server: counted in `outstanding` until dropped.
 pub struct Lease {
     server: Arc<Server>,
-    /// This request is the server's trial after a sit-out.
-    trial: bool,
+    /// This request is the server's trial after a sit-out (the trial's id).
+    trial: Option<u64>,
 }
 
 impl Lease {
@@ -165,11 +175,11 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.server.outstanding.fetch_sub(1, Ordering::AcqRel);
         self.server.outstanding_gauge.decrement(1.0);
-        if self.trial {
-            // A trial that ended without a verdict (the client left first): the next request
-            // may try again at once.
+        if let Some(id) = self.trial {
+            // This trial ended without a verdict (the client left first): the next request
+            // may try again at once. A later trial (another id) is left alone.
             let mut h = self.server.health();
-            if *h == Health::Trial {
+            if *h == (Health::Trial { id }) {
                 *h = Health::Out { until: Instant::now() };
             }
         }
@@ -245,7 +255,12 @@ impl Pool {
             if let Some(lease) = self.try_acquire(avoid, true) {
                 return Ok(lease);
             }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            // A sit-out that ends wakes nobody: look again at least every 250 ms.
+            let next = deadline.min(tokio::time::Instant::now() + Duration::from_millis(250));
+            if tokio::time::timeout_at(next, freed).await.is_err() && tokio::time::Instant::now() >= deadline {
+                if let Some(lease) = self.try_acquire(avoid, true) {
+                    return Ok(lease);
+                }
                 return Err(Busy { waited: started.elapsed() });
             }
         }
@@ -258,7 +273,7 @@ impl Pool {
             None => {
                 let server = self.servers[0].clone();
                 server.take_slot(None);
-                Lease { server, trial: false }
+                Lease { server, trial: None }
             }
         }
     }
@@ -274,12 +289,13 @@ impl Pool {
                 // Every server is out: try them all rather than fail.
                 usable = self.servers.iter().collect();
             }
+            usable.retain(|s| max.is_none_or(|m| s.outstanding() < m));
+            // Another server than the one that just failed, when another can take it.
             if let Some(a) = avoid {
-                if usable.len() > 1 {
+                if usable.iter().any(|s| !Arc::ptr_eq(s, a)) {
                     usable.retain(|s| !Arc::ptr_eq(s, a));
                 }
             }
-            usable.retain(|s| max.is_none_or(|m| s.outstanding() < m));
             let server = self.choose(&usable)?;
             if !server.take_slot(max) {
                 continue;
@@ -288,16 +304,17 @@ impl Pool {
                 let mut h = server.health();
                 match *h {
                     Health::Out { until } if now >= until => {
-                        *h = Health::Trial;
-                        Some(true)
+                        let id = next_trial();
+                        *h = Health::Trial { id };
+                        Some(Some(id))
                     }
                     // Lost the trial to another request; with every server out, go anyway.
-                    Health::Trial | Health::Out { .. } if !panic_mode => None,
-                    _ => Some(false),
+                    Health::Trial { .. } | Health::Out { .. } if !panic_mode => None,
+                    _ => Some(None),
                 }
             };
             let Some(trial) = trial else {
-                drop(Lease { server: server.clone(), trial: false });
+                drop(Lease { server: server.clone(), trial: None });
                 continue;
             };
             server.requests.increment(1);
@@ -312,9 +329,11 @@ impl Pool {
             (1, _) => Some(candidates[0]),
             (n, Balance::RoundRobin) => Some(candidates[self.next.fetch_add(1, Ordering::Relaxed) % n]),
             (_, Balance::LeastOutstanding) => {
-                let least = candidates.iter().map(|s| s.outstanding()).min()?;
-                let tied: Vec<_> = candidates.iter().filter(|s| s.outstanding() == least).collect();
-                Some(tied[fastrand::usize(..tied.len())])
+                // One reading of the counts: other requests change them meanwhile.
+                let counts: Vec<usize> = candidates.iter().map(|s| s.outstanding()).collect();
+                let least = *counts.iter().min()?;
+                let tied: Vec<&'a Arc<Server>> = candidates.iter().zip(&counts).filter(|(_, &c)| c == least).map(|(s, _)| *s).collect();
+                tied.get(fastrand::usize(..tied.len().max(1))).copied()
             }
         }
     }
@@ -348,7 +367,7 @@ mod tests {
     #[test]
     fn a_failed_trial_sits_out_again() {
         let now = Instant::now();
-        let (h, ejected) = Health::Trial.failed(now);
+        let (h, ejected) = Health::Trial { id: 1 }.failed(now);
         assert!(ejected);
         assert_eq!(h, Health::Out { until: now + SIT_OUT });
     }
@@ -433,6 +452,51 @@ mod tests {
         let same = new.servers.iter().find(|s| s.url == url).unwrap();
         assert!(Arc::ptr_eq(same, held.server()));
         assert_eq!(same.outstanding(), 1);
+    }
+
+    #[test]
+    fn a_retry_goes_back_to_the_server_that_failed_when_every_other_is_full() {
+        let p = pool("t-avoid-full", 2, Balance::LeastOutstanding, Some(1));
+        let busy = p.try_acquire(None, true).unwrap();
+        let failed = p.servers.iter().find(|s| !Arc::ptr_eq(s, busy.server())).unwrap().clone();
+        let l = p.try_acquire(Some(&failed), true).expect("the failed server is still up and free");
+        assert!(Arc::ptr_eq(l.server(), &failed));
+    }
+
+    #[test]
+    fn an_old_trial_ending_does_not_reset_a_newer_trial() {
+        let p = pool("t-trial-ids", 1, Balance::LeastOutstanding, None);
+        let s = p.servers[0].clone();
+        *s.health() = Health::Out { until: Instant::now() };
+        let first = p.try_acquire(None, true).unwrap();
+        s.succeeded();
+        for _ in 0..EJECT_AFTER {
+            s.failed("reset");
+        }
+        *s.health() = Health::Out { until: Instant::now() };
+        let _second = p.try_acquire(None, true).unwrap();
+        assert_eq!(s.state(), "trial");
+        drop(first);
+        assert_eq!(s.state(), "trial", "the first trial's lease must not end the second trial");
+    }
+
+    #[test]
+    fn least_outstanding_never_panics_while_counts_change_under_it() {
+        let p = Arc::new(pool("t-race", 3, Balance::LeastOutstanding, None));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        drop(p.try_acquire(None, true).unwrap());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(p.servers.iter().all(|s| s.outstanding() == 0));
     }
 
     #[tokio::test]

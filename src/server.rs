@@ -448,6 +448,9 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     r.extensions_mut().insert(SummaryByBody);
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == 503 {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     r
 }
 
