@@ -24,12 +24,12 @@ use harmony_filters::upstream::{decode_completion, SseDecoder};
 use harmony_filters::{ApiError, Chain, Compiled, Event, RequestMeta};
 use http::header;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::metrics::Metrics;
 use crate::pool::Lease;
 use crate::upstream::{Call, Outcome};
+use crate::upstream_conn::UpstreamBody;
 
 /// Most a non-streamed upstream JSON answer may hold.
 const MAX_JSON_BODY: usize = 64 << 20;
@@ -41,7 +41,7 @@ enum Decoder {
 }
 
 impl Decoder {
-    fn for_response(resp: &http::Response<Incoming>) -> Self {
+    fn for_response<B>(resp: &http::Response<B>) -> Self {
         let ct = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         if ct.starts_with("application/json") {
             Decoder::Json(Vec::new())
@@ -54,7 +54,7 @@ impl Decoder {
 type Connecting = Pin<Box<dyn Future<Output = (Outcome, u32)> + Send>>;
 
 enum Phase {
-    Streaming(Incoming),
+    Streaming(UpstreamBody),
     Connecting(Connecting),
     Done,
 }
@@ -104,7 +104,7 @@ pub struct PipelineBody {
 impl PipelineBody {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        resp: http::Response<Incoming>,
+        resp: http::Response<UpstreamBody>,
         lease: Lease,
         chain: Chain,
         pipeline: Arc<Compiled>,

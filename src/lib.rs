@@ -25,3 +25,4 @@ pub mod pool;
 pub mod reload;
 pub mod server;
 pub mod upstream;
+pub mod upstream_conn;

@@ -71,12 +71,12 @@ pub fn error_response(e: &ApiError) -> Response<RespBody> {
 }
 
 /// An upstream body passed through as is, holding its server's slot until it ends.
-struct Leased {
-    body: Incoming,
+struct Leased<B> {
+    body: B,
     _lease: Lease,
 }
 
-impl http_body::Body for Leased {
+impl<B: http_body::Body<Data = Bytes, Error = hyper::Error> + Unpin> http_body::Body for Leased<B> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -455,7 +455,7 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
 }
 
 /// An upstream answer the client should see as is (status, content type, body streamed).
-fn passthrough(up: Response<Incoming>, lease: Lease) -> Response<RespBody> {
+fn passthrough(up: Response<crate::upstream_conn::UpstreamBody>, lease: Lease) -> Response<RespBody> {
     let (parts, body) = up.into_parts();
     let mut r = Response::new(Leased { body, _lease: lease }.boxed_unsync());
     *r.status_mut() = parts.status;

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::pool::{Lease, Pool, Server};
+use crate::upstream_conn::{ConnError, Conns, UpstreamBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -32,6 +33,8 @@ pub struct Upstream {
     health_interval: Option<Duration>,
     auth: Option<HeaderValue>,
     client: Client<HttpsConnector<HttpConnector>, ReqBody>,
+    /// Pipeline calls: connections driven from the response body ([`crate::upstream_conn`]).
+    conns: Conns,
 }
 
 /// Why a call failed without an HTTP answer.
@@ -55,6 +58,7 @@ impl Upstream {
         http.set_connect_timeout(Some(cfg.connect_timeout.0));
         http.set_nodelay(true);
         let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+        let conns = Conns::new(https.clone());
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
         let auth = cfg
             .api_key
@@ -71,6 +75,7 @@ impl Upstream {
             health_interval: cfg.health_interval.map(|d| d.0),
             auth,
             client,
+            conns,
         })
     }
 
@@ -115,21 +120,9 @@ impl Upstream {
             req.headers_mut().insert(header::AUTHORIZATION, a.clone());
         }
         match tokio::time::timeout(self.read_timeout, self.client.request(req)).await {
-            Err(_) => Err(CallError {
-                kind: "timeout",
-                error: ApiError::new(504, "upstream_error", Some("upstream_timeout"), format!("upstream {} did not answer within {:?}", self.name, self.read_timeout)),
-                retryable: true,
-            }),
-            Ok(Err(e)) if e.is_connect() => Err(CallError {
-                kind: "connect",
-                error: ApiError::new(502, "upstream_error", Some("upstream_unreachable"), format!("upstream {} is unreachable: {}", self.name, error_chain(&e))),
-                retryable: true,
-            }),
-            Ok(Err(e)) => Err(CallError {
-                kind: "reset",
-                error: ApiError::new(502, "upstream_error", Some("upstream_error"), format!("upstream {} failed: {}", self.name, error_chain(&e))),
-                retryable: true,
-            }),
+            Err(_) => Err(self.timed_out()),
+            Ok(Err(e)) if e.is_connect() => Err(self.unreachable(&e)),
+            Ok(Err(e)) => Err(self.broke(&e)),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
@@ -144,17 +137,50 @@ impl Upstream {
         }
     }
 
-    /// `POST` a JSON body to `endpoint` of the leased server, asking for SSE.
-    pub async fn post(&self, lease: &Lease, endpoint: Endpoint, body: Bytes, request_id: &str) -> Result<Response<Incoming>, CallError> {
-        let mut req = Request::post(Self::endpoint_url(&lease.server().url, endpoint))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "text/event-stream")
-            .body(full(body))
+    /// `POST` a JSON body to `endpoint` of the leased server, asking for SSE; waits at most
+    /// `read_timeout` for the response head.
+    pub async fn post(&self, lease: &Lease, endpoint: Endpoint, body: Bytes, request_id: &str) -> Result<Response<UpstreamBody>, CallError> {
+        let url = Self::endpoint_url(&lease.server().url, endpoint);
+        let uri: Uri = url
+            .parse()
             .map_err(|e| CallError { kind: "protocol", error: ApiError::upstream(format!("cannot build upstream request: {e}")), retryable: false })?;
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            req.headers_mut().insert("x-request-id", v);
+        let rid = HeaderValue::from_str(request_id).ok();
+        let make = || {
+            let mut req = Request::new(full(body.clone()));
+            *req.method_mut() = http::Method::POST;
+            *req.uri_mut() = uri.clone();
+            let h = req.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+            if let Some(v) = &rid {
+                h.insert("x-request-id", v.clone());
+            }
+            if let Some(a) = &self.auth {
+                h.insert(header::AUTHORIZATION, a.clone());
+            }
+            req
+        };
+        match tokio::time::timeout(self.read_timeout, self.conns.request(&lease.server().url, make)).await {
+            Err(_) => Err(self.timed_out()),
+            Ok(Err(ConnError::Connect(e))) => Err(self.unreachable(&*e)),
+            Ok(Err(ConnError::Http(e))) => Err(self.broke(&e)),
+            Ok(Ok(resp)) => Ok(resp),
         }
-        self.send(req).await
+    }
+
+    fn timed_out(&self) -> CallError {
+        let msg = format!("upstream {} did not answer within {:?}", self.name, self.read_timeout);
+        CallError { kind: "timeout", error: ApiError::new(504, "upstream_error", Some("upstream_timeout"), msg), retryable: true }
+    }
+
+    fn unreachable(&self, e: &dyn std::error::Error) -> CallError {
+        let msg = format!("upstream {} is unreachable: {}", self.name, error_chain(e));
+        CallError { kind: "connect", error: ApiError::new(502, "upstream_error", Some("upstream_unreachable"), msg), retryable: true }
+    }
+
+    fn broke(&self, e: &dyn std::error::Error) -> CallError {
+        let msg = format!("upstream {} failed: {}", self.name, error_chain(e));
+        CallError { kind: "reset", error: ApiError::new(502, "upstream_error", Some("upstream_error"), msg), retryable: true }
     }
 
     /// `GET {base}/models` of one server, for readiness and health: its status, if it answered.
@@ -271,9 +297,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// What a call with retries came to.
 pub enum Outcome {
     /// A 2xx response to stream from, and the hold on its server (kept while it streams).
-    Stream(Response<Incoming>, Lease),
+    Stream(Response<UpstreamBody>, Lease),
     /// A 4xx the client should see as is.
-    Passthrough(Response<Incoming>, Lease),
+    Passthrough(Response<UpstreamBody>, Lease),
     Failed(ApiError),
 }
 
@@ -353,7 +379,7 @@ impl Call {
 }
 
 /// `: <first 300 bytes of the body>` when it can be read quickly.
-async fn excerpt(resp: Response<Incoming>) -> String {
+async fn excerpt(resp: Response<UpstreamBody>) -> String {
     let read = tokio::time::timeout(Duration::from_secs(2), http_body_util::Limited::new(resp.into_body(), 64 << 10).collect()).await;
     match read {
         Ok(Ok(b)) => {
