@@ -191,7 +191,13 @@ impl PipelineBody {
         self.chain.end(&mut self.out);
         self.collect();
         self.finished = true;
-        self.phase = Phase::Done;
+        if let Phase::Streaming(up) = std::mem::replace(&mut self.phase, Phase::Done) {
+            // A complete answer leaves its connection for the next request; any other end
+            // closes it, which stops the generation.
+            if matches!(&self.decoder, Decoder::Sse(d) if d.is_done() || d.saw_finish()) {
+                up.finish_in_background();
+            }
+        }
         self.lease = None; // the upstream is dropped: its server has a slot free again
         self.stage_timer = None;
     }

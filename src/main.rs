@@ -107,6 +107,10 @@ enum Cmd {
         tls_cert: Option<PathBuf>,
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Close a connection that waits this long for its next request (as servers with a
+        /// keep-alive timeout do).
+        #[arg(long, value_name = "MS")]
+        idle_close_ms: Option<u64>,
     },
     /// What the proxy costs: streams through it and straight to the built-in mock, side by
     /// side (CPU per token, added latency, memory per stream, concurrent streams, start-up).
@@ -173,7 +177,9 @@ fn main() -> ExitCode {
         Cmd::Replay { file, config, pipeline, json } => replay(&file, config.as_deref(), pipeline.as_deref(), json),
         Cmd::Init { upstream, client, output, force } => init(&upstream, client, &output, force),
         Cmd::Doctor { upstream, config, model } => doctor(upstream.as_deref(), config.as_deref(), model.as_deref()),
-        Cmd::MockUpstream { host, port, parsed, tls_cert, tls_key } => mock(&host, port, parsed, tls_cert.as_deref().zip(tls_key.as_deref())),
+        Cmd::MockUpstream { host, port, parsed, tls_cert, tls_key, idle_close_ms } => {
+            mock(&host, port, parsed, tls_cert.as_deref().zip(tls_key.as_deref()), idle_close_ms.map(std::time::Duration::from_millis))
+        }
         Cmd::Bench { json, short, streams, tokens, paced_streams, paced_tokens, pace_ms, memory_streams, concurrency } => {
             let mut o = if short { harmony_proxy::bench::Options::short() } else { harmony_proxy::bench::Options::full() };
             o.streams = streams.unwrap_or(o.streams).max(1);
@@ -444,7 +450,7 @@ fn doctor(url: Option<&str>, cfg_path: Option<&Path>, model: Option<&str>) -> Ex
     })
 }
 
-fn mock(host: &str, port: u16, parsed: bool, tls: Option<(&Path, &Path)>) -> ExitCode {
+fn mock(host: &str, port: u16, parsed: bool, tls: Option<(&Path, &Path)>, idle_close: Option<std::time::Duration>) -> ExitCode {
     server::raise_fd_limit();
     let enc = match encoding() {
         Ok(e) => e,
@@ -467,7 +473,7 @@ fn mock(host: &str, port: u16, parsed: bool, tls: Option<(&Path, &Path)>) -> Exi
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         println!("mock upstream listening on {scheme}://{local}/v1");
         tokio::select! {
-            _ = mock_upstream::run(listener, Arc::new(MockState::with_vocabulary(enc, parsed)), tls) => {}
+            _ = mock_upstream::run(listener, Arc::new(MockState::with_vocabulary(enc, parsed).idle_close(idle_close)), tls) => {}
             _ = shutdown_signal() => {}
         }
         ExitCode::SUCCESS

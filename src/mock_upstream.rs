@@ -43,9 +43,14 @@ pub struct MockState {
     /// `reasoning_content`, tool calls in `tool_calls` (ids without `call_`), the rest in
     /// `content`. Off: raw Harmony in `content`.
     pub parsed: bool,
+    /// Close connections idle this long (`mock-upstream --idle-close-ms`).
+    pub idle_close: Option<std::time::Duration>,
     pub requests: AtomicU64,
     pub completed: AtomicU64,
     pub cancelled: AtomicU64,
+    /// Connections accepted, and those that carried a chat completion.
+    connections: AtomicU64,
+    chat_connections: Mutex<std::collections::HashSet<u64>>,
     attempts: Mutex<HashMap<String, u32>>,
     last_request: Mutex<Value>,
 }
@@ -218,9 +223,14 @@ pub async fn run(listener: TcpListener, state: Arc<MockState>, tls: Option<tokio
         let Ok((stream, _)) = listener.accept().await else { continue };
         let state = state.clone();
         let tls = tls.clone();
+        let conn = state.connections.fetch_add(1, Ordering::SeqCst);
+        let idle_close = state.idle_close;
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(state.clone(), req));
-            let http = hyper::server::conn::http1::Builder::new();
+            let svc = service_fn(move |req| handle(state.clone(), conn, req));
+            let mut http = hyper::server::conn::http1::Builder::new();
+            if let Some(d) = idle_close {
+                http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(d);
+            }
             match tls {
                 None => {
                     let _ = http.serve_connection(TokioIo::new(stream), svc).await;
@@ -250,9 +260,14 @@ impl MockState {
     pub fn with_vocabulary(enc: openai_harmony::HarmonyEncoding, parsed: bool) -> Self {
         Self { enc: Some(enc), parsed, ..Self::default() }
     }
+
+    /// Closes connections idle for `after` (see [`MockState::idle_close`]).
+    pub fn idle_close(self, after: Option<std::time::Duration>) -> Self {
+        Self { idle_close: after, ..self }
+    }
 }
 
-async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Response<Body>, CloseConnection> {
+async fn handle(state: Arc<MockState>, conn: u64, req: Request<Incoming>) -> Result<Response<Body>, CloseConnection> {
     let path = req.uri().path().to_owned();
     match (req.method().as_str(), path.as_str()) {
         ("GET", "/v1/models") => Ok(json_resp(200, &json!({"object": "list", "data": [{"id": "gpt-oss-20b", "object": "model", "owned_by": "mock"}]}))),
@@ -262,6 +277,8 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
                 "requests": state.requests.load(Ordering::SeqCst),
                 "completed": state.completed.load(Ordering::SeqCst),
                 "cancelled": state.cancelled.load(Ordering::SeqCst),
+                "connections": state.connections.load(Ordering::SeqCst),
+                "chat_connections": state.chat_connections.lock().unwrap_or_else(|e| e.into_inner()).len(),
                 "attempts": *state.attempts.lock().unwrap_or_else(|e| e.into_inner()),
                 "last_request": *state.last_request.lock().unwrap_or_else(|e| e.into_inner()),
             }),
@@ -272,6 +289,7 @@ async fn handle(state: Arc<MockState>, req: Request<Incoming>) -> Result<Respons
                 return Ok(json_resp(400, &json!({"error": {"message": "invalid JSON", "type": "invalid_request_error"}})));
             };
             state.requests.fetch_add(1, Ordering::SeqCst);
+            state.chat_connections.lock().unwrap_or_else(|e| e.into_inner()).insert(conn);
             *state.last_request.lock().unwrap_or_else(|e| e.into_inner()) = v.clone();
             chat(state, v).await
         }

@@ -45,13 +45,20 @@ const IDLE_MAX: usize = 32;
 /// One HTTP/1.1 connection: the sender and the connection future that does its I/O.
 struct Conn {
     tx: http1::SendRequest<ReqBody>,
-    io: Pin<Box<http1::Connection<Io, ReqBody>>>,
+    /// `None` once it ended. Dropping it is what fails a request still queued on it: a
+    /// finished connection kept alive would leave that request waiting forever.
+    io: Option<Pin<Box<http1::Connection<Io, ReqBody>>>>,
 }
 
 impl Conn {
     /// Polls the connection's I/O; false once it is closed or broken.
     fn poll_io(&mut self, cx: &mut Context<'_>) -> bool {
-        self.io.as_mut().poll(cx).is_pending()
+        let Some(io) = &mut self.io else { return false };
+        if io.as_mut().poll(cx).is_pending() {
+            return true;
+        }
+        self.io = None;
+        false
     }
 }
 
@@ -109,7 +116,7 @@ impl Conns {
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(ConnError::Connect)?;
         let io = connector.call(uri.clone()).await.map_err(ConnError::Connect)?;
         let (tx, io) = http1::handshake(io).await.map_err(ConnError::Http)?;
-        Ok(Conn { tx, io: Box::pin(io) })
+        Ok(Conn { tx, io: Some(Box::pin(io)) })
     }
 
     /// Sends `make()`'s request to `base` (the server the request's URI names) and waits for
@@ -137,7 +144,7 @@ impl Conns {
             match head {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
-                    let conn = open.then_some(conn);
+                    let conn = conn.io.is_some().then_some(conn);
                     let body = UpstreamBody { conn, body, ended: false, idle: Some((self.idle.clone(), base.to_owned())) };
                     return Ok(Response::from_parts(parts, body));
                 }
@@ -196,6 +203,24 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl UpstreamBody {
+    /// The answer is complete (`[DONE]` came) but the body may not have ended yet: reads the
+    /// rest in the background, briefly, so the connection can serve another request. Never
+    /// for an answer cut short: closing the connection is what stops the generation.
+    pub fn finish_in_background(mut self) {
+        if self.ended || self.conn.is_none() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            let rest = async {
+                while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut self).await {}
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), rest).await;
+        });
     }
 }
 

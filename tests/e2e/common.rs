@@ -213,8 +213,13 @@ impl Env {
 
     /// A fresh pair with the config `make(mock_url)`.
     pub fn with_config(make: impl FnOnce(&str) -> String) -> Env {
+        Env::with_mock(&[], make)
+    }
+
+    /// A fresh pair with the config `make(mock_url)`, the mock started with `mock_args` more.
+    pub fn with_mock(mock_args: &[&str], make: impl FnOnce(&str) -> String) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let mock = mock(dir.path());
+        let mock = spawn(&[&["mock-upstream", "--port", "0"], mock_args].concat(), dir.path(), &[]);
         std::fs::write(dir.path().join("proxy.toml"), make(&mock.url)).unwrap();
         let proxy = spawn(&["serve", "--config", "proxy.toml", "--port", "0"], dir.path(), &[]);
         Env { dir, mock, proxy }

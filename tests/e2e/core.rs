@@ -194,3 +194,32 @@ fn demo_shows_a_clean_stream() {
     assert_eq!(a.content, "Hello! How can I help you today?");
     assert!(!r.text().contains("analysis"));
 }
+
+#[test]
+fn answers_in_a_row_share_one_upstream_connection() {
+    let env = Env::start("");
+    for stream in [true, false, true] {
+        let a = post(&env.url("/v1/chat/completions"), &chat_body("gpt-oss", stream, "scenario:hello")).assemble(stream);
+        assert_eq!(a.content, "Hello! How can I help you today?");
+        // The connection goes back to the idle list just after the answer's end.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let stats = env.mock_stats();
+    assert_eq!(stats["requests"], 3);
+    assert_eq!(stats["chat_connections"], 1, "each answer opened a connection of its own: {stats}");
+}
+
+#[test]
+fn an_upstream_that_closed_an_idle_connection_costs_nothing() {
+    let env = Env::with_mock(&["--idle-close-ms", "300"], |mock_url| config(mock_url, ""));
+    let hello = || post(&env.url("/v1/chat/completions"), &chat_body("gpt-oss", true, "scenario:hello")).assemble(true).content;
+    assert_eq!(hello(), "Hello! How can I help you today?");
+    // The server has closed the connection the proxy keeps: the next answer takes a new one,
+    // without an error and without counting a failure against the server.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(hello(), "Hello! How can I help you today?");
+    let stats = env.mock_stats();
+    assert_eq!((stats["requests"].as_u64(), stats["chat_connections"].as_u64()), (Some(2), Some(2)), "{stats}");
+    let metrics = send(client().get(env.url("/metrics"))).text();
+    assert!(!metrics.lines().any(|l| l.starts_with("harmony_proxy_upstream_errors_total")), "{metrics}");
+}
