@@ -135,7 +135,11 @@ pub async fn serve(
         let state = state.clone();
         let svc = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+            // Boxed: hyper keeps the allocation of a connection's request future for as long
+            // as the connection lives, and a streamed answer lives long; the handler's future
+            // is large (it spans the upstream call), so it is freed as soon as it is done.
+            let fut = Box::pin(handle(state, req, peer));
+            async move { Ok::<_, Infallible>(fut.await) }
         });
         let builder = {
             let mut b = hyper::server::conn::http1::Builder::new();

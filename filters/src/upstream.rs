@@ -165,24 +165,38 @@ impl SseDecoder {
     }
 
     /// Feed body bytes; complete events are decoded into `out`.
+    ///
+    /// A line that lies whole in `bytes` is read in place, and a `data:` value that is a
+    /// complete chunk is parsed where it lies: the usual event (one line, one JSON) is never
+    /// copied. Only a line split across reads goes through `line`.
     pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<Event>) {
         // Nothing after `[DONE]` or the first error counts: the stream is over.
         while !bytes.is_empty() && !self.saw_done && !self.saw_error {
-            match bytes.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', bytes) {
                 Some(nl) => {
-                    self.take_line_part(&bytes[..nl], out);
-                    bytes = &bytes[nl + 1..];
-                    if self.skipping_long_line {
-                        self.skipping_long_line = false;
-                    } else {
-                        let mut line = std::mem::take(&mut self.line);
-                        if line.last() == Some(&b'\r') {
-                            line.pop();
+                    let whole = self.line.is_empty() && !self.skipping_long_line;
+                    if whole {
+                        if nl > MAX_LINE {
+                            self.error(out, "upstream sent an SSE line longer than 4 MiB");
+                            return;
                         }
-                        self.on_line(&line, out);
-                        line.clear();
-                        self.line = line;
+                        let line = &bytes[..nl];
+                        self.on_line(line.strip_suffix(b"\r").unwrap_or(line), out);
+                    } else {
+                        self.take_line_part(&bytes[..nl], out);
+                        if self.skipping_long_line {
+                            self.skipping_long_line = false;
+                        } else {
+                            let mut line = std::mem::take(&mut self.line);
+                            if line.last() == Some(&b'\r') {
+                                line.pop();
+                            }
+                            self.on_line(&line, out);
+                            line.clear();
+                            self.line = line;
+                        }
                     }
+                    bytes = &bytes[nl + 1..];
                 }
                 None => {
                     self.take_line_part(bytes, out);
@@ -221,6 +235,13 @@ impl SseDecoder {
             None => (line, &b""[..]),
         };
         if field == b"data" {
+            // The usual event: one data line holding one whole chunk, parsed where it lies.
+            if !self.has_data && value.first() == Some(&b'{') {
+                if let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(value) {
+                    self.take_chunk(chunk, out);
+                    return;
+                }
+            }
             if self.has_data {
                 self.data.push(b'\n');
             }
