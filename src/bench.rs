@@ -162,13 +162,26 @@ fn rss_bytes(pid: u32) -> u64 {
 
 /// The mock script of one stream: some reasoning, then `tokens` answer tokens.
 fn script(tokens: usize, pace_ms: u64) -> String {
-    let text = format!(
+    script_for("gpt-oss", tokens, pace_ms)
+}
+
+/// The Harmony text a script makes the mock answer.
+fn script_text(tokens: usize) -> String {
+    format!(
         "<|channel|>analysis<|message|>{}<|end|><|start|>assistant<|channel|>final<|message|>{}",
         "think ".repeat(tokens / 8).trim_end(),
         "tick ".repeat(tokens).trim_end()
-    );
-    let body = json!({"model": "gpt-oss", "stream": true, "messages": [
-        {"role": "user", "content": json!({"mock": {"text": text, "delay_ms": pace_ms}}).to_string()}
+    )
+}
+
+/// [`script`] for `model` (the route it takes).
+fn script_for(model: &str, tokens: usize, pace_ms: u64) -> String {
+    let text = script_text(tokens);
+    // `<` escaped: a prompt the proxy renders must not carry the script's Harmony markup as
+    // markup (the mock finds the script in the prompt's last user message).
+    let mock = json!({"mock": {"text": text, "delay_ms": pace_ms}}).to_string().replace('<', "\\u003c");
+    let body = json!({"model": model, "stream": true, "messages": [
+        {"role": "user", "content": mock}
     ]});
     body.to_string()
 }
@@ -387,7 +400,10 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
          [upstreams.default]\nurl = \"{}/v1\"\nread_timeout = \"300s\"\n\n\
          [upstreams.stamp]\nurl = \"{stamp_url}/v1\"\nread_timeout = \"300s\"\n\n\
          [[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"stamp\"]\nupstream = \"stamp\"\npipeline = \"harmony\"\n\n\
-         [[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"default\"\npipeline = \"harmony\"\n",
+         [[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"llama\"]\nupstream = \"default\"\npipeline = \"token-ids\"\n\n\
+         [[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"default\"\npipeline = \"harmony\"\n\n\
+         [pipelines.token-ids]\nstages = [{{ type = \"harmony-render\", endpoint = \"llama\" }}, {{ type = \"harmony-parse\" }}, \
+         {{ type = \"tool-bridge\" }}, {{ type = \"sse-encode\" }}]\n",
         mock.url
     );
     std::fs::write(dir.join("proxy.toml"), config).map_err(|e| e.to_string())?;
@@ -395,6 +411,11 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
     rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let rss_idle = rss_bytes(proxy.pid());
+
+        // Memory per open stream, first: in a fresh process (later runs leave freed heap that
+        // new streams would reuse, which flatters the figure), from rest to all mid-answer.
+        let (mem_ok, rss_open) = hold_open(&proxy.url, opts.memory_streams, || rss_bytes(proxy.pid())).await;
+        let per_1000 = (rss_open.saturating_sub(rss_idle)) as f64 / opts.memory_streams.max(1) as f64 * 1000.0;
 
         // Bulk: CPU per upstream token.
         let body = Arc::new(script(opts.tokens, 0));
@@ -412,6 +433,20 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
         let bulk_errors = via.iter().filter(|s| !s.ok || s.ticks.len() != opts.tokens).count();
         let per_token_us = proxy_cpu / upstream_tokens.max(1) as f64 * 1e6;
 
+        // Token ids: the same answers from llama.cpp's `/completion`, the proxy rendering the
+        // prompt and reading token ids (`harmony-render` with `endpoint = "llama"`).
+        let ids_body = Arc::new(script_for("llama", opts.tokens, 0));
+        let ids_per_stream = harmony_filters::vocab::encoding()
+            .map(|e| e.tokenizer().encode_with_special_tokens(&format!("{}<|return|>", script_text(opts.tokens))).len())
+            .unwrap_or(0);
+        let cpu0 = cpu_seconds(proxy.pid());
+        let t = Instant::now();
+        let via_ids = run_streams(&proxy.url, opts.streams, &ids_body).await;
+        let ids_wall = t.elapsed().as_secs_f64();
+        let ids_cpu = cpu_seconds(proxy.pid()) - cpu0;
+        let ids_errors = via_ids.iter().filter(|s| !s.ok || s.ticks.len() != opts.tokens).count();
+        let ids_tokens = ids_per_stream * opts.streams;
+
         // Paced: added latency per token.
         let ask = format!("{} {}", opts.paced_tokens, opts.pace_ms);
         let body = Arc::new(json!({"model": "stamp", "stream": true, "messages": [{"role": "user", "content": ask}]}).to_string());
@@ -423,9 +458,6 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
         let paced_errors = via_paced.iter().filter(|s| !s.ok || s.latencies.len() != opts.paced_tokens).count();
         let via_late = latencies(&via_paced);
 
-        // Memory per open stream.
-        let (mem_ok, rss_open) = hold_open(&proxy.url, opts.memory_streams, || rss_bytes(proxy.pid())).await;
-        let per_1000 = (rss_open.saturating_sub(rss_idle)) as f64 / opts.memory_streams.max(1) as f64 * 1000.0;
 
         // Concurrency under a soft limit of 1024 at start.
         let (conc_ok, rss_conc) = hold_open(&proxy.url, opts.concurrency, || rss_bytes(proxy.pid())).await;
@@ -443,6 +475,12 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
                 "tokens_per_s_via_proxy": (upstream_tokens as f64 / via_wall).round() as u64,
                 "tokens_per_s_direct": (upstream_tokens as f64 / direct_wall).round() as u64,
                 "errors": bulk_errors,
+            },
+            "token_ids": {
+                "upstream_tokens": ids_tokens,
+                "proxy_cpu_us_per_token": (ids_cpu / ids_tokens.max(1) as f64 * 1e6 * 100.0).round() / 100.0,
+                "tokens_per_s_via_proxy": (ids_tokens as f64 / ids_wall).round() as u64,
+                "errors": ids_errors,
             },
             "paced": {
                 "p50_ms_via_proxy": ms(percentile(&via_late, 0.5)), "p99_ms_via_proxy": ms(percentile(&via_late, 0.99)),
@@ -474,6 +512,10 @@ pub fn text(r: &Value) -> String {
          \x20 CPU per upstream token (proxy process)        {:>9} us   (mock: {} us)\n\
          \x20 throughput                                    {:>9} tok/s {} tok/s\n\
          \x20 errors                                        {:>9}\n\
+         token ids (harmony-render, endpoint = \"llama\"): the same answers, {} upstream tokens\n\
+         \x20 CPU per upstream token (proxy process)        {:>9} us\n\
+         \x20 throughput                                    {:>9} tok/s\n\
+         \x20 errors                                        {:>9}\n\
          paced: {} streams x {} tokens, one every {} ms\n\
          \x20 latency per token p50                         {:>9} ms   {} ms  (added {} ms)\n\
          \x20 latency per token p99                         {:>9} ms   {} ms  (added {} ms)\n\
@@ -494,6 +536,10 @@ pub fn text(r: &Value) -> String {
         b["tokens_per_s_via_proxy"],
         b["tokens_per_s_direct"],
         b["errors"],
+        r["token_ids"]["upstream_tokens"],
+        r["token_ids"]["proxy_cpu_us_per_token"],
+        r["token_ids"]["tokens_per_s_via_proxy"],
+        r["token_ids"]["errors"],
         o["paced_streams"],
         o["paced_tokens"],
         o["pace_ms"],
