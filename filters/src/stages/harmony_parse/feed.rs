@@ -14,7 +14,7 @@
 
 use super::glued::{glued_tool_header, Glued, GLUED, MAX_GLUED_HEADER};
 use super::header::{is_junk, push_bounded};
-use super::{HarmonyParse, Open, State, Target, MAX_HOLD};
+use super::{Again, HarmonyParse, Open, State, Target, MAX_HOLD};
 use crate::event::Event;
 use crate::markup::{Piece, Special};
 
@@ -57,17 +57,29 @@ impl HarmonyParse {
             },
             State::Header { .. } => self.in_header(s, out),
             State::Content(_) => match s {
-                Special::End | Special::Return | Special::Call => self.close(Some(s), out),
+                Special::End | Special::Return | Special::Call => {
+                    if let Some(rest) = self.close(Some(s), out) {
+                        // The held text closed the message itself: read what it left, then
+                        // the token again.
+                        self.text(&rest, out);
+                        self.on_piece(p, out);
+                    }
+                }
                 Special::Start | Special::Channel => {
                     // A new header inside a message: the upstream dropped `<|end|>`.
-                    self.close(None, out);
+                    if let Some(rest) = self.close(None, out) {
+                        self.text(&rest, out);
+                        return self.on_piece(p, out);
+                    }
                     let header = if s == Special::Channel { s.literal().to_owned() } else { String::new() };
                     self.state = State::Header { header };
                 }
                 _ => {}
             },
             State::GluedHeader { .. } => {
-                self.decide_glued_header(true, out);
+                if let Some(rest) = self.decide_glued_header(true, out) {
+                    self.text(&rest, out);
+                }
                 self.on_piece(p, out);
             }
             State::Unframed { raw } => match s {
@@ -81,58 +93,74 @@ impl HarmonyParse {
     }
 
     /// Plain text, in whatever state the stream is.
+    ///
+    /// Text a step hands back (what follows a tool call's JSON arguments, read again in the
+    /// state that ended them) is read here in a loop, never by recursion: one upstream chunk
+    /// may hold thousands of messages.
     pub(super) fn text(&mut self, t: &str, out: &mut Vec<Event>) {
+        let mut again = self.text_step(t, out);
+        while let Some(t) = again {
+            again = self.text_step(&t, out);
+        }
+    }
+
+    /// Reads `t` in the current state; returns text left to read in the state it moved to.
+    fn text_step(&mut self, t: &str, out: &mut Vec<Event>) -> Again {
         match &mut self.state {
             State::Between { .. } => self.between_messages(t, out),
-            State::Header { header } => push_bounded(header, t),
+            State::Header { header } => {
+                push_bounded(header, t);
+                None
+            }
             State::Content(Open { glued: Some(_), .. }) => self.glued_text(t, out),
             State::Content(_) => self.content(t, out),
             State::GluedHeader { hold, .. } => {
                 hold.push_str(t);
-                self.decide_glued_header(false, out);
+                self.decide_glued_header(false, out)
             }
-            State::Unframed { raw } => push_bounded(raw, t),
+            State::Unframed { raw } => {
+                push_bounded(raw, t);
+                None
+            }
         }
     }
 
     /// Text between messages: the answer (reasoning-format none, plain content), or the
     /// start of a header whose special tokens were lost.
-    fn between_messages(&mut self, t: &str, out: &mut Vec<Event>) {
-        let State::Between { hold } = &mut self.state else { return self.text(t, out) };
+    fn between_messages(&mut self, t: &str, out: &mut Vec<Event>) -> Again {
+        let State::Between { hold } = &mut self.state else { return Some(t.to_owned()) };
         hold.push_str(t);
         let held = hold.len();
         let s = hold.trim_start();
         // Stripped reasoning (`analysisWe…`) only opens a response.
         let first = !self.seen_message;
         if s.is_empty() {
-            return;
+            return None;
         }
         if let Some(rest) = s.strip_prefix("assistant") {
             for (word, channel) in GLUED.iter().map(|(w, c)| (&w["assistant".len()..], *c)) {
                 if let Some(content) = rest.strip_prefix(word) {
                     let content = content.to_owned();
                     self.state = State::between();
-                    self.open_glued(channel, &content, out);
-                    return;
+                    return self.open_glued(channel, &content, out);
                 }
             }
             let undecided = GLUED.iter().any(|(w, _)| w["assistant".len()..].starts_with(rest));
             if undecided || (held < MAX_HOLD && !rest.contains('\n')) {
-                return; // wait: a header's special token may follow
+                return None; // wait: a header's special token may follow
             }
         } else if let Some(rest) = s.strip_prefix("analysis").filter(|_| first) {
             // `analysisWe…`, `analysis, so…`: output that opens with the bare word glued to
             // what follows is stripped Harmony (the model writes no space after
             // `<|message|>`); `analysis of the code` is an answer. ` to=…` is a tool header.
             match rest.chars().next() {
-                None => return,
+                None => return None,
                 Some(c) if !c.is_whitespace() || rest.trim_start_matches(is_junk).starts_with("to=") => {
                     let content = rest.to_owned();
                     self.state = State::between();
-                    self.open_glued("analysis", &content, out);
-                    return;
+                    return self.open_glued("analysis", &content, out);
                 }
-                Some(_) if "to=".starts_with(rest.trim_start_matches(is_junk)) && held < MAX_HOLD => return,
+                Some(_) if "to=".starts_with(rest.trim_start_matches(is_junk)) && held < MAX_HOLD => return None,
                 Some(_) => {}
             }
         } else if let Some(rest) = s.strip_prefix("commentary") {
@@ -142,17 +170,16 @@ impl HarmonyParse {
                 Glued::Tool { name, body_at } => {
                     let body = rest[body_at..].to_owned();
                     self.state = State::between();
-                    self.open_glued_tool("commentary", &name, &body, out);
-                    return;
+                    return self.open_glued_tool("commentary", &name, &body, out);
                 }
-                Glued::NeedMore if held < MAX_GLUED_HEADER => return,
-                _ if rest.trim_matches(is_junk).is_empty() && held < MAX_HOLD => return,
+                Glued::NeedMore if held < MAX_GLUED_HEADER => return None,
+                _ if rest.trim_matches(is_junk).is_empty() && held < MAX_HOLD => return None,
                 _ => {}
             }
         } else if "assistant".starts_with(s) || "commentary".starts_with(s) || (first && "analysis".starts_with(s)) {
-            return;
+            return None;
         }
-        self.hold_to_answer(out);
+        self.hold_to_answer(out)
     }
 
     /// At a header or a stop token between messages: held text that is more than blanks was
@@ -162,45 +189,50 @@ impl HarmonyParse {
         if hold.trim().is_empty() {
             hold.clear();
         } else {
-            self.hold_to_answer(out);
-            self.close(None, out);
+            // An answer's text never ends early (only tool arguments do): nothing comes back.
+            let _ = self.hold_to_answer(out);
+            let _ = self.close(None, out);
         }
     }
 
     /// Held text is the start of an answer with no header: open an implicit final message.
-    pub(super) fn hold_to_answer(&mut self, out: &mut Vec<Event>) {
-        let State::Between { hold } = &mut self.state else { return };
+    pub(super) fn hold_to_answer(&mut self, out: &mut Vec<Event>) -> Again {
+        let State::Between { hold } = &mut self.state else { return None };
         let held = std::mem::take(hold);
         self.open("<|channel|>final", false, out);
-        self.content(&held, out);
+        self.content(&held, out)
     }
 
     /// Message text, out as it arrives. It flows through untokenized (DESIGN §1): the
     /// scanner has already taken every special token out, so what is left is the message's
     /// content as is, and tokenizing it for the parser would only decode it back to itself.
     /// The parser keeps the frame: the header it was fed in `open`, the stop token in `close`.
-    pub(super) fn content(&mut self, t: &str, out: &mut Vec<Event>) {
-        let State::Content(open) = &self.state else { return };
+    /// Returns what follows the end of a tool call's arguments, to read next.
+    pub(super) fn content(&mut self, t: &str, out: &mut Vec<Event>) -> Again {
+        let State::Content(open) = &self.state else { return None };
         if t.is_empty() {
-            return;
+            return None;
         }
         match open.target {
-            Target::Text(ch) => out.push(Event::Text(ch, t.to_owned())),
+            Target::Text(ch) => {
+                out.push(Event::Text(ch, t.to_owned()));
+                None
+            }
             Target::Tool => self.tool_args(t, out),
         }
     }
 
     /// Tool-call arguments. A JSON value ends where it ends: text after it is the next message
     /// (a header glued on with its special tokens stripped, a preamble), never arguments.
-    fn tool_args(&mut self, text: &str, out: &mut Vec<Event>) {
-        let State::Content(open) = &mut self.state else { return };
+    fn tool_args(&mut self, text: &str, out: &mut Vec<Event>) -> Again {
+        let State::Content(open) = &mut self.state else { return None };
         let rest_at = if open.args_end.is_done() {
             0
         } else {
             match open.args_end.feed(text) {
                 None => {
                     out.push(Event::ToolCallArgs(text.to_owned()));
-                    return;
+                    return None;
                 }
                 Some(i) => {
                     if i > 0 {
@@ -211,24 +243,26 @@ impl HarmonyParse {
             }
         };
         let rest = &text[rest_at..];
-        if !rest.trim_matches(is_junk).is_empty() {
-            self.close(None, out);
-            self.text(rest.trim_start_matches(is_junk), out);
+        if rest.trim_matches(is_junk).is_empty() {
+            return None;
         }
+        let left = self.close(None, out);
+        Some(left.unwrap_or_default() + rest.trim_start_matches(is_junk))
     }
 
     /// Close the open message (with the upstream's stop token, or `<|end|>` when it had none).
-    pub(super) fn close(&mut self, stop: Option<Special>, out: &mut Vec<Event>) {
-        let State::Content(open) = &mut self.state else { return };
+    ///
+    /// Returns the text the message's held tail left after its tool arguments ended (that
+    /// end closed the message first; the caller reads the text, then the stop token again).
+    pub(super) fn close(&mut self, stop: Option<Special>, out: &mut Vec<Event>) -> Again {
+        let State::Content(open) = &mut self.state else { return None };
         if let Some(tail) = open.glued.as_mut().filter(|t| !t.is_empty()) {
             let tail = std::mem::take(tail);
-            self.content(&tail, out);
+            if let Some(left) = self.content(&tail, out) {
+                return Some(left);
+            }
         }
-        // Releasing the tail may have closed the message (its JSON arguments ended).
-        if !matches!(self.state, State::Content(_)) {
-            return;
-        }
-        let State::Content(open) = std::mem::replace(&mut self.state, State::between()) else { return };
+        let State::Content(open) = std::mem::replace(&mut self.state, State::between()) else { return None };
         let rank = match stop {
             Some(Special::Return) => self.sh.ret,
             Some(Special::Call) => self.sh.call,
@@ -241,6 +275,7 @@ impl HarmonyParse {
         if open.target == Target::Tool {
             out.push(Event::ToolCallEnd);
         }
+        None
     }
 }
 

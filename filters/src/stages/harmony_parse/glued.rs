@@ -9,7 +9,7 @@
 //! be the start of the next `assistant<channel>` word.
 
 use super::header::{clean_name, is_junk};
-use super::{HarmonyParse, Open, State};
+use super::{Again, HarmonyParse, Open, State};
 use crate::event::Event;
 
 /// The most text held after a stripped channel word while deciding whether a recipient follows.
@@ -77,63 +77,81 @@ fn word_start_len(tail: &str) -> usize {
 impl HarmonyParse {
     /// A message framed by a stripped channel word: `final` opens at once; after `analysis` or
     /// `commentary` a tool recipient may follow, so the text waits in `GluedHeader` until
-    /// [`Self::decide_glued_header`] can tell.
-    pub(super) fn open_glued(&mut self, channel: &'static str, content: &str, out: &mut Vec<Event>) {
+    /// [`Self::decide_glued_header`] can tell. Returns text to read next (see `text`).
+    pub(super) fn open_glued(&mut self, channel: &'static str, content: &str, out: &mut Vec<Event>) -> Again {
         if channel == "final" {
             self.open("<|channel|>final", true, out);
-            self.glued_text(content, out);
-            return;
+            return self.glued_text(content, out);
         }
         self.state = State::GluedHeader { channel, hold: content.to_owned() };
-        self.decide_glued_header(false, out);
+        self.decide_glued_header(false, out)
     }
 
-    pub(super) fn open_glued_tool(&mut self, channel: &str, name: &str, body: &str, out: &mut Vec<Event>) {
+    pub(super) fn open_glued_tool(&mut self, channel: &str, name: &str, body: &str, out: &mut Vec<Event>) -> Again {
         self.open(&format!("<|channel|>{channel} to={name}"), true, out);
-        self.glued_text(body, out);
+        self.glued_text(body, out)
     }
 
     /// In `GluedHeader`: open the message once the held text shows whether a recipient
     /// follows the channel word (`force`: a special token or the end came, decide now).
-    pub(super) fn decide_glued_header(&mut self, force: bool, out: &mut Vec<Event>) {
-        let State::GluedHeader { channel, hold } = &mut self.state else { return };
+    pub(super) fn decide_glued_header(&mut self, force: bool, out: &mut Vec<Event>) -> Again {
+        let State::GluedHeader { channel, hold } = &mut self.state else { return None };
         let (channel, verdict) = (*channel, glued_tool_header(hold, force));
         if matches!(verdict, Glued::NeedMore) && hold.len() < MAX_GLUED_HEADER {
-            return;
+            return None;
         }
         let text = std::mem::take(hold);
         match verdict {
             Glued::Tool { name, body_at } => self.open_glued_tool(channel, &name, &text[body_at..], out),
             _ => {
                 self.open(&format!("<|channel|>{channel}"), true, out);
-                self.glued_text(&text, out);
+                self.glued_text(&text, out)
             }
         }
     }
 
     /// Text of a message framed by words: released as it comes, up to the next
-    /// `assistant<channel>` word, which closes it and opens the next.
-    pub(super) fn glued_text(&mut self, t: &str, out: &mut Vec<Event>) {
-        let State::Content(open) = &mut self.state else { return };
+    /// `assistant<channel>` word, which closes it; what follows the word is handed back, to
+    /// be read in the message the word opens.
+    pub(super) fn glued_text(&mut self, t: &str, out: &mut Vec<Event>) -> Again {
+        let State::Content(open) = &mut self.state else { return None };
         let Some(held) = &mut open.glued else { return self.content(t, out) };
         let mut tail = std::mem::take(held);
         tail.push_str(t);
         let found = GLUED.iter().filter_map(|(w, c)| tail.find(w).map(|i| (i, w.len(), *c))).min_by_key(|f| f.0);
         if let Some((i, len, channel)) = found {
-            self.content(&tail[..i], out);
-            self.close(None, out);
+            // Arguments that end before the word: what follows them (the word too) is read again.
+            if let Some(left) = self.content(&tail[..i], out) {
+                return Some(left + &tail[i..]);
+            }
+            if let Some(left) = self.close(None, out) {
+                return Some(left + &tail[i..]);
+            }
             // Text a closed tool call left between messages is settled first.
             self.hold_to_answer_if_text(out);
-            self.open_glued(channel, &tail[i + len..], out);
-            return;
+            return self.open_glued_word(channel, &tail[i + len..], out);
         }
         let cut = tail.len() - word_start_len(&tail);
-        self.content(&tail[..cut], out);
-        match &mut self.state {
-            // Still this message (or a glued one its arguments' end opened): keep the suffix.
-            State::Content(Open { glued: Some(held), .. }) => held.push_str(&tail[cut..]),
-            // The message closed (its JSON arguments ended): the rest is read again from here.
-            _ => self.text(&tail[cut..], out),
+        if let Some(left) = self.content(&tail[..cut], out) {
+            return Some(left + &tail[cut..]);
         }
+        match &mut self.state {
+            State::Content(Open { glued: Some(held), .. }) => {
+                held.push_str(&tail[cut..]);
+                None
+            }
+            _ => Some(tail[cut..].to_owned()),
+        }
+    }
+
+    /// The next message, framed by a glued word inside a glued message: its text is handed
+    /// back to be read in it (never read from here: that would recurse once per message).
+    fn open_glued_word(&mut self, channel: &'static str, rest: &str, out: &mut Vec<Event>) -> Again {
+        if channel == "final" {
+            self.open("<|channel|>final", true, out);
+        } else {
+            self.state = State::GluedHeader { channel, hold: String::new() };
+        }
+        (!rest.is_empty()).then(|| rest.to_owned())
     }
 }

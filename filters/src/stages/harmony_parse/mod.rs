@@ -174,6 +174,9 @@ enum Target {
     Tool,
 }
 
+/// Text a step of the state machine hands back, to be read next in the state it left.
+type Again = Option<String>;
+
 /// Where the stream is; each state holds what only it needs.
 #[derive(Debug)]
 enum State {
@@ -226,6 +229,8 @@ const MAX_HEADER: usize = 64 << 10;
 const MAX_ENCODE: usize = 16 << 10;
 /// Longest text held between messages while deciding whether it starts a header.
 const MAX_HOLD: usize = 64;
+/// Longest piece of upstream text read at once (see `push_text`).
+const MAX_PIECE: usize = 1024;
 
 pub struct HarmonyParse {
     sh: Arc<Shared>,
@@ -245,9 +250,21 @@ impl HarmonyParse {
         Self { sh, token_path: None, scanner: Scanner::default(), state: State::between(), at_start: true, seen_message: false, parser_errors: 0 }
     }
 
-    fn push_text(&mut self, text: &str, out: &mut Vec<Event>) {
+    /// Upstream text, read in pieces of at most [`MAX_PIECE`] bytes: a step of the state
+    /// machine may copy what is left of its piece (text held between messages, text read
+    /// again after a tool call's arguments), so one huge chunk with thousands of messages
+    /// (a non-streamed answer) costs linear time, not quadratic. Any cut is fine: upstreams
+    /// cut text anywhere already.
+    fn push_text(&mut self, mut text: &str, out: &mut Vec<Event>) {
         let mut scanner = std::mem::take(&mut self.scanner);
-        scanner.push(text, |p| self.on_piece(p, out));
+        while !text.is_empty() {
+            let cut = match floor_char_boundary(text, MAX_PIECE) {
+                0 => text.len(),
+                n => n,
+            };
+            scanner.push(&text[..cut], |p| self.on_piece(p, out));
+            text = &text[cut..];
+        }
         self.scanner = scanner;
     }
 
@@ -261,23 +278,31 @@ impl HarmonyParse {
         let mut scanner = std::mem::take(&mut self.scanner);
         scanner.finish(|p| self.on_piece(p, out));
         self.scanner = scanner;
-        match &mut self.state {
-            State::Between { hold } => {
-                if !hold.trim().is_empty() {
-                    self.hold_to_answer(out);
-                    self.close(None, out);
+        // Each round ends the state; text a round hands back is read, then the state ended again.
+        loop {
+            let again = match &mut self.state {
+                State::Between { hold } => {
+                    let again = if hold.trim().is_empty() { None } else { self.hold_to_answer(out) };
+                    let _ = self.close(None, out);
+                    self.state = State::between();
+                    again
                 }
-                self.state = State::between();
-            }
-            State::Header { .. } => self.headerless(out),
-            State::Content(_) => self.close(None, out),
-            State::Unframed { raw } => {
-                out.push(Event::Unparsed(std::mem::take(raw)));
-                self.state = State::between();
-            }
-            State::GluedHeader { .. } => {
-                self.decide_glued_header(true, out);
-                self.close(None, out);
+                State::Header { .. } => {
+                    self.headerless(out);
+                    None
+                }
+                State::Content(_) => self.close(None, out),
+                State::Unframed { raw } => {
+                    out.push(Event::Unparsed(std::mem::take(raw)));
+                    self.state = State::between();
+                    None
+                }
+                State::GluedHeader { .. } => self.decide_glued_header(true, out),
+            };
+            match again {
+                Some(t) => self.text(&t, out),
+                None if matches!(self.state, State::Between { .. } | State::Header { .. } | State::Unframed { .. }) => break,
+                None => {}
             }
         }
     }

@@ -159,7 +159,8 @@ fn without_prepend_an_unframed_start_goes_to_fallback() {
 fn a_huge_run_of_one_character_does_not_panic() {
     let long = "a".repeat(1_300_000);
     let ev = run(&["<|channel|>final<|message|>", &long]);
-    assert_eq!(ev.concat().len(), "final:".len() + long.len());
+    let text: String = ev.iter().map(|e| e.strip_prefix("final:").expect("all of it is the answer")).collect();
+    assert_eq!(text, long);
 }
 
 /// Found in review: reasoning in a header that never reached `<|message|>` became answer
@@ -179,4 +180,13 @@ fn names_are_cleaned() {
     assert_eq!(clean_name("functions.get_weather\u{a0}\u{200b}"), "functions.get_weather");
     assert_eq!(clean_name("read_file json"), "read_file");
     assert_eq!(clean_name("browser.search<|channel|>x"), "browser.search");
+}
+
+#[test]
+fn thousands_of_glued_tool_calls_in_one_chunk_do_not_overflow_the_stack() {
+    // One chunk (a non-streamed answer): no recursion per message, and linear time.
+    let many = "commentary to=functions.f json{}".repeat(20_000) + "assistantfinal".repeat(20_000).as_str();
+    let ev = run(&[&many]);
+    assert_eq!(ev.iter().filter(|e| e.starts_with("tool:")).count(), 20_000, "{:?}", &ev[..4]);
+    assert_eq!(ev.iter().filter(|e| e.starts_with("args:")).count(), 20_000);
 }
