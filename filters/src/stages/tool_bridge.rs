@@ -133,10 +133,12 @@ pub struct ToolBridge {
 /// The name a client sees: no `functions.` prefix, no junk.
 pub fn display_name(raw: &str) -> String {
     let name = clean_name(raw);
-    match name.strip_prefix("functions.") {
-        Some(n) if !n.is_empty() => n.to_owned(),
-        _ => name,
+    // Every `functions.`: a model that writes it twice means the same function.
+    let mut n = name.as_str();
+    while let Some(rest) = n.strip_prefix("functions.").filter(|r| !r.is_empty()) {
+        n = rest;
     }
+    n.to_owned()
 }
 
 /// Passes `t` through `sanitizer`; the common case (nothing held, no `<`) hands the string
@@ -408,6 +410,15 @@ mod tests {
         }
         tb.on_end(&mut out);
         out
+    }
+
+    /// Found by the fuzzer: `to=functions.functions.get_weather` showed the client
+    /// `functions.get_weather`.
+    #[test]
+    fn a_doubled_functions_prefix_is_removed_whole() {
+        assert_eq!(display_name("functions.functions.get_weather"), "get_weather");
+        assert_eq!(display_name("functions.get_weather"), "get_weather");
+        assert_eq!(display_name("get_weather"), "get_weather");
     }
 
     fn call(name: &str, args: &str) -> Vec<Event> {
