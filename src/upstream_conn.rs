@@ -41,6 +41,9 @@ type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 /// How long an idle connection is kept, and how many per server.
 const IDLE_FOR: Duration = Duration::from_secs(30);
 const IDLE_MAX: usize = 32;
+/// A reused connection closed this soon after the request was sent had been closed by the
+/// server while idle: the request is sent again on a new connection.
+const RESEND_WITHIN: Duration = Duration::from_millis(50);
 
 /// One HTTP/1.1 connection: the sender and the connection future that does its I/O.
 struct Conn {
@@ -132,12 +135,10 @@ impl Conns {
                 None => self.open(req.uri()).await?,
             };
             to_origin_form(&mut req);
-            let mut sent = std::pin::pin!(conn.tx.send_request(req));
-            let mut open = true;
+            let sent_at = Instant::now();
+            let mut sent = std::pin::pin!(conn.tx.try_send_request(req));
             let head = std::future::poll_fn(|cx| {
-                if open {
-                    open = conn.poll_io(cx);
-                }
+                conn.poll_io(cx);
                 sent.as_mut().poll(cx)
             })
             .await;
@@ -148,18 +149,33 @@ impl Conns {
                     let body = UpstreamBody { conn, body, ended: false, idle: Some((self.idle.clone(), base.to_owned())) };
                     return Ok(Response::from_parts(parts, body));
                 }
-                Err(_) if was_reused => continue,
-                Err(e) => return Err(ConnError::Http(e)),
+                Err(e) => {
+                    // Sent again only when the server cannot have started on it: hyper gave the
+                    // request back (never written), or the connection closed the moment it
+                    // arrived. A connection that breaks later may have cost a generation.
+                    let unsent = e.message().is_some();
+                    let closed_at_once = e.error().is_incomplete_message() && sent_at.elapsed() < RESEND_WITHIN;
+                    if was_reused && (unsent || closed_at_once) {
+                        continue;
+                    }
+                    return Err(ConnError::Http(e.into_error()));
+                }
             }
         }
     }
 }
 
-/// HTTP/1.1 to a server wants the path in the request line and the authority in `Host`.
+/// HTTP/1.1 to a server wants the path in the request line and the host in `Host`: the
+/// port only when it is not the scheme's default, never credentials.
 fn to_origin_form(req: &mut Request<ReqBody>) {
     let uri = req.uri().clone();
-    if let Some(a) = uri.authority() {
-        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+    if let Some(host) = uri.host() {
+        let default = if uri.scheme_str() == Some("https") { 443 } else { 80 };
+        let value = match uri.port_u16() {
+            Some(p) if p != default => format!("{host}:{p}"),
+            _ => host.to_owned(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
             req.headers_mut().entry(header::HOST).or_insert(v);
         }
     }
@@ -191,7 +207,8 @@ impl Body for UpstreamBody {
             }
         }
         let r = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None) = r {
+        // A body with a length ends with its last byte: hyper's server stops polling then.
+        if matches!(r, Poll::Ready(None)) || (matches!(r, Poll::Ready(Some(Ok(_)))) && this.body.is_end_stream()) {
             this.ended = true;
         }
         r
@@ -229,5 +246,26 @@ impl Drop for UpstreamBody {
         if let (true, Some(c), Some((idle, base))) = (self.ended, self.conn.take(), self.idle.take()) {
             idle.give_back(&base, c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_of(url: &str) -> (String, String) {
+        let mut req = Request::new(crate::upstream::full(Bytes::new()));
+        *req.uri_mut() = url.parse().unwrap();
+        to_origin_form(&mut req);
+        (req.headers()[header::HOST].to_str().unwrap().to_owned(), req.uri().to_string())
+    }
+
+    #[test]
+    fn the_host_header_names_the_host_and_a_port_only_when_not_the_default() {
+        assert_eq!(host_of("http://gpu1:8080/v1/chat/completions"), ("gpu1:8080".into(), "/v1/chat/completions".into()));
+        assert_eq!(host_of("https://models.example/v1/completions?x=1"), ("models.example".into(), "/v1/completions?x=1".into()));
+        assert_eq!(host_of("https://models.example:443/v1"), ("models.example".into(), "/v1".into()));
+        assert_eq!(host_of("http://user:secret@gpu1/v1"), ("gpu1".into(), "/v1".into()));
+        assert_eq!(host_of("http://[::1]:8080/completion"), ("[::1]:8080".into(), "/completion".into()));
     }
 }

@@ -81,6 +81,18 @@ fn other_4xx_pass_through_unretried() {
 }
 
 #[test]
+fn a_passed_through_4xx_leaves_its_connection_for_the_next_request() {
+    let env = env();
+    for _ in 0..2 {
+        let r = ask(&env, true, json!({"text": ANSWER, "key": key(), "faults": [{"status": 400}]}));
+        assert_eq!(r.status, 400);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let stats = env.mock_stats();
+    assert_eq!(stats["chat_connections"], 1, "a 4xx answer closed its connection: {stats}");
+}
+
+#[test]
 fn connection_closed_before_answering_is_retried() {
     let env = env();
     let k = key();

@@ -267,8 +267,17 @@ impl ToolBridge {
                     call.held.truncate(before + i);
                     call.sent = true;
                     let index = call.index;
-                    let args = std::mem::take(&mut call.held);
-                    out.push(Event::ClientToolArgs { index, args: args.trim_start().to_owned() });
+                    let held = std::mem::take(&mut call.held);
+                    // Where a value ends is found by its brackets and quotes alone: `{,}` ends
+                    // too. What the client gets must parse; anything else is `{}`, counted.
+                    let args = match serde_json::from_str::<serde::de::IgnoredAny>(&held) {
+                        Ok(_) => held.trim_start().to_owned(),
+                        Err(_) => {
+                            self.fallback += 1;
+                            "{}".to_owned()
+                        }
+                    };
+                    out.push(Event::ClientToolArgs { index, args });
                 }
             }
         }

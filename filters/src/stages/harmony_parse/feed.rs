@@ -87,7 +87,7 @@ impl HarmonyParse {
                     out.push(Event::Unparsed(std::mem::take(raw)));
                     self.state = State::Header { header: String::new() };
                 }
-                s => raw.push_str(s.literal()),
+                s => push_bounded(raw, s.literal()),
             },
         }
     }
@@ -131,12 +131,18 @@ impl HarmonyParse {
         let State::Between { hold } = &mut self.state else { return Some(t.to_owned()) };
         hold.push_str(t);
         let held = hold.len();
-        let s = hold.trim_start();
         // Stripped reasoning (`analysisWe…`) only opens a response.
         let first = !self.seen_message;
-        if s.is_empty() {
+        if hold.trim_start().is_empty() {
+            // Only blanks so far: keep the last few (an answer may start with them), so a long
+            // run of them costs linear time.
+            if held > MAX_HOLD {
+                let cut = hold.floor_char_boundary(held - MAX_HOLD);
+                hold.drain(..cut);
+            }
             return None;
         }
+        let s = hold.trim_start();
         if let Some(rest) = s.strip_prefix("assistant") {
             for (word, channel) in GLUED.iter().map(|(w, c)| (&w["assistant".len()..], *c)) {
                 if let Some(content) = rest.strip_prefix(word) {
@@ -196,11 +202,14 @@ impl HarmonyParse {
     }
 
     /// Held text is the start of an answer with no header: open an implicit final message.
+    ///
+    /// In a stream whose headers lost their special tokens, that answer is framed by words
+    /// too: its text is watched for the next `assistant<channel>` word.
     pub(super) fn hold_to_answer(&mut self, out: &mut Vec<Event>) -> Again {
         let State::Between { hold } = &mut self.state else { return None };
         let held = std::mem::take(hold);
-        self.open("<|channel|>final", false, out);
-        self.content(&held, out)
+        self.open("<|channel|>final", self.glued_stream, out);
+        self.text_step(&held, out)
     }
 
     /// Message text, out as it arrives. It flows through untokenized (DESIGN §1): the

@@ -67,9 +67,9 @@ impl HarmonyParse {
         match s {
             Special::Channel | Special::Constrain => {
                 if s == Special::Constrain {
-                    header.push(' ');
+                    push_bounded(header, " ");
                 }
-                header.push_str(s.literal());
+                push_bounded(header, s.literal());
             }
             Special::Message => {
                 let header = std::mem::take(header);
@@ -92,6 +92,7 @@ impl HarmonyParse {
     pub(super) fn open(&mut self, header: &str, glued: bool, out: &mut Vec<Event>) {
         let h = HeaderInfo::parse(header);
         self.seen_message = true;
+        self.glued_stream |= glued;
         let target = match (&h.recipient, h.channel) {
             (Some(_), _) => Target::Tool,
             (None, Some("analysis")) => Target::Text(Channel::Analysis),

@@ -242,12 +242,15 @@ pub struct HarmonyParse {
     at_start: bool,
     /// A message has been opened.
     seen_message: bool,
+    /// A message was framed by words (the stream's special tokens were stripped): an answer
+    /// with no header is watched for such words too.
+    glued_stream: bool,
     parser_errors: u64,
 }
 
 impl HarmonyParse {
     fn new(sh: Arc<Shared>) -> Self {
-        Self { sh, token_path: None, scanner: Scanner::default(), state: State::between(), at_start: true, seen_message: false, parser_errors: 0 }
+        Self { sh, token_path: None, scanner: Scanner::default(), state: State::between(), at_start: true, seen_message: false, glued_stream: false, parser_errors: 0 }
     }
 
     /// Upstream text, read in pieces of at most [`MAX_PIECE`] bytes: a step of the state

@@ -190,3 +190,23 @@ fn thousands_of_glued_tool_calls_in_one_chunk_do_not_overflow_the_stack() {
     assert_eq!(ev.iter().filter(|e| e.starts_with("tool:")).count(), 20_000, "{:?}", &ev[..4]);
     assert_eq!(ev.iter().filter(|e| e.starts_with("args:")).count(), 20_000);
 }
+
+/// Found in review: in a stripped-token stream, text after a tool call's arguments opened an
+/// answer that no longer watched for `assistant<channel>` words, so reasoning after it leaked
+/// into the answer.
+#[test]
+fn after_a_glued_tool_call_the_next_glued_words_still_frame_messages() {
+    let whole = r#"commentary to=functions.f json{"a":1}Checking.assistantanalysisthink more.assistantfinalDone"#;
+    let want = ["tool:functions.f", "args:{\"a\":1}", "end", "final:Checking.", "analysis:think more.", "final:Done"];
+    assert_eq!(run(&[whole]), want);
+    let (a, b) = whole.split_at(whole.find("Checking").unwrap() + 9);
+    assert_eq!(run(&[a, b]), want);
+}
+
+/// Found in review: a long run of blanks between messages was scanned whole at every piece.
+#[test]
+fn megabytes_of_blank_lines_between_messages_cost_linear_time() {
+    let blanks = "\n".repeat(4 << 20);
+    let text = format!("<|channel|>final<|message|>Hi<|end|>{blanks}<|start|>assistant<|channel|>final<|message|>there");
+    assert_eq!(run(&[&text]), ["final:Hi", "final:there"]);
+}
