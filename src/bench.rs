@@ -340,6 +340,14 @@ async fn run_streams(base: &str, n: usize, body: &Arc<String>) -> Vec<Seen> {
     out.into_iter().map(|(_, s)| s).collect()
 }
 
+/// [`run_streams`], with its wall time and the CPU seconds process `pid` spent meanwhile.
+async fn timed_streams(base: &str, n: usize, body: &Arc<String>, pid: u32) -> (Vec<Seen>, f64, f64) {
+    let cpu0 = cpu_seconds(pid);
+    let t = Instant::now();
+    let seen = run_streams(base, n, body).await;
+    (seen, t.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu0)
+}
+
 /// Opens `n` slow streams (100 tokens, one every 100 ms), calls `at_peak` once each has its
 /// first answer token (all are then mid-answer), and lets them finish. Returns (streams that
 /// ended with `[DONE]`, what `at_peak` gave).
@@ -419,17 +427,9 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
 
         // Bulk: CPU per upstream token.
         let body = Arc::new(script(opts.tokens, 0));
-        let mock_cpu0 = cpu_seconds(mock.child.id());
-        let t = Instant::now();
-        let direct = run_streams(&mock.url, opts.streams, &body).await;
-        let direct_wall = t.elapsed().as_secs_f64();
-        let mock_cpu_direct = cpu_seconds(mock.child.id()) - mock_cpu0;
+        let (direct, direct_wall, mock_cpu_direct) = timed_streams(&mock.url, opts.streams, &body, mock.child.id()).await;
         let upstream_tokens: usize = direct.iter().map(|s| s.events).sum();
-        let cpu0 = cpu_seconds(proxy.pid());
-        let t = Instant::now();
-        let via = run_streams(&proxy.url, opts.streams, &body).await;
-        let via_wall = t.elapsed().as_secs_f64();
-        let proxy_cpu = cpu_seconds(proxy.pid()) - cpu0;
+        let (via, via_wall, proxy_cpu) = timed_streams(&proxy.url, opts.streams, &body, proxy.pid()).await;
         let bulk_errors = via.iter().filter(|s| !s.ok || s.ticks.len() != opts.tokens).count();
         let per_token_us = proxy_cpu / upstream_tokens.max(1) as f64 * 1e6;
 
@@ -439,11 +439,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
         let ids_per_stream = harmony_filters::vocab::encoding()
             .map(|e| e.tokenizer().encode_with_special_tokens(&format!("{}<|return|>", script_text(opts.tokens))).len())
             .unwrap_or(0);
-        let cpu0 = cpu_seconds(proxy.pid());
-        let t = Instant::now();
-        let via_ids = run_streams(&proxy.url, opts.streams, &ids_body).await;
-        let ids_wall = t.elapsed().as_secs_f64();
-        let ids_cpu = cpu_seconds(proxy.pid()) - cpu0;
+        let (via_ids, ids_wall, ids_cpu) = timed_streams(&proxy.url, opts.streams, &ids_body, proxy.pid()).await;
         let ids_errors = via_ids.iter().filter(|s| !s.ok || s.ticks.len() != opts.tokens).count();
         let ids_tokens = ids_per_stream * opts.streams;
 
@@ -451,9 +447,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
         let ask = format!("{} {}", opts.paced_tokens, opts.pace_ms);
         let body = Arc::new(json!({"model": "stamp", "stream": true, "messages": [{"role": "user", "content": ask}]}).to_string());
         let direct_late = latencies(&run_streams(&stamp_url, opts.paced_streams, &body).await);
-        let cpu0 = cpu_seconds(proxy.pid());
-        let via_paced = run_streams(&proxy.url, opts.paced_streams, &body).await;
-        let paced_cpu = cpu_seconds(proxy.pid()) - cpu0;
+        let (via_paced, _, paced_cpu) = timed_streams(&proxy.url, opts.paced_streams, &body, proxy.pid()).await;
         let paced_tokens = opts.paced_streams * (opts.paced_tokens + 1);
         let paced_errors = via_paced.iter().filter(|s| !s.ok || s.latencies.len() != opts.paced_tokens).count();
         let via_late = latencies(&via_paced);
