@@ -85,6 +85,11 @@ impl JsonEnd {
         None
     }
 
+    /// The value has begun (its first bracket or quote was seen).
+    pub fn has_begun(&self) -> bool {
+        matches!(self.phase, Phase::Container | Phase::Str | Phase::Done)
+    }
+
     /// The value has ended.
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done

@@ -109,3 +109,34 @@ fn reasoning_memory_gives_a_key_only_its_own_reasoning_back() {
     assert_eq!(ask("alice-key", &turn).status, 200);
     assert_eq!(env.mock_stats()["last_request"]["messages"][1]["reasoning_content"], "Need the weather tool for Paris.");
 }
+
+/// Issue 21: `tool-bridge` held a call's arguments until their JSON value was complete, so a
+/// call written for longer than `no_final_timeout` showed the watchdog no output: the client
+/// got the tool's name, no arguments, and `length`. Arguments now stream as the model writes
+/// them (and count as output): a call that takes twice the timeout arrives whole, in pieces.
+#[test]
+fn a_tool_call_written_for_twice_the_watchdog_timeout_reaches_the_client_whole_in_pieces() {
+    let env = Env::with_config(|mock| {
+        one_pipeline(
+            mock,
+            "read_timeout = \"5s\"",
+            r#"{ type = "harmony-parse" }, { type = "tool-bridge", mode = "openai_tool_calls" }, { type = "watchdog", no_final_timeout = "1s" }, { type = "sse-encode" }"#,
+        )
+    });
+    let content: String = (0..20).map(|i| format!("line {i} of the file ")).collect();
+    let args = json!({"path": "long.txt", "content": content}).to_string();
+    // 2.5 s of arguments at 100 ms per piece (the mock sends one word per delta).
+    let mut deltas = vec![json!("<|channel|>commentary to=functions.write_file <|constrain|>json<|message|>")];
+    let pieces: Vec<String> = args.split_inclusive(' ').map(str::to_owned).collect();
+    assert!(pieces.len() >= 25, "{}", pieces.len());
+    deltas.extend(pieces.iter().map(|p| json!(p)));
+    deltas.push(json!("<|call|>"));
+    let body = chat_body("m", true, &script(json!({"deltas": deltas, "delay_ms": 100})));
+    let r = post(&env.url("/v1/chat/completions"), &body);
+    let a = r.assemble(true);
+    assert_eq!(a.finish, "tool_calls", "{}", r.text());
+    assert_eq!(a.tool_calls.len(), 1);
+    assert_eq!(a.tool_calls[0].2, args);
+    let arg_chunks = r.text().matches("\"function\":{\"arguments\":").count();
+    assert!(arg_chunks >= 20, "arguments came in {arg_chunks} pieces: {}", r.text());
+}

@@ -2,7 +2,9 @@
 //!
 //! - `mode`: `final_only` drops tool calls; `final_plus_tools_text` writes each call into the
 //!   content as `\n[tool:NAME] ARGS\n`; `openai_tool_calls` emits OpenAI `tool_calls` with a
-//!   stable `index`, a fresh `call_…` id and the name before any arguments.
+//!   stable `index`, a fresh `call_…` id and the name before any arguments, then the
+//!   arguments as the model writes them (see [`OpenCall`]): an agent shows a long edit as it
+//!   is written, and the watchdog sees a call that is still being written as output.
 //! - `reasoning`: analysis text is dropped or streamed as `reasoning_content` / `reasoning`.
 //! - `preambles`: commentary without a recipient is dropped or becomes content.
 //!
@@ -23,7 +25,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Channel, Event, ReasoningField, UpstreamToolCall};
+use crate::event::{Channel, Event, FinishReason, ReasoningField, UpstreamToolCall};
 use crate::json_end::JsonEnd;
 use crate::markup::Sanitizer;
 use crate::stage::{random_id, RequestMeta, Stage, StageFactory, Stats};
@@ -86,22 +88,22 @@ impl StageFactory for ToolBridgeFactory {
     }
 }
 
-/// Most argument text held for one call while its JSON value is incomplete; beyond it the
-/// call is closed as `{}` (a client never gets arguments that do not parse).
-const MAX_HELD_ARGS: usize = 8 << 20;
-
 /// A call the client has been told about, whose arguments are still coming.
+///
+/// `openai_tool_calls` streams arguments as the model writes them: leading white space is
+/// skipped, every fragment of the JSON value goes out when it arrives, and `end` stops the
+/// call where the value ends (what is glued after it is the next message, never arguments).
+/// What went out therefore always concatenates to the model's JSON. Only arguments that do
+/// not begin like JSON are not streamed: nothing can be fixed once sent, so they are dropped
+/// and the call gets `{}` (counted as a fallback).
 struct OpenCall {
     index: u32,
     /// It has had arguments other than white space.
     has_args: bool,
-    /// `openai_tool_calls`: arguments held until their JSON value is complete.
-    held: String,
+    /// Some argument text went to the client.
+    streamed: bool,
     end: JsonEnd,
-    /// The value was complete and has gone to the client; what follows is not arguments.
-    sent: bool,
 }
-
 /// An upstream-parsed call being assembled.
 struct UpstreamCall {
     up_index: u32,
@@ -128,6 +130,8 @@ pub struct ToolBridge {
     reasoning_guard: Sanitizer,
     final_chunks: u64,
     tool_chunks: u64,
+    /// A call's arguments went out but their value never ended: the answer ends `length`.
+    truncated: bool,
 }
 
 /// The name a client sees: no `functions.` prefix, no junk.
@@ -172,6 +176,7 @@ impl ToolBridge {
             reasoning_guard: Sanitizer::default(),
             final_chunks: 0,
             tool_chunks: 0,
+            truncated: false,
         }
     }
 
@@ -235,7 +240,7 @@ impl ToolBridge {
         let name = display_name(raw_name);
         let index = self.next_index;
         self.next_index += 1;
-        self.open = Some(OpenCall { index, has_args: false, held: String::new(), end: JsonEnd::default(), sent: false });
+        self.open = Some(OpenCall { index, has_args: false, streamed: false, end: JsonEnd::default() });
         self.tool_chunks += 1;
         match self.cfg.mode {
             Mode::FinalOnly => {}
@@ -255,29 +260,21 @@ impl ToolBridge {
             Mode::FinalOnly => {}
             Mode::FinalPlusToolsText => self.content(args, out),
             Mode::OpenaiToolCalls => {
-                // Held until the JSON value is complete: a call cut by max_tokens, or garbage,
-                // must not leave the client with half an object. What follows the value
-                // (a glued header) is not arguments.
-                if call.sent || !call.end.is_json_like() || call.held.len() > MAX_HELD_ARGS {
+                if call.end.is_done() || !call.end.is_json_like() {
+                    return; // after the value, or arguments nobody can stream: see OpenCall
+                }
+                let begun = call.end.has_begun();
+                let stop = call.end.feed(&args).unwrap_or(args.len());
+                if !call.end.is_json_like() {
                     return;
                 }
-                let before = call.held.len();
-                call.held.push_str(&args);
-                if let Some(i) = call.end.feed(&args) {
-                    call.held.truncate(before + i);
-                    call.sent = true;
+                // White space before the value is not sent.
+                let start = if begun { 0 } else { args.bytes().position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')).unwrap_or(args.len()) };
+                if start < stop {
+                    call.streamed = true;
                     let index = call.index;
-                    let held = std::mem::take(&mut call.held);
-                    // Where a value ends is found by its brackets and quotes alone: `{,}` ends
-                    // too. What the client gets must parse; anything else is `{}`, counted.
-                    let args = match serde_json::from_str::<serde::de::IgnoredAny>(&held) {
-                        Ok(_) => held.trim_start().to_owned(),
-                        Err(_) => {
-                            self.fallback += 1;
-                            "{}".to_owned()
-                        }
-                    };
-                    out.push(Event::ClientToolArgs { index, args });
+                    let piece = if start == 0 && stop == args.len() { args } else { args[start..stop].to_owned() };
+                    out.push(Event::ClientToolArgs { index, args: piece });
                 }
             }
         }
@@ -287,20 +284,18 @@ impl ToolBridge {
         let Some(call) = self.open.take() else { return };
         match self.cfg.mode {
             Mode::FinalPlusToolsText => self.content("\n".into(), out),
-            Mode::OpenaiToolCalls if !call.sent => {
-                let held = call.held.trim();
+            Mode::OpenaiToolCalls if !call.streamed => {
                 // Agents (Cline) run a call only once its arguments are non-empty: no
-                // arguments are `{}`; a value that never became JSON is `{}` too, counted.
-                let args = if !call.has_args {
-                    "{}".to_owned()
-                } else if call.end.is_json_like() && call.held.len() <= MAX_HELD_ARGS && serde_json::from_str::<serde_json::Value>(held).is_ok() {
-                    held.to_owned()
-                } else {
+                // arguments are `{}`; arguments that did not begin like JSON are `{}` too,
+                // counted.
+                if call.has_args {
                     self.fallback += 1;
-                    "{}".to_owned()
-                };
-                out.push(Event::ClientToolArgs { index: call.index, args });
+                }
+                out.push(Event::ClientToolArgs { index: call.index, args: "{}".to_owned() });
             }
+            // The value never ended: the model was cut off inside it (max_tokens, a stop),
+            // and the client has part of it. As OpenAI's API does, the answer ends `length`.
+            Mode::OpenaiToolCalls if !call.end.is_done() => self.truncated = true,
             _ => {}
         }
     }
@@ -381,16 +376,23 @@ impl Stage for ToolBridge {
                 self.end(out);
                 self.release_held(out);
                 self.flush_guards(out);
-                out.push(ev);
+                out.push(match ev {
+                    Event::Finish(_) if self.truncated => Event::Finish(FinishReason::Length),
+                    ev => ev,
+                });
             }
             other => out.push(other),
         }
     }
     fn on_end(&mut self, out: &mut Vec<Event>) {
+        let was_truncated = self.truncated;
         self.finish_upstream_call(out);
         self.end(out);
         self.release_held(out);
         self.flush_guards(out);
+        if self.truncated && !was_truncated {
+            out.push(Event::Finish(FinishReason::Length));
+        }
     }
     fn stats(&self, st: &mut Stats) {
         st.final_chunks += self.final_chunks;
@@ -555,5 +557,58 @@ mod regressions {
         tb.on_end(&mut out);
         let text: String = out.iter().map(|e| if let Event::Content(t) = e { t.as_str() } else { "" }).collect();
         assert_eq!(text, "a < b");
+    }
+}
+
+#[cfg(test)]
+mod streamed_arguments {
+    use super::*;
+
+    fn run(pieces: &[&str], finish: Option<FinishReason>) -> (Vec<String>, Vec<Event>, u64) {
+        let mut tb = ToolBridge::new(ToolBridgeConfig { mode: Mode::OpenaiToolCalls, ..Default::default() });
+        let mut out = Vec::new();
+        tb.on_event(Event::ToolCallStart { name: "functions.write".into(), id: None }, &mut out);
+        for p in pieces {
+            tb.on_event(Event::ToolCallArgs((*p).into()), &mut out);
+        }
+        if let Some(f) = finish {
+            tb.on_event(Event::Finish(f), &mut out);
+        }
+        tb.on_end(&mut out);
+        let args = out.iter().filter_map(|e| if let Event::ClientToolArgs { args, .. } = e { Some(args.clone()) } else { None }).collect();
+        let mut st = Stats::default();
+        tb.stats(&mut st);
+        (args, out, st.fallback)
+    }
+
+    fn finishes(out: &[Event]) -> Vec<FinishReason> {
+        out.iter().filter_map(|e| if let Event::Finish(f) = e { Some(*f) } else { None }).collect()
+    }
+
+    #[test]
+    fn every_fragment_goes_out_when_it_arrives_and_glued_text_after_the_value_never_does() {
+        let (args, out, fallback) = run(&[" \n", " {\"pa", "th\":\"a}\\\"", ".txt\"}", "}junk", "more"], Some(FinishReason::Stop));
+        assert_eq!(args, ["{\"pa", "th\":\"a}\\\"", ".txt\"}"]);
+        assert_eq!(args.concat(), r#"{"path":"a}\".txt"}"#);
+        assert_eq!((finishes(&out), fallback), (vec![FinishReason::Stop], 0));
+    }
+
+    #[test]
+    fn a_value_that_never_ends_is_the_models_truncation_and_the_answer_ends_with_length() {
+        let (args, out, _) = run(&["{\"path\":", "\"a.t"], Some(FinishReason::Stop));
+        assert_eq!(args.concat(), "{\"path\":\"a.t");
+        assert_eq!(finishes(&out), [FinishReason::Length]);
+        // No finish from the upstream at all: one `length` at the end.
+        let (_, out, _) = run(&["[1,"], None);
+        assert_eq!(finishes(&out), [FinishReason::Length]);
+    }
+
+    #[test]
+    fn arguments_that_do_not_begin_like_json_are_never_sent_and_become_an_empty_object() {
+        let (args, out, fallback) = run(&["print(", "1)"], Some(FinishReason::Stop));
+        assert_eq!(args, ["{}"]);
+        assert_eq!((finishes(&out), fallback), (vec![FinishReason::Stop], 1));
+        let (args, _, fallback) = run(&[], None);
+        assert_eq!((args, fallback), (vec!["{}".to_string()], 0), "no arguments: {{}}, not a fallback");
     }
 }
