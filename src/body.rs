@@ -489,6 +489,7 @@ impl Drop for PipelineBody {
             request_id = %self.meta.request_id,
             route = %self.summary.route,
             model = %self.summary.model,
+            api = self.meta.api.api().name(),
             stream = self.meta.stream,
             mode = self.summary.mode,
             status,

@@ -56,8 +56,8 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, route: &str, mode: &'static str, stream: bool) {
-        counter!("harmony_proxy_requests_total", "route" => route.to_owned(), "mode" => mode, "stream" => if stream { "true" } else { "false" })
+    pub fn request(&self, route: &str, mode: &'static str, stream: bool, api: &'static str) {
+        counter!("harmony_proxy_requests_total", "route" => route.to_owned(), "mode" => mode, "stream" => if stream { "true" } else { "false" }, "api" => api)
             .increment(1);
     }
 

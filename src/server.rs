@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use harmony_filters::{ApiError, RequestMeta};
+use harmony_filters::{ApiError, ClientApi, RequestMeta};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -374,17 +374,26 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
         Ok(_) => return err(400, "invalid_request_error", Some("invalid_json"), "request body must be a JSON object"),
         Err(e) => return err(400, "invalid_request_error", Some("invalid_json"), format!("request body is not valid JSON: {e}")),
     };
-    let model = body.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
+    // The client's API is an edge: its request becomes the chat request the stages work on.
+    let api = ClientApi::for_path(&path);
+    let decoded = match api.decode(body) {
+        Ok(d) => d,
+        Err(e) => return error_response(&e),
+    };
+    let model = decoded.model;
     let route = match snap.route(&path, &model) {
         RouteMatch::Found(r) => r,
         _ => return err(404, "invalid_request_error", Some("model_not_found"), format!("no route for model {model:?} on {path}")),
     };
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-    let mut meta = RequestMeta::new(&model, stream, include_usage);
+    for note in &decoded.notes {
+        tracing::debug!(request_id = rid, api = api.name(), "{note}");
+    }
+    let (body, stream) = (decoded.chat, decoded.stream);
+    let mut meta = RequestMeta::new(&model, stream, decoded.include_usage);
     meta.request_id = rid.to_owned();
     meta.auth_scope = auth_scope;
-    state.metrics.request(&route.label, route.pipeline.mode, stream);
+    meta.api = decoded.ctx;
+    state.metrics.request(&route.label, route.pipeline.mode, stream, api.name());
 
     let mut chain = route.pipeline.new_chain(&meta);
     let mut up = harmony_filters::UpstreamRequest::chat(body);

@@ -69,17 +69,25 @@ pub struct ApiError {
     pub message: String,
     pub kind: &'static str,
     pub code: Option<&'static str>,
+    /// The request field the error is about (`input[2].type`), when it is about one.
+    pub param: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: u16, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, code }
+        Self { status, message: message.into(), kind, code, param: None }
+    }
+    /// A 400 about request field `param`; the message names it too.
+    pub fn invalid(param: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        let param = param.into();
+        let message = if param.is_empty() { message.to_string() } else { format!("{param}: {message}") };
+        Self { param: (!param.is_empty()).then_some(param), ..Self::new(400, "invalid_request_error", Some("invalid_request"), message) }
     }
     pub fn upstream(message: impl Into<String>) -> Self {
         Self::new(502, "upstream_error", Some("upstream_error"), message)
     }
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
+        serde_json::json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
     }
 }
 

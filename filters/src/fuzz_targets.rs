@@ -110,3 +110,44 @@ pub fn request(data: &[u8]) {
     }
 }
 
+
+/// `responses_request`: arbitrary JSON as a Responses request. Decoding never panics; a
+/// refusal is a 400 or 404 that names a field; what is accepted is a chat request the stages
+/// can work on (a model, a list of messages with known roles, string arguments and tool
+/// results, function tools only) and its stream is rendered well formed, ending
+/// in exactly one terminal event.
+pub fn responses_request(data: &[u8]) {
+    use serde_json::Value;
+    let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
+    match crate::api::ClientApi::Responses.decode(v) {
+        Err(e) => {
+            assert!(matches!(e.status, 400 | 404), "status {} for {}", e.status, e.message);
+            assert!(!e.message.is_empty());
+        }
+        Ok(d) => {
+            assert!(!d.model.is_empty());
+            let msgs = d.chat["messages"].as_array().expect("messages is a list");
+            let mut calls = std::collections::HashSet::new();
+            for m in msgs {
+                let role = m["role"].as_str().expect("a role");
+                assert!(["system", "user", "assistant", "tool"].contains(&role), "role {role}");
+                for c in m["tool_calls"].as_array().into_iter().flatten() {
+                    calls.insert(c["id"].as_str().expect("call id").to_owned());
+                    assert!(c["function"]["arguments"].is_string());
+                }
+                if role == "tool" {
+                    assert!(m["tool_call_id"].is_string() && m["content"].is_string());
+                }
+            }
+            for t in d.chat["tools"].as_array().into_iter().flatten() {
+                assert_eq!(t["type"], "function");
+                assert!(t["function"]["name"].is_string() && t["function"]["parameters"].is_object());
+            }
+            let mut meta = RequestMeta::new(&d.model, true, true);
+            meta.api = d.ctx;
+            let p = &pipelines()[2];
+            let out = run_sse(p, &meta, &[&llama_sse(&["<|channel|>final<|message|>ok"], "stop")]);
+            crate::testing::assemble_responses(&out).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}

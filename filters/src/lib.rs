@@ -12,6 +12,7 @@
 //! ([`pipeline::compile`]) and instantiated per request; they run synchronously, inline in
 //! the response body, with no task or channel between them.
 
+pub mod api;
 pub mod event;
 pub mod fuzz_targets;
 pub mod json_end;
@@ -25,6 +26,7 @@ pub mod upstream;
 pub mod values;
 pub mod vocab;
 
+pub use api::{ApiContext, ClientApi, Decoded};
 pub use event::{ApiError, Channel, Event, FinishReason};
 pub use pipeline::{compile, validate, Compiled, StageSpec};
 pub use stage::{Chain, Endpoint, RequestMeta, Stage, StageFactory, Stats, UpstreamRequest};

@@ -20,6 +20,8 @@ pub struct RequestMeta {
     /// Who the request is from, when the server checks API keys (a digest of the key):
     /// state kept between requests (`reasoning-memory`) is never shared across scopes.
     pub auth_scope: Option<String>,
+    /// The client API the request came in (its path), with what its encoder needs.
+    pub api: crate::api::ApiContext,
 }
 
 impl RequestMeta {
@@ -36,6 +38,7 @@ impl RequestMeta {
             stream,
             include_usage,
             auth_scope: None,
+            api: crate::api::ApiContext::Chat,
         }
     }
 }

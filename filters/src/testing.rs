@@ -317,3 +317,145 @@ pub fn check_fixture(mode: &str, stream: bool, exp: &serde_json::Value, a: &Asse
         Err(format!("[{mode}, stream={stream}] expected {exp}, got {a:?}"))
     }
 }
+
+/// A request meta for the Responses API (`stream` or not), as the server makes it.
+pub fn responses_meta(stream: bool) -> RequestMeta {
+    let d = crate::api::ClientApi::Responses.decode(serde_json::json!({"model": "m", "input": "x", "stream": stream})).expect("a minimal request decodes");
+    let mut meta = RequestMeta::new("m", stream, true);
+    meta.api = d.ctx;
+    meta
+}
+
+/// Parses a Responses SSE stream and checks its contract: every event's `event:` name is
+/// its `type`; `sequence_number` counts from 0; `response.created` then
+/// `response.in_progress` first; every item added once at the next `output_index` and done
+/// once before the next is added, its deltas only while it is open and with its id; exactly
+/// one terminal event (`response.completed` / `incomplete` / `failed`), last, whose `output`
+/// equals the items done in order; no markup anywhere. Returns what a client keeps:
+/// `finish` is the response's status, `tool_calls` are (call_id, name, arguments).
+pub fn assemble_responses(body: &[u8]) -> Result<Assembled, String> {
+    use serde_json::Value;
+    let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+    let mut done_items: Vec<Value> = Vec::new();
+    let mut open: Option<(String, usize)> = None; // (item id, output index)
+    let mut terminal: Option<Value> = None;
+    let mut n = 0u64;
+    let mut deltas = String::new();
+    for ev in text.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        if ev.starts_with(':') {
+            continue;
+        }
+        let (name, data) = ev.split_once('\n').ok_or_else(|| format!("event without data: {ev:?}"))?;
+        let name = name.strip_prefix("event: ").ok_or_else(|| format!("no event: line: {ev:?}"))?;
+        let data = data.strip_prefix("data: ").ok_or_else(|| format!("no data: line: {ev:?}"))?;
+        let v: Value = serde_json::from_str(data).map_err(|e| format!("data is not JSON ({e}): {data}"))?;
+        let ty = v["type"].as_str().ok_or("event without type")?;
+        if ty != name {
+            return Err(format!("event: {name} carries type {ty}"));
+        }
+        if terminal.is_some() {
+            return Err(format!("{ty} after the terminal event"));
+        }
+        if v["sequence_number"].as_u64() != Some(n) {
+            return Err(format!("{ty}: sequence_number {} where {n} was due", v["sequence_number"]));
+        }
+        match (n, ty) {
+            (0, "response.created") | (1, "response.in_progress") => {}
+            (0 | 1, _) => return Err(format!("event {n} is {ty}")),
+            _ => {}
+        }
+        n += 1;
+        let idx = v["output_index"].as_u64().map(|i| i as usize);
+        match ty {
+            "response.output_item.added" => {
+                if let Some((id, _)) = &open {
+                    return Err(format!("item added while {id} is open"));
+                }
+                if idx != Some(done_items.len()) {
+                    return Err(format!("item added at output_index {idx:?}, {} due", done_items.len()));
+                }
+                let id = v["item"]["id"].as_str().ok_or("added item without id")?.to_owned();
+                open = Some((id, done_items.len()));
+            }
+            "response.output_item.done" => {
+                let Some((id, at)) = open.take() else { return Err("item done while none is open".into()) };
+                if v["item"]["id"].as_str() != Some(id.as_str()) || idx != Some(at) {
+                    return Err(format!("item done does not match the open one ({id} at {at}): {v}"));
+                }
+                done_items.push(v["item"].clone());
+            }
+            "response.in_progress" | "response.created" => {}
+            "response.completed" | "response.incomplete" | "response.failed" => terminal = Some(v["response"].clone()),
+            t if t.ends_with(".delta") || t.ends_with(".done") || t.starts_with("response.content_part.") => {
+                let Some((id, at)) = &open else { return Err(format!("{t} with no item open")) };
+                if v["item_id"].as_str() != Some(id.as_str()) || idx != Some(*at) {
+                    return Err(format!("{t} for another item than the open {id}: {v}"));
+                }
+                if let Some(d) = v["delta"].as_str() {
+                    deltas.push_str(d);
+                }
+            }
+            other => return Err(format!("unknown event {other}")),
+        }
+    }
+    let r = terminal.ok_or("no terminal event")?;
+    if open.is_some() {
+        return Err("an item was never done".into());
+    }
+    if r["output"].as_array() != Some(&done_items) {
+        return Err(format!("terminal output differs from the items streamed:\n{}\n{}", r["output"], Value::Array(done_items)));
+    }
+    let _ = deltas;
+    response_view(&r)
+}
+
+/// What a client keeps from a Response object (also the non-streamed body).
+pub fn response_view(r: &serde_json::Value) -> Result<Assembled, String> {
+    use serde_json::Value;
+    let mut a = Assembled { finish: r["status"].as_str().unwrap_or("").to_owned(), ..Assembled::default() };
+    if r["object"] != "response" || !r["id"].as_str().is_some_and(|i| i.starts_with("resp_")) {
+        return Err(format!("not a response object: {r}"));
+    }
+    for item in r["output"].as_array().ok_or("no output")? {
+        match item["type"].as_str() {
+            Some("reasoning") => {
+                for c in item["content"].as_array().into_iter().flatten() {
+                    a.reasoning.push_str(c["text"].as_str().unwrap_or(""));
+                }
+            }
+            Some("message") => {
+                for c in item["content"].as_array().into_iter().flatten() {
+                    a.content.push_str(c["text"].as_str().unwrap_or(""));
+                }
+            }
+            Some("function_call") => {
+                let id = item["call_id"].as_str().unwrap_or("").to_owned();
+                if !id.starts_with("call_") {
+                    return Err(format!("call id {id:?}"));
+                }
+                a.tool_calls.push((id, item["name"].as_str().unwrap_or("").to_owned(), item["arguments"].as_str().unwrap_or("").to_owned()));
+            }
+            Some("custom_tool_call") => {
+                a.tool_calls.push((item["call_id"].as_str().unwrap_or("").to_owned(), item["name"].as_str().unwrap_or("").to_owned(), item["input"].as_str().unwrap_or("").to_owned()));
+            }
+            other => return Err(format!("unknown output item {other:?}")),
+        }
+    }
+    no_markup("content", &a.content)?;
+    no_markup("reasoning", &a.reasoning)?;
+    for (_, name, _) in &a.tool_calls {
+        no_markup("tool name", name)?;
+    }
+    if r["status"] == "failed" {
+        a.error = Some(r["error"]["message"].as_str().unwrap_or("").to_owned());
+    } else {
+        let u = &r["usage"];
+        for f in ["/input_tokens", "/output_tokens", "/total_tokens", "/input_tokens_details/cached_tokens", "/output_tokens_details/reasoning_tokens"] {
+            if u.pointer(f).and_then(Value::as_u64).is_none() {
+                return Err(format!("usage{f} is not an integer: {u}"));
+            }
+        }
+        a.usage = Some(u.to_string());
+    }
+    Ok(a)
+}

@@ -37,3 +37,10 @@ fn request_seeds() {
         harmony_filters::fuzz_targets::request(&data);
     }
 }
+
+#[test]
+fn responses_request_seeds() {
+    for (_, data) in seeds("responses_request") {
+        harmony_filters::fuzz_targets::responses_request(&data);
+    }
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use harmony_filters::StageSpec;
 use serde::de::DeserializeOwned;
 
-use super::{any_model, env, Config, PipelineDef, RouteConfig, ServerConfig, UpstreamConfig, BUILTIN_PIPELINES, CHAT_PATH, EMBEDDED_CONFIG};
+use super::{any_model, env, Config, PipelineDef, RouteConfig, ServerConfig, UpstreamConfig, BUILTIN_PIPELINES, EMBEDDED_CONFIG};
 
 /// Everything wrong with a config, one located message each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,16 +305,18 @@ pub fn load_str(text: &str, pipelines_dir: Option<&Path>, lookup: impl Fn(&str) 
         })
         .collect();
 
-    // Zero-config behaviour: chat completions never go out unfiltered by accident. A config
-    // with no route for the chat path gets the built-in `harmony` pipeline there; raw
+    // Zero-config behaviour: no client API's path goes out unfiltered by accident. A config
+    // with no route for an API's path gets that API's built-in pipeline there; raw
     // forwarding must be asked for with the `passthrough` pipeline.
     let mut routes = routes;
     let mut implied_routes = Vec::new();
-    if !routes.iter().any(|r| r.path == CHAT_PATH) {
-        let default = if upstreams.contains_key("default") { Some("default") } else { upstreams.keys().next().map(String::as_str) };
-        if let Some(up) = default {
-            implied_routes.push(routes.len());
-            routes.push(RouteConfig { path: CHAT_PATH.into(), models: any_model(), upstream: up.to_owned(), pipeline: "harmony".into() });
+    for api in harmony_filters::ClientApi::ALL {
+        if !routes.iter().any(|r| r.path == api.path()) {
+            let default = if upstreams.contains_key("default") { Some("default") } else { upstreams.keys().next().map(String::as_str) };
+            if let Some(up) = default {
+                implied_routes.push(routes.len());
+                routes.push(RouteConfig { path: api.path().into(), models: any_model(), upstream: up.to_owned(), pipeline: api.builtin_pipeline().into() });
+            }
         }
     }
 

@@ -239,8 +239,6 @@ pub struct RouteConfig {
     pub pipeline: String,
 }
 
-/// The path of OpenAI chat completions, the one the pipelines serve.
-pub const CHAT_PATH: &str = "/v1/chat/completions";
 
 pub(crate) fn any_model() -> Vec<String> {
     vec!["*".into()]
@@ -274,8 +272,8 @@ impl Config {
         for &i in &self.implied_routes {
             let r = &self.routes[i];
             w.push(format!(
-                "routes: no route for {} in the config: implied routes[{i}] models [\"*\"] -> upstream `{}`, pipeline `harmony` (write a route with pipeline `passthrough` for raw forwarding)",
-                r.path, r.upstream
+                "routes: no route for {} in the config: implied routes[{i}] models [\"*\"] -> upstream `{}`, pipeline `{}` (write a route with pipeline `passthrough` for raw forwarding)",
+                r.path, r.upstream, r.pipeline
             ));
         }
         // Stops that end the answer early: llama.cpp renders these tokens into the text its

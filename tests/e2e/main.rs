@@ -12,5 +12,6 @@ mod pools;
 mod real_llama;
 mod redis;
 mod resilience;
+mod responses;
 mod snapshots;
 mod tools;

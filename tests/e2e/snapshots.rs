@@ -66,6 +66,58 @@ fn client_bytes_for_every_fixture_in_every_mode() {
     }
 }
 
+/// Every random id (`resp_`, `rs_`, `msg_`, `fc_`, `call_`) replaced.
+fn redact_ids(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    'outer: while !rest.is_empty() {
+        for prefix in ["\"resp_", "\"rs_", "\"msg_", "\"fc_", "\"call_"] {
+            if let Some(tail) = rest.strip_prefix(prefix).filter(|t| !t.starts_with("id\"")) {
+                let n = tail.bytes().take_while(|b| b.is_ascii_alphanumeric()).count();
+                out.push_str(prefix);
+                out.push_str("[id]");
+                rest = &tail[n..];
+                continue 'outer;
+            }
+        }
+        let c = rest.chars().next().unwrap_or_default();
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// The Responses events (and object) a client receives for every fixture, through the
+/// shipped config's `/v1/responses` pipeline (`agents`).
+#[test]
+fn responses_events_for_every_fixture() {
+    let enc = harmony_filters::testing::encoding();
+    let cfg = config::load_str(EMBEDDED_CONFIG, None, no_env).unwrap();
+    let route = cfg.routes.iter().find(|r| r.path == "/v1/responses").expect("the shipped config serves /v1/responses");
+    let compiled = compile(&cfg.pipelines[&route.pipeline].0.stages, &enc);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.path().file_name()?.to_str()?.strip_suffix(".sse").map(str::to_owned))
+        .collect();
+    names.sort();
+    for name in names {
+        let body = std::fs::read(dir.join(format!("{name}.sse"))).unwrap();
+        let mut doc = String::new();
+        for stream in [true, false] {
+            let mut meta = harmony_filters::testing::responses_meta(stream);
+            meta.model = "gpt-oss-20b".into();
+            meta.created = 1_700_000_000;
+            let out = run_sse(&compiled, &meta, &[&body]);
+            if stream {
+                harmony_filters::testing::assemble_responses(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            doc.push_str(&format!("## stream={stream}\n{}\n", redact_ids(&String::from_utf8_lossy(&out))));
+        }
+        snapshots! { insta::assert_snapshot!(format!("responses__{name}"), doc); }
+    }
+}
+
 #[test]
 fn shipped_pipelines_compiled() {
     let enc = harmony_filters::testing::encoding();

@@ -1,0 +1,282 @@
+//! The Chat Completions encoder: client events → `chat.completion.chunk` SSE or one
+//! `chat.completion` JSON. `sse-encode` makes one for requests on a chat route.
+//!
+//! Streaming (`stream: true`): `chat.completion.chunk` SSE. The role chunk goes out right
+//! before the first delta (so nothing reaches the client until there is something to show,
+//! which keeps a retry possible until then); content, reasoning and tool calls each in chunks
+//! of their own; one finish chunk (`length` if the upstream said so, else `tool_calls` if a
+//! call went out, else `stop`); the usage chunk when asked; exactly one `data: [DONE]`.
+//! An error ends the stream with `data: {"error":…}` and `[DONE]`.
+//!
+//! Non-streaming: one `chat.completion` JSON at the end.
+
+use std::io::Write as _;
+
+use bytes::{BufMut as _, BytesMut};
+use serde_json::Value;
+
+use crate::event::{ApiError, Event, FinishReason, ReasoningField};
+use crate::stage::{RequestMeta, Stage, Stats};
+
+struct ToolCall {
+    id: String,
+    name: String,
+    args: String,
+}
+
+pub struct ChatEncoder {
+    stream: bool,
+    include_usage: bool,
+    /// `data: {"id":…,"choices":[{"index":0,"delta":` — the same for every chunk.
+    prefix: Vec<u8>,
+    meta: RequestMeta,
+    buf: BytesMut,
+    role_sent: bool,
+    finish: Option<FinishReason>,
+    usage: Option<Value>,
+    error: Option<ApiError>,
+    done: bool,
+    // Non-streaming accumulators.
+    content: String,
+    reasoning: Option<(ReasoningField, String)>,
+    calls: Vec<ToolCall>,
+    saw_tool_call: bool,
+    first_output: Option<std::time::Instant>,
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+impl ChatEncoder {
+    pub fn new(meta: &RequestMeta) -> Self {
+        let prefix = format!(
+            "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":",
+            json_str(&meta.completion_id),
+            meta.created,
+            json_str(&meta.model)
+        )
+        .into_bytes();
+        Self {
+            stream: meta.stream,
+            include_usage: meta.include_usage,
+            prefix,
+            meta: meta.clone(),
+            buf: BytesMut::with_capacity(512),
+            role_sent: false,
+            finish: None,
+            usage: None,
+            error: None,
+            done: false,
+            content: String::new(),
+            reasoning: None,
+            calls: Vec::new(),
+            saw_tool_call: false,
+            first_output: None,
+        }
+    }
+
+    fn begin_chunk(&mut self) {
+        self.buf.extend_from_slice(&self.prefix);
+    }
+
+    fn end_chunk(&mut self, finish: Option<FinishReason>, out: &mut Vec<Event>) {
+        self.buf.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+        match finish {
+            Some(f) => {
+                self.buf.put_u8(b'"');
+                self.buf.extend_from_slice(f.as_str().as_bytes());
+                self.buf.put_u8(b'"');
+            }
+            None => self.buf.extend_from_slice(b"null"),
+        }
+        self.buf.extend_from_slice(b"}]}\n\n");
+        self.emit(out);
+    }
+
+    /// Hands the buffered bytes on. A burst can grow the buffer while earlier frames are
+    /// still unsent; don't keep a large one for the rest of the stream.
+    fn emit(&mut self, out: &mut Vec<Event>) {
+        out.push(Event::Wire(self.buf.split().freeze()));
+        if self.buf.capacity() > 16 << 10 {
+            self.buf = BytesMut::with_capacity(512);
+        }
+    }
+
+    fn write_str(&mut self, s: &str) {
+        let _ = serde_json::to_writer((&mut self.buf).writer(), s);
+    }
+
+    fn ensure_role(&mut self, out: &mut Vec<Event>) {
+        if !self.role_sent {
+            self.role_sent = true;
+            self.begin_chunk();
+            self.buf.extend_from_slice(b"{\"role\":\"assistant\",\"content\":\"\"}");
+            self.end_chunk(None, out);
+        }
+    }
+
+    /// A chunk whose delta is `{"<field>": <text>}`.
+    fn text_chunk(&mut self, field: &str, text: &str, out: &mut Vec<Event>) {
+        self.ensure_role(out);
+        self.begin_chunk();
+        self.buf.extend_from_slice(b"{\"");
+        self.buf.extend_from_slice(field.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+        self.write_str(text);
+        self.buf.put_u8(b'}');
+        self.end_chunk(None, out);
+    }
+
+    fn finish_reason(&self) -> FinishReason {
+        match self.finish {
+            Some(FinishReason::Length) => FinishReason::Length,
+            Some(FinishReason::ContentFilter) => FinishReason::ContentFilter,
+            _ if self.saw_tool_call => FinishReason::ToolCalls,
+            _ => FinishReason::Stop,
+        }
+    }
+
+    fn finish_stream(&mut self, out: &mut Vec<Event>) {
+        if let Some(err) = &self.error {
+            let body = err.to_json();
+            self.buf.extend_from_slice(b"data: ");
+            let _ = serde_json::to_writer((&mut self.buf).writer(), &body);
+            self.buf.extend_from_slice(b"\n\n");
+        } else {
+            self.ensure_role(out);
+            self.begin_chunk();
+            self.buf.extend_from_slice(b"{}");
+            let reason = self.finish_reason();
+            self.end_chunk(Some(reason), out);
+            if self.include_usage {
+                if let Some(usage) = self.usage.take() {
+                    let _ = write!(
+                        (&mut self.buf).writer(),
+                        "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[],\"usage\":{}}}\n\n",
+                        json_str(&self.meta.completion_id),
+                        self.meta.created,
+                        json_str(&self.meta.model),
+                        usage
+                    );
+                }
+            }
+        }
+        self.buf.extend_from_slice(b"data: [DONE]\n\n");
+        self.emit(out);
+    }
+
+    fn finish_json(&mut self, out: &mut Vec<Event>) {
+        let body = if let Some(err) = &self.error {
+            err.to_json()
+        } else {
+            let mut message = serde_json::Map::new();
+            message.insert("role".into(), "assistant".into());
+            let content = std::mem::take(&mut self.content);
+            // Beside tool_calls, no content is null; a preamble the bridge kept (`preambles =
+            // "content"`) is the content.
+            message.insert("content".into(), if content.is_empty() && !self.calls.is_empty() { Value::Null } else { Value::String(content) });
+            if let Some((field, text)) = self.reasoning.take() {
+                message.insert(field.as_str().into(), Value::String(text));
+            }
+            if !self.calls.is_empty() {
+                let calls: Vec<Value> = self
+                    .calls
+                    .drain(..)
+                    .map(|c| serde_json::json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.args}}))
+                    .collect();
+                message.insert("tool_calls".into(), Value::Array(calls));
+            }
+            let mut body = serde_json::json!({
+                "id": self.meta.completion_id,
+                "object": "chat.completion",
+                "created": self.meta.created,
+                "model": self.meta.model,
+                "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": self.finish_reason().as_str()}],
+            });
+            if let Some(u) = self.usage.take() {
+                body["usage"] = u;
+            }
+            body
+        };
+        let _ = serde_json::to_writer((&mut self.buf).writer(), &body);
+        self.emit(out);
+    }
+}
+
+impl Stage for ChatEncoder {
+    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
+        if self.done {
+            return;
+        }
+        if self.first_output.is_none() && matches!(ev, Event::Content(_) | Event::ClientToolCall { .. }) {
+            self.first_output = Some(std::time::Instant::now());
+        }
+        match ev {
+            // Only tool-bridge's client events are shown: it is where markup is removed.
+            Event::Content(t) => {
+                if self.stream {
+                    self.text_chunk("content", &t, out)
+                } else {
+                    self.content.push_str(&t)
+                }
+            }
+            Event::Reasoning(field, t) => {
+                if self.stream {
+                    self.text_chunk(field.as_str(), &t, out)
+                } else {
+                    self.reasoning.get_or_insert_with(|| (field, String::new())).1.push_str(&t)
+                }
+            }
+            Event::ClientToolCall { index, id, name } => {
+                self.saw_tool_call = true;
+                if self.stream {
+                    self.ensure_role(out);
+                    self.begin_chunk();
+                    let _ = write!((&mut self.buf).writer(), "{{\"tool_calls\":[{{\"index\":{index},\"id\":{},\"type\":\"function\",\"function\":{{\"name\":{},\"arguments\":\"\"}}}}]}}", json_str(&id), json_str(&name));
+                    self.end_chunk(None, out);
+                } else {
+                    self.calls.push(ToolCall { id, name, args: String::new() });
+                }
+            }
+            Event::ClientToolArgs { index, args } => {
+                if self.stream {
+                    self.ensure_role(out);
+                    self.begin_chunk();
+                    let _ = write!((&mut self.buf).writer(), "{{\"tool_calls\":[{{\"index\":{index},\"function\":{{\"arguments\":");
+                    self.write_str(&args);
+                    self.buf.extend_from_slice(b"}}]}");
+                    self.end_chunk(None, out);
+                } else if let Some(c) = self.calls.get_mut(index as usize) {
+                    c.args.push_str(&args);
+                }
+            }
+            Event::Finish(f) => self.finish = Some(f),
+            Event::Usage(u) => self.usage = Some(u),
+            Event::Error(e) => {
+                if self.error.is_none() {
+                    self.error = Some(e.clone());
+                }
+                out.push(Event::Error(e)); // the body watches errors (status, metrics, retry)
+            }
+            ev @ (Event::Abort | Event::Wire(_)) => out.push(ev),
+            _ => {}
+        }
+    }
+
+    fn stats(&self, st: &mut Stats) {
+        st.first_output = st.first_output.or(self.first_output);
+    }
+
+    fn on_end(&mut self, out: &mut Vec<Event>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if self.stream {
+            self.finish_stream(out)
+        } else {
+            self.finish_json(out)
+        }
+    }
+}

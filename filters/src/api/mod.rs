@@ -1,0 +1,117 @@
+//! The client APIs: the wire formats agents speak, each an edge around the one pipeline.
+//!
+//! ```text
+//! client request ─► ClientApi::decode ─► chat request (the conversation the stages work on)
+//!                                        + ApiContext (what the encoder must know)
+//! events ─► sse-encode ─► ApiContext::encoder ─► the API's SSE events or JSON object
+//! ```
+//! Each API is a folder: `types` (its wire types, serde), `decode` (its request into the
+//! conversation), `encode` (the typed events into its wire format). No stage reads or writes
+//! a wire format: the request stages see a chat request whatever the client sent, and the
+//! response stages emit [`Event`](crate::Event)s that each encoder renders.
+//!
+//! Adding an API: one folder, one variant in [`ClientApi`] (its path and name below) and in
+//! [`ApiContext`]. Nothing else dispatches on the API.
+
+pub mod chat;
+pub mod responses;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::event::ApiError;
+use crate::stage::{RequestMeta, Stage};
+
+/// A client API, picked by the route's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ClientApi {
+    /// OpenAI Chat Completions: IDE agents, the SDKs' `chat.completions`.
+    #[default]
+    Chat,
+    /// OpenAI Responses: Codex CLI, the Agents SDK.
+    Responses,
+}
+
+impl ClientApi {
+    /// Every API, the one list: path, name, decoder and encoder hang off these.
+    pub const ALL: [ClientApi; 2] = [ClientApi::Chat, ClientApi::Responses];
+
+    /// The path a route serves this API on.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/v1/chat/completions",
+            Self::Responses => "/v1/responses",
+        }
+    }
+
+    /// The `api` metric label and the summary line's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Responses => "responses",
+        }
+    }
+
+    /// The built-in pipeline a config without a route for this API's path gets: the chat
+    /// path keeps `PROXY_MODE`'s answer-only default; Responses clients all declare tools
+    /// and run the calls, so they get reasoning, calls and preambles as items.
+    pub fn builtin_pipeline(self) -> &'static str {
+        match self {
+            Self::Chat => "harmony",
+            Self::Responses => "ide-tools",
+        }
+    }
+
+    /// The API a route's path serves; a path that is none of them (a custom route) is chat.
+    pub fn for_path(path: &str) -> Self {
+        Self::ALL.into_iter().find(|a| a.path() == path).unwrap_or(Self::Chat)
+    }
+
+    /// The client's request (a JSON object) into the conversation the stages work on.
+    pub fn decode(self, body: Value) -> Result<Decoded, ApiError> {
+        match self {
+            Self::Chat => Ok(chat::decode(body)),
+            Self::Responses => responses::decode::decode(body),
+        }
+    }
+}
+
+/// A request decoded for the pipeline.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The chat request the request stages work on and the upstream gets.
+    pub chat: Value,
+    pub model: String,
+    pub stream: bool,
+    /// Chat only: the client asked for a usage chunk.
+    pub include_usage: bool,
+    pub ctx: ApiContext,
+    /// What the decoder left out and the operator may want to know (debug log).
+    pub notes: Vec<String>,
+}
+
+/// What an API's encoder needs to know about its request; rides in [`RequestMeta`].
+#[derive(Debug, Clone, Default)]
+pub enum ApiContext {
+    #[default]
+    Chat,
+    Responses(Arc<responses::Context>),
+}
+
+impl ApiContext {
+    pub fn api(&self) -> ClientApi {
+        match self {
+            Self::Chat => ClientApi::Chat,
+            Self::Responses(_) => ClientApi::Responses,
+        }
+    }
+
+    /// The encoder for this request (`sse-encode` makes it).
+    pub fn encoder(&self, meta: &RequestMeta) -> Box<dyn Stage> {
+        match self {
+            Self::Chat => Box::new(chat::encode::ChatEncoder::new(meta)),
+            Self::Responses(ctx) => Box::new(responses::encode::ResponsesEncoder::new(meta, ctx.clone())),
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! A Responses request → the chat request the stages work on.
+//!
+//! - `instructions`, and `system` / `developer` messages wherever they stand, become one
+//!   system message first (servers' gpt-oss templates read one; `harmony-render` joins them
+//!   into the developer instructions either way).
+//! - `message` items are turns; `reasoning` items are the reasoning of the assistant turn
+//!   that follows them (`reasoning_content`, which `history-clean` and `harmony-render` read);
+//!   `function_call` / `custom_tool_call` items are that turn's `tool_calls` (calls in a row
+//!   share one assistant message); `*_output` items are `tool` messages.
+//! - Tools: `function` as is; `namespace` functions flattened to `NAMESPACE__NAME`; `custom`
+//!   as a function with one string `input`; hosted tools (web search, …) left out, noted.
+//! - Refused with a 400 naming the field: images and files (gpt-oss reads text only), item
+//!   types the API does not have, `background`, `conversation`, `prompt`; an unknown
+//!   `previous_response_id` is a 404 (no response is stored).
+//!
+//! Invariant: the decoder never panics on any JSON; every refusal names its place.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use super::types::{CallOutputItem, Content, CustomTool, CustomToolCallItem, FunctionCallItem, FunctionTool, Input, MessageItem, NamespaceTool, ReasoningItem, Request, TextFormat};
+use super::{Context, ToolOrigin, NAMESPACE_SEPARATOR};
+use crate::api::{ApiContext, Decoded};
+use crate::event::ApiError;
+use crate::stage::random_id;
+
+fn invalid(param: impl Into<String>, message: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(param, message)
+}
+
+/// Reads one typed value out of `v`, errors named by `at` and the path inside.
+fn typed<T: serde::de::DeserializeOwned>(v: Value, at: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let inner = e.path().to_string();
+        let place = if inner == "." || inner.is_empty() { at.to_owned() } else { format!("{at}.{inner}") };
+        invalid(place, e.inner())
+    })
+}
+
+/// The text of content parts (`input_text`, `output_text`, `text`, `refusal`); images,
+/// files and audio are refused: gpt-oss reads text only.
+fn text_of(content: Content, at: &str) -> Result<String, ApiError> {
+    match content {
+        Content::Text(s) => Ok(s),
+        Content::Parts(parts) => {
+            let mut s = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
+                match kind {
+                    "input_text" | "output_text" | "text" | "reasoning_text" | "summary_text" => {
+                        s.push_str(p.get("text").and_then(Value::as_str).unwrap_or(""));
+                    }
+                    "refusal" => s.push_str(p.get("refusal").and_then(Value::as_str).unwrap_or("")),
+                    "input_image" | "input_file" | "input_audio" | "image_url" | "image" => {
+                        return Err(invalid(format!("{at}.content[{j}]"), format!("gpt-oss reads text only; a `{kind}` part cannot be sent to it")));
+                    }
+                    other => return Err(invalid(format!("{at}.content[{j}].type"), format!("unknown content part type {other:?}"))),
+                }
+            }
+            Ok(s)
+        }
+    }
+}
+
+/// Builds the chat messages, one input item at a time.
+#[derive(Default)]
+struct Conversation {
+    instructions: Vec<String>,
+    messages: Vec<Value>,
+    /// Reasoning items waiting for the assistant turn they belong to.
+    reasoning: String,
+}
+
+impl Conversation {
+    fn take_reasoning(&mut self, m: &mut Map<String, Value>) {
+        if !self.reasoning.trim().is_empty() {
+            m.insert("reasoning_content".into(), Value::String(std::mem::take(&mut self.reasoning)));
+        }
+        self.reasoning.clear();
+    }
+
+    fn user(&mut self, text: String) {
+        self.reasoning.clear(); // reasoning of no assistant turn: nothing to give back
+        self.messages.push(json!({"role": "user", "content": text}));
+    }
+
+    fn assistant_text(&mut self, text: String) {
+        let mut m = Map::new();
+        m.insert("role".into(), "assistant".into());
+        m.insert("content".into(), Value::String(text));
+        self.take_reasoning(&mut m);
+        self.messages.push(Value::Object(m));
+    }
+
+    /// A call joins the assistant message just before it (a preamble, or the calls before it
+    /// in the same turn); after a tool result or a user turn it opens a new one.
+    fn call(&mut self, call_id: String, name: String, arguments: String) {
+        let call = json!({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}});
+        if let Some(Value::Object(last)) = self.messages.last_mut() {
+            if last.get("role").and_then(Value::as_str) == Some("assistant") && self.reasoning.trim().is_empty() {
+                match last.get_mut("tool_calls") {
+                    Some(Value::Array(calls)) => calls.push(call),
+                    _ => {
+                        last.insert("tool_calls".into(), Value::Array(vec![call]));
+                    }
+                }
+                return;
+            }
+        }
+        let mut m = Map::new();
+        m.insert("role".into(), "assistant".into());
+        m.insert("content".into(), Value::Null);
+        self.take_reasoning(&mut m);
+        m.insert("tool_calls".into(), Value::Array(vec![call]));
+        self.messages.push(Value::Object(m));
+    }
+
+    fn tool_result(&mut self, call_id: String, text: String) {
+        self.messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": text}));
+    }
+}
+
+/// The tools as chat functions, what goes back in another shape, and what was left out.
+fn tools(tools: &[Value], origins: &mut HashMap<String, ToolOrigin>, notes: &mut Vec<String>) -> Result<Vec<Value>, ApiError> {
+    let function = |name: &str, description: Option<&str>, parameters: Option<Value>| {
+        let mut f = Map::new();
+        f.insert("name".into(), name.into());
+        if let Some(d) = description.filter(|d| !d.is_empty()) {
+            f.insert("description".into(), d.into());
+        }
+        f.insert("parameters".into(), parameters.filter(|p| p.is_object()).unwrap_or_else(|| json!({"type": "object", "properties": {}})));
+        json!({"type": "function", "function": f})
+    };
+    let mut out = Vec::new();
+    let mut left_out = Vec::new();
+    for (j, t) in tools.iter().enumerate() {
+        let at = format!("tools[{j}]");
+        match t.get("type").and_then(Value::as_str).unwrap_or("function") {
+            "function" => {
+                let f: FunctionTool = typed(t.clone(), &at)?;
+                out.push(function(&f.name, f.description.as_deref(), f.parameters));
+            }
+            "namespace" => {
+                let ns: NamespaceTool = typed(t.clone(), &at)?;
+                for (k, inner) in ns.tools.iter().enumerate() {
+                    let at = format!("{at}.tools[{k}]");
+                    if inner.get("type").and_then(Value::as_str).unwrap_or("function") != "function" {
+                        left_out.push(format!("{}.{}", ns.name, inner.get("name").and_then(Value::as_str).unwrap_or("?")));
+                        continue;
+                    }
+                    let f: FunctionTool = typed(inner.clone(), &at)?;
+                    let flat = format!("{}{NAMESPACE_SEPARATOR}{}", ns.name, f.name);
+                    let description = match (ns.description.as_deref().filter(|d| !d.is_empty()), f.description.as_deref()) {
+                        (Some(n), Some(d)) => Some(format!("{n}\n\n{d}")),
+                        (Some(n), None) => Some(n.to_owned()),
+                        (None, d) => d.map(str::to_owned),
+                    };
+                    out.push(function(&flat, description.as_deref(), f.parameters));
+                    origins.insert(flat, ToolOrigin::Namespaced { namespace: ns.name.clone(), name: f.name });
+                }
+            }
+            "custom" => {
+                let c: CustomTool = typed(t.clone(), &at)?;
+                let mut description = c.description.unwrap_or_default();
+                if let Some(fmt) = c.format.as_ref().filter(|f| f.get("type").and_then(Value::as_str) == Some("grammar")) {
+                    let syntax = fmt.get("syntax").and_then(Value::as_str).unwrap_or("grammar");
+                    let definition = fmt.get("definition").and_then(Value::as_str).unwrap_or("");
+                    description.push_str(&format!("\n\nThe input follows this {syntax} grammar:\n{definition}"));
+                }
+                let params = json!({"type": "object", "properties": {"input": {"type": "string", "description": "The tool's input, as free text."}}, "required": ["input"]});
+                out.push(function(&c.name, Some(description.trim()), Some(params)));
+                origins.insert(c.name, ToolOrigin::Custom);
+            }
+            other => left_out.push(other.to_owned()),
+        }
+    }
+    if !left_out.is_empty() {
+        notes.push(format!("tools the proxy cannot run left out of the prompt: {}", left_out.join(", ")));
+    }
+    Ok(out)
+}
+
+/// `tool_choice` in chat's shape.
+fn tool_choice(v: &Value) -> Result<Value, ApiError> {
+    Ok(match v {
+        Value::String(s) if matches!(s.as_str(), "auto" | "none" | "required") => v.clone(),
+        Value::String(s) => return Err(invalid("tool_choice", format!("{s:?} is not auto, none or required"))),
+        Value::Object(o) => match o.get("type").and_then(Value::as_str) {
+            Some("function" | "custom") => match o.get("name").and_then(Value::as_str) {
+                Some(name) => json!({"type": "function", "function": {"name": name}}),
+                None => return Err(invalid("tool_choice.name", "a function choice needs a name")),
+            },
+            Some("allowed_tools") => o.get("mode").cloned().filter(|m| m == "required").unwrap_or_else(|| "auto".into()),
+            _ => "auto".into(), // a hosted tool: none of those is run here
+        },
+        Value::Null => "auto".into(),
+        other => return Err(invalid("tool_choice", format!("expected a string or an object, got {other}"))),
+    })
+}
+
+pub fn decode(body: Value) -> Result<Decoded, ApiError> {
+    let req: Request = typed(body, "")?;
+    let model = match req.model.as_deref() {
+        Some(m) if !m.is_empty() => m.to_owned(),
+        _ => return Err(invalid("model", "is required")),
+    };
+    if req.background == Some(true) {
+        return Err(invalid("background", "background responses are not supported: stream instead"));
+    }
+    if req.conversation.as_ref().is_some_and(|c| !c.is_null()) {
+        return Err(invalid("conversation", "conversations are not stored by this proxy: send the whole input"));
+    }
+    if req.prompt.as_ref().is_some_and(|p| !p.is_null()) {
+        return Err(invalid("prompt", "prompt templates are not supported: send input"));
+    }
+    if let Some(id) = &req.previous_response_id {
+        let mut e = ApiError::new(404, "invalid_request_error", Some("previous_response_not_found"), format!("previous_response_id: response {id:?} not found (this proxy stores no responses yet: send the whole input)"));
+        e.param = Some("previous_response_id".into());
+        return Err(e);
+    }
+
+    let mut conv = Conversation::default();
+    if let Some(i) = req.instructions.as_ref().filter(|i| !i.trim().is_empty()) {
+        conv.instructions.push(i.clone());
+    }
+    match req.input {
+        None => return Err(invalid("input", "is required")),
+        Some(Input::Text(t)) => conv.user(t),
+        Some(Input::Items(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                let at = format!("input[{i}]");
+                let kind = match item.get("type").and_then(Value::as_str) {
+                    Some(k) => k.to_owned(),
+                    None if item.get("role").is_some() => "message".to_owned(),
+                    None => return Err(invalid(format!("{at}.type"), "is required")),
+                };
+                match kind.as_str() {
+                    "message" => {
+                        let m: MessageItem = typed(item, &at)?;
+                        let text = text_of(m.content, &at)?;
+                        match m.role.as_str() {
+                            "user" => conv.user(text),
+                            "assistant" => conv.assistant_text(text),
+                            "system" | "developer" => {
+                                if !text.trim().is_empty() {
+                                    conv.instructions.push(text);
+                                }
+                            }
+                            other => return Err(invalid(format!("{at}.role"), format!("{other:?} is not user, assistant, system or developer"))),
+                        }
+                    }
+                    "reasoning" => {
+                        let r: ReasoningItem = typed(item, &at)?;
+                        let text = match r.content {
+                            Some(parts) if !parts.is_empty() => text_of(Content::Parts(parts), &at)?,
+                            _ => String::new(),
+                        };
+                        // Without its text, the sealed reasoning is not opened here (no key
+                        // is configured): the turn goes on without it.
+                        let _ = r.encrypted_content;
+                        if !text.trim().is_empty() {
+                            if !conv.reasoning.is_empty() {
+                                conv.reasoning.push_str("\n\n");
+                            }
+                            conv.reasoning.push_str(&text);
+                        }
+                    }
+                    "function_call" => {
+                        let c: FunctionCallItem = typed(item, &at)?;
+                        let name = match c.namespace.filter(|n| !n.is_empty()) {
+                            Some(ns) => format!("{ns}{NAMESPACE_SEPARATOR}{}", c.name),
+                            None => c.name,
+                        };
+                        let args = c.arguments.filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "{}".into());
+                        conv.call(c.call_id, name, args);
+                    }
+                    "custom_tool_call" => {
+                        let c: CustomToolCallItem = typed(item, &at)?;
+                        conv.call(c.call_id, c.name, json!({"input": c.input}).to_string());
+                    }
+                    "function_call_output" | "custom_tool_call_output" => {
+                        let o: CallOutputItem = typed(item, &at)?;
+                        let text = text_of(o.output, &format!("{at}.output"))?;
+                        conv.tool_result(o.call_id, text);
+                    }
+                    "item_reference" => return Err(invalid(format!("{at}.type"), "item references need stored responses, which this proxy does not keep: send the items")),
+                    other => return Err(invalid(format!("{at}.type"), format!("unknown input item type {other:?}"))),
+                }
+            }
+        }
+    }
+
+    let mut chat = Map::new();
+    chat.insert("model".into(), model.clone().into());
+    let mut messages = Vec::with_capacity(conv.messages.len() + 1);
+    if !conv.instructions.is_empty() {
+        messages.push(json!({"role": "system", "content": conv.instructions.join("\n\n")}));
+    }
+    messages.append(&mut conv.messages);
+    chat.insert("messages".into(), Value::Array(messages));
+
+    let mut origins = HashMap::new();
+    let mut notes = Vec::new();
+    let chat_tools = tools(&req.tools, &mut origins, &mut notes)?;
+    if !chat_tools.is_empty() {
+        chat.insert("tools".into(), Value::Array(chat_tools));
+        if let Some(tc) = &req.tool_choice {
+            chat.insert("tool_choice".into(), tool_choice(tc)?);
+        }
+        if let Some(p) = req.parallel_tool_calls {
+            chat.insert("parallel_tool_calls".into(), p.into());
+        }
+    }
+    let effort = match req.reasoning.as_ref().and_then(|r| r.effort.as_deref()) {
+        None => None,
+        Some("minimal" | "none" | "low") => Some("low"),
+        Some("medium") => Some("medium"),
+        Some("high" | "xhigh") => Some("high"),
+        Some(other) => return Err(invalid("reasoning.effort", format!("{other:?} is not low, medium or high"))),
+    };
+    if let Some(e) = effort {
+        chat.insert("reasoning_effort".into(), e.into());
+    }
+    if let Some(n) = req.max_output_tokens {
+        chat.insert("max_tokens".into(), n.into());
+    }
+    if let Some(t) = req.temperature {
+        chat.insert("temperature".into(), t.into());
+    }
+    if let Some(p) = req.top_p {
+        chat.insert("top_p".into(), p.into());
+    }
+    let text_echo = match req.text.as_ref().and_then(|t| t.format.as_ref()) {
+        None | Some(TextFormat::Text) => json!({"format": {"type": "text"}}),
+        Some(TextFormat::JsonObject) => {
+            chat.insert("response_format".into(), json!({"type": "json_object"}));
+            json!({"format": {"type": "json_object"}})
+        }
+        Some(TextFormat::JsonSchema { name, schema, strict, description }) => {
+            let name = name.clone().unwrap_or_else(|| "response".into());
+            let mut js = json!({"name": name, "schema": schema.clone().unwrap_or_else(|| json!({})), "strict": strict.unwrap_or(false)});
+            if let Some(d) = description {
+                js["description"] = d.clone().into();
+            }
+            chat.insert("response_format".into(), json!({"type": "json_schema", "json_schema": js}));
+            let mut echo = js;
+            echo["type"] = "json_schema".into();
+            json!({"format": echo})
+        }
+    };
+    let stream = req.stream.unwrap_or(false);
+    chat.insert("stream".into(), stream.into());
+
+    let include_encrypted = req.include.iter().flatten().any(|i| i == "reasoning.encrypted_content");
+    let mut echo = Map::new();
+    echo.insert("instructions".into(), req.instructions.map(Value::String).unwrap_or(Value::Null));
+    echo.insert("max_output_tokens".into(), req.max_output_tokens.map(Value::from).unwrap_or(Value::Null));
+    echo.insert("parallel_tool_calls".into(), req.parallel_tool_calls.unwrap_or(true).into());
+    echo.insert("previous_response_id".into(), Value::Null);
+    echo.insert("reasoning".into(), json!({"effort": effort, "summary": null}));
+    echo.insert("store".into(), false.into());
+    echo.insert("temperature".into(), req.temperature.unwrap_or(1.0).into());
+    echo.insert("text".into(), text_echo);
+    echo.insert("tool_choice".into(), req.tool_choice.unwrap_or_else(|| "auto".into()));
+    echo.insert("tools".into(), Value::Array(req.tools));
+    echo.insert("top_p".into(), req.top_p.unwrap_or(1.0).into());
+    echo.insert("truncation".into(), "disabled".into());
+    echo.insert("user".into(), req.user.unwrap_or(Value::Null));
+    echo.insert("metadata".into(), req.metadata.filter(|m| m.is_object()).unwrap_or_else(|| json!({})));
+    let ctx = Context { response_id: random_id("resp_", 32), tools: origins, include_encrypted, echo };
+    Ok(Decoded { chat: Value::Object(chat), model, stream, include_usage: true, ctx: ApiContext::Responses(Arc::new(ctx)), notes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(v: Value) -> Value {
+        decode(v).unwrap_or_else(|e| panic!("{}", e.message)).chat
+    }
+
+    fn err(v: Value) -> ApiError {
+        decode(v).expect_err("refused")
+    }
+
+    #[test]
+    fn a_codex_turn_two_becomes_one_conversation_with_its_reasoning_on_the_call() {
+        let c = chat(json!({
+            "model": "gpt-oss-20b", "stream": true,
+            "input": [
+                {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Be brief."}]},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list files"}]},
+                {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "Run ls."}], "encrypted_content": null},
+                {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "exec_command", "arguments": "{\"cmd\":\"ls\"}", "status": "completed"},
+                {"type": "function_call_output", "call_id": "call_1", "output": "a.txt"}
+            ],
+            "instructions": "You are Codex.",
+            "tools": [{"type": "function", "name": "exec_command", "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+                      {"type": "web_search"}],
+            "tool_choice": "auto", "parallel_tool_calls": true, "reasoning": null, "store": false,
+            "include": ["reasoning.encrypted_content"], "prompt_cache_key": "k", "client_metadata": {}
+        }));
+        let m = &c["messages"];
+        assert_eq!(m[0], json!({"role": "system", "content": "You are Codex.\n\nBe brief."}));
+        assert_eq!(m[1], json!({"role": "user", "content": "list files"}));
+        assert_eq!(m[2]["reasoning_content"], "Run ls.");
+        assert_eq!(m[2]["tool_calls"][0], json!({"id": "call_1", "type": "function", "function": {"name": "exec_command", "arguments": "{\"cmd\":\"ls\"}"}}));
+        assert_eq!(m[3], json!({"role": "tool", "tool_call_id": "call_1", "content": "a.txt"}));
+        assert_eq!(c["tools"].as_array().map(Vec::len), Some(1), "web_search left out");
+        assert!(c.get("reasoning_effort").is_none(), "reasoning: null leaves the stage's effort");
+    }
+
+    #[test]
+    fn a_preamble_message_and_the_calls_after_it_are_one_assistant_turn() {
+        let c = chat(json!({"model": "m", "input": [
+            {"role": "user", "content": "weather?"},
+            {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "Need the tool."}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": ""},
+            {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_text", "text": "7 C"}]},
+        ]}));
+        let m = c["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!((m[1]["content"].as_str(), m[1]["reasoning_content"].as_str()), (Some("Checking."), Some("Need the tool.")));
+        assert_eq!(m[1]["tool_calls"].as_array().map(Vec::len), Some(2));
+        assert_eq!(m[1]["tool_calls"][1]["function"]["arguments"], "{}");
+        assert_eq!(m[2]["content"], "7 C");
+    }
+
+    #[test]
+    fn namespace_and_custom_tools_are_functions_that_remember_where_they_came_from() {
+        let d = decode(json!({"model": "m", "input": "hi", "tools": [
+            {"type": "namespace", "name": "multi_agent_v1", "description": "Agents.", "tools": [{"type": "function", "name": "spawn", "parameters": {"type": "object"}}]},
+            {"type": "custom", "name": "apply_patch", "description": "Patch files.", "format": {"type": "grammar", "syntax": "lark", "definition": "start: x"}}
+        ]}))
+        .unwrap();
+        let names: Vec<&str> = d.chat["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["multi_agent_v1__spawn", "apply_patch"]);
+        assert_eq!(d.chat["tools"][1]["function"]["parameters"]["required"], json!(["input"]));
+        let ApiContext::Responses(ctx) = &d.ctx else { panic!() };
+        assert_eq!(ctx.tools["multi_agent_v1__spawn"], ToolOrigin::Namespaced { namespace: "multi_agent_v1".into(), name: "spawn".into() });
+        assert_eq!(ctx.tools["apply_patch"], ToolOrigin::Custom);
+        // Their calls come back in the same shapes.
+        let c = chat(json!({"model": "m", "input": [
+            {"type": "function_call", "call_id": "a", "name": "spawn", "namespace": "multi_agent_v1", "arguments": "{}"},
+            {"type": "custom_tool_call", "call_id": "b", "name": "apply_patch", "input": "*** Begin Patch"},
+        ]}));
+        assert_eq!(c["messages"][0]["tool_calls"][0]["function"]["name"], "multi_agent_v1__spawn");
+        assert_eq!(c["messages"][0]["tool_calls"][1]["function"]["arguments"], "{\"input\":\"*** Begin Patch\"}");
+    }
+
+    #[test]
+    fn the_settings_map_to_their_chat_names() {
+        let c = chat(json!({"model": "m", "input": "hi", "reasoning": {"effort": "high"}, "max_output_tokens": 77, "temperature": 0.5, "top_p": 0.9,
+            "text": {"format": {"type": "json_schema", "name": "out", "schema": {"type": "object"}, "strict": true}}}));
+        assert_eq!((c["reasoning_effort"].as_str(), c["max_tokens"].as_u64()), (Some("high"), Some(77)));
+        assert_eq!((c["temperature"].as_f64(), c["top_p"].as_f64()), (Some(0.5), Some(0.9)));
+        assert_eq!(c["response_format"], json!({"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object"}, "strict": true}}));
+    }
+
+    #[test]
+    fn bad_input_is_refused_naming_its_place() {
+        assert_eq!(err(json!({"input": "hi"})).param.as_deref(), Some("model"));
+        let e = err(json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": "x"}]}]}));
+        assert_eq!(e.param.as_deref(), Some("input[0].content[1]"));
+        assert!(e.message.contains("gpt-oss reads text only"), "{}", e.message);
+        assert_eq!(err(json!({"model": "m", "input": [{"type": "teleport"}]})).param.as_deref(), Some("input[0].type"));
+        assert_eq!(err(json!({"model": "m", "input": [{"type": "function_call", "name": "f"}]})).status, 400);
+        assert_eq!(err(json!({"model": "m", "input": "x", "reasoning": {"effort": "max"}})).param.as_deref(), Some("reasoning.effort"));
+        assert_eq!(err(json!({"model": 7, "input": "x"})).status, 400);
+        assert_eq!(err(json!({"model": "m", "input": "x", "previous_response_id": "resp_1"})).status, 404);
+    }
+}
