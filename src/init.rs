@@ -12,6 +12,9 @@ pub enum ClientKind {
     Continue,
     /// Applications on the OpenAI SDKs: answers and tool calls, no reasoning.
     Sdk,
+    /// Codex CLI (Responses API only): reasoning items, function calls, preambles as
+    /// messages; prints the `~/.codex/config.toml` provider block.
+    Codex,
 }
 
 impl ClientKind {
@@ -21,6 +24,28 @@ impl ClientKind {
             Self::Cline => ("Cline", "ide-tools"),
             Self::Continue => ("Continue", "ide-tools"),
             Self::Sdk => ("OpenAI SDK applications", "app"),
+            Self::Codex => ("Codex CLI", "ide-tools"),
+        }
+    }
+
+    /// What the client itself needs, printed beside the proxy's config (`None`: nothing
+    /// beyond pointing it at http://LISTEN/v1).
+    pub fn client_config(self, listen: &str) -> Option<String> {
+        match self {
+            Self::Codex => Some(format!(
+                r#"# ~/.codex/config.toml (or $CODEX_HOME/config.toml): Codex CLI through harmony-proxy
+model = "gpt-oss-20b"              # the model name your server answers to
+model_provider = "harmony"
+
+[model_providers.harmony]
+name = "harmony-proxy"
+base_url = "http://{listen}/v1"
+wire_api = "responses"
+# env_key = "PROXY_API_KEY"        # with server.api_keys: the variable holding the key
+# Run: codex exec --skip-git-repo-check "…"   (or plain `codex` for the TUI)
+"#
+            )),
+            _ => None,
         }
     }
 }
@@ -55,6 +80,14 @@ path = "/v1/chat/completions"
 models = ["*"]
 upstream = "default"
 pipeline = "{pipeline}"
+
+# OpenAI Responses (Codex CLI, the Agents SDK): reasoning items, function calls, preambles
+# as messages; responses are kept for previous_response_id (store) in the reasoning memory.
+[[routes]]
+path = "/v1/responses"
+models = ["*"]
+upstream = "default"
+pipeline = "ide-tools"
 "#
     );
     match kind {

@@ -407,6 +407,9 @@ fn init(upstream: &str, client: harmony_proxy::init::ClientKind, output: &Path, 
         return fail(format!("{}: {e}", output.display()));
     }
     println!("wrote {}; check it with `harmony-proxy check --config {0}`, then run `harmony-proxy doctor --config {0}`", output.display());
+    if let Some(client) = client.client_config("127.0.0.1:8001") {
+        println!("\n{client}");
+    }
     ExitCode::SUCCESS
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use harmony_filters::api::EdgeEnv;
 use harmony_filters::{ApiError, ClientApi, RequestMeta};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -312,6 +313,11 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
         Ok(g) => g,
         Err(r) => return r,
     };
+    if let Some(id) = path.strip_prefix("/v1/responses/").filter(|id| !id.is_empty() && !id.contains('/')) {
+        if let Some(store) = snap.responses_store() {
+            return stored_response(req.method(), id, store.as_ref(), &auth_scope(&snap, req.headers()).unwrap_or_default());
+        }
+    }
     if snap.has_route_path(&path) {
         if req.method() != Method::POST {
             return err(405, "invalid_request_error", Some("method_not_allowed"), format!("{path} takes POST"));
@@ -319,6 +325,23 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
         return chat(state, snap.clone(), req, rid, _guard).await;
     }
     forward(&snap, req, rid).await
+}
+
+/// `GET` / `DELETE /v1/responses/{id}`: a stored response (kept with `store`, the default),
+/// within the client's key scope.
+fn stored_response(method: &Method, id: &str, store: &dyn harmony_filters::stages::reasoning_memory::ReasoningStore, scope: &str) -> Response<RespBody> {
+    let stored = store.get(scope, id).and_then(|v| serde_json::from_str::<harmony_filters::api::responses::Stored>(&v).ok());
+    let Some(stored) = stored else {
+        return err(404, "invalid_request_error", Some("not_found"), format!("no stored response {id:?} (unknown, expired, deleted, or stored with another key)"));
+    };
+    match *method {
+        Method::GET => json_response(200, &stored.response),
+        Method::DELETE => {
+            store.delete(scope, id);
+            json_response(200, &serde_json::json!({"id": id, "object": "response.deleted", "deleted": true}))
+        }
+        _ => err(405, "invalid_request_error", Some("method_not_allowed"), "use GET or DELETE"),
+    }
 }
 
 /// The concurrency limit: a guard while under it, a 503 beyond it.
@@ -376,14 +399,22 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     };
     // The client's API is an edge: its request becomes the chat request the stages work on.
     let api = ClientApi::for_path(&path);
-    let decoded = match api.decode(body) {
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
+    let found = match snap.route(&path, &model) {
+        RouteMatch::Found(r) => Some(r),
+        _ => None,
+    };
+    let env = EdgeEnv {
+        store: found.map(Snapshot::store_of).unwrap_or_else(|| harmony_filters::stages::reasoning_memory::process_store_as_is()),
+        scope: auth_scope.clone().unwrap_or_default(),
+        sealer: snap.sealer.clone(),
+    };
+    let decoded = match api.decode(body, &env) {
         Ok(d) => d,
         Err(e) => return error_response(&e),
     };
-    let model = decoded.model;
-    let route = match snap.route(&path, &model) {
-        RouteMatch::Found(r) => r,
-        _ => return err(404, "invalid_request_error", Some("model_not_found"), format!("no route for model {model:?} on {path}")),
+    let Some(route) = found else {
+        return err(404, "invalid_request_error", Some("model_not_found"), format!("no route for model {model:?} on {path}"));
     };
     for note in &decoded.notes {
         tracing::debug!(request_id = rid, api = api.name(), "{note}");

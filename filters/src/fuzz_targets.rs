@@ -119,7 +119,7 @@ pub fn request(data: &[u8]) {
 pub fn responses_request(data: &[u8]) {
     use serde_json::Value;
     let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
-    match crate::api::ClientApi::Responses.decode(v) {
+    match crate::api::ClientApi::Responses.decode(v, &crate::api::EdgeEnv::standalone()) {
         Err(e) => {
             assert!(matches!(e.status, 400 | 404), "status {} for {}", e.status, e.message);
             assert!(!e.message.is_empty());

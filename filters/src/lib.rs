@@ -19,6 +19,7 @@ pub mod json_end;
 pub mod markup;
 pub mod pipeline;
 pub mod redis_store;
+pub mod seal;
 pub mod stage;
 pub mod stages;
 pub mod testing;

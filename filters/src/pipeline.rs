@@ -19,7 +19,7 @@ use crate::stages::fallback::FallbackConfig;
 use crate::stages::harmony_parse::{HarmonyParseConfig, HarmonyParseFactory};
 use crate::stages::harmony_render::HarmonyRenderConfig;
 use crate::stages::history_clean::HistoryCleanConfig;
-use crate::stages::reasoning_memory::ReasoningMemoryConfig;
+use crate::stages::reasoning_memory::{ReasoningMemoryConfig, ReasoningStore};
 use crate::stages::retry::{RetryConfig, RetryPolicy};
 use crate::stages::sse_encode::SseEncodeConfig;
 use crate::stages::stop_injection::StopInjectionConfig;
@@ -44,6 +44,8 @@ pub struct Builder<'a> {
     pub retry: RetryPolicy,
     /// The tool-bridge mode (the `mode` metric label).
     pub mode: Option<&'static str>,
+    /// The `reasoning-memory` store (see [`Compiled::store`]).
+    pub store: Option<Arc<dyn ReasoningStore>>,
     history_parse: Option<Arc<HarmonyParseFactory>>,
 }
 
@@ -134,6 +136,9 @@ pub struct Compiled {
     pub retry: RetryPolicy,
     /// The tool-bridge mode, for the `mode` metric label (`passthrough` without one).
     pub mode: &'static str,
+    /// The store of its `reasoning-memory`, if it has one: client APIs that keep state
+    /// between requests (stored responses) keep it there too.
+    pub store: Option<Arc<dyn ReasoningStore>>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -196,13 +201,13 @@ pub fn validate(specs: &[StageSpec]) -> Vec<String> {
 
 /// Builds the factories. `specs` must have passed [`validate`].
 pub fn compile(specs: &[StageSpec], enc: &HarmonyEncoding) -> Compiled {
-    let mut b = Builder { enc, factories: Vec::new(), retry: RetryPolicy::NONE, mode: None, history_parse: None };
+    let mut b = Builder { enc, factories: Vec::new(), retry: RetryPolicy::NONE, mode: None, store: None, history_parse: None };
     for spec in specs {
         spec.config().build(&mut b);
     }
     let parses = specs.iter().any(|s| matches!(s, StageSpec::HarmonyParse(_)));
     let mode = b.mode.unwrap_or(if parses { Mode::FinalOnly.as_str() } else { "passthrough" });
-    Compiled { specs: specs.to_vec(), factories: b.factories, retry: b.retry, mode }
+    Compiled { specs: specs.to_vec(), factories: b.factories, retry: b.retry, mode, store: b.store }
 }
 
 impl Compiled {

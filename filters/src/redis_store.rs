@@ -37,7 +37,8 @@ const MAX_ID: usize = 256;
 
 struct Write {
     keys: Vec<String>,
-    value: Arc<str>,
+    /// `None`: delete the keys.
+    value: Option<Arc<str>>,
     ttl_ms: u64,
 }
 
@@ -166,11 +167,24 @@ fn write_loop(shared: &Shared, queue: Receiver<Write>) {
         let mut c = c;
         let mut pipe = redis::pipe();
         for k in &w.keys {
-            pipe.cmd("SET").arg(k).arg(&*w.value).arg("PX").arg(w.ttl_ms).ignore();
+            match &w.value {
+                Some(v) => pipe.cmd("SET").arg(k).arg(&**v).arg("PX").arg(w.ttl_ms).ignore(),
+                None => pipe.cmd("DEL").arg(k).ignore(),
+            };
         }
         match pipe.query::<()>(&mut c) {
             Ok(()) => con = Some(c),
             Err(e) => shared.failed("put", &e),
+        }
+    }
+}
+
+impl RedisStore {
+    fn queue(&self, w: Write) {
+        match self.writes.try_send(w) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.shared.failed("put", &"the write queue is full (Redis too slow)"),
+            Err(TrySendError::Disconnected(_)) => self.shared.failed("put", &"the writer thread is gone"),
         }
     }
 }
@@ -182,10 +196,12 @@ impl ReasoningStore for RedisStore {
             return;
         }
         let ttl_ms = *self.ttl_ms.lock().unwrap_or_else(|p| p.into_inner());
-        match self.writes.try_send(Write { keys, value: reasoning.into(), ttl_ms }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.shared.failed("put", &"the write queue is full (Redis too slow)"),
-            Err(TrySendError::Disconnected(_)) => self.shared.failed("put", &"the writer thread is gone"),
+        self.queue(Write { keys, value: Some(reasoning.into()), ttl_ms });
+    }
+
+    fn delete(&self, scope: &str, id: &str) {
+        if id.len() <= MAX_ID {
+            self.queue(Write { keys: vec![Self::key(scope, id)], value: None, ttl_ms: 0 });
         }
     }
 

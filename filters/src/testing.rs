@@ -320,7 +320,9 @@ pub fn check_fixture(mode: &str, stream: bool, exp: &serde_json::Value, a: &Asse
 
 /// A request meta for the Responses API (`stream` or not), as the server makes it.
 pub fn responses_meta(stream: bool) -> RequestMeta {
-    let d = crate::api::ClientApi::Responses.decode(serde_json::json!({"model": "m", "input": "x", "stream": stream})).expect("a minimal request decodes");
+    let d = crate::api::ClientApi::Responses
+        .decode(serde_json::json!({"model": "m", "input": "x", "stream": stream, "store": false}), &crate::api::EdgeEnv::standalone())
+        .expect("a minimal request decodes");
     let mut meta = RequestMeta::new("m", stream, true);
     meta.api = d.ctx;
     meta

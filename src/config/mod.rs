@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// When non-empty, `/v1/*` needs `Authorization: Bearer <one of these>`. Empty strings are ignored.
     #[serde(default)]
     pub api_keys: Vec<String>,
+    /// The secret that seals reasoning handed to clients (Responses `encrypted_content`,
+    /// Messages thinking `signature`): replicas with the same secret open each other's.
+    /// Unset or empty: a random key per process (sealed reasoning then opens only there).
+    #[serde(default)]
+    pub reasoning_key: Option<String>,
     /// Serve HTTPS. Changing it needs a restart.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -81,6 +86,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: None,
             trace_dir: None,
             api_keys: Vec::new(),
+            reasoning_key: None,
             tls: None,
         }
     }

@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub default_upstream: Arc<Upstream>,
     pub pipelines: BTreeMap<String, Arc<Compiled>>,
+    /// Seals reasoning handed to clients (`server.reasoning_key`, else the process's key).
+    pub sealer: Arc<harmony_filters::seal::Sealer>,
 }
 
 pub enum RouteMatch<'a> {
@@ -83,7 +85,13 @@ impl Snapshot {
         }
         let default_upstream = config.default_upstream().and_then(|n| upstreams.get(n)).cloned();
         match default_upstream {
-            Some(default_upstream) if errors.is_empty() => Ok(Self { generation, config, routes, upstreams, default_upstream, pipelines }),
+            Some(default_upstream) if errors.is_empty() => {
+                let sealer = match config.server.reasoning_key.as_deref().filter(|k| !k.is_empty()) {
+                    Some(secret) => Arc::new(harmony_filters::seal::Sealer::from_secret(secret)),
+                    None => harmony_filters::seal::Sealer::process_random(),
+                };
+                Ok(Self { generation, config, routes, upstreams, default_upstream, pipelines, sealer })
+            }
             _ => {
                 if errors.is_empty() {
                     errors.push("upstreams: at least one upstream is needed".into());
@@ -112,5 +120,17 @@ impl Snapshot {
 
     pub fn has_route_path(&self, path: &str) -> bool {
         self.routes.iter().any(|r| r.path == path)
+    }
+
+    /// Where a route keeps state between requests: its pipeline's `reasoning-memory` store,
+    /// else this process's memory (default limits).
+    pub fn store_of(route: &Route) -> Arc<dyn harmony_filters::stages::reasoning_memory::ReasoningStore> {
+        route.pipeline.store.clone().unwrap_or_else(|| harmony_filters::stages::reasoning_memory::process_store_as_is())
+    }
+
+    /// The store stored responses are read from (`GET`/`DELETE /v1/responses/{id}`): the first
+    /// `/v1/responses` route's.
+    pub fn responses_store(&self) -> Option<Arc<dyn harmony_filters::stages::reasoning_memory::ReasoningStore>> {
+        self.routes.iter().find(|r| r.path == harmony_filters::ClientApi::Responses.path()).map(Self::store_of)
     }
 }

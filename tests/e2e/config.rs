@@ -36,7 +36,7 @@ fn routes_pick_pipelines_by_model_glob() {
     assert_eq!(chat(env, "ide-gpt-oss-20b", true, "scenario:weather").tool_calls.len(), 1);
     assert!(chat(env, "text-gpt-oss-20b", true, "scenario:weather").content.contains("[tool:get_weather]"));
     let m = send(client().get(env.url("/metrics"))).text();
-    assert!(m.contains("harmony_proxy_requests_total{route=\"routes[1]:ide-tools\",mode=\"openai_tool_calls\",stream=\"true\"}"), "{m}");
+    assert!(m.contains("harmony_proxy_requests_total{route=\"routes[1]:ide-tools\",mode=\"openai_tool_calls\",stream=\"true\",api=\"chat\"}"), "{m}");
 }
 
 #[test]

@@ -123,3 +123,71 @@ fn requests_are_counted_with_the_api_label() {
     let line = |api: &str| text.lines().any(|l| l.starts_with("harmony_proxy_requests_total{") && l.contains(&format!("api=\"{api}\"")));
     assert!(line("responses") && line("chat"), "{text}");
 }
+
+#[test]
+fn a_stored_response_is_continued_by_previous_response_id_read_and_deleted() {
+    let env = Env::start("");
+    let tools = json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
+    let first = responses(&env, &json!({"model": "gpt-oss-20b", "input": "scenario:weather", "tools": tools})).json();
+    let id = first["id"].as_str().unwrap().to_owned();
+    assert_eq!(first["store"], true, "store is on by default, as OpenAI's");
+    let got = send(client().get(env.url(&format!("/v1/responses/{id}"))));
+    assert_eq!((got.status, got.json()), (200, first.clone()));
+
+    let call_id = first["output"][2]["call_id"].as_str().unwrap();
+    let r = responses(&env, &json!({"model": "gpt-oss-20b", "previous_response_id": id, "tools": tools,
+        "input": [{"type": "function_call_output", "call_id": call_id, "output": "18C and sunny"}]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["previous_response_id"], id.as_str());
+    let sent = env.mock_stats()["last_request"]["messages"].clone();
+    assert_eq!(sent[0], json!({"role": "user", "content": "scenario:weather"}), "{sent}");
+    assert_eq!(sent[1]["tool_calls"][0]["id"], call_id);
+    assert!(sent[1]["reasoning_content"].as_str().unwrap().starts_with("Need the weather tool for Paris."), "{sent}");
+    assert_eq!(sent[2]["content"], "18C and sunny");
+
+    let del = send(client().delete(env.url(&format!("/v1/responses/{id}"))));
+    assert_eq!((del.status, del.json()["deleted"].clone()), (200, json!(true)));
+    assert_eq!(send(client().get(env.url(&format!("/v1/responses/{id}")))).status, 404);
+    let r = responses(&env, &json!({"model": "gpt-oss-20b", "previous_response_id": id, "input": "again"}));
+    assert_eq!((r.status, r.json()["error"]["param"].clone()), (404, json!("previous_response_id")));
+}
+
+#[test]
+fn a_stored_response_is_only_seen_with_the_key_that_made_it() {
+    let env = Env::start("api_keys = [\"alice-key\", \"bob-key\"]");
+    let ask = |key: &str| send(client().post(env.url("/v1/responses")).bearer_auth(key).json(&json!({"model": "m", "input": "scenario:hello"})));
+    let id = ask("alice-key").json()["id"].as_str().unwrap().to_owned();
+    let get = |key: &str| send(client().get(env.url(&format!("/v1/responses/{id}"))).bearer_auth(key)).status;
+    assert_eq!((get("alice-key"), get("bob-key")), (200, 404));
+    assert_eq!(send(client().get(env.url(&format!("/v1/responses/{id}")))).status, 401);
+}
+
+/// A stateless client (`store: false`, `include: ["reasoning.encrypted_content"]`, as Codex
+/// runs) gets its reasoning sealed; sent back without its text, to any replica with the same
+/// `reasoning_key`, the model gets it; a replica without the key ignores it and counts it.
+#[test]
+fn sealed_reasoning_reaches_the_model_through_any_replica_with_the_key() {
+    let a = Env::start("reasoning_key = \"team-secret\"");
+    let b = Env::start("reasoning_key = \"team-secret\"");
+    let c = Env::start("");
+    let tools = json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
+    let first = responses(&a, &json!({"model": "m", "input": "scenario:weather", "tools": tools, "store": false, "include": ["reasoning.encrypted_content"]})).json();
+    let reasoning = first["output"][0].clone();
+    let blob = reasoning["encrypted_content"].as_str().unwrap().to_owned();
+    assert!(blob.starts_with("hp1.") && !blob.contains("Paris"), "{reasoning}");
+    assert_eq!(send(client().get(a.url(&format!("/v1/responses/{}", first["id"].as_str().unwrap())))).status, 404, "store: false keeps nothing");
+    let call = first["output"][2].clone();
+    let turn2 = json!({"model": "m", "store": false, "tools": tools, "input": [
+        {"role": "user", "content": "scenario:weather"},
+        {"type": "reasoning", "id": reasoning["id"], "summary": [], "encrypted_content": blob},
+        call,
+        {"type": "function_call_output", "call_id": call["call_id"], "output": "18C"}
+    ]});
+    assert_eq!(responses(&b, &turn2).status, 200);
+    assert_eq!(b.mock_stats()["last_request"]["messages"][1]["reasoning_content"], "Need the weather tool for Paris.");
+    let r = responses(&c, &turn2);
+    assert_eq!(r.status, 200, "a blob that does not open is never an error: {}", r.text());
+    assert!(c.mock_stats()["last_request"]["messages"][1].get("reasoning_content").is_none());
+    let metrics = send(client().get(c.url("/metrics"))).text();
+    assert!(metrics.lines().any(|l| l.starts_with("harmony_proxy_sealed_reasoning_rejected_total") && !l.ends_with(" 0")), "{metrics}");
+}

@@ -21,7 +21,28 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::event::ApiError;
+use crate::seal::Sealer;
 use crate::stage::{RequestMeta, Stage};
+use crate::stages::reasoning_memory::{MemoryStore, ReasoningStore};
+
+/// What an edge may use beyond the request itself, the same for every API.
+#[derive(Clone)]
+pub struct EdgeEnv {
+    /// Where state between requests is kept (stored responses): the route's
+    /// `reasoning-memory` store (this process's memory, or the Redis replicas share).
+    pub store: Arc<dyn ReasoningStore>,
+    /// The client's key scope: state and sealed reasoning never cross it.
+    pub scope: String,
+    /// Seals reasoning for clients that keep it (`encrypted_content`, `signature`).
+    pub sealer: Arc<Sealer>,
+}
+
+impl EdgeEnv {
+    /// An environment of its own (tests, tools): a small memory store, a random key.
+    pub fn standalone() -> Self {
+        Self { store: Arc::new(MemoryStore::new(16 << 20, std::time::Duration::from_secs(3600))), scope: String::new(), sealer: Arc::new(Sealer::random()) }
+    }
+}
 
 /// A client API, picked by the route's path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -69,10 +90,10 @@ impl ClientApi {
     }
 
     /// The client's request (a JSON object) into the conversation the stages work on.
-    pub fn decode(self, body: Value) -> Result<Decoded, ApiError> {
+    pub fn decode(self, body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         match self {
             Self::Chat => Ok(chat::decode(body)),
-            Self::Responses => responses::decode::decode(body),
+            Self::Responses => responses::decode::decode(body, env),
         }
     }
 }

@@ -122,6 +122,8 @@ pub trait ReasoningStore: Send + Sync {
     fn put(&self, scope: &str, ids: &[String], reasoning: &str);
     /// The reasoning remembered under `id` within `scope`.
     fn get(&self, scope: &str, id: &str) -> Option<Arc<str>>;
+    /// Forgets what is remembered under `id` within `scope`.
+    fn delete(&self, scope: &str, id: &str);
 }
 
 struct Entry {
@@ -230,14 +232,24 @@ impl ReasoningStore for MemoryStore {
         e.tick = tick;
         Some(e.value.clone())
     }
+
+    fn delete(&self, scope: &str, id: &str) {
+        self.lock().remove(&(scope.to_owned(), id.to_owned()));
+    }
 }
+
+static PROCESS_STORE: OnceLock<Arc<MemoryStore>> = OnceLock::new();
 
 /// The process's in-memory store (one, whatever the config generation: a reload keeps memory).
 pub fn process_store(max_bytes: u64, ttl: Duration) -> Arc<MemoryStore> {
-    static STORE: OnceLock<Arc<MemoryStore>> = OnceLock::new();
-    let s = STORE.get_or_init(|| Arc::new(MemoryStore::new(max_bytes, ttl)));
+    let s = PROCESS_STORE.get_or_init(|| Arc::new(MemoryStore::new(max_bytes, ttl)));
     s.set_limits(max_bytes, ttl);
     s.clone()
+}
+
+/// The process's in-memory store with the limits it has (the defaults if none was set).
+pub fn process_store_as_is() -> Arc<MemoryStore> {
+    PROCESS_STORE.get_or_init(|| Arc::new(MemoryStore::new(default_max_bytes(), default_ttl().0))).clone()
 }
 
 pub struct ReasoningMemoryFactory {
@@ -430,7 +442,9 @@ impl crate::pipeline::StageConfig for ReasoningMemoryConfig {
         ReasoningMemoryConfig::validate(self)
     }
     fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
-        b.push(ReasoningMemoryFactory::new(self));
+        let f = ReasoningMemoryFactory::new(self);
+        b.store = Some(f.store.clone());
+        b.push(f);
     }
 }
 

@@ -9,9 +9,13 @@
 //!   share one assistant message); `*_output` items are `tool` messages.
 //! - Tools: `function` as is; `namespace` functions flattened to `NAMESPACE__NAME`; `custom`
 //!   as a function with one string `input`; hosted tools (web search, …) left out, noted.
+//! - State: `previous_response_id` continues a stored response (its input items and output
+//!   come first); `store` (default true) keeps this one. A `reasoning` item without text
+//!   gives the model its `encrypted_content` opened; one that does not open is ignored,
+//!   counted and logged.
 //! - Refused with a 400 naming the field: images and files (gpt-oss reads text only), item
-//!   types the API does not have, `background`, `conversation`, `prompt`; an unknown
-//!   `previous_response_id` is a 404 (no response is stored).
+//!   types the API does not have, `background`, `conversation`, `prompt`; an unknown or
+//!   expired `previous_response_id` is a 404 naming it.
 //!
 //! Invariant: the decoder never panics on any JSON; every refusal names its place.
 
@@ -21,8 +25,8 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::types::{CallOutputItem, Content, CustomTool, CustomToolCallItem, FunctionCallItem, FunctionTool, Input, MessageItem, NamespaceTool, ReasoningItem, Request, TextFormat};
-use super::{Context, ToolOrigin, NAMESPACE_SEPARATOR};
-use crate::api::{ApiContext, Decoded};
+use super::{Context, Stored, Storing, ToolOrigin, NAMESPACE_SEPARATOR};
+use crate::api::{ApiContext, Decoded, EdgeEnv};
 use crate::event::ApiError;
 use crate::stage::random_id;
 
@@ -200,7 +204,7 @@ fn tool_choice(v: &Value) -> Result<Value, ApiError> {
     })
 }
 
-pub fn decode(body: Value) -> Result<Decoded, ApiError> {
+pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     let req: Request = typed(body, "")?;
     let model = match req.model.as_deref() {
         Some(m) if !m.is_empty() => m.to_owned(),
@@ -215,81 +219,110 @@ pub fn decode(body: Value) -> Result<Decoded, ApiError> {
     if req.prompt.as_ref().is_some_and(|p| !p.is_null()) {
         return Err(invalid("prompt", "prompt templates are not supported: send input"));
     }
+    // The conversation's items: a stored response's first, then this request's.
+    let mut items: Vec<Value> = Vec::new();
     if let Some(id) = &req.previous_response_id {
-        let mut e = ApiError::new(404, "invalid_request_error", Some("previous_response_not_found"), format!("previous_response_id: response {id:?} not found (this proxy stores no responses yet: send the whole input)"));
-        e.param = Some("previous_response_id".into());
-        return Err(e);
+        let stored = env.store.get(&env.scope, id).and_then(|v| serde_json::from_str::<Stored>(&v).ok());
+        let Some(stored) = stored else {
+            let mut e = ApiError::new(404, "invalid_request_error", Some("previous_response_not_found"), format!("previous_response_id: no stored response {id:?} (unknown, expired, deleted, or stored with another key)"));
+            e.param = Some("previous_response_id".into());
+            return Err(e);
+        };
+        items = stored.input;
+        items.extend(stored.response.get("output").and_then(Value::as_array).into_iter().flatten().cloned());
     }
+    let new_len = match &req.input {
+        Some(Input::Items(new)) => new.len(),
+        Some(Input::Text(_)) => 1,
+        None => 0,
+    };
+    match req.input {
+        None if req.previous_response_id.is_none() => return Err(invalid("input", "is required")),
+        None => {}
+        Some(Input::Text(t)) => items.push(json!({"type": "message", "role": "user", "content": t})),
+        Some(Input::Items(new)) => items.extend(new),
+    }
+    let first_new = items.len() - new_len;
 
     let mut conv = Conversation::default();
     if let Some(i) = req.instructions.as_ref().filter(|i| !i.trim().is_empty()) {
         conv.instructions.push(i.clone());
     }
-    match req.input {
-        None => return Err(invalid("input", "is required")),
-        Some(Input::Text(t)) => conv.user(t),
-        Some(Input::Items(items)) => {
-            for (i, item) in items.into_iter().enumerate() {
-                let at = format!("input[{i}]");
-                let kind = match item.get("type").and_then(Value::as_str) {
-                    Some(k) => k.to_owned(),
-                    None if item.get("role").is_some() => "message".to_owned(),
-                    None => return Err(invalid(format!("{at}.type"), "is required")),
-                };
-                match kind.as_str() {
-                    "message" => {
-                        let m: MessageItem = typed(item, &at)?;
-                        let text = text_of(m.content, &at)?;
-                        match m.role.as_str() {
-                            "user" => conv.user(text),
-                            "assistant" => conv.assistant_text(text),
-                            "system" | "developer" => {
-                                if !text.trim().is_empty() {
-                                    conv.instructions.push(text);
-                                }
-                            }
-                            other => return Err(invalid(format!("{at}.role"), format!("{other:?} is not user, assistant, system or developer"))),
-                        }
-                    }
-                    "reasoning" => {
-                        let r: ReasoningItem = typed(item, &at)?;
-                        let text = match r.content {
-                            Some(parts) if !parts.is_empty() => text_of(Content::Parts(parts), &at)?,
-                            _ => String::new(),
-                        };
-                        // Without its text, the sealed reasoning is not opened here (no key
-                        // is configured): the turn goes on without it.
-                        let _ = r.encrypted_content;
+    let mut unopened = 0u64;
+    for (i, item) in items.iter().enumerate() {
+        // Places name this request's input; a stored item that fails is named by its place
+        // in the stored conversation.
+        let at = if i >= first_new { format!("input[{}]", i - first_new) } else { format!("previous_response_id.input[{i}]") };
+        let item = item.clone();
+        let kind = match item.get("type").and_then(Value::as_str) {
+            Some(k) => k.to_owned(),
+            None if item.get("role").is_some() => "message".to_owned(),
+            None => return Err(invalid(format!("{at}.type"), "is required")),
+        };
+        match kind.as_str() {
+            "message" => {
+                let m: MessageItem = typed(item, &at)?;
+                let text = text_of(m.content, &at)?;
+                match m.role.as_str() {
+                    "user" => conv.user(text),
+                    "assistant" => conv.assistant_text(text),
+                    "system" | "developer" => {
                         if !text.trim().is_empty() {
-                            if !conv.reasoning.is_empty() {
-                                conv.reasoning.push_str("\n\n");
-                            }
-                            conv.reasoning.push_str(&text);
+                            conv.instructions.push(text);
                         }
                     }
-                    "function_call" => {
-                        let c: FunctionCallItem = typed(item, &at)?;
-                        let name = match c.namespace.filter(|n| !n.is_empty()) {
-                            Some(ns) => format!("{ns}{NAMESPACE_SEPARATOR}{}", c.name),
-                            None => c.name,
-                        };
-                        let args = c.arguments.filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "{}".into());
-                        conv.call(c.call_id, name, args);
-                    }
-                    "custom_tool_call" => {
-                        let c: CustomToolCallItem = typed(item, &at)?;
-                        conv.call(c.call_id, c.name, json!({"input": c.input}).to_string());
-                    }
-                    "function_call_output" | "custom_tool_call_output" => {
-                        let o: CallOutputItem = typed(item, &at)?;
-                        let text = text_of(o.output, &format!("{at}.output"))?;
-                        conv.tool_result(o.call_id, text);
-                    }
-                    "item_reference" => return Err(invalid(format!("{at}.type"), "item references need stored responses, which this proxy does not keep: send the items")),
-                    other => return Err(invalid(format!("{at}.type"), format!("unknown input item type {other:?}"))),
+                    other => return Err(invalid(format!("{at}.role"), format!("{other:?} is not user, assistant, system or developer"))),
                 }
             }
+            "reasoning" => {
+                let r: ReasoningItem = typed(item, &at)?;
+                let mut text = match r.content {
+                    Some(parts) if !parts.is_empty() => text_of(Content::Parts(parts), &at)?,
+                    _ => String::new(),
+                };
+                // Without its text, the reasoning sealed in `encrypted_content`.
+                if text.trim().is_empty() {
+                    if let Some(blob) = r.encrypted_content.filter(|b| !b.is_empty()) {
+                        match env.sealer.open(&env.scope, &blob) {
+                            Some(t) => text = t,
+                            None => unopened += 1,
+                        }
+                    }
+                }
+                if !text.trim().is_empty() {
+                    if !conv.reasoning.is_empty() {
+                        conv.reasoning.push_str("\n\n");
+                    }
+                    conv.reasoning.push_str(&text);
+                }
+            }
+            "function_call" => {
+                let c: FunctionCallItem = typed(item, &at)?;
+                let name = match c.namespace.filter(|n| !n.is_empty()) {
+                    Some(ns) => format!("{ns}{NAMESPACE_SEPARATOR}{}", c.name),
+                    None => c.name,
+                };
+                let args = c.arguments.filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "{}".into());
+                conv.call(c.call_id, name, args);
+            }
+            "custom_tool_call" => {
+                let c: CustomToolCallItem = typed(item, &at)?;
+                conv.call(c.call_id, c.name, json!({"input": c.input}).to_string());
+            }
+            "function_call_output" | "custom_tool_call_output" => {
+                let o: CallOutputItem = typed(item, &at)?;
+                let text = text_of(o.output, &format!("{at}.output"))?;
+                conv.tool_result(o.call_id, text);
+            }
+            "item_reference" => return Err(invalid(format!("{at}.type"), "item references are not supported: send the items, or previous_response_id")),
+            other => return Err(invalid(format!("{at}.type"), format!("unknown input item type {other:?}"))),
         }
+    }
+    let mut notes = Vec::new();
+    if unopened > 0 {
+        metrics::counter!("harmony_proxy_sealed_reasoning_rejected_total").increment(unopened);
+        tracing::info!(items = unopened, "encrypted reasoning that does not open with this proxy's key was ignored (another key, another process without server.reasoning_key, or not ours)");
+        notes.push(format!("{unopened} encrypted reasoning item(s) did not open"));
     }
 
     let mut chat = Map::new();
@@ -302,7 +335,6 @@ pub fn decode(body: Value) -> Result<Decoded, ApiError> {
     chat.insert("messages".into(), Value::Array(messages));
 
     let mut origins = HashMap::new();
-    let mut notes = Vec::new();
     let chat_tools = tools(&req.tools, &mut origins, &mut notes)?;
     if !chat_tools.is_empty() {
         chat.insert("tools".into(), Value::Array(chat_tools));
@@ -354,13 +386,14 @@ pub fn decode(body: Value) -> Result<Decoded, ApiError> {
     chat.insert("stream".into(), stream.into());
 
     let include_encrypted = req.include.iter().flatten().any(|i| i == "reasoning.encrypted_content");
+    let store = req.store.unwrap_or(true);
     let mut echo = Map::new();
     echo.insert("instructions".into(), req.instructions.map(Value::String).unwrap_or(Value::Null));
     echo.insert("max_output_tokens".into(), req.max_output_tokens.map(Value::from).unwrap_or(Value::Null));
     echo.insert("parallel_tool_calls".into(), req.parallel_tool_calls.unwrap_or(true).into());
-    echo.insert("previous_response_id".into(), Value::Null);
+    echo.insert("previous_response_id".into(), req.previous_response_id.map(Value::String).unwrap_or(Value::Null));
     echo.insert("reasoning".into(), json!({"effort": effort, "summary": null}));
-    echo.insert("store".into(), false.into());
+    echo.insert("store".into(), store.into());
     echo.insert("temperature".into(), req.temperature.unwrap_or(1.0).into());
     echo.insert("text".into(), text_echo);
     echo.insert("tool_choice".into(), req.tool_choice.unwrap_or_else(|| "auto".into()));
@@ -369,7 +402,14 @@ pub fn decode(body: Value) -> Result<Decoded, ApiError> {
     echo.insert("truncation".into(), "disabled".into());
     echo.insert("user".into(), req.user.unwrap_or(Value::Null));
     echo.insert("metadata".into(), req.metadata.filter(|m| m.is_object()).unwrap_or_else(|| json!({})));
-    let ctx = Context { response_id: random_id("resp_", 32), tools: origins, include_encrypted, echo };
+    let ctx = Context {
+        response_id: random_id("resp_", 32),
+        tools: origins,
+        seal: include_encrypted.then(|| env.sealer.clone()),
+        scope: env.scope.clone(),
+        storing: store.then(|| Storing { store: env.store.clone(), input: items }),
+        echo,
+    };
     Ok(Decoded { chat: Value::Object(chat), model, stream, include_usage: true, ctx: ApiContext::Responses(Arc::new(ctx)), notes })
 }
 
@@ -378,11 +418,11 @@ mod tests {
     use super::*;
 
     fn chat(v: Value) -> Value {
-        decode(v).unwrap_or_else(|e| panic!("{}", e.message)).chat
+        decode(v, &EdgeEnv::standalone()).unwrap_or_else(|e| panic!("{}", e.message)).chat
     }
 
     fn err(v: Value) -> ApiError {
-        decode(v).expect_err("refused")
+        decode(v, &EdgeEnv::standalone()).expect_err("refused")
     }
 
     #[test]
@@ -435,7 +475,7 @@ mod tests {
         let d = decode(json!({"model": "m", "input": "hi", "tools": [
             {"type": "namespace", "name": "multi_agent_v1", "description": "Agents.", "tools": [{"type": "function", "name": "spawn", "parameters": {"type": "object"}}]},
             {"type": "custom", "name": "apply_patch", "description": "Patch files.", "format": {"type": "grammar", "syntax": "lark", "definition": "start: x"}}
-        ]}))
+        ]}), &EdgeEnv::standalone())
         .unwrap();
         let names: Vec<&str> = d.chat["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["multi_agent_v1__spawn", "apply_patch"]);

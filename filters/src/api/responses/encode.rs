@@ -190,8 +190,9 @@ impl ResponsesEncoder {
             Item::Reasoning { id, text } => {
                 let content = if with_content { json!([{"type": "reasoning_text", "text": text}]) } else { json!([]) };
                 let mut v = json!({"type": "reasoning", "id": id, "summary": [], "content": content});
-                if self.ctx.include_encrypted {
-                    v["encrypted_content"] = Value::Null;
+                if let Some(sealer) = &self.ctx.seal {
+                    // Sealed once, when the item is done; `added` says null, as OpenAI does.
+                    v["encrypted_content"] = if with_content && status == "completed" { sealer.seal(&self.ctx.scope, text).into() } else { Value::Null };
                 }
                 v
             }
@@ -295,12 +296,25 @@ impl ResponsesEncoder {
             r["incomplete_details"] = json!({"reason": "max_output_tokens"});
         }
         r["usage"] = self.usage();
+        self.store(&r);
         if self.stream {
             self.ensure_started(out);
             self.event(if cut { "response.incomplete" } else { "response.completed" }, &[("response", &r)], out);
         } else {
             let _ = serde_json::to_writer((&mut self.buf).writer(), &r);
             out.push(Event::Wire(self.buf.split().freeze()));
+        }
+    }
+}
+
+impl ResponsesEncoder {
+    /// Keeps the finished response with its conversation (`store`), for `GET
+    /// /v1/responses/{id}` and `previous_response_id`. Once per response, never per token.
+    fn store(&self, r: &Value) {
+        let Some(storing) = &self.ctx.storing else { return };
+        let stored = super::Stored { input: storing.input.clone(), response: r.clone() };
+        if let Ok(v) = serde_json::to_string(&stored) {
+            storing.store.put(&self.ctx.scope, std::slice::from_ref(&self.ctx.response_id), &v);
         }
     }
 }
@@ -448,10 +462,13 @@ mod tests {
     #[test]
     fn a_custom_tool_call_carries_its_input_string_and_a_namespaced_call_its_namespace() {
         let d = crate::api::ClientApi::Responses
-            .decode(serde_json::json!({"model": "m", "input": "x", "tools": [
-                {"type": "custom", "name": "apply_patch"},
-                {"type": "namespace", "name": "agents", "tools": [{"type": "function", "name": "spawn"}]}
-            ]}))
+            .decode(
+                serde_json::json!({"model": "m", "input": "x", "tools": [
+                    {"type": "custom", "name": "apply_patch"},
+                    {"type": "namespace", "name": "agents", "tools": [{"type": "function", "name": "spawn"}]}
+                ]}),
+                &crate::api::EdgeEnv::standalone(),
+            )
             .unwrap();
         let mut meta = RequestMeta::new("m", false, true);
         meta.api = d.ctx;

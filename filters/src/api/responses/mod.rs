@@ -13,8 +13,12 @@ pub mod encode;
 pub mod types;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
+
+use crate::seal::Sealer;
+use crate::stages::reasoning_memory::ReasoningStore;
 
 /// How a function the model sees goes back to the client, when not as a plain function call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +33,27 @@ pub enum ToolOrigin {
 /// The separator of a flattened namespace tool's name (`multi_agent_v1__spawn_agent`).
 pub const NAMESPACE_SEPARATOR: &str = "__";
 
+/// Where a stored response goes, and what is kept with it.
+pub struct Storing {
+    pub store: Arc<dyn ReasoningStore>,
+    /// Every input item of the conversation so far (earlier stored turns included), kept
+    /// with the response so that `previous_response_id` can continue it.
+    pub input: Vec<Value>,
+}
+
+impl std::fmt::Debug for Storing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Storing({} items)", self.input.len())
+    }
+}
+
+/// What a stored response holds (JSON in the store, under the response id).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Stored {
+    pub input: Vec<Value>,
+    pub response: Value,
+}
+
 /// What the encoder needs to know about one request.
 #[derive(Debug, Default)]
 pub struct Context {
@@ -36,8 +61,12 @@ pub struct Context {
     pub response_id: String,
     /// Function names the model sees that go back in another shape.
     pub tools: HashMap<String, ToolOrigin>,
-    /// `include: ["reasoning.encrypted_content"]`.
-    pub include_encrypted: bool,
+    /// `include: ["reasoning.encrypted_content"]`: reasoning items carry it, sealed by this.
+    pub seal: Option<Arc<Sealer>>,
+    /// The client's key scope (sealed reasoning and stored responses are bound to it).
+    pub scope: String,
+    /// `store` (the default): the response is kept, with its conversation.
+    pub storing: Option<Storing>,
     /// The request's settings the Response object echoes (`instructions`, `tools`,
     /// `tool_choice`, `temperature`, …), built once at decode.
     pub echo: Map<String, Value>,
