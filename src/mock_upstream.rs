@@ -2,10 +2,35 @@
 //! `delta.content`, one SSE event per delta, `timings`, a finish chunk, a usage chunk,
 //! `[DONE]`). Used by `demo`, the end-to-end tests and the SDK conformance suite.
 //!
-//! What it answers is scripted by the last user message:
-//! - `scenario:NAME` picks a built-in script (`hello`, `weather`, `two-tools`, `slow`);
+//! What it answers is scripted by the last user message (all its text parts, joined):
+//! - `scenario:NAME` picks a built-in script (`hello`, `weather`, `two-tools`, `slow`,
+//!   `agent-shell`);
 //! - a JSON object `{"mock": {…}}` is a script of its own (see [`Script`]);
 //! - anything else gets `hello`.
+//!
+//! Both may stand anywhere in the text, as real agents wrap the user's prompt in their own
+//! (`<environment_context>`, `<user_query>`…): the first known `scenario:NAME` (NAME of
+//! `[a-z0-9-]`) or the first `{"mock"` that starts a JSON value counts, whichever comes first.
+//! A text that is exactly `scenario:NAME` or exactly the JSON is read as it always was.
+//!
+//! Agents run a tool loop: after a tool call they send the whole history again, ending with
+//! the tool's result, under the same user prompt. A script with `steps` answers `steps[n]`,
+//! n being the number of `tool` messages after the last user message (the last step when n
+//! is past the end), so each turn of the loop gets its own answer.
+//!
+//! `agent-shell` drives any agent that declares a shell tool (`exec_command`, `shell`,
+//! `Bash`, `bash`, `run_shell_command`, `run_commands`, `execute_command`, `shell_command`,
+//! first found in that order): with no tool result yet it reasons and calls that tool with
+//! arguments shaped by its parameters (see `shell_args`) to run
+//! `echo harmony-proxy-was-here > FILE && echo marker-written` (FILE is `proxied.txt`, or the
+//! NAME of a `file:NAME` in the user's text); after the result it answers
+//! `Done. The command printed: OUT. Turn-1 reasoning came back: yes|no.` (OUT is the first
+//! non-empty line of the last tool result; `yes` when the tool-call turn came back with its
+//! reasoning). With no shell tool it answers "No shell tool was declared.".
+//!
+//! The raw completion endpoints read the same from the rendered Harmony prompt: the last
+//! `user` message, the `functions.*` tool results after it, the `analysis` messages, and the
+//! tool declarations of the developer message.
 //!
 //! Like llama.cpp's gpt-oss chat template, it answers HTTP 500 to histories the template
 //! refuses: an assistant tool-call turn with both content and reasoning, tool-call arguments
@@ -108,6 +133,12 @@ pub struct Script {
     pub json: bool,
     /// A recorded upstream SSE body, sent verbatim one event per write (faults count events).
     pub raw: Option<String>,
+    /// Answers for the turns of an agent's tool loop: when not empty, the answer is
+    /// `steps[n]` (the last step when n is past the end), n being the number of `tool`
+    /// messages after the last user message. The step is the whole script: its own `text`,
+    /// `deltas`, `finish`, `delay_ms`, `key`, `faults`… count, this script's others do not.
+    #[serde(default)]
+    pub steps: Vec<Script>,
 }
 
 fn stop() -> Option<String> {
@@ -119,11 +150,12 @@ fn yes() -> bool {
 
 impl Script {
     fn from_text(text: &str) -> Self {
-        Script { deltas: Vec::new(), text: Some(text.into()), finish: stop(), done: true, delay_ms: 0, key: None, faults: Vec::new(), json: false, raw: None }
+        Script { deltas: Vec::new(), text: Some(text.into()), finish: stop(), done: true, delay_ms: 0, key: None, faults: Vec::new(), json: false, raw: None, steps: Vec::new() }
     }
 }
 
-/// A built-in scenario.
+/// A built-in scenario, as answered to a request that tells it nothing more (`agent-shell`
+/// then sees no shell tool; requests get theirs through the turn, see `named_scenario`).
 pub fn scenario(name: &str) -> Option<Script> {
     Some(match name {
         "hello" => Script::from_text(
@@ -140,6 +172,7 @@ pub fn scenario(name: &str) -> Option<Script> {
             s.delay_ms = 100;
             s
         }
+        "agent-shell" => agent_shell(&Turn::default()),
         _ => return None,
     })
 }
@@ -166,31 +199,343 @@ pub fn llama_pieces(text: &str) -> Vec<String> {
     out
 }
 
-fn script_for(req: &Value) -> Script {
-    let last_user = req
-        .get("messages")
-        .and_then(Value::as_array)
-        .and_then(|m| m.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")))
-        .and_then(|m| match m.get("content") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Array(parts)) => parts.iter().find_map(|p| p.get("text").and_then(Value::as_str)).map(str::to_owned),
-            _ => None,
+/// What a script may look at in a request, read alike from chat messages
+/// ([`turn_from_chat`]) and from a rendered Harmony prompt ([`turn_from_prompt`]).
+#[derive(Debug, Default)]
+struct Turn {
+    /// The last user message's text (its text parts joined by newlines).
+    user: String,
+    /// Tool results after the last user message: the step of the tool loop.
+    tool_results: usize,
+    /// The text of the last tool result.
+    last_tool_output: String,
+    /// Whether a tool-call turn came back with reasoning holding [`REASONING_MARK`].
+    reasoning_back: bool,
+    /// The declared tools.
+    tools: Vec<ToolDecl>,
+}
+
+/// A declared tool: its name and its top-level parameters.
+#[derive(Debug, Clone)]
+struct ToolDecl {
+    name: String,
+    props: Vec<Prop>,
+}
+
+impl ToolDecl {
+    fn prop(&self, name: &str) -> Option<&Prop> {
+        self.props.iter().find(|p| p.name == name)
+    }
+}
+
+/// One top-level parameter of a tool.
+#[derive(Debug, Clone)]
+struct Prop {
+    name: String,
+    required: bool,
+    kind: Kind,
+}
+
+/// The type of a parameter, as far as the shell arguments care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    String,
+    Array,
+    Boolean,
+    Other,
+}
+
+/// Shell tool names, in the order `agent-shell` looks for them.
+const SHELL_TOOLS: [&str; 8] = ["exec_command", "shell", "Bash", "bash", "run_shell_command", "run_commands", "execute_command", "shell_command"];
+/// What `agent-shell` reasons before its tool call.
+const AGENT_SHELL_REASONING: &str = "I will run the shell tool to write the marker file.";
+/// What marks that reasoning when it comes back in the history.
+const REASONING_MARK: &str = "I will run the shell tool";
+
+/// The text of a message's `content`: a string, or the text parts of an array joined by
+/// newlines.
+fn text_of(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.as_str().or_else(|| p.get("text").and_then(Value::as_str))).collect::<Vec<&str>>().join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn role_of(m: &Value) -> &str {
+    m.get("role").and_then(Value::as_str).unwrap_or("")
+}
+
+/// The turn of a chat request (`messages`, `tools` as `{type, function: {name, parameters}}`).
+fn turn_from_chat(req: &Value) -> Turn {
+    let empty: Vec<Value> = Vec::new();
+    let messages = req.get("messages").and_then(Value::as_array).unwrap_or(&empty);
+    let last_user = messages.iter().rposition(|m| role_of(m) == "user");
+    let after = last_user.map_or(0, |i| i + 1);
+    Turn {
+        user: last_user.map(|i| text_of(messages[i].get("content"))).unwrap_or_default(),
+        tool_results: messages[after..].iter().filter(|m| role_of(m) == "tool").count(),
+        last_tool_output: messages.iter().rev().find(|m| role_of(m) == "tool").map(|m| text_of(m.get("content"))).unwrap_or_default(),
+        reasoning_back: messages.iter().any(|m| {
+            role_of(m) == "assistant"
+                && m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty())
+                && ["reasoning_content", "reasoning", "thinking"].iter().any(|f| m.get(*f).and_then(Value::as_str).is_some_and(|r| r.contains(REASONING_MARK)))
+        }),
+        tools: tools_of_request(req),
+    }
+}
+
+/// The declared tools of a chat request (a flat `{name, parameters}` or Anthropic's
+/// `input_schema` is read too).
+fn tools_of_request(req: &Value) -> Vec<ToolDecl> {
+    let Some(tools) = req.get("tools").and_then(Value::as_array) else { return Vec::new() };
+    tools
+        .iter()
+        .filter_map(|t| {
+            let f = t.get("function").unwrap_or(t);
+            let name = f.get("name").and_then(Value::as_str)?.to_owned();
+            let params = f.get("parameters").or_else(|| f.get("input_schema"));
+            let required: Vec<&str> = params.and_then(|p| p.get("required")).and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let props: Vec<Prop> = params
+                .and_then(|p| p.get("properties"))
+                .and_then(Value::as_object)
+                .map(|ps| ps.iter().map(|(k, v)| Prop { name: k.clone(), required: required.contains(&k.as_str()), kind: kind_of_schema(v) }).collect())
+                .unwrap_or_default();
+            Some(ToolDecl { name, props })
         })
+        .collect()
+}
+
+/// A JSON schema's type (`["string", "null"]` counts as its first non-null type).
+fn kind_of_schema(schema: &Value) -> Kind {
+    let ty = match schema.get("type") {
+        Some(Value::String(t)) => Some(t.as_str()),
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null"),
+        _ => None,
+    };
+    match ty {
+        Some("string") => Kind::String,
+        Some("array") => Kind::Array,
+        Some("boolean") => Kind::Boolean,
+        _ => Kind::Other,
+    }
+}
+
+/// The turn of a rendered Harmony prompt: the last `<|start|>user` message, the
+/// `<|start|>functions.…` tool results after it, the analysis messages, and the tools the
+/// developer message declares.
+fn turn_from_prompt(prompt: &str) -> Turn {
+    let tail = prompt.rfind("<|start|>user").map_or(prompt, |i| &prompt[i..]);
+    let user = prompt.rsplit_once("<|start|>user<|message|>").map(|(_, rest)| rest.split("<|end|>").next().unwrap_or("").to_owned()).unwrap_or_default();
+    let last_tool_output = prompt
+        .rfind("<|start|>functions.")
+        .and_then(|i| prompt[i..].split_once("<|message|>"))
+        .map(|(_, body)| body.split("<|end|>").next().unwrap_or("").to_owned())
         .unwrap_or_default();
-    if let Some(name) = last_user.trim().strip_prefix("scenario:") {
-        if let Some(s) = scenario(name.trim()) {
-            return s;
+    let reasoning_back = prompt.split("<|channel|>analysis<|message|>").skip(1).any(|m| m.split("<|end|>").next().unwrap_or("").contains(REASONING_MARK));
+    Turn { user, tool_results: tail.matches("<|start|>functions.").count(), last_tool_output, reasoning_back, tools: tools_of_prompt(prompt) }
+}
+
+/// The tools of a rendered prompt's `namespace functions { … }`, each declared as
+/// `type NAME = (_: {\nPROP: TYPE,\nPROP?: TYPE,\n}) => any;` (openai-harmony's rendering).
+fn tools_of_prompt(prompt: &str) -> Vec<ToolDecl> {
+    let Some(start) = prompt.find("namespace functions {") else { return Vec::new() };
+    let ns = &prompt[start..];
+    let ns = &ns[..ns.find("} // namespace functions").unwrap_or(ns.len())];
+    let mut out = Vec::new();
+    let mut rest = ns;
+    while let Some(at) = rest.find("\ntype ") {
+        let decl_start = &rest[at + 1..];
+        let end = decl_start.find(") => any;").map_or(decl_start.len(), |e| e + ") => any;".len());
+        let decl = &decl_start[..end];
+        rest = &decl_start[end..];
+        let Some((head, _)) = decl.split_once(" = (") else { continue };
+        let name = head.trim_start_matches("type ").trim().to_owned();
+        let props: Vec<Prop> = decl.lines().skip(1).filter_map(ts_prop).collect();
+        out.push(ToolDecl { name, props });
+    }
+    out
+}
+
+/// One top-level parameter line of a rendered declaration: `name: type,` or
+/// `name?: type,` (nested members are indented; comments start with `//`).
+fn ts_prop(line: &str) -> Option<Prop> {
+    if line.starts_with(char::is_whitespace) || line.starts_with("//") {
+        return None;
+    }
+    let (name, ty) = line.split_once(':')?;
+    let (name, required) = match name.strip_suffix('?') {
+        Some(n) => (n, false),
+        None => (name, true),
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return None;
+    }
+    let ty = ty.split(" //").next().unwrap_or("").trim().trim_end_matches(',');
+    let first = ty.split('|').next().unwrap_or("").trim();
+    let kind = if first.ends_with("[]") || first.starts_with("Array<") {
+        Kind::Array
+    } else if first == "string" || first.starts_with('"') {
+        Kind::String
+    } else if first == "boolean" {
+        Kind::Boolean
+    } else {
+        Kind::Other
+    };
+    Some(Prop { name: name.to_owned(), required, kind })
+}
+
+/// The first declared shell tool, by [`SHELL_TOOLS`] order.
+fn shell_tool(tools: &[ToolDecl]) -> Option<&ToolDecl> {
+    SHELL_TOOLS.iter().find_map(|n| tools.iter().find(|t| t.name == *n))
+}
+
+/// The arguments that run `cmd` with `tool`, shaped by its parameters:
+/// - `cmd` → `{"cmd": cmd}` (Codex's `exec_command`);
+/// - else `commands` → `{"commands": [cmd]}` (Cline's `run_commands`);
+/// - else `command` typed array → `{"command": ["bash", "-lc", cmd]}` (Codex's `shell`);
+/// - else `{"command": cmd}` (Claude Code, OpenCode, Qwen Code, Continue…).
+///
+/// Then every other required parameter gets a value: `description` "write the marker file"
+/// (OpenCode), a boolean `false` (Qwen Code's `is_background`), a string `""`; required
+/// parameters of other types are left out.
+fn shell_args(tool: &ToolDecl, cmd: &str) -> Value {
+    let mut args = serde_json::Map::new();
+    if tool.prop("cmd").is_some() {
+        args.insert("cmd".into(), json!(cmd));
+    } else if tool.prop("commands").is_some() {
+        args.insert("commands".into(), json!([cmd]));
+    } else if tool.prop("command").is_some_and(|p| p.kind == Kind::Array) {
+        args.insert("command".into(), json!(["bash", "-lc", cmd]));
+    } else {
+        args.insert("command".into(), json!(cmd));
+    }
+    for p in tool.props.iter().filter(|p| p.required) {
+        if args.contains_key(p.name.as_str()) {
+            continue;
+        }
+        let v = match (p.name.as_str(), p.kind) {
+            ("description", _) => json!("write the marker file"),
+            (_, Kind::Boolean) => json!(false),
+            (_, Kind::String) => json!(""),
+            _ => continue,
+        };
+        args.insert(p.name.clone(), v);
+    }
+    Value::Object(args)
+}
+
+/// The file `agent-shell` writes: NAME of the first `file:NAME` in the user's text (NAME of
+/// `[A-Za-z0-9._-]`, trailing dots dropped), else `proxied.txt`.
+fn marker_file(user: &str) -> String {
+    for (at, _) in user.match_indices("file:") {
+        if user[..at].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let name: String = user[at + "file:".len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')).collect();
+        let name = name.trim_end_matches('.');
+        if !name.is_empty() {
+            return name.to_owned();
         }
     }
-    if let Ok(v) = serde_json::from_str::<Value>(&last_user) {
+    "proxied.txt".into()
+}
+
+/// `agent-shell`: the tool call with no tool result yet, the answer after one.
+fn agent_shell(turn: &Turn) -> Script {
+    if turn.tool_results > 0 {
+        // Codex heads a command's output with its own lines (`Chunk ID: …`, …, `Output:`).
+        let output = turn.last_tool_output.split_once("\nOutput:\n").map_or(turn.last_tool_output.as_str(), |(_, o)| o);
+        let out: String = output.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").chars().take(80).collect();
+        let back = if turn.reasoning_back { "yes" } else { "no" };
+        return Script::from_text(&format!(
+            "<|channel|>analysis<|message|>The command ran. Report what it printed.<|end|><|start|>assistant<|channel|>final<|message|>Done. The command printed: {out}. Turn-1 reasoning came back: {back}."
+        ));
+    }
+    let Some(tool) = shell_tool(&turn.tools) else {
+        return Script::from_text("<|channel|>analysis<|message|>No shell tool among the declared tools.<|end|><|start|>assistant<|channel|>final<|message|>No shell tool was declared.");
+    };
+    let cmd = format!("echo harmony-proxy-was-here > {} && echo marker-written", marker_file(&turn.user));
+    let args = shell_args(tool, &cmd);
+    // Like the other scenarios, no closing <|call|>: llama.cpp does not stream the stop token
+    // it ends on (the raw completion endpoints add it).
+    Script::from_text(&format!(
+        "<|channel|>analysis<|message|>{AGENT_SHELL_REASONING}<|end|><|start|>assistant<|channel|>commentary to=functions.{} <|constrain|>json<|message|>{args}",
+        tool.name
+    ))
+}
+
+/// A built-in scenario for this turn (`agent-shell` reads the request).
+fn named_scenario(name: &str, turn: &Turn) -> Option<Script> {
+    if name == "agent-shell" {
+        Some(agent_shell(turn))
+    } else {
+        scenario(name)
+    }
+}
+
+/// The first `scenario:NAME` in `text` naming a known scenario: where it stands, and NAME.
+fn find_scenario(text: &str) -> Option<(usize, &str)> {
+    text.match_indices("scenario:").find_map(move |(at, _)| {
+        let rest = &text[at + "scenario:".len()..];
+        let end = rest.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')).unwrap_or(rest.len());
+        let name = &rest[..end];
+        scenario(name).map(|_| (at, name))
+    })
+}
+
+/// The first `{"mock": …}` JSON value in `text`: where it stands, and its `mock` member.
+fn find_mock(text: &str) -> Option<(usize, Value)> {
+    text.match_indices("{\"mock\"").find_map(move |(at, _)| {
+        // Reads one value and ignores what follows it.
+        let v = serde_json::Deserializer::from_str(&text[at..]).into_iter::<Value>().next()?.ok()?;
+        v.get("mock").cloned().map(|m| (at, m))
+    })
+}
+
+fn mock_script(m: &Value) -> Script {
+    serde_json::from_value::<Script>(m.clone()).unwrap_or_else(|e| Script::from_text(&format!("<|channel|>final<|message|>mock script error: {e}")))
+}
+
+/// The step of `script` for a turn with `tool_results` tool results (see [`Script::steps`]).
+fn step(mut script: Script, tool_results: usize) -> Script {
+    if script.steps.is_empty() {
+        return script;
+    }
+    let i = tool_results.min(script.steps.len() - 1);
+    script.steps.swap_remove(i)
+}
+
+/// The script the user's text asks for, if it asks for one.
+fn requested(turn: &Turn) -> Option<Script> {
+    let text = turn.user.as_str();
+    // The exact forms, read as they always were.
+    if let Some(name) = text.trim().strip_prefix("scenario:") {
+        if let Some(s) = named_scenario(name.trim(), turn) {
+            return Some(s);
+        }
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
         if let Some(m) = v.get("mock") {
-            match serde_json::from_value::<Script>(m.clone()) {
-                Ok(s) => return s,
-                Err(e) => return Script::from_text(&format!("<|channel|>final<|message|>mock script error: {e}")),
-            }
+            return Some(mock_script(m));
         }
     }
-    scenario("hello").unwrap_or_else(|| Script::from_text("Hello"))
+    // Anywhere in the text: whichever comes first.
+    match (find_scenario(text), find_mock(text)) {
+        (Some((s_at, _)), Some((m_at, m))) if m_at < s_at => Some(mock_script(&m)),
+        (Some((_, name)), _) => named_scenario(name, turn),
+        (None, Some((_, m))) => Some(mock_script(&m)),
+        (None, None) => None,
+    }
+}
+
+fn script_for_turn(turn: &Turn) -> Script {
+    let script = requested(turn).unwrap_or_else(|| scenario("hello").unwrap_or_else(|| Script::from_text("Hello")));
+    step(script, turn.tool_results)
+}
+
+fn script_for(req: &Value) -> Script {
+    script_for_turn(&turn_from_chat(req))
 }
 
 fn chunk(delta: &Value, finish: Option<&str>) -> Bytes {
@@ -501,7 +846,8 @@ async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, Close
 /// A raw completion, as llama.cpp answers a prompt the client rendered: `/v1/completions`
 /// streams `choices[0].text` with special tokens as text; the native `/completion` streams
 /// each token id (`return_tokens`) and ends with `stop: true` and no `[DONE]`. The script is
-/// picked from the prompt's last user message; the decoded prompt is kept in `last_request`
+/// picked from the prompt's last user message, its step by the tool results after it (see
+/// [`turn_from_prompt`]); the decoded prompt is kept in `last_request`
 /// (`prompt_text`) so tests can assert what the proxy rendered.
 async fn completion(state: Arc<MockState>, req: Value, native: bool) -> Result<Response<Body>, CloseConnection> {
     let Some(enc) = state.enc.clone() else {
@@ -516,16 +862,16 @@ async fn completion(state: Arc<MockState>, req: Value, native: bool) -> Result<R
     let mut recorded = req.clone();
     recorded["prompt_text"] = Value::String(prompt_text.clone());
     *state.last_request.lock().unwrap_or_else(|e| e.into_inner()) = recorded;
-    let last_user = prompt_text
-        .rsplit_once("<|start|>user<|message|>")
-        .map(|(_, rest)| rest.split("<|end|>").next().unwrap_or("").to_owned())
-        .unwrap_or_default();
-    let chat_like = json!({"messages": [{"role": "user", "content": last_user}]});
-    let script = script_for(&chat_like);
+    let script = script_for_turn(&turn_from_prompt(&prompt_text));
     let text = script.text.clone().unwrap_or_default();
-    // The model's own stop token ends the turn: <|call|> after a tool call, else <|return|>.
+    // The model's own stop token ends the turn: <|call|> after a tool call, else <|return|>
+    // (unless the script wrote it).
     let ends_in_call = text.rsplit("<|start|>").next().is_some_and(|m| m.contains(" to="));
-    let full = format!("{text}{}", if ends_in_call { "<|call|>" } else { "<|return|>" });
+    let full = if text.ends_with("<|call|>") || text.ends_with("<|return|>") {
+        text
+    } else {
+        format!("{text}{}", if ends_in_call { "<|call|>" } else { "<|return|>" })
+    };
     let mut ids = enc.tokenizer().encode_with_special_tokens(&full);
     let limit = req.get(if native { "n_predict" } else { "max_tokens" }).and_then(Value::as_i64).filter(|n| *n >= 0).map(|n| n as usize);
     let cut = limit.is_some_and(|n| n < ids.len());
@@ -625,3 +971,210 @@ impl futures_core::Stream for ReceiverStream {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MARKER_CMD: &str = "echo harmony-proxy-was-here > proxied.txt && echo marker-written";
+
+    fn user(content: Value) -> Value {
+        json!({"role": "user", "content": content})
+    }
+
+    fn tool(name: &str, parameters: Value) -> Value {
+        json!({"type": "function", "function": {"name": name, "description": "a tool", "parameters": parameters}})
+    }
+
+    fn exec_command() -> Value {
+        tool("exec_command", json!({"type": "object", "properties": {"cmd": {"type": "string"}, "workdir": {"type": "string"}, "yield_time_ms": {"type": "number"}}, "required": ["cmd"]}))
+    }
+
+    fn tool_call(name: &str, args: &Value) -> Value {
+        json!({"id": "call_1", "type": "function", "function": {"name": name, "arguments": args.to_string()}})
+    }
+
+    /// A request as an agent sends it: the user's prompt wrapped in the agent's own text.
+    fn agent_request(tools: Vec<Value>, prompt: &str, rest: Vec<Value>) -> Value {
+        let mut messages = vec![json!({"role": "system", "content": "You are a coding agent."}), user(json!(format!("<user_instructions>Be brief.</user_instructions>\n{prompt}")))];
+        messages.extend(rest);
+        json!({"messages": messages, "tools": tools, "stream": true})
+    }
+
+    /// The function a script's text calls, and its arguments.
+    fn call_of(s: &Script) -> (String, Value) {
+        let text = s.text.as_deref().unwrap_or("");
+        let name = text.split("to=functions.").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("").to_owned();
+        let args = text.rsplit("<|message|>").next().unwrap_or("");
+        (name, serde_json::from_str(args).unwrap_or(Value::Null))
+    }
+
+    /// The final answer of a script's text.
+    fn final_of(s: &Script) -> String {
+        let text = s.text.as_deref().unwrap_or("");
+        text.split_once("<|channel|>final<|message|>").map(|(_, f)| f.to_owned()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_scenario_anywhere_in_the_wrapped_user_text_is_found() {
+        let parts = json!([{"type": "text", "text": "<environment_context>cwd=/tmp</environment_context>"}, {"type": "text", "text": "<user_query>Please follow scenario:weather, thanks.</user_query>"}]);
+        let req = json!({"messages": [user(parts)]});
+        assert_eq!(script_for(&req).text, scenario("weather").and_then(|s| s.text));
+    }
+
+    #[test]
+    fn a_mock_script_anywhere_in_the_wrapped_user_text_is_found() {
+        let script = json!({"mock": {"text": "<|channel|>final<|message|>scripted", "finish": "length"}});
+        let req = json!({"messages": [user(json!(format!("<user_query>\nRun {script} now.\n</user_query>")))]});
+        let s = script_for(&req);
+        assert_eq!(s.text.as_deref(), Some("<|channel|>final<|message|>scripted"));
+        assert_eq!(s.finish.as_deref(), Some("length"));
+    }
+
+    #[test]
+    fn texts_that_are_exactly_a_scenario_or_a_script_are_read_as_before() {
+        let ask = |text: &str| script_for(&json!({"messages": [user(json!(text))]})).text;
+        assert_eq!(ask("scenario: two-tools\n"), scenario("two-tools").and_then(|s| s.text));
+        assert_eq!(ask(json!({"mock": {"text": "x"}}).to_string().as_str()), Some("x".to_owned()));
+        assert_eq!(ask("scenario:nonsense"), scenario("hello").and_then(|s| s.text));
+        assert_eq!(ask("just a question about scenario: planning"), scenario("hello").and_then(|s| s.text));
+    }
+
+    #[test]
+    fn the_first_of_a_scenario_and_a_script_wins() {
+        let script = json!({"mock": {"text": "from the script"}});
+        let ask = |text: String| script_for(&json!({"messages": [user(json!(text))]})).text;
+        assert_eq!(ask(format!("scenario:weather then {script}")), scenario("weather").and_then(|s| s.text));
+        assert_eq!(ask(format!("{script} then scenario:weather")), Some("from the script".to_owned()));
+    }
+
+    #[test]
+    fn steps_are_chosen_by_the_tool_results_after_the_last_user_message() {
+        let script = json!({"mock": {"steps": [{"text": "zero"}, {"text": "one", "finish": "length"}]}}).to_string();
+        let call = json!({"role": "assistant", "content": "", "tool_calls": [tool_call("f", &json!({}))]});
+        let result = json!({"role": "tool", "tool_call_id": "call_1", "content": "ok"});
+        let at = |history: Vec<Value>| {
+            let mut messages = vec![user(json!(format!("wrapped {script}")))];
+            messages.extend(history);
+            script_for(&json!({"messages": messages}))
+        };
+        let first = at(vec![]);
+        assert_eq!(first.text.as_deref(), Some("zero"));
+        assert_eq!(first.finish.as_deref(), Some("stop"));
+        let second = at(vec![call.clone(), result.clone()]);
+        assert_eq!(second.text.as_deref(), Some("one"));
+        assert_eq!(second.finish.as_deref(), Some("length"));
+        assert_eq!(at(vec![call.clone(), result.clone(), call.clone(), result.clone()]).text.as_deref(), Some("one"), "past the end: the last step");
+        // Tool results before the last user message belong to an earlier prompt.
+        let earlier = json!({"messages": [user(json!("before")), call, result, user(json!(script))]});
+        assert_eq!(script_for(&earlier).text.as_deref(), Some("zero"));
+    }
+
+    #[test]
+    fn agent_shell_reasons_then_calls_a_codex_like_exec_command_with_cmd() {
+        let write_stdin = tool("write_stdin", json!({"type": "object", "properties": {"session_id": {"type": "number"}}, "required": ["session_id"]}));
+        let bash = tool("bash", json!({"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}));
+        let s = script_for(&agent_request(vec![write_stdin, bash, exec_command()], "scenario:agent-shell", vec![]));
+        let text = s.text.clone().unwrap_or_default();
+        assert!(text.starts_with("<|channel|>analysis<|message|>I will run the shell tool to write the marker file.<|end|><|start|>assistant<|channel|>commentary to=functions.exec_command <|constrain|>json<|message|>"), "{text}");
+        assert_eq!(call_of(&s), ("exec_command".to_owned(), json!({"cmd": MARKER_CMD})));
+    }
+
+    #[test]
+    fn agent_shell_calls_a_cline_like_run_commands_with_a_list() {
+        let run_commands = tool("run_commands", json!({"type": "object", "properties": {"commands": {"type": "array", "items": {"type": "string"}}}, "required": ["commands"]}));
+        let s = script_for(&agent_request(vec![run_commands], "Do it. scenario:agent-shell", vec![]));
+        assert_eq!(call_of(&s), ("run_commands".to_owned(), json!({"commands": [MARKER_CMD]})));
+    }
+
+    #[test]
+    fn agent_shell_calls_a_shell_tool_with_an_argv_array() {
+        let shell = tool("shell", json!({"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}, "workdir": {"type": "string"}, "timeout_ms": {"type": "number"}}, "required": ["command"]}));
+        let s = script_for(&agent_request(vec![shell], "scenario:agent-shell", vec![]));
+        assert_eq!(call_of(&s), ("shell".to_owned(), json!({"command": ["bash", "-lc", MARKER_CMD]})));
+    }
+
+    #[test]
+    fn agent_shell_fills_required_description_and_flags_and_writes_the_named_file() {
+        let opencode_bash = tool("bash", json!({"type": "object", "properties": {"command": {"type": "string"}, "timeout": {"type": "number"}, "description": {"type": "string"}}, "required": ["command", "description"]}));
+        let s = script_for(&agent_request(vec![opencode_bash], "scenario:agent-shell file:out-1.txt.", vec![]));
+        let cmd = "echo harmony-proxy-was-here > out-1.txt && echo marker-written";
+        assert_eq!(call_of(&s), ("bash".to_owned(), json!({"command": cmd, "description": "write the marker file"})));
+        let qwen = tool("run_shell_command", json!({"type": "object", "properties": {"command": {"type": "string"}, "is_background": {"type": "boolean"}, "description": {"type": "string"}, "directory": {"type": "string"}}, "required": ["command", "is_background"]}));
+        let s = script_for(&agent_request(vec![qwen], "scenario:agent-shell", vec![]));
+        assert_eq!(call_of(&s), ("run_shell_command".to_owned(), json!({"command": MARKER_CMD, "is_background": false})));
+    }
+
+    #[test]
+    fn agent_shell_without_a_shell_tool_says_so() {
+        let read_file = tool("read_file", json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}));
+        let s = script_for(&agent_request(vec![read_file], "scenario:agent-shell", vec![]));
+        assert_eq!(final_of(&s), "No shell tool was declared.");
+        assert!(!s.text.unwrap_or_default().contains("to=functions."));
+    }
+
+    #[test]
+    fn agent_shell_after_the_tool_result_names_the_output_and_whether_reasoning_came_back() {
+        let args = json!({"cmd": MARKER_CMD});
+        let output = json!({"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "\n   marker-written  \nsecond line"}]});
+        let with_reasoning = json!({"role": "assistant", "content": null, "reasoning_content": AGENT_SHELL_REASONING, "tool_calls": [tool_call("exec_command", &args)]});
+        let s = script_for(&agent_request(vec![exec_command()], "scenario:agent-shell", vec![with_reasoning, output.clone()]));
+        assert_eq!(final_of(&s), "Done. The command printed: marker-written. Turn-1 reasoning came back: yes.");
+        let without = json!({"role": "assistant", "content": "", "tool_calls": [tool_call("exec_command", &args)]});
+        let s = script_for(&agent_request(vec![exec_command()], "scenario:agent-shell", vec![without, output]));
+        assert_eq!(final_of(&s), "Done. The command printed: marker-written. Turn-1 reasoning came back: no.");
+    }
+
+    #[test]
+    fn agent_shell_quotes_at_most_80_characters_of_the_output() {
+        let call = json!({"role": "assistant", "content": "", "tool_calls": [tool_call("exec_command", &json!({"cmd": "x"}))]});
+        let output = json!({"role": "tool", "tool_call_id": "call_1", "content": "y".repeat(200)});
+        let s = script_for(&agent_request(vec![exec_command()], "scenario:agent-shell", vec![call, output]));
+        assert_eq!(final_of(&s), format!("Done. The command printed: {}. Turn-1 reasoning came back: no.", "y".repeat(80)));
+    }
+
+    /// A prompt as openai-harmony renders it, with `tools` declared and `after` following the
+    /// user's message.
+    fn rendered_prompt(tools: &str, user: &str, after: &str) -> String {
+        format!(
+            "<|start|>system<|message|>You are ChatGPT.\n\n# Valid channels: analysis, commentary, final.<|end|><|start|>developer<|message|># Tools\n\n## functions\n\nnamespace functions {{\n\n{tools}\n}} // namespace functions<|end|><|start|>user<|message|>{user}<|end|>{after}<|start|>assistant"
+        )
+    }
+
+    const TS_EXEC_COMMAND: &str = "// Runs a command\ntype exec_command = (_: {\n// The command: a shell line\ncmd: string,\nworkdir?: string,\n}) => any;\n\n// Reads a file\ntype read_file = (_: {\npath: string,\n}) => any;\n";
+
+    #[test]
+    fn a_rendered_prompt_drives_agent_shell_through_both_steps() {
+        let first = script_for_turn(&turn_from_prompt(&rendered_prompt(TS_EXEC_COMMAND, "<user_query>scenario:agent-shell file:p.txt</user_query>", "")));
+        let cmd = "echo harmony-proxy-was-here > p.txt && echo marker-written";
+        assert_eq!(call_of(&first), ("exec_command".to_owned(), json!({"cmd": cmd})));
+        let after = format!(
+            "<|start|>assistant<|channel|>analysis<|message|>{AGENT_SHELL_REASONING}<|end|><|start|>assistant to=functions.exec_command<|channel|>commentary <|constrain|>json<|message|>{}<|call|><|start|>functions.exec_command to=assistant<|channel|>commentary<|message|>marker-written\n<|end|>",
+            json!({"cmd": cmd})
+        );
+        let second = script_for_turn(&turn_from_prompt(&rendered_prompt(TS_EXEC_COMMAND, "<user_query>scenario:agent-shell file:p.txt</user_query>", &after)));
+        assert_eq!(final_of(&second), "Done. The command printed: marker-written. Turn-1 reasoning came back: yes.");
+    }
+
+    #[test]
+    fn a_rendered_prompt_gives_the_shell_arguments_their_shape() {
+        let shell = "type shell = (_: {\n// argv\ncommand: string[],\ntimeout_ms?: number,\n}) => any;\n";
+        let s = script_for_turn(&turn_from_prompt(&rendered_prompt(shell, "scenario:agent-shell", "")));
+        assert_eq!(call_of(&s), ("shell".to_owned(), json!({"command": ["bash", "-lc", MARKER_CMD]})));
+        let cline = "type run_commands = (_: {\ncommands: string[],\n}) => any;\n";
+        let s = script_for_turn(&turn_from_prompt(&rendered_prompt(cline, "scenario:agent-shell", "")));
+        assert_eq!(call_of(&s), ("run_commands".to_owned(), json!({"commands": [MARKER_CMD]})));
+        let opencode = "type bash = (_: {\ncommand: string,\ntimeout?: number,\ndescription: string,\n}) => any;\n";
+        let s = script_for_turn(&turn_from_prompt(&rendered_prompt(opencode, "scenario:agent-shell", "")));
+        assert_eq!(call_of(&s), ("bash".to_owned(), json!({"command": MARKER_CMD, "description": "write the marker file"})));
+    }
+
+    #[test]
+    fn a_rendered_prompt_counts_its_tool_results_as_steps() {
+        let script = json!({"mock": {"steps": [{"text": "zero"}, {"text": "one"}]}});
+        let result = "<|start|>assistant to=functions.f<|channel|>commentary <|constrain|>json<|message|>{}<|call|><|start|>functions.f to=assistant<|channel|>commentary<|message|>ok<|end|>";
+        let user = format!("wrapped {script}");
+        assert_eq!(script_for_turn(&turn_from_prompt(&rendered_prompt("", &user, ""))).text.as_deref(), Some("zero"));
+        assert_eq!(script_for_turn(&turn_from_prompt(&rendered_prompt("", &user, result))).text.as_deref(), Some("one"));
+    }
+}
