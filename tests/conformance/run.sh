@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The OpenAI SDK conformance suite: the official Python and Node SDKs against the built
-# proxy and its built-in mock upstream. Needs `pip install -r requirements.txt` and
-# `npm ci` here first (.ci/run does both).
+# The OpenAI SDK conformance suite: the official Python and Node SDKs and the OpenAI Agents
+# SDK against the built proxy and its built-in mock upstream. Needs `pip install -r
+# requirements.txt` and `npm ci` here first (.ci/run does both).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -45,8 +45,9 @@ export PROXY_URL
 echo "conformance: proxy $PROXY_URL, mock $MOCK_URL"
 
 status=0
-echo "== OpenAI Python SDK"
-python3 -m pytest -q -p no:cacheprovider "$here/test_openai_python.py" || status=1
-echo "== OpenAI Node SDK"
-(cd "$here" && node --test openai_node.test.mjs) || status=1
+echo "== OpenAI Python SDK (chat completions, responses) and OpenAI Agents SDK"
+python3 -m pytest -q -p no:cacheprovider "$here/test_openai_python.py" "$here/test_responses_python.py" || status=1
+echo "== OpenAI Node SDK (chat completions, responses)"
+# One file at a time: the tests share one mock, and some read its last request.
+(cd "$here" && node --test --test-concurrency=1 openai_node.test.mjs responses_node.test.mjs) || status=1
 exit $status
