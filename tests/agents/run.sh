@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The agents suite against the built-in mock: the real agent CLIs, installed pinned from
+# their registries (cached outside the checkout), each running its own shell tool through
+# one proxy started as a new user would (the shipped config, nothing but UPSTREAM_BASE_URL
+# set) in front of one mock upstream that plays scenario `agent-shell`.
+#
+#   bash tests/agents/run.sh              # every agent below
+#   bash tests/agents/run.sh codex        # some of them
+#
+# Each agent's script asserts what its user sees (the command ran, the answer printed clean)
+# and what the model got (the command's output and the turn-1 reasoning in turn 2), and kills
+# its whole process group and whatever the agent left. Nothing here reaches the network but
+# the registries the installs use.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=${HARMONY_PROXY_BIN:-$root/target/debug/harmony-proxy}
+agents=("$@")
+[ ${#agents[@]} -gt 0 ] || agents=(codex)
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Started outside $(…) so that the trap can stop them.
+start() {
+  local name=$1; shift
+  "$@" > "$work/$name.out" 2> "$work/$name.err" &
+  pids+=($!)
+}
+url_of() {
+  for _ in $(seq 1 300); do
+    if grep -q " listening on " "$work/$1.out" 2>/dev/null; then
+      sed -n 's/.* listening on \(http[^ ]*\).*/\1/p' "$work/$1.out" | head -n1
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "did not start: $1" >&2; cat "$work/$1.err" >&2; return 1
+}
+
+start mock "$bin" mock-upstream --port 0
+mock_url=$(url_of mock) || exit 1
+# The embedded default config: no file in this directory.
+(cd "$work" && UPSTREAM_BASE_URL="$mock_url" HARMONY_PROXY_CONFIG= exec "$bin" serve --port 0) > "$work/proxy.out" 2> "$work/proxy.err" &
+pids+=($!)
+proxy_url=$(url_of proxy) || exit 1
+echo "agents: proxy $proxy_url (embedded config), mock $mock_url"
+
+status=0
+for agent in "${agents[@]}"; do
+  dir="$work/$agent-work"
+  mkdir -p "$dir"
+  start=$(date +%s)
+  case "$agent" in
+    codex) bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
+    claude) bash "$here/claude.sh" "$proxy_url" "$dir" ;;
+    *) echo "unknown agent $agent"; false ;;
+  esac || { status=1; echo "agents: $agent FAILED; proxy log tail:"; tail -n 20 "$work/proxy.err"; }
+  echo "agents: $agent took $(( $(date +%s) - start ))s"
+done
+exit $status
