@@ -149,9 +149,9 @@ async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
 
     // 3. What a streamed answer looks like.
     let probe = json!({"model": model, "messages": [{"role": "user", "content": "Say hello in a few words."}], "max_tokens": 64, "stream": true});
-    let shape = match up.send(post(base, &probe)).await {
+    let streamed = match up.send(post(base, &probe)).await {
         Ok(resp) if resp.status().is_success() => match body_text(resp, 1 << 20, Duration::from_secs(60)).await {
-            Ok(text) => classify(&text),
+            Ok(text) => text,
             Err(e) => {
                 r.say(false, format!("streaming: {e}"));
                 return r;
@@ -166,7 +166,7 @@ async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
             return r;
         }
     };
-    match shape {
+    match classify(&streamed) {
         Shape::RawHarmony => {
             r.say(true, "harmony: the upstream sends raw Harmony (<|channel|> markup in content): it needs harmony-parse");
             r.advise("pipeline `harmony` (answers only), `ide-tools` (IDE agents) or `text-tools`; never `passthrough`, which would show the markup");
@@ -185,7 +185,36 @@ async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
             r.advise("pipeline `harmony` is safe for every shape");
         }
     }
+
+    // 4. The same answer as the agent APIs' clients get it (the built-in `ide-tools`, which a
+    // config without routes for them gets).
+    for (api, line) in agent_apis(&streamed) {
+        r.say(line.is_ok(), format!("{}: {}", api.path(), line.unwrap_or_else(|e| e)));
+    }
     r
+}
+
+/// A streamed upstream answer through each agent API's edge: what its client would get.
+fn agent_apis(streamed: &str) -> Vec<(harmony_filters::ClientApi, Result<String, String>)> {
+    use harmony_filters::testing::{assemble_responses, run_sse};
+    let Ok(enc) = harmony_filters::vocab::encoding() else { return Vec::new() };
+    let Some((_, text)) = crate::config::BUILTIN_PIPELINES.iter().find(|(n, _)| *n == "ide-tools") else { return Vec::new() };
+    let Ok(def) = toml::from_str::<crate::config::PipelineDef>(text) else { return Vec::new() };
+    let compiled = harmony_filters::compile(&def.stages, &enc);
+    let mut out = Vec::new();
+    let env = harmony_filters::api::EdgeEnv::standalone();
+    let api = harmony_filters::ClientApi::Responses;
+    let result = api.decode(json!({"model": "doctor", "input": "Say hello in a few words.", "stream": true, "store": false}), &env).map_err(|e| e.message).and_then(|d| {
+        let mut meta = harmony_filters::RequestMeta::new("doctor", true, true);
+        meta.api = d.ctx;
+        let wire = run_sse(&compiled, &meta, &[streamed.as_bytes()]);
+        let a = assemble_responses(&wire)?;
+        let kinds = [(!a.reasoning.is_empty()).then_some("a reasoning item"), (!a.content.is_empty()).then_some("a message")];
+        let kinds: Vec<&str> = kinds.into_iter().flatten().collect();
+        Ok(format!("the answer round-trips as a well-formed event stream ({}, status {})", if kinds.is_empty() { "no items".into() } else { kinds.join(" and ") }, a.finish))
+    });
+    out.push((api, result));
+    out
 }
 
 #[cfg(test)]
