@@ -270,7 +270,7 @@ async fn stamp_server(listener: tokio::net::TcpListener) {
 
 /// One streamed request over its own connection; adds a permit to `first` at its first answer
 /// token.
-async fn one_stream(base: &str, body: Arc<String>, first: Option<Arc<tokio::sync::Semaphore>>) -> Seen {
+async fn one_stream(base: &str, path: &str, body: Arc<String>, first: Option<Arc<tokio::sync::Semaphore>>) -> Seen {
     let mut seen = Seen::default();
     let Some(addr) = base.strip_prefix("http://") else { return seen };
     let started = Instant::now();
@@ -278,7 +278,7 @@ async fn one_stream(base: &str, body: Arc<String>, first: Option<Arc<tokio::sync
     let _ = tcp.set_nodelay(true);
     let Ok((mut send, conn)) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp)).await else { return seen };
     tokio::spawn(conn);
-    let req = http::Request::post(format!("{base}/v1/chat/completions"))
+    let req = http::Request::post(format!("{base}{path}"))
         .header(http::header::HOST, addr)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.as_bytes().to_vec())));
@@ -300,11 +300,16 @@ async fn one_stream(base: &str, body: Arc<String>, first: Option<Arc<tokio::sync
         // Count what complete events hold; keep the unfinished tail.
         let end = carry.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2).unwrap_or(0);
         for ev in carry[..end].split(|&b| b == b'\n').filter(|l| l.starts_with(b"data: ")) {
-            if ev == b"data: [DONE]" {
+            // Chat ends with [DONE]; Responses with its terminal event.
+            if ev == b"data: [DONE]" || contains(ev, b"\"type\":\"response.completed\"") {
                 done = true;
                 continue;
             }
-            if ev.windows(7).any(|w| w == b"\"delta\"") {
+            // Answer text counts in deltas only (a Responses `.done` event repeats it whole).
+            if !contains(ev, b"delta") {
+                continue;
+            }
+            if contains(ev, b"\"delta\"") {
                 seen.events += 1;
             }
             stamps(ev, now_us, &mut seen.latencies);
@@ -323,12 +328,24 @@ async fn one_stream(base: &str, body: Arc<String>, first: Option<Arc<tokio::sync
     seen
 }
 
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Runs `n` streams at once against `base`; all of them, in order.
 async fn run_streams(base: &str, n: usize, body: &Arc<String>) -> Vec<Seen> {
+    run_streams_on(base, CHAT, n, body).await
+}
+
+const CHAT: &str = "/v1/chat/completions";
+const RESPONSES: &str = "/v1/responses";
+
+/// [`run_streams`] on the client API at `path`.
+async fn run_streams_on(base: &str, path: &'static str, n: usize, body: &Arc<String>) -> Vec<Seen> {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let (base, body) = (base.to_owned(), body.clone());
-        tasks.spawn(async move { (i, one_stream(&base, body, None).await) });
+        tasks.spawn(async move { (i, one_stream(&base, path, body, None).await) });
     }
     let mut out: Vec<(usize, Seen)> = Vec::with_capacity(n);
     while let Some(r) = tasks.join_next().await {
@@ -342,9 +359,14 @@ async fn run_streams(base: &str, n: usize, body: &Arc<String>) -> Vec<Seen> {
 
 /// [`run_streams`], with its wall time and the CPU seconds process `pid` spent meanwhile.
 async fn timed_streams(base: &str, n: usize, body: &Arc<String>, pid: u32) -> (Vec<Seen>, f64, f64) {
+    timed_streams_on(base, CHAT, n, body, pid).await
+}
+
+/// [`timed_streams`] on the client API at `path`.
+async fn timed_streams_on(base: &str, path: &'static str, n: usize, body: &Arc<String>, pid: u32) -> (Vec<Seen>, f64, f64) {
     let cpu0 = cpu_seconds(pid);
     let t = Instant::now();
-    let seen = run_streams(base, n, body).await;
+    let seen = run_streams_on(base, path, n, body).await;
     (seen, t.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu0)
 }
 
@@ -357,7 +379,7 @@ async fn hold_open<T>(base: &str, n: usize, at_peak: impl FnOnce() -> T) -> (usi
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
         let (base, body, first) = (base.to_owned(), body.clone(), first.clone());
-        tasks.spawn(async move { one_stream(&base, body, Some(first)).await.ok });
+        tasks.spawn(async move { one_stream(&base, CHAT, body, Some(first)).await.ok });
     }
     // Every stream has its first token, or 30 s passed (some failed: they are counted).
     let _ = tokio::time::timeout(Duration::from_secs(30), first.acquire_many(n as u32)).await;
@@ -410,6 +432,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
          [[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"stamp\"]\nupstream = \"stamp\"\npipeline = \"harmony\"\n\n\
          [[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"llama\"]\nupstream = \"default\"\npipeline = \"token-ids\"\n\n\
          [[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"default\"\npipeline = \"harmony\"\n\n\
+         [[routes]]\npath = \"/v1/responses\"\nupstream = \"default\"\npipeline = \"harmony\"\n\n\
          [pipelines.token-ids]\nstages = [{{ type = \"harmony-render\", endpoint = \"llama\" }}, {{ type = \"harmony-parse\" }}, \
          {{ type = \"tool-bridge\" }}, {{ type = \"sse-encode\" }}]\n",
         mock.url
@@ -432,6 +455,16 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
         let (via, via_wall, proxy_cpu) = timed_streams(&proxy.url, opts.streams, &body, proxy.pid()).await;
         let bulk_errors = via.iter().filter(|s| !s.ok || s.ticks.len() != opts.tokens).count();
         let per_token_us = proxy_cpu / upstream_tokens.max(1) as f64 * 1e6;
+
+        // The Responses API: the same answers through the same pipeline, encoded as Responses
+        // events (the encoder is all that differs).
+        let responses_body = {
+            let chat: Value = serde_json::from_str(&body).unwrap_or_default();
+            Arc::new(json!({"model": "gpt-oss", "stream": true, "store": false, "input": chat["messages"][0]["content"]}).to_string())
+        };
+        let (via_resp, resp_wall, resp_cpu) = timed_streams_on(&proxy.url, RESPONSES, opts.streams, &responses_body, proxy.pid()).await;
+        let resp_errors = via_resp.iter().filter(|s| !s.ok || s.ticks.len() != opts.tokens).count();
+        let resp_per_token_us = resp_cpu / upstream_tokens.max(1) as f64 * 1e6;
 
         // Token ids: the same answers from llama.cpp's `/completion`, the proxy rendering the
         // prompt and reading token ids (`harmony-render` with `endpoint = "llama"`).
@@ -470,6 +503,14 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
                 "tokens_per_s_direct": (upstream_tokens as f64 / direct_wall).round() as u64,
                 "errors": bulk_errors,
             },
+            "responses": {
+                "upstream_tokens": upstream_tokens,
+                "proxy_cpu_us_per_token": (resp_per_token_us * 100.0).round() / 100.0,
+                // Too few CPU ticks to compare (short mode) says null.
+                "vs_chat_percent": (per_token_us > 0.0 && resp_per_token_us > 0.0).then(|| ((resp_per_token_us / per_token_us - 1.0) * 1000.0).round() / 10.0),
+                "tokens_per_s_via_proxy": (upstream_tokens as f64 / resp_wall).round() as u64,
+                "errors": resp_errors,
+            },
             "token_ids": {
                 "upstream_tokens": ids_tokens,
                 "proxy_cpu_us_per_token": (ids_cpu / ids_tokens.max(1) as f64 * 1e6 * 100.0).round() / 100.0,
@@ -506,6 +547,10 @@ pub fn text(r: &Value) -> String {
          \x20 CPU per upstream token (proxy process)        {:>9} us   (mock: {} us)\n\
          \x20 throughput                                    {:>9} tok/s {} tok/s\n\
          \x20 errors                                        {:>9}\n\
+         responses (POST /v1/responses): the same answers, the same pipeline\n\
+         \x20 CPU per upstream token (proxy process)        {:>9} us   ({:+}% vs chat)\n\
+         \x20 throughput                                    {:>9} tok/s\n\
+         \x20 errors                                        {:>9}\n\
          token ids (harmony-render, endpoint = \"llama\"): the same answers, {} upstream tokens\n\
          \x20 CPU per upstream token (proxy process)        {:>9} us\n\
          \x20 throughput                                    {:>9} tok/s\n\
@@ -530,6 +575,10 @@ pub fn text(r: &Value) -> String {
         b["tokens_per_s_via_proxy"],
         b["tokens_per_s_direct"],
         b["errors"],
+        r["responses"]["proxy_cpu_us_per_token"],
+        r["responses"]["vs_chat_percent"],
+        r["responses"]["tokens_per_s_via_proxy"],
+        r["responses"]["errors"],
         r["token_ids"]["upstream_tokens"],
         r["token_ids"]["proxy_cpu_us_per_token"],
         r["token_ids"]["tokens_per_s_via_proxy"],
