@@ -75,15 +75,18 @@ fn python_sdk() -> Result<(), String> {
     }
 }
 
+/// Under CI (`CI` set) or `HARMONY_PROXY_REAL_LLAMA=required`, a missing prerequisite fails.
+fn required() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") || std::env::var("HARMONY_PROXY_REAL_LLAMA").is_ok_and(|v| v == "required")
+}
+
 /// The prepared harness, or `None` after saying once how to prepare it.
 pub fn harness() -> Option<&'static Harness> {
     static H: OnceLock<Option<Harness>> = OnceLock::new();
     H.get_or_init(|| match load_harness() {
         Ok(h) => Some(h),
         Err(why) => {
-            let required = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
-                || std::env::var("HARMONY_PROXY_REAL_LLAMA").is_ok_and(|v| v == "required");
-            if required {
+            if required() {
                 panic!("the real-llama-server suite is not prepared: {why}. Run `bash tests/real_llama/prepare.sh`.");
             }
             // Straight to the stream: libtest would swallow an eprintln! of a passing test.
@@ -110,11 +113,16 @@ impl Drop for Llama {
 
 impl Llama {
     pub fn start(h: &Harness, model: &Path, mode: ServerMode, dir: &Path) -> Llama {
+        Self::start_with_context(h, model, mode, dir, 4096)
+    }
+
+    /// With a context of `n_ctx` tokens (Codex's prompt alone is ~7.5k).
+    pub fn start_with_context(h: &Harness, model: &Path, mode: ServerMode, dir: &Path, n_ctx: u64) -> Llama {
         let port = free_port();
         let log = dir.join(format!("llama-{port}.log"));
         let mut cmd = Command::new(&h.server);
         cmd.args(["-m", model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["-c", "4096", "-np", "1", "-t", "2", "--jinja", "--alias", "gpt-oss-tiny", "--no-webui"])
+            .args(["-c", &n_ctx.to_string(), "-np", "1", "-t", "2", "--jinja", "--alias", "gpt-oss-tiny", "--no-webui"])
             .args(mode.args())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -199,12 +207,10 @@ impl Pipeline {
     }
 }
 
-/// A proxy in front of `llama`, with the shared test config's routes.
-pub fn proxy_for(llama: &Llama, dir: &Path) -> Proc {
-    // A tiny model on a loaded 2-core machine (other suites run beside it, and grammar
-    // sampling checks every candidate token) can pause for seconds between tokens.
-    let native_routes = native_routes(
-        r#"
+/// The stages of the `native-llama` pipeline (harmony-render on llama.cpp's `/completion`).
+/// A tiny model on a loaded 2-core machine (other suites run beside it, and grammar sampling
+/// checks every candidate token) can pause for seconds between tokens.
+const NATIVE_LLAMA_STAGES: &str = r#"
   { type = "history-clean" },
   { type = "harmony-render", endpoint = "llama" },
   { type = "retry", max_retries = 3, backoff = "500ms" },
@@ -214,8 +220,11 @@ pub fn proxy_for(llama: &Llama, dir: &Path) -> Proc {
   { type = "tool-bridge", mode = "openai_tool_calls", reasoning = "reasoning_content", preambles = "content" },
   { type = "watchdog", no_final_timeout = "120s" },
   { type = "sse-encode" },
-"#,
-    );
+"#;
+
+/// A proxy in front of `llama`, with the shared test config's routes.
+pub fn proxy_for(llama: &Llama, dir: &Path) -> Proc {
+    let native_routes = native_routes(NATIVE_LLAMA_STAGES);
     // First match wins: the native routes go before the shared config's catch-all.
     let cfg = config(&llama.url, "").replace("read_timeout = \"5s\"", "read_timeout = \"60s\"").replacen("[[routes]]", &format!("{native_routes}\n[[routes]]"), 1);
     std::fs::write(dir.join("proxy.toml"), cfg).unwrap();
@@ -527,4 +536,99 @@ fn passthrough_on_a_raw_server_removes_markup_but_cannot_separate_reasoning() {
     assert_eq!(a.content, format!("analysis{r}{f}"));
     let harmony = post(&format!("{}/v1/chat/completions", proxy.url), &chat_request(Pipeline::Harmony.model(), "hi", None, true)).assemble(true);
     assert_eq!(harmony.content, f, "the default pipeline gets it right");
+}
+
+/// node and npm, which tests/agents/codex.sh needs (it installs Codex with npm the first time),
+/// or `None` after saying why the Codex test is skipped (a failure under CI).
+fn node_and_npm() -> Option<()> {
+    let ok = |bin: &str| Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if ok("node") && ok("npm") {
+        return Some(());
+    }
+    if required() {
+        panic!("the Codex CLI test needs node and npm on PATH (tests/agents/codex.sh installs @openai/codex with npm)");
+    }
+    let _ = writeln!(std::io::stderr(), "Codex CLI test skipped: node and npm are not on PATH");
+    None
+}
+
+/// A proxy serving `POST /v1/responses` (all models) through `pipeline` (a shipped one or
+/// `native-llama`), in front of `llama`. No `max_body_bytes`: Codex's requests are ~50 kB
+/// (instructions and tools), the shared test config's 64 kB limit is too close.
+fn codex_proxy(llama: &Llama, pipeline: &str, dir: &Path) -> Proc {
+    std::fs::create_dir_all(dir).unwrap();
+    let native_llama = if pipeline == "native-llama" { format!("[pipelines.native-llama]\nstages = [{NATIVE_LLAMA_STAGES}]\n") } else { String::new() };
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[upstreams.default]
+url = "{url}/v1"
+read_timeout = "60s"
+connect_timeout = "2s"
+
+[[routes]]
+path = "/v1/responses"
+upstream = "default"
+pipeline = "{pipeline}"
+
+{native_llama}"#,
+        url = llama.url
+    );
+    std::fs::write(dir.join("proxy.toml"), cfg).unwrap();
+    spawn(&["serve", "--config", "proxy.toml", "--port", "0"], dir, &[])
+}
+
+/// The real Codex CLI (tests/agents/codex.sh: `codex exec`, headless) runs its two-turn tool
+/// loop through the proxy's `POST /v1/responses` in front of llama-server playing
+/// `codex_agent` on Codex's real prompt: turn 1 reasons and calls `exec_command`, Codex runs
+/// the command (it writes the marker file), turn 2 answers with what the command printed and
+/// whether the turn-1 reasoning came back. The model itself tells the last one (its answer
+/// says `yes` only when the reasoning reached llama-server in the second prompt), so codex.sh's
+/// checks cover the whole round trip: Responses decoding of Codex's request, the upstream
+/// request, the parsed output as Responses items, Codex running the call and sending the
+/// call, its reasoning and its output back.
+///
+/// Once per way the proxy reaches the model: the chat endpoint (`ide-tools`) on a default
+/// llama-server (its template and parser) and on a `--reasoning-format none` one (the proxy
+/// parses the raw Harmony), and `native` (harmony-render: the proxy renders the prompt
+/// itself) on `/v1/completions` and on llama.cpp's `/completion`.
+#[test]
+fn codex_cli_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server() {
+    let Some(h) = harness() else { return };
+    let Some(()) = node_and_npm() else { return };
+    let n_ctx = h.scenarios["codex_agent"]["n_ctx"].as_u64().unwrap();
+    let model = &h.models["codex_agent"];
+    let dir = tempfile::tempdir().unwrap();
+    let default = Llama::start_with_context(h, model, ServerMode::Default, dir.path(), n_ctx);
+    let mut failures = Vec::new();
+    for (mode, pipeline) in [(ServerMode::Default, "ide-tools"), (ServerMode::Default, "native"), (ServerMode::Default, "native-llama"), (ServerMode::None, "ide-tools")] {
+        let own;
+        let llama = if mode == ServerMode::Default {
+            &default
+        } else {
+            own = Llama::start_with_context(h, model, mode, dir.path(), n_ctx);
+            &own
+        };
+        let case = format!("{pipeline} on a {mode:?} llama-server");
+        let sub = dir.path().join(format!("{pipeline}-{mode:?}"));
+        let proxy = codex_proxy(llama, pipeline, &sub);
+        let started = Instant::now();
+        let out = Command::new("bash")
+            .arg(Path::new(ROOT).join("tests/agents/codex.sh"))
+            .arg(format!("{}/v1", proxy.url))
+            .arg(sub.join("work"))
+            .env("CODEX_TIMEOUT", "240")
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash tests/agents/codex.sh");
+        let passed = out.status.success();
+        let _ = writeln!(std::io::stderr(), "codex via {case}: {:.1} s, {}", started.elapsed().as_secs_f64(), if passed { "passed" } else { "FAILED" });
+        if !passed {
+            let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            failures.push(format!("--- codex via {case} ({}):\n{report}\n--- proxy log:\n{}\n--- llama-server log tail:\n{}", out.status, proxy.log(), llama.logs()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -22,12 +22,13 @@ Two kinds of weights:
   Residual stream layout (n_embd dims):
       [CUR0, FLAG0)        one dim per token the table mentions ("known" tokens): the
                            embedding of a known token is one-hot there (all else zero)
-      [FLAG0, FLAG0+4)     one flag per marker, written by attention
+      [FLAG0, FLAG0+H)     one flag per marker (H = n_head), written by attention
       [JUNK0, JUNK0+4)     unknown tokens get random values here (keeps RMS norm finite);
                            no weight reads these dims
       [STEP0, STEP0+S)     one dim per state, written by the feed-forward layer
 
-  Layer 0 attention, head h = marker h (at most 4 markers, n_head = 4):
+  Layer 0 attention, head h = marker h (at most n_head markers; n_head is 4 unless the
+  model's dims say otherwise, and the flag dims are as many):
       q = bias 1 on the head's last dim; k = -B there, +2B for the marker token (read from
       its one-hot dim). That dim is the slowest RoPE pair and rope_base is 1e9, so scores do
       not depend on position: the marker scores 2B/4 = +40, every other token -B/4 = -20,
@@ -73,10 +74,17 @@ SPECIAL = {
 }
 BOS, EOS, PAD = 199998, 200002, 199999
 
-# Hyperparameters. n_head and head_dim are fixed (one head per marker); n_embd and n_ff_exp
-# bound the number of known tokens and states of a script player.
+# Hyperparameters. head_dim is fixed; n_head (one head per marker) is N_HEAD unless a script
+# player's dims give "n_head"; n_embd and n_ff_exp bound the number of known tokens and
+# states of a script player; "n_ctx" (default N_CTX) is its trained context and sliding window.
 N_HEAD, HEAD_DIM, N_LAYER, N_EXPERT, N_EXPERT_USED = 4, 16, 2, 4, 2
+N_CTX = 8192
 MAX_MARKERS = N_HEAD
+
+
+def max_markers(dims):
+    """How many markers a script player with these dims can have (one attention head each)."""
+    return dims.get("n_head", N_HEAD)
 RANDOM_DIMS = {"n_embd": 64, "n_ff_exp": 64}
 SMALL_DIMS = {"n_embd": 128, "n_ff_exp": 128}
 # The two vocabulary-sized matrices (token_embd, output: 201088 x n_embd) are nearly all of a
@@ -158,7 +166,7 @@ def load_vocab(tiktoken_path, cache_dir):
 
 # --- writer -----------------------------------------------------------------------------
 
-def _layers(rng, n_embd, n_head_kv, n_ff):
+def _layers(rng, n_embd, n_head_kv, n_ff, n_head=N_HEAD):
     """Random weights for every block tensor (the script player then overwrites most)."""
     r = lambda *shape: (rng.standard_normal(shape) * 0.02).astype(np.float32)
     out = []
@@ -166,11 +174,11 @@ def _layers(rng, n_embd, n_head_kv, n_ff):
         l = {
             "attn_norm.weight": np.ones(n_embd, np.float32),
             "post_attention_norm.weight": np.ones(n_embd, np.float32),
-            "attn_q.weight": r(N_HEAD * HEAD_DIM, n_embd), "attn_q.bias": r(N_HEAD * HEAD_DIM),
+            "attn_q.weight": r(n_head * HEAD_DIM, n_embd), "attn_q.bias": r(n_head * HEAD_DIM),
             "attn_k.weight": r(n_head_kv * HEAD_DIM, n_embd), "attn_k.bias": r(n_head_kv * HEAD_DIM),
             "attn_v.weight": r(n_head_kv * HEAD_DIM, n_embd), "attn_v.bias": r(n_head_kv * HEAD_DIM),
-            "attn_output.weight": r(n_embd, N_HEAD * HEAD_DIM), "attn_output.bias": r(n_embd),
-            "attn_sinks.weight": r(N_HEAD),
+            "attn_output.weight": r(n_embd, n_head * HEAD_DIM), "attn_output.bias": r(n_embd),
+            "attn_sinks.weight": r(n_head),
             "ffn_gate_inp.weight": r(N_EXPERT, n_embd), "ffn_gate_inp.bias": r(N_EXPERT),
             "ffn_gate_exps.weight": r(N_EXPERT, n_ff, n_embd), "ffn_gate_exps.bias": r(N_EXPERT, n_ff),
             "ffn_up_exps.weight": r(N_EXPERT, n_ff, n_embd), "ffn_up_exps.bias": r(N_EXPERT, n_ff),
@@ -180,7 +188,8 @@ def _layers(rng, n_embd, n_head_kv, n_ff):
     return out
 
 
-def _write(path, name, vocab, template, n_embd, n_ff, n_head_kv, swa, rope_base, tok_embd, output, layers):
+def _write(path, name, vocab, template, n_embd, n_ff, n_head_kv, swa, rope_base, tok_embd, output, layers,
+           n_head=N_HEAD, n_ctx=N_CTX):
     """Write the GGUF to path + '.tmp', then rename (a half-written model is never cached)."""
     tokens, types, merges = vocab
     assert n_embd % 32 == 0, "Q8_0 rows need n_embd to be a multiple of 32"
@@ -189,10 +198,10 @@ def _write(path, name, vocab, template, n_embd, n_ff, n_head_kv, swa, rope_base,
     w.add_name(name)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_block_count(N_LAYER)
-    w.add_context_length(8192)
+    w.add_context_length(n_ctx)
     w.add_embedding_length(n_embd)
     w.add_feed_forward_length(n_ff)
-    w.add_head_count(N_HEAD)
+    w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
     w.add_rope_freq_base(rope_base)
     w.add_layer_norm_rms_eps(1e-5)
@@ -242,16 +251,18 @@ def write_script_player(path, vocab, template, states, markers, dims, name, seed
 
     states:  list of (cur token id, frozenset of marker ids, next token id); (cur, flags)
              must be unique.
-    markers: marker token ids (at most 4), one attention head each.
-    dims:    {"n_embd": ..., "n_ff_exp": ...}
+    markers: marker token ids (at most max_markers(dims)), one attention head each.
+    dims:    {"n_embd": ..., "n_ff_exp": ...} and optionally "n_head" (default N_HEAD) and
+             "n_ctx" (default N_CTX; also the sliding window, so a marker is seen anywhere).
     """
     n_embd, n_ff = dims["n_embd"], dims["n_ff_exp"]
-    assert len(markers) <= MAX_MARKERS, f"at most {MAX_MARKERS} markers, got {len(markers)}"
+    n_head, n_ctx = max_markers(dims), dims.get("n_ctx", N_CTX)
+    assert len(markers) <= n_head, f"at most {n_head} markers, got {len(markers)}"
     assert len({(c, f) for c, f, _ in states}) == len(states), "duplicate state"
     known = sorted({c for c, _, _ in states} | set(markers))
     CUR0 = 0
     FLAG0 = CUR0 + len(known)
-    JUNK0 = FLAG0 + MAX_MARKERS
+    JUNK0 = FLAG0 + n_head
     STEP0 = JUNK0 + 4
     if STEP0 + len(states) > n_embd or len(states) > n_ff:
         raise ValueError(f"{name}: {len(known)} known tokens and {len(states)} states do not fit "
@@ -267,7 +278,7 @@ def write_script_player(path, vocab, template, states, markers, dims, name, seed
         tok_embd[t, d] = 1.0
     output = np.zeros((VOCAB_SIZE, n_embd), np.float32)
 
-    layers = _layers(rng, n_embd, N_HEAD, n_ff)
+    layers = _layers(rng, n_embd, n_head, n_ff, n_head)
     a = layers[0]
     # Layer 0 attention: head h flags marker h.
     for k in ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_q.bias", "attn_k.bias", "attn_v.bias",
@@ -312,4 +323,4 @@ def write_script_player(path, vocab, template, states, markers, dims, name, seed
         l["ffn_down_exps.weight"][...] = 0.0
         l["ffn_down_exps.bias"][...] = 0.0
 
-    _write(path, name, vocab, template, n_embd, n_ff, N_HEAD, 8192, 1e9, tok_embd, output, layers)
+    _write(path, name, vocab, template, n_embd, n_ff, n_head, n_ctx, 1e9, tok_embd, output, layers, n_head, n_ctx)

@@ -10,20 +10,24 @@ make_gguf.py for how the weights work):
   * the random model: noise, used for grammar-forced output and to tokenize;
   * one "script player" per scenario of scenarios.json: greedy decoding replays the
     scenario's `text` (what gpt-oss would emit after the prompt's `<|start|>assistant`);
-  * the agent model: one script player for a two-turn tool session (`agent` in
-    scenarios.json): `turn1` for the single-turn prompt, `turn2` once the prompt holds the
-    tool result.
+  * the agent models: one script player per two-turn tool session (`agent`, `codex_agent`
+    in scenarios.json): `turn1` for the single-turn prompt, `turn2` once the prompt holds the
+    tool result. `agent` runs on the suite's `user` and `tools`; `codex_agent` on Codex CLI's
+    real first request (`prompt_file`: ~7.5k tokens of instructions and tools), with a longer
+    context (`n_ctx`), more markers (8 heads) and a turn 2 that depends on whether the turn-1
+    reasoning came back (`reasoning_marker`: `turn2` if so, else `turn2_no_reasoning`).
 
 How a script player decides: its next token is a function of
     (current token, which markers occur anywhere in the context, prompt included)
-where the markers (at most 4) are token pieces chosen per script. Playing a text through
+where the markers (at most 4, or the model's n_head) are token pieces chosen per script. Playing a text through
 that function gives a state table; a text can be played only if no state needs two
 different next tokens (repeated tokens are told apart by the markers seen before them),
 and only if no marker occurs in the prompt (it would flip a flag before the text starts).
 The agent's turn-2 states carry the result marker, which only the tool result brings into
 the prompt; the turn-1 markers may or may not be in the turn-2 prompt depending on what the
 client sends back (reasoning or not, preamble or not), so turn 2 is added for every subset
-of them.
+of them. Turn 2's own markers (`turn2_markers`, if its text repeats a token) must be in no
+prompt at all.
 
 Token ids come from llama.cpp itself: a llama-server on the random model answers /tokenize
 and /apply-template (started only when some model is missing). Models are cached under
@@ -51,6 +55,7 @@ import make_gguf  # noqa: E402
 SCRIPT_FORMAT = "harmony-proxy-script-player-2"
 SCENARIO_DIMS = make_gguf.SMALL_DIMS
 AGENT_DIMS = {"n_embd": 256, "n_ff_exp": 256}
+AGENTS = ("agent", "codex_agent")   # the two-turn session models (the same code path)
 TOOL_CALL_ID = "call_weather_1"
 T0 = time.time()
 
@@ -109,8 +114,9 @@ class HttpError(Exception):
 class Server:
     """llama-server on 127.0.0.1 (ephemeral port), as a context manager."""
 
-    def __init__(self, binary, model, log_path, extra=()):
+    def __init__(self, binary, model, log_path, extra=(), n_ctx=4096):
         self.binary, self.model, self.log_path, self.extra = binary, model, log_path, list(extra)
+        self.n_ctx = n_ctx
         self.proc = self.log = self.url = None
 
     def __enter__(self):
@@ -118,7 +124,7 @@ class Server:
             port = free_port()
             self.url = f"http://127.0.0.1:{port}"
             args = [self.binary, "-m", self.model, "--host", "127.0.0.1", "--port", str(port),
-                    "-c", "4096", "-np", "1", "-t", "2", "--jinja"] + self.extra
+                    "-c", str(self.n_ctx), "-np", "1", "-t", "2", "--jinja"] + self.extra
             self.log = open(self.log_path, "w")
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
             try:
@@ -240,20 +246,51 @@ def check_prompt(name, srv, messages, tools, markers, must_have=()):
     return toks[-1][0], present
 
 
-def agent_histories(agent, user):
-    """Turn-2 message lists, as clients send turn 1 back (llama.cpp's template rejects an
-    assistant tool-call message with both content and reasoning: not tried)."""
+def agent_dims(agent):
+    """The model dims of an agent session: AGENT_DIMS, plus 8 heads when it needs more than 4
+    markers and the context it asks for (`n_ctx`)."""
+    dims = dict(AGENT_DIMS)
+    if len(agent["turn1_markers"]) + len(agent.get("turn2_markers", [])) + 1 > make_gguf.N_HEAD:
+        dims["n_head"] = 8
+    if "n_ctx" in agent:
+        dims["n_ctx"] = agent["n_ctx"]
+    return dims
+
+
+def agent_prompt(agent, spec, root):
+    """(messages before turn 1, tools) of an agent session: the suite's `user` and `tools`, or
+    the client's real ones from `prompt_file` (beside scenarios.json)."""
+    if "prompt_file" not in agent:
+        return [{"role": "user", "content": spec["user"]}], spec["tools"]
+    with open(os.path.join(root, "tests", "real_llama", agent["prompt_file"])) as f:
+        p = json.load(f)
+    return p["messages"], p["tools"]
+
+
+def agent_histories(agent, base):
+    """Turn-2 message lists, as clients send turn 1 back after the messages `base` (llama.cpp's
+    template rejects an assistant tool-call message with both content and reasoning: not
+    tried; the preamble variant only when the session has a preamble)."""
     call = [{"id": TOOL_CALL_ID, "type": "function",
              "function": {"name": agent["tool"]["name"], "arguments": agent["tool"]["arguments"]}}]
     tool_msg = {"role": "tool", "tool_call_id": TOOL_CALL_ID, "content": agent["tool_result"]}
-    u = {"role": "user", "content": user}
-    return {
-        "reasoning+tool_calls": [u, {"role": "assistant", "content": None, "reasoning_content": agent["reasoning"],
-                                     "tool_calls": call}, tool_msg],
-        "empty content+tool_calls": [u, {"role": "assistant", "content": "", "tool_calls": call}, tool_msg],
-        "preamble content+tool_calls": [u, {"role": "assistant", "content": agent["preamble"], "tool_calls": call},
-                                        tool_msg],
+    out = {
+        "reasoning+tool_calls": [*base, {"role": "assistant", "content": None, "reasoning_content": agent["reasoning"],
+                                         "tool_calls": call}, tool_msg],
+        "empty content+tool_calls": [*base, {"role": "assistant", "content": "", "tool_calls": call}, tool_msg],
     }
+    if agent.get("preamble"):
+        out["preamble content+tool_calls"] = [*base, {"role": "assistant", "content": agent["preamble"],
+                                                      "tool_calls": call}, tool_msg]
+    return out
+
+
+def turn2_text(agent, reasoning_back):
+    """What turn 2 says: `turn2`, or `turn2_no_reasoning` when the session tells the two apart
+    and the turn-1 reasoning is not in the prompt."""
+    if "reasoning_marker" in agent and not reasoning_back:
+        return agent["turn2_no_reasoning"]
+    return agent["turn2"]
 
 
 def check_split(toks):
@@ -269,8 +306,8 @@ def scenario_script(name, sc, srv, user, tools):
     toks = srv.tokenize(sc["text"])
     ids = [t for t, _ in toks]
     markers = marker_ids(name, toks, sc["markers"])
-    if len(markers) > make_gguf.MAX_MARKERS:
-        die(f"{name}: at most {make_gguf.MAX_MARKERS} markers")
+    if len(markers) > make_gguf.max_markers(SCENARIO_DIMS):
+        die(f"{name}: at most {make_gguf.max_markers(SCENARIO_DIMS)} markers")
     last = None
     for with_tools in (False, True):
         l, present = check_prompt(f"{name} (tools={with_tools})", srv, [{"role": "user", "content": user}],
@@ -287,30 +324,39 @@ def scenario_script(name, sc, srv, user, tools):
             "states": states}
 
 
-def agent_script(agent, srv, user, tools):
+def agent_script(name, agent, srv, base, tools):
     t1 = srv.tokenize(agent["turn1"])
     t2 = srv.tokenize(agent["turn2"])
-    m1 = marker_ids("agent turn1", t1, agent["turn1_markers"])
-    histories = agent_histories(agent, user)
+    m1 = marker_ids(f"{name} turn1", t1, agent["turn1_markers"])
+    m2 = marker_ids(f"{name} turn2", t2, agent.get("turn2_markers", []))
+    rm = m1[agent["turn1_markers"].index(agent["reasoning_marker"])] if "reasoning_marker" in agent else None
+    histories = agent_histories(agent, base)
     # The result marker is looked up in a rendered turn-2 prompt (the template quotes the result).
     toks = srv.tokenize(srv.prompt(next(iter(histories.values())), tools))
-    (result,) = marker_ids("agent tool result in the turn-2 prompt", toks, [agent["result_marker"]])
-    markers = m1 + [result]
-    if len(markers) > make_gguf.MAX_MARKERS:
-        die(f"agent: at most {make_gguf.MAX_MARKERS} markers (turn-1 markers + result marker)")
-    last, present = check_prompt("agent turn 1", srv, [{"role": "user", "content": user}], tools, markers)
+    (result,) = marker_ids(f"{name} tool result in the turn-2 prompt", toks, [agent["result_marker"]])
+    markers = m1 + m2 + [result]
+    dims = agent_dims(agent)
+    if len(markers) > make_gguf.max_markers(dims):
+        die(f"{name}: at most {make_gguf.max_markers(dims)} markers (turn-1 + turn-2 markers + result marker)")
+    last, present = check_prompt(f"{name} turn 1", srv, base, tools, markers)
     if present:
-        die(f"agent: markers {sorted(present)} occur in the turn-1 prompt")
+        die(f"{name}: markers {sorted(present)} occur in the turn-1 prompt")
     for hname, msgs in histories.items():
-        l2, present = check_prompt(f"agent turn 2 ({hname})", srv, msgs, tools, markers, must_have=[result])
+        l2, present = check_prompt(f"{name} turn 2 ({hname})", srv, msgs, tools, markers, must_have=[result])
         assert l2 == last
-        say(f"agent turn 2 ({hname}): prompt holds markers "
+        if present & set(m2):
+            die(f"{name}: turn-2 markers {sorted(present & set(m2))} occur in the turn-2 prompt ({hname})")
+        say(f"{name} turn 2 ({hname}): prompt holds markers "
             f"{[agent['turn1_markers'][m1.index(m)] for m in m1 if m in present]} + {agent['result_marker']!r}")
     states = {}
-    play(states, "agent turn1", last, (), t1, set(markers))
+    play(states, f"{name} turn1", last, (), t1, set(markers))
+    texts = {}
     for n in range(len(m1) + 1):
         for subset in itertools.combinations(m1, n):
-            play(states, f"agent turn2 {sorted(subset)}", last, set(subset) | {result}, t2, set(markers))
+            text = turn2_text(agent, rm in subset)
+            if text not in texts:
+                texts[text] = srv.tokenize(text)
+            play(states, f"{name} turn2 {sorted(subset)}", last, set(subset) | {result}, texts[text], set(markers))
     return {"turn1": [t for t, _ in t1], "turn2": [t for t, _ in t2], "markers": markers, "prompt_last": last,
             "states": states}
 
@@ -387,19 +433,24 @@ def verify_scenario(name, sc, srv, user, tools):
     say(f"{name}: OK ({len(want)} tokens; /completion and chat completions, with and without tools)")
 
 
-def verify_agent(agent, srv, user, tools):
+def verify_agent(name, agent, srv, base, tools):
     t1 = [t for t, _ in srv.tokenize(agent["turn1"])]
-    t2 = [t for t, _ in srv.tokenize(agent["turn2"])]
-    u = [{"role": "user", "content": user}]
-    check_ids("agent turn 1 /completion", completion_ids(srv, srv.prompt(u, tools)), t1, srv)
-    check_chat("agent turn 1", srv, u, tools, {"reasoning": agent["reasoning"], "content": agent["preamble"],
-                                                "tool_calls": [(agent["tool"]["name"], agent["tool"]["arguments"])]})
-    for hname, msgs in agent_histories(agent, user).items():
-        check_ids(f"agent turn 2 ({hname}) /completion", completion_ids(srv, srv.prompt(msgs, tools)), t2, srv)
-        check_chat(f"agent turn 2 ({hname})", srv, msgs, tools,
-                   {"reasoning": "", "content": agent["final"], "tool_calls": []})
-        say(f"agent turn 2 ({hname}): OK")
-    say(f"agent: OK (turn 1: {len(t1)} tokens, turn 2: {len(t2)} tokens; /completion and chat completions)")
+    check_ids(f"{name} turn 1 /completion", completion_ids(srv, srv.prompt(base, tools)), t1, srv)
+    check_chat(f"{name} turn 1", srv, base, tools,
+               {"reasoning": agent["reasoning"], "content": agent.get("preamble", ""),
+                "tool_calls": [(agent["tool"]["name"], agent["tool"]["arguments"])]})
+    rm = (marker_ids(name, srv.tokenize(agent["turn1"]), [agent["reasoning_marker"]])[0]
+          if "reasoning_marker" in agent else None)
+    for hname, msgs in agent_histories(agent, base).items():
+        prompt = srv.prompt(msgs, tools)
+        back = rm in [t for t, _ in srv.tokenize(prompt)]
+        text = turn2_text(agent, back)
+        t2 = [t for t, _ in srv.tokenize(text)]
+        final = agent["final"] if text == agent["turn2"] else agent["final_no_reasoning"]
+        check_ids(f"{name} turn 2 ({hname}) /completion", completion_ids(srv, prompt), t2, srv)
+        check_chat(f"{name} turn 2 ({hname})", srv, msgs, tools, {"reasoning": "", "content": final, "tool_calls": []})
+        say(f"{name} turn 2 ({hname}): OK ({final!r})")
+    say(f"{name}: OK (turn 1: {len(t1)} tokens; /completion and chat completions)")
 
 
 # --- main -------------------------------------------------------------------------------
@@ -421,7 +472,9 @@ def main():
     with open(scenarios_path, "rb") as f:
         raw = f.read()
     spec = json.loads(raw)
-    scenarios, agent, user, tools = spec["scenarios"], spec["agent"], spec["user"], spec["tools"]
+    scenarios, user, tools = spec["scenarios"], spec["user"], spec["tools"]
+    agents = {name: spec[name] for name in AGENTS}
+    prompts = {name: agent_prompt(a, spec, args.root) for name, a in agents.items()}
     with open(args.template) as f:
         template = f.read()
     tiktoken = find_tiktoken()
@@ -441,9 +494,14 @@ def main():
     paths = {name: path({**common, "kind": "scenario", "text": sc["text"], "markers": sc["markers"],
                          "dims": SCENARIO_DIMS})
              for name, sc in scenarios.items()}
-    paths["agent"] = path({**common, "kind": "agent", "dims": AGENT_DIMS,
-                           **{k: agent[k] for k in ("turn1", "turn1_markers", "turn2", "tool_result",
-                                                    "result_marker")}})
+    for name, a in agents.items():
+        # What shapes the weights; the optional keys only when present (the `agent` key
+        # stays what it was before codex_agent existed).
+        shaping = {k: a[k] for k in ("turn1", "turn1_markers", "turn2", "tool_result", "result_marker",
+                                     "turn2_markers", "reasoning_marker", "turn2_no_reasoning") if k in a}
+        if "prompt_file" in a:
+            shaping["prompt"] = key_of(prompts[name])
+        paths[name] = path({**common, "kind": "agent", "dims": agent_dims(a), **shaping})
     missing = [n for n, p in paths.items() if not os.path.exists(p)]
 
     if missing or not os.path.exists(random_path):
@@ -458,13 +516,13 @@ def main():
             scripts = {}
             with Server(server, random_path, os.path.join(out_dir, "tokenizer-server.log")) as srv:
                 for name in missing:
-                    if name == "agent":
-                        scripts[name] = agent_script(agent, srv, user, tools)
+                    if name in agents:
+                        scripts[name] = agent_script(name, agents[name], srv, *prompts[name])
                     else:
                         scripts[name] = scenario_script(name, scenarios[name], srv, user, tools)
             for name in missing:
                 write_script(paths[name], scripts[name], vocab, template,
-                             AGENT_DIMS if name == "agent" else SCENARIO_DIMS, name)
+                             agent_dims(agents[name]) if name in agents else SCENARIO_DIMS, name)
         say(f"models written in {time.time() - t:.1f}s")
     else:
         say("all models cached")
@@ -473,9 +531,10 @@ def main():
         t = time.time()
         for name, p in paths.items():
             log = os.path.join(out_dir, f"verify-{name}.log")
-            with Server(server, p, log, ["--reasoning-format", "none"]) as srv:
-                if name == "agent":
-                    verify_agent(agent, srv, user, tools)
+            n_ctx = agent_dims(agents[name]).get("n_ctx", 4096) if name in agents else 4096
+            with Server(server, p, log, ["--reasoning-format", "none"], n_ctx=n_ctx) as srv:
+                if name in agents:
+                    verify_agent(name, agents[name], srv, *prompts[name])
                 else:
                     verify_scenario(name, scenarios[name], srv, user, tools)
         say(f"verified {len(paths)} models in {time.time() - t:.1f}s")
