@@ -15,6 +15,9 @@ pub enum ClientKind {
     /// Codex CLI (Responses API only): reasoning items, function calls, preambles as
     /// messages; prints the `~/.codex/config.toml` provider block.
     Codex,
+    /// Claude Code (Anthropic Messages): thinking blocks, tool_use, preambles as text
+    /// blocks; prints the environment to set.
+    ClaudeCode,
 }
 
 impl ClientKind {
@@ -25,6 +28,7 @@ impl ClientKind {
             Self::Continue => ("Continue", "ide-tools"),
             Self::Sdk => ("OpenAI SDK applications", "app"),
             Self::Codex => ("Codex CLI", "ide-tools"),
+            Self::ClaudeCode => ("Claude Code", "ide-tools"),
         }
     }
 
@@ -43,6 +47,16 @@ base_url = "http://{listen}/v1"
 wire_api = "responses"
 # env_key = "PROXY_API_KEY"        # with server.api_keys: the variable holding the key
 # Run: codex exec --skip-git-repo-check "…"   (or plain `codex` for the TUI)
+"#
+            )),
+            Self::ClaudeCode => Some(format!(
+                r#"# Claude Code through harmony-proxy: set these, then run `claude` (or `claude -p "…"`)
+export ANTHROPIC_BASE_URL=http://{listen}
+export ANTHROPIC_API_KEY=unused                     # or a key of server.api_keys (sent as x-api-key)
+export ANTHROPIC_MODEL=gpt-oss-20b                  # the model name your server answers to
+export ANTHROPIC_SMALL_FAST_MODEL=gpt-oss-20b
+export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1   # no telemetry, update or other calls out
+export CLAUDE_CODE_MAX_CONTEXT_TOKENS=131072        # gpt-oss's context (it cannot know it)
 "#
             )),
             _ => None,
@@ -85,6 +99,14 @@ pipeline = "{pipeline}"
 # as messages; responses are kept for previous_response_id (store) in the reasoning memory.
 [[routes]]
 path = "/v1/responses"
+models = ["*"]
+upstream = "default"
+pipeline = "ide-tools"
+
+# Anthropic Messages (Claude Code): thinking blocks (their signature brings the reasoning
+# back), tool_use blocks, preambles as text blocks.
+[[routes]]
+path = "/v1/messages"
 models = ["*"]
 upstream = "default"
 pipeline = "ide-tools"

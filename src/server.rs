@@ -62,13 +62,35 @@ fn json_response(status: u16, v: &Value) -> Response<RespBody> {
 }
 
 /// The error as an OpenAI-shaped answer; a 503 (the proxy or a pool is full) says when to
-/// come back.
+/// come back. It carries the error ([`ProxyError`]) so that [`handle`] can give it the
+/// shape of the request's client API.
 pub fn error_response(e: &ApiError) -> Response<RespBody> {
     let mut r = json_response(e.status, &e.to_json());
     if e.status == 503 {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    r.extensions_mut().insert(ProxyError(e.clone()));
     r
+}
+
+/// An error answer the proxy made (not an upstream's, not an encoder's).
+#[derive(Clone)]
+pub struct ProxyError(pub ApiError);
+
+/// The client API whose error shape a path's answers take: every `/v1/messages…` path is
+/// Anthropic's, the rest OpenAI's.
+fn api_of_errors(path: &str) -> ClientApi {
+    if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+        ClientApi::Messages
+    } else {
+        ClientApi::for_path(path)
+    }
+}
+
+/// The client's API key: `Authorization: Bearer …`, or Anthropic's `x-api-key`.
+fn client_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
 }
 
 /// An upstream body passed through as is, holding its server's slot until it ends.
@@ -259,6 +281,15 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let snap = state.snapshot.load_full();
     let mut resp = dispatch(&state, snap, req, &rid).await;
+    // The proxy's own errors in the shape of the client's API.
+    let api = api_of_errors(&path);
+    if api != ClientApi::Chat {
+        if let Some(ProxyError(e)) = resp.extensions().get::<ProxyError>().cloned() {
+            let (mut parts, _) = resp.into_parts();
+            parts.headers.remove(header::CONTENT_LENGTH);
+            resp = Response::from_parts(parts, body_of(serde_json::to_vec(&api.error_json(&e)).unwrap_or_default()));
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -304,9 +335,9 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
     }
     let keys = &snap.config.server.api_keys;
     if !keys.is_empty() {
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| keys.iter().any(|k| constant_time_eq(k.as_bytes(), g.trim().as_bytes()))) {
-            return err(401, "invalid_request_error", Some("invalid_api_key"), "missing or invalid API key (Authorization: Bearer …)");
+        let given = client_key(req.headers());
+        if !given.is_some_and(|g| keys.iter().any(|k| constant_time_eq(k.as_bytes(), g.as_bytes()))) {
+            return err(401, "invalid_request_error", Some("invalid_api_key"), "missing or invalid API key (Authorization: Bearer …, or x-api-key)");
         }
     }
     let _guard = match admit(state, &snap) {
@@ -317,6 +348,12 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
         if let Some(store) = snap.responses_store() {
             return stored_response(req.method(), id, store.as_ref(), &auth_scope(&snap, req.headers()).unwrap_or_default());
         }
+    }
+    if path == "/v1/messages/count_tokens" {
+        if req.method() != Method::POST {
+            return err(405, "invalid_request_error", Some("method_not_allowed"), format!("{path} takes POST"));
+        }
+        return count_tokens(state, &snap, req).await;
     }
     if snap.has_route_path(&path) {
         if req.method() != Method::POST {
@@ -364,8 +401,7 @@ fn auth_scope(snap: &Snapshot, headers: &HeaderMap) -> Option<String> {
     if snap.config.server.api_keys.is_empty() {
         return None;
     }
-    let key = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))?.trim();
-    Some(harmony_filters::stage::key_scope(key))
+    Some(harmony_filters::stage::key_scope(client_key(headers)?))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -456,6 +492,17 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     let info = RouteInfo { route: route.label.clone(), model: model.clone(), attempts: retries + 1 };
     let (resp, lease) = match outcome {
         Outcome::Stream(r, lease) => (r, lease),
+        Outcome::Passthrough(r, lease) if api == ClientApi::Messages => {
+            // The upstream's refusal (a 4xx), said in Anthropic's shape.
+            let status = r.status().as_u16();
+            let body = http_body_util::Limited::new(r.into_body(), 1 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            drop(lease);
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let msg = v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(2000).collect());
+            let mut r = error_response(&ApiError::new(status, "upstream_error", None, format!("the model server answered {status}: {msg}")));
+            r.extensions_mut().insert(info);
+            return r;
+        }
         Outcome::Passthrough(r, lease) => {
             let mut r = passthrough(r, lease);
             r.extensions_mut().insert(info);
@@ -496,6 +543,34 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     r
+}
+
+/// `POST /v1/messages/count_tokens`: the exact length of the Harmony prompt the request
+/// renders to (the official renderer, as `harmony-render` sends it).
+async fn count_tokens(state: &Arc<AppState>, snap: &Snapshot, req: Request<Incoming>) -> Response<RespBody> {
+    let auth_scope = auth_scope(snap, req.headers());
+    let raw = match read_body(req.into_body(), snap.config.server.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut body: Value = match serde_json::from_slice(&raw) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return err(400, "invalid_request_error", Some("invalid_json"), "request body must be a JSON object"),
+        Err(e) => return err(400, "invalid_request_error", Some("invalid_json"), format!("request body is not valid JSON: {e}")),
+    };
+    // count_tokens takes no max_tokens; the decoder wants one.
+    if body.get("max_tokens").is_none() {
+        body["max_tokens"] = Value::from(1);
+    }
+    let env = EdgeEnv { store: harmony_filters::stages::reasoning_memory::process_store_as_is(), scope: auth_scope.unwrap_or_default(), sealer: snap.sealer.clone() };
+    let decoded = match ClientApi::Messages.decode(body, &env) {
+        Ok(d) => d,
+        Err(e) => return error_response(&e),
+    };
+    match harmony_filters::stages::harmony_render::prompt_tokens(&state.encoding, &decoded.chat) {
+        Ok(n) => json_response(200, &serde_json::json!({"input_tokens": n})),
+        Err(e) => error_response(&e),
+    }
 }
 
 /// An upstream answer the client should see as is (status, content type, body streamed).

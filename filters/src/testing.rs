@@ -461,3 +461,154 @@ pub fn response_view(r: &serde_json::Value) -> Result<Assembled, String> {
     }
     Ok(a)
 }
+
+/// A request meta for the Messages API (`stream` or not), as the server makes it.
+pub fn messages_meta(stream: bool) -> RequestMeta {
+    let d = crate::api::ClientApi::Messages
+        .decode(serde_json::json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "x"}], "stream": stream}), &crate::api::EdgeEnv::standalone())
+        .expect("a minimal request decodes");
+    let mut meta = RequestMeta::new("m", stream, true);
+    meta.api = d.ctx;
+    meta
+}
+
+/// Parses a Messages SSE stream and checks its contract: every event's `event:` name is its
+/// `type`; `message_start` first (pings may come anywhere after it); content blocks started
+/// at the next index, one open at a time, their deltas of the block's kind and index, each
+/// stopped once; a thinking block's `signature_delta` before its stop; then exactly one
+/// `message_delta` with a `stop_reason` and `message_stop` last, or an `error` event last;
+/// tool-use `partial_json` joins to its input; no markup anywhere. Returns what a client
+/// keeps: `finish` is the `stop_reason` (or `error`), `tool_calls` are (id, name, input JSON).
+pub fn assemble_messages(body: &[u8]) -> Result<Assembled, String> {
+    use serde_json::Value;
+    let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+    let mut a = Assembled::default();
+    let mut started = false;
+    let mut open: Option<(usize, String)> = None;
+    let mut next = 0usize;
+    let mut stop_reason: Option<String> = None;
+    let mut ended = false;
+    let mut signed = false;
+    for ev in text.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        let (name, data) = ev.split_once('\n').ok_or_else(|| format!("event without data: {ev:?}"))?;
+        let name = name.strip_prefix("event: ").ok_or_else(|| format!("no event: line: {ev:?}"))?;
+        let data = data.strip_prefix("data: ").ok_or_else(|| format!("no data: line: {ev:?}"))?;
+        let v: Value = serde_json::from_str(data).map_err(|e| format!("data is not JSON ({e}): {data}"))?;
+        if v["type"].as_str() != Some(name) {
+            return Err(format!("event: {name} carries type {}", v["type"]));
+        }
+        if ended {
+            return Err(format!("{name} after the end"));
+        }
+        match name {
+            "error" => {
+                a.error = Some(v["error"]["message"].as_str().unwrap_or("").to_owned());
+                a.finish = "error".into();
+                ended = true;
+            }
+            "message_start" if !started => {
+                started = true;
+                if !v["message"]["id"].as_str().is_some_and(|i| i.starts_with("msg_")) {
+                    return Err(format!("message id: {v}"));
+                }
+            }
+            _ if !started => return Err(format!("{name} before message_start")),
+            "ping" => {}
+            "content_block_start" => {
+                if open.is_some() {
+                    return Err("a block started while another is open".into());
+                }
+                if v["index"].as_u64() != Some(next as u64) {
+                    return Err(format!("block started at {} where {next} was due", v["index"]));
+                }
+                let cb = &v["content_block"];
+                let kind = cb["type"].as_str().unwrap_or("").to_owned();
+                if kind == "tool_use" {
+                    let id = cb["id"].as_str().unwrap_or("");
+                    if !id.starts_with("toolu_") {
+                        return Err(format!("tool_use id {id:?}"));
+                    }
+                    no_markup("tool name", cb["name"].as_str().unwrap_or(""))?;
+                    a.tool_calls.push((id.to_owned(), cb["name"].as_str().unwrap_or("").to_owned(), String::new()));
+                }
+                signed = false;
+                open = Some((next, kind));
+            }
+            "content_block_delta" => {
+                let Some((i, kind)) = &open else { return Err("delta with no block open".into()) };
+                if v["index"].as_u64() != Some(*i as u64) {
+                    return Err("delta for another block".into());
+                }
+                let d = &v["delta"];
+                match (kind.as_str(), d["type"].as_str().unwrap_or("")) {
+                    ("thinking", "thinking_delta") => a.reasoning.push_str(d["thinking"].as_str().unwrap_or("")),
+                    ("thinking", "signature_delta") => signed = true,
+                    ("text", "text_delta") => a.content.push_str(d["text"].as_str().unwrap_or("")),
+                    ("tool_use", "input_json_delta") => {
+                        if let Some(c) = a.tool_calls.last_mut() {
+                            c.2.push_str(d["partial_json"].as_str().unwrap_or(""));
+                        }
+                    }
+                    (k, t) => return Err(format!("a {t} in a {k} block")),
+                }
+            }
+            "content_block_stop" => {
+                let Some((i, kind)) = open.take() else { return Err("stop with no block open".into()) };
+                if v["index"].as_u64() != Some(i as u64) {
+                    return Err("stop for another block".into());
+                }
+                if kind == "thinking" && !signed {
+                    return Err("a thinking block stopped without its signature".into());
+                }
+                next += 1;
+            }
+            "message_delta" => {
+                if open.is_some() || stop_reason.is_some() {
+                    return Err("message_delta while a block is open, or twice".into());
+                }
+                stop_reason = Some(v["delta"]["stop_reason"].as_str().ok_or("message_delta without stop_reason")?.to_owned());
+                a.usage = Some(v["usage"].to_string());
+            }
+            "message_stop" => {
+                a.finish = stop_reason.clone().ok_or("message_stop without message_delta")?;
+                ended = true;
+            }
+            other => return Err(format!("unknown event {other}")),
+        }
+    }
+    if !ended {
+        return Err("no message_stop and no error event".into());
+    }
+    for (_, name, input) in &a.tool_calls {
+        if a.finish != "max_tokens" && a.error.is_none() && serde_json::from_str::<Value>(input).is_err() {
+            return Err(format!("{name}: the partial_json pieces do not join to JSON: {input:?}"));
+        }
+    }
+    no_markup("text", &a.content)?;
+    no_markup("thinking", &a.reasoning)?;
+    Ok(a)
+}
+
+/// What a client keeps from a non-streamed `message` (or its error).
+pub fn message_view(v: &serde_json::Value) -> Result<Assembled, String> {
+    use serde_json::Value;
+    if v["type"] == "error" {
+        return Ok(Assembled { error: Some(v["error"]["message"].as_str().unwrap_or("").to_owned()), finish: "error".into(), ..Assembled::default() });
+    }
+    if v["type"] != "message" {
+        return Err(format!("not a message: {v}"));
+    }
+    let mut a = Assembled { finish: v["stop_reason"].as_str().unwrap_or("").to_owned(), usage: Some(v["usage"].to_string()), ..Assembled::default() };
+    for b in v["content"].as_array().ok_or("no content")? {
+        match b["type"].as_str() {
+            Some("thinking") => a.reasoning.push_str(b["thinking"].as_str().unwrap_or("")),
+            Some("text") => a.content.push_str(b["text"].as_str().unwrap_or("")),
+            Some("tool_use") => a.tool_calls.push((b["id"].as_str().unwrap_or("").to_owned(), b["name"].as_str().unwrap_or("").to_owned(), b["input"].to_string())),
+            other => return Err(format!("unknown block {other:?}")),
+        }
+    }
+    let _ = Value::Null;
+    no_markup("text", &a.content)?;
+    no_markup("thinking", &a.reasoning)?;
+    Ok(a)
+}

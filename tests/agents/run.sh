@@ -16,7 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${HARMONY_PROXY_BIN:-$root/target/debug/harmony-proxy}
 agents=("$@")
-[ ${#agents[@]} -gt 0 ] || agents=(codex)
+[ ${#agents[@]} -gt 0 ] || agents=(codex claude)
 work=$(mktemp -d)
 pids=()
 cleanup() {

@@ -207,10 +207,14 @@ fn a_dotenv_file_configures_the_proxy_like_the_python_one_did() {
 
 #[test]
 fn init_writes_a_config_that_passes_check_for_every_client_kind() {
-    for kind in ["roo", "cline", "continue", "sdk", "codex"] {
+    for kind in ["roo", "cline", "continue", "sdk", "codex", "claude-code"] {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(BIN).args(["init", "--upstream", "http://127.0.0.1:8080/v1", "--for", kind]).current_dir(dir.path()).output().unwrap();
         assert!(out.status.success(), "{kind}: {}", String::from_utf8_lossy(&out.stderr));
+        if kind == "claude-code" {
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(said.contains("export ANTHROPIC_BASE_URL=http://127.0.0.1:8001\n"), "{said}");
+        }
         if kind == "codex" {
             let said = String::from_utf8_lossy(&out.stdout);
             assert!(said.contains("wire_api = \"responses\"") && said.contains("base_url = \"http://127.0.0.1:8001/v1\""), "{said}");

@@ -66,12 +66,12 @@ fn client_bytes_for_every_fixture_in_every_mode() {
     }
 }
 
-/// Every random id (`resp_`, `rs_`, `msg_`, `fc_`, `call_`) replaced.
+/// Every random id (`resp_`, `rs_`, `msg_`, `fc_`, `call_`, `toolu_`) replaced.
 fn redact_ids(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     'outer: while !rest.is_empty() {
-        for prefix in ["\"resp_", "\"rs_", "\"msg_", "\"fc_", "\"call_"] {
+        for prefix in ["\"resp_", "\"rs_", "\"msg_", "\"fc_", "\"call_", "\"toolu_"] {
             if let Some(tail) = rest.strip_prefix(prefix).filter(|t| !t.starts_with("id\"")) {
                 let n = tail.bytes().take_while(|b| b.is_ascii_alphanumeric()).count();
                 out.push_str(prefix);
@@ -115,6 +115,48 @@ fn responses_events_for_every_fixture() {
             doc.push_str(&format!("## stream={stream}\n{}\n", redact_ids(&String::from_utf8_lossy(&out))));
         }
         snapshots! { insta::assert_snapshot!(format!("responses__{name}"), doc); }
+    }
+}
+
+/// The Messages events (and message) a client receives for every fixture, through the
+/// shipped config's `/v1/messages` pipeline (`agents`). Signatures are sealed with a fresh
+/// nonce: redacted.
+#[test]
+fn messages_events_for_every_fixture() {
+    let enc = harmony_filters::testing::encoding();
+    let cfg = config::load_str(EMBEDDED_CONFIG, None, no_env).unwrap();
+    let route = cfg.routes.iter().find(|r| r.path == "/v1/messages").expect("the shipped config serves /v1/messages");
+    let compiled = compile(&cfg.pipelines[&route.pipeline].0.stages, &enc);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.path().file_name()?.to_str()?.strip_suffix(".sse").map(str::to_owned))
+        .collect();
+    names.sort();
+    for name in names {
+        let body = std::fs::read(dir.join(format!("{name}.sse"))).unwrap();
+        let mut doc = String::new();
+        for stream in [true, false] {
+            let mut meta = harmony_filters::testing::messages_meta(stream);
+            meta.model = "gpt-oss-20b".into();
+            let out = run_sse(&compiled, &meta, &[&body]);
+            if stream {
+                harmony_filters::testing::assemble_messages(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            let text = redact_ids(&String::from_utf8_lossy(&out));
+            let mut clean = String::new();
+            let mut rest = text.as_str();
+            while let Some(i) = rest.find("\"signature\":\"hp1.") {
+                clean.push_str(&rest[..i]);
+                let tail = &rest[i + 18..];
+                let n = tail.find('"').unwrap_or(tail.len());
+                clean.push_str("\"signature\":\"hp1.[sealed]");
+                rest = &tail[n..];
+            }
+            clean.push_str(rest);
+            doc.push_str(&format!("## stream={stream}\n{clean}\n"));
+        }
+        snapshots! { insta::assert_snapshot!(format!("messages__{name}"), doc); }
     }
 }
 

@@ -14,6 +14,7 @@
 //! [`ApiContext`]. Nothing else dispatches on the API.
 
 pub mod chat;
+pub mod messages;
 pub mod responses;
 
 use std::sync::Arc;
@@ -52,17 +53,20 @@ pub enum ClientApi {
     Chat,
     /// OpenAI Responses: Codex CLI, the Agents SDK.
     Responses,
+    /// Anthropic Messages: Claude Code, the Anthropic SDKs.
+    Messages,
 }
 
 impl ClientApi {
     /// Every API, the one list: path, name, decoder and encoder hang off these.
-    pub const ALL: [ClientApi; 2] = [ClientApi::Chat, ClientApi::Responses];
+    pub const ALL: [ClientApi; 3] = [ClientApi::Chat, ClientApi::Responses, ClientApi::Messages];
 
     /// The path a route serves this API on.
     pub fn path(self) -> &'static str {
         match self {
             Self::Chat => "/v1/chat/completions",
             Self::Responses => "/v1/responses",
+            Self::Messages => "/v1/messages",
         }
     }
 
@@ -71,16 +75,17 @@ impl ClientApi {
         match self {
             Self::Chat => "chat",
             Self::Responses => "responses",
+            Self::Messages => "messages",
         }
     }
 
     /// The built-in pipeline a config without a route for this API's path gets: the chat
-    /// path keeps `PROXY_MODE`'s answer-only default; Responses clients all declare tools
+    /// path keeps `PROXY_MODE`'s answer-only default; Responses and Messages clients all declare tools
     /// and run the calls, so they get reasoning, calls and preambles as items.
     pub fn builtin_pipeline(self) -> &'static str {
         match self {
             Self::Chat => "harmony",
-            Self::Responses => "ide-tools",
+            Self::Responses | Self::Messages => "ide-tools",
         }
     }
 
@@ -94,6 +99,16 @@ impl ClientApi {
         match self {
             Self::Chat => Ok(chat::decode(body)),
             Self::Responses => responses::decode::decode(body, env),
+            Self::Messages => messages::decode::decode(body, env),
+        }
+    }
+
+    /// An error as this API's clients read it: OpenAI's `{"error":{…}}` or Anthropic's
+    /// `{"type":"error","error":{…}}`.
+    pub fn error_json(self, e: &ApiError) -> Value {
+        match self {
+            Self::Chat | Self::Responses => e.to_json(),
+            Self::Messages => messages::error_json(e),
         }
     }
 }
@@ -118,6 +133,7 @@ pub enum ApiContext {
     #[default]
     Chat,
     Responses(Arc<responses::Context>),
+    Messages(Arc<messages::Context>),
 }
 
 impl ApiContext {
@@ -125,6 +141,7 @@ impl ApiContext {
         match self {
             Self::Chat => ClientApi::Chat,
             Self::Responses(_) => ClientApi::Responses,
+            Self::Messages(_) => ClientApi::Messages,
         }
     }
 
@@ -133,6 +150,7 @@ impl ApiContext {
         match self {
             Self::Chat => Box::new(chat::encode::ChatEncoder::new(meta)),
             Self::Responses(ctx) => Box::new(responses::encode::ResponsesEncoder::new(meta, ctx.clone())),
+            Self::Messages(ctx) => Box::new(messages::encode::MessagesEncoder::new(meta, ctx.clone())),
         }
     }
 }

@@ -324,6 +324,12 @@ pub fn conversation(body: &Value, default_effort: Effort, date: &str) -> Result<
     Ok((head, rest))
 }
 
+/// How many tokens the prompt of a chat request is, rendered as this stage renders it (the
+/// request's `reasoning_effort`, else medium; today's date). For `count_tokens`.
+pub fn prompt_tokens(enc: &HarmonyEncoding, body: &Value) -> Result<usize, ApiError> {
+    Ok(render_request(enc, &process_cache(), body, Effort::default(), &today())?.len())
+}
+
 /// The prompt a chat request renders to, as token ids (what the stage sends; public for the
 /// benchmark and tests). `date` is the conversation's date (`YYYY-MM-DD`).
 pub fn render_request(enc: &HarmonyEncoding, cache: &RenderCache, body: &Value, default_effort: Effort, date: &str) -> Result<Vec<u32>, ApiError> {

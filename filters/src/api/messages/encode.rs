@@ -1,0 +1,373 @@
+//! Client events → Messages events (`stream: true`) or one `message` object.
+//!
+//! Streamed: `message_start` (right before the first block, so nothing reaches the client
+//! until there is something to show and a retry stays possible until then); per content
+//! block `content_block_start` → deltas → `content_block_stop`; then `message_delta` (the
+//! `stop_reason` and usage) and `message_stop`. A failure ends the stream with an `error`
+//! event instead. While nothing is written for [`PING`], a `ping` goes out.
+//!
+//! Blocks: reasoning → a `thinking` block (`thinking_delta`s, then one `signature_delta`
+//! carrying the reasoning sealed, which brings it back when the client sends the block
+//! back); answer text → a `text` block, a preamble being the text block before a call; each
+//! call → a `tool_use` block (`toolu_` id, the arguments as `input_json_delta`s that join to
+//! the model's JSON).
+//!
+//! The block lifecycle is the [`Block`] state: the open block carries what it needs at its
+//! stop; a different kind of event stops it and starts the next. Invariants: block indexes
+//! count from 0, each started once and stopped once, one at a time; exactly one terminal
+//! (`message_stop` or `error`).
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut as _, BytesMut};
+use serde_json::{json, Value};
+
+use super::decode::tool_use_id;
+use super::{error_json, Context};
+use crate::event::{ApiError, Event, FinishReason};
+use crate::stage::{RequestMeta, Stage, Stats};
+
+/// Longest silence on a stream before a `ping`.
+pub const PING: Duration = Duration::from_secs(15);
+
+/// The open content block.
+enum Block {
+    Thinking { text: String },
+    Text { text: String },
+    ToolUse { id: String, name: String, json: String },
+}
+
+pub struct MessagesEncoder {
+    ctx: Arc<Context>,
+    stream: bool,
+    model: String,
+    buf: BytesMut,
+    started: bool,
+    open: Option<Block>,
+    /// The stopped blocks, in order (the message's `content`).
+    content: Vec<Value>,
+    saw_tool_use: bool,
+    finish: Option<FinishReason>,
+    usage: Option<Value>,
+    error: Option<ApiError>,
+    done: bool,
+    last_write: Instant,
+    first_output: Option<Instant>,
+}
+
+impl MessagesEncoder {
+    pub fn new(meta: &RequestMeta, ctx: Arc<Context>) -> Self {
+        Self {
+            ctx,
+            stream: meta.stream,
+            model: meta.model.clone(),
+            buf: BytesMut::with_capacity(512),
+            started: false,
+            open: None,
+            content: Vec::new(),
+            saw_tool_use: false,
+            finish: None,
+            usage: None,
+            error: None,
+            done: false,
+            last_write: Instant::now(),
+            first_output: None,
+        }
+    }
+
+    /// `event: NAME` and `data: {"type":"NAME"`; the caller writes the rest and calls
+    /// [`end_event`].
+    fn begin_event(&mut self, name: &str) {
+        self.buf.extend_from_slice(b"event: ");
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.extend_from_slice(b"\ndata: {\"type\":\"");
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.put_u8(b'"');
+    }
+
+    fn end_event(&mut self, out: &mut Vec<Event>) {
+        self.buf.extend_from_slice(b"}\n\n");
+        out.push(Event::Wire(self.buf.split().freeze()));
+        if self.buf.capacity() > 16 << 10 {
+            self.buf = BytesMut::with_capacity(512);
+        }
+        self.last_write = Instant::now();
+    }
+
+    /// An event with one more field, `key: value`.
+    fn event(&mut self, name: &str, key: &str, value: &Value, out: &mut Vec<Event>) {
+        self.begin_event(name);
+        let _ = write!((&mut self.buf).writer(), ",\"{key}\":");
+        let _ = serde_json::to_writer((&mut self.buf).writer(), value);
+        self.end_event(out);
+    }
+
+    fn ensure_started(&mut self, out: &mut Vec<Event>) {
+        if self.started || !self.stream {
+            return;
+        }
+        self.started = true;
+        let m = json!({"id": self.ctx.message_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+                       "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}});
+        self.event("message_start", "message", &m, out);
+    }
+
+    fn index(&self) -> usize {
+        self.content.len()
+    }
+
+    fn start(&mut self, block: Block, out: &mut Vec<Event>) {
+        self.stop(out);
+        if self.stream {
+            self.ensure_started(out);
+            let cb = match &block {
+                Block::Thinking { .. } => json!({"type": "thinking", "thinking": "", "signature": ""}),
+                Block::Text { .. } => json!({"type": "text", "text": ""}),
+                Block::ToolUse { id, name, .. } => json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+            };
+            self.begin_event("content_block_start");
+            let index = self.index();
+            let _ = write!((&mut self.buf).writer(), ",\"index\":{index},\"content_block\":");
+            let _ = serde_json::to_writer((&mut self.buf).writer(), &cb);
+            self.end_event(out);
+        }
+        self.open = Some(block);
+    }
+
+    /// A `content_block_delta` of the open block: `{"type": kind, field: text}`.
+    fn delta(&mut self, kind: &str, field: &str, text: &str, out: &mut Vec<Event>) {
+        self.begin_event("content_block_delta");
+        let index = self.index();
+        let _ = write!((&mut self.buf).writer(), ",\"index\":{index},\"delta\":{{\"type\":\"{kind}\",\"{field}\":");
+        let _ = serde_json::to_writer((&mut self.buf).writer(), text);
+        self.buf.put_u8(b'}');
+        self.end_event(out);
+    }
+
+    /// Stops the open block: a thinking block gets its signature first.
+    fn stop(&mut self, out: &mut Vec<Event>) {
+        let Some(block) = self.open.take() else { return };
+        let value = match block {
+            Block::Thinking { text } => {
+                let signature = self.ctx.sealer.seal(&self.ctx.scope, &text);
+                if self.stream {
+                    self.delta("signature_delta", "signature", &signature, out);
+                }
+                json!({"type": "thinking", "thinking": text, "signature": signature})
+            }
+            Block::Text { text } => json!({"type": "text", "text": text}),
+            Block::ToolUse { id, name, json } => {
+                let input = serde_json::from_str::<Value>(&json).ok().filter(Value::is_object).unwrap_or_else(|| json!({}));
+                json!({"type": "tool_use", "id": id, "name": name, "input": input})
+            }
+        };
+        if self.stream {
+            self.begin_event("content_block_stop");
+            let index = self.index();
+            let _ = write!((&mut self.buf).writer(), ",\"index\":{index}");
+            self.end_event(out);
+        }
+        self.content.push(value);
+    }
+
+    fn stop_reason(&self) -> &'static str {
+        match self.finish {
+            Some(FinishReason::Length) => "max_tokens",
+            _ if self.saw_tool_use => "tool_use",
+            _ => "end_turn",
+        }
+    }
+
+    fn usage(&self) -> Value {
+        let u = self.usage.as_ref();
+        let n = |p: &str| u.and_then(|u| u.pointer(p)).and_then(Value::as_u64).unwrap_or(0);
+        json!({"input_tokens": n("/prompt_tokens"), "output_tokens": n("/completion_tokens"),
+               "cache_creation_input_tokens": 0, "cache_read_input_tokens": n("/prompt_tokens_details/cached_tokens")})
+    }
+
+    fn finish(&mut self, out: &mut Vec<Event>) {
+        self.stop(out);
+        if let Some(e) = self.error.clone() {
+            let body = error_json(&e);
+            if self.stream {
+                self.begin_event("error");
+                self.buf.extend_from_slice(b",\"error\":");
+                let _ = serde_json::to_writer((&mut self.buf).writer(), &body["error"]);
+                self.end_event(out);
+            } else {
+                let _ = serde_json::to_writer((&mut self.buf).writer(), &body);
+                out.push(Event::Wire(self.buf.split().freeze()));
+            }
+            return;
+        }
+        let reason = self.stop_reason();
+        if self.stream {
+            self.ensure_started(out);
+            self.begin_event("message_delta");
+            let _ = write!((&mut self.buf).writer(), ",\"delta\":{{\"stop_reason\":\"{reason}\",\"stop_sequence\":null}},\"usage\":");
+            let usage = self.usage();
+            let _ = serde_json::to_writer((&mut self.buf).writer(), &usage);
+            self.end_event(out);
+            self.begin_event("message_stop");
+            self.end_event(out);
+        } else {
+            let m = json!({"id": self.ctx.message_id, "type": "message", "role": "assistant", "model": self.model,
+                           "content": std::mem::take(&mut self.content), "stop_reason": reason, "stop_sequence": null, "usage": self.usage()});
+            let _ = serde_json::to_writer((&mut self.buf).writer(), &m);
+            out.push(Event::Wire(self.buf.split().freeze()));
+        }
+    }
+}
+
+impl Stage for MessagesEncoder {
+    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
+        if self.done {
+            return;
+        }
+        if self.first_output.is_none() && matches!(ev, Event::Content(_) | Event::ClientToolCall { .. }) {
+            self.first_output = Some(Instant::now());
+        }
+        match ev {
+            Event::Reasoning(_, t) => {
+                match &mut self.open {
+                    Some(Block::Thinking { text }) => text.push_str(&t),
+                    _ => self.start(Block::Thinking { text: t.clone() }, out),
+                }
+                if self.stream {
+                    self.delta("thinking_delta", "thinking", &t, out);
+                }
+            }
+            Event::Content(t) => {
+                match &mut self.open {
+                    Some(Block::Text { text }) => text.push_str(&t),
+                    _ => self.start(Block::Text { text: t.clone() }, out),
+                }
+                if self.stream {
+                    self.delta("text_delta", "text", &t, out);
+                }
+            }
+            Event::ClientToolCall { id, name, .. } => {
+                self.saw_tool_use = true;
+                self.start(Block::ToolUse { id: tool_use_id(&id), name, json: String::new() }, out);
+            }
+            Event::ClientToolArgs { args, .. } => {
+                let Some(Block::ToolUse { json, .. }) = &mut self.open else { return };
+                json.push_str(&args);
+                if self.stream {
+                    self.delta("input_json_delta", "partial_json", &args, out);
+                }
+            }
+            Event::Finish(f) => self.finish = Some(f),
+            Event::Usage(u) => self.usage = Some(u),
+            Event::Error(e) => {
+                if self.error.is_none() {
+                    self.error = Some(e.clone());
+                }
+                out.push(Event::Error(e)); // the body watches errors (status, metrics, retry)
+            }
+            ev @ (Event::Abort | Event::Wire(_)) => out.push(ev),
+            _ => {}
+        }
+    }
+
+    fn on_end(&mut self, out: &mut Vec<Event>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.finish(out);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        (self.stream && !self.done).then(|| self.last_write + PING)
+    }
+
+    fn on_deadline(&mut self, out: &mut Vec<Event>) {
+        self.ensure_started(out);
+        self.begin_event("ping");
+        self.end_event(out);
+    }
+
+    fn stats(&self, st: &mut Stats) {
+        st.first_output = st.first_output.or(self.first_output);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assemble_messages, messages_meta};
+
+    fn encoder(stream: bool) -> MessagesEncoder {
+        let meta = messages_meta(stream);
+        let crate::api::ApiContext::Messages(ctx) = meta.api.clone() else { panic!() };
+        MessagesEncoder::new(&meta, ctx)
+    }
+
+    fn wire(out: &[Event]) -> Vec<u8> {
+        out.iter().flat_map(|e| if let Event::Wire(b) = e { b.to_vec() } else { Vec::new() }).collect()
+    }
+
+    #[test]
+    fn thinking_then_a_preamble_then_a_call_are_three_blocks_and_the_signature_opens() {
+        let mut enc = encoder(true);
+        let ctx = enc.ctx.clone();
+        let mut out = Vec::new();
+        for ev in [
+            Event::Reasoning(crate::event::ReasoningField::ReasoningContent, "Need ".into()),
+            Event::Reasoning(crate::event::ReasoningField::ReasoningContent, "the tool.".into()),
+            Event::Content("Checking.".into()),
+            Event::ClientToolCall { index: 0, id: "call_abc".into(), name: "Bash".into() },
+            Event::ClientToolArgs { index: 0, args: "{\"command\":".into() },
+            Event::ClientToolArgs { index: 0, args: "\"ls\"}".into() },
+            Event::Finish(FinishReason::ToolCalls),
+        ] {
+            enc.on_event(ev, &mut out);
+        }
+        enc.on_deadline(&mut out); // a ping in between is fine
+        enc.on_end(&mut out);
+        let body = wire(&out);
+        let a = assemble_messages(&body).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&body)));
+        assert_eq!((a.reasoning.as_str(), a.content.as_str(), a.finish.as_str()), ("Need the tool.", "Checking.", "tool_use"));
+        assert_eq!(a.tool_calls, [("toolu_abc".to_string(), "Bash".to_string(), "{\"command\":\"ls\"}".to_string())]);
+        let text = String::from_utf8_lossy(&body);
+        let sig_line = text.lines().find(|l| l.contains("signature_delta")).unwrap();
+        let v: Value = serde_json::from_str(sig_line.strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(ctx.sealer.open(&ctx.scope, v["delta"]["signature"].as_str().unwrap()).as_deref(), Some("Need the tool."));
+    }
+
+    #[test]
+    fn a_failure_is_an_error_event_streamed_and_an_anthropic_error_not() {
+        let mut enc = encoder(true);
+        let mut out = Vec::new();
+        enc.on_event(Event::Content("Hi".into()), &mut out);
+        enc.on_event(Event::Error(ApiError::upstream("upstream broke")), &mut out);
+        enc.on_end(&mut out);
+        let text = String::from_utf8_lossy(&wire(&out)).into_owned();
+        assert!(text.ends_with("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"upstream broke\"}}\n\n"), "{text}");
+        assert!(!text.contains("message_stop"));
+        let mut enc = encoder(false);
+        let mut out = Vec::new();
+        enc.on_event(Event::Error(ApiError::new(503, "server_error", None, "busy")), &mut out);
+        enc.on_end(&mut out);
+        let v: Value = serde_json::from_slice(&wire(&out)).unwrap();
+        assert_eq!(v, json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}));
+    }
+
+    #[test]
+    fn an_answer_cut_by_length_stops_with_max_tokens_and_not_streamed_is_one_message() {
+        let mut enc = encoder(false);
+        let mut out = Vec::new();
+        enc.on_event(Event::Content("Hel".into()), &mut out);
+        enc.on_event(Event::Finish(FinishReason::Length), &mut out);
+        enc.on_event(Event::Usage(json!({"prompt_tokens": 7, "completion_tokens": 2})), &mut out);
+        enc.on_end(&mut out);
+        let v: Value = serde_json::from_slice(&wire(&out)).unwrap();
+        assert_eq!(v["stop_reason"], "max_tokens");
+        assert_eq!(v["content"], json!([{"type": "text", "text": "Hel"}]));
+        assert_eq!((v["usage"]["input_tokens"].as_u64(), v["usage"]["output_tokens"].as_u64()), (Some(7), Some(2)));
+        assert!(v["id"].as_str().unwrap().starts_with("msg_"));
+    }
+}
