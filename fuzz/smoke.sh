@@ -9,7 +9,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 secs=${FUZZ_SECONDS:-60}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(harmony_stream sse_decode config request responses_request)
+[ ${#targets[@]} -gt 0 ] || targets=(harmony_stream sse_decode config request responses_request messages_request)
 for t in "${targets[@]}"; do
   work=$(mktemp -d)
   cp corpus/"$t"/seed-* "$work"/

@@ -151,3 +151,35 @@ pub fn responses_request(data: &[u8]) {
         }
     }
 }
+
+/// `messages_request`: arbitrary JSON as a Messages request. Decoding never panics; a refusal
+/// is a 400 that names a field; what is accepted is a chat request the stages can work on
+/// (a model, `max_tokens`, messages with known roles, string arguments, function tools only),
+/// and its stream is rendered well formed, ending in `message_stop`.
+pub fn messages_request(data: &[u8]) {
+    use serde_json::Value;
+    let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
+    match crate::api::ClientApi::Messages.decode(v, &crate::api::EdgeEnv::standalone()) {
+        Err(e) => {
+            assert_eq!(e.status, 400, "{}", e.message);
+            assert!(e.param.is_some(), "a refusal names its field: {}", e.message);
+        }
+        Ok(d) => {
+            assert!(!d.model.is_empty() && d.chat["max_tokens"].is_u64());
+            for m in d.chat["messages"].as_array().expect("messages is a list") {
+                let role = m["role"].as_str().expect("a role");
+                assert!(["system", "user", "assistant", "tool"].contains(&role), "role {role}");
+                for c in m["tool_calls"].as_array().into_iter().flatten() {
+                    assert!(c["id"].is_string() && c["function"]["arguments"].is_string());
+                }
+            }
+            for t in d.chat["tools"].as_array().into_iter().flatten() {
+                assert!(t["function"]["name"].is_string() && t["function"]["parameters"].is_object());
+            }
+            let mut meta = RequestMeta::new(&d.model, true, true);
+            meta.api = d.ctx;
+            let out = run_sse(&pipelines()[2], &meta, &[&llama_sse(&["<|channel|>final<|message|>ok"], "stop")]);
+            crate::testing::assemble_messages(&out).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}

@@ -44,3 +44,10 @@ fn responses_request_seeds() {
         harmony_filters::fuzz_targets::responses_request(&data);
     }
 }
+
+#[test]
+fn messages_request_seeds() {
+    for (_, data) in seeds("messages_request") {
+        harmony_filters::fuzz_targets::messages_request(&data);
+    }
+}

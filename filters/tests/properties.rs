@@ -3,7 +3,7 @@
 //! come out byte for byte; the chain never panics and always ends with one finish and one
 //! `[DONE]`.
 
-use harmony_filters::testing::{assemble_json, assemble_responses, assemble_sse, llama_sse, pipeline, response_view, responses_meta, run_sse, Assembled};
+use harmony_filters::testing::{assemble_json, assemble_messages, assemble_responses, assemble_sse, llama_sse, message_view, messages_meta, pipeline, response_view, responses_meta, run_sse, Assembled};
 use harmony_filters::{Compiled, RequestMeta};
 use proptest::prelude::*;
 use std::sync::OnceLock;
@@ -235,6 +235,37 @@ proptest! {
         prop_assert_eq!(&whole, &view(&refs, true)?);
         let json = view(&refs, false)?;
         prop_assert_eq!(&Assembled { usage: None, ..whole }, &Assembled { usage: None, ..json });
+    }
+
+    /// The Messages encoder at any upstream chunking: the event stream is well formed
+    /// (`assemble_messages`: message_start first, blocks started, delta'd and stopped in
+    /// order, signed thinking, one message_delta and message_stop, no markup), the message
+    /// object says the same, and cutting the deltas differently changes nothing a client keeps.
+    #[test]
+    fn messages_events_are_well_formed_at_any_chunking(text in harmony_soup(), cuts in prop::collection::vec(any::<usize>(), 0..10), length in any::<bool>()) {
+        let finish = if length { "length" } else { "stop" };
+        let view = |deltas: &[&str], stream: bool| -> Result<Assembled, TestCaseError> {
+            let body = llama_sse(deltas, finish);
+            let out = run_sse(ide(), &messages_meta(stream), &[&body]);
+            let a = if stream {
+                assemble_messages(&out)
+            } else {
+                serde_json::from_slice(&out).map_err(|e| e.to_string()).and_then(|v| message_view(&v))
+            };
+            let a = a.map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&out))))?;
+            // Ids are random; a streamed input is its pieces joined, a whole one re-serialized.
+            let calls = a.tool_calls.into_iter().map(|(_, n, args)| (String::new(), n, serde_json::from_str::<serde_json::Value>(&args).map(|v| v.to_string()).unwrap_or(args))).collect();
+            Ok(Assembled { tool_calls: calls, usage: None, ..a })
+        };
+        let deltas = cut_chars(&text, &cuts);
+        let refs: Vec<&str> = deltas.iter().map(String::as_str).collect();
+        let whole = view(&[&text], true)?;
+        prop_assert_eq!(&whole, &view(&refs, true)?);
+        let json = view(&refs, false)?;
+        // A call cut off inside its arguments has partial input streamed, `{}` as a whole message.
+        if whole.finish != "max_tokens" {
+            prop_assert_eq!(&whole, &json);
+        }
     }
 
     /// Arbitrary text and arbitrary finish: never a panic, always one finish and one [DONE]
