@@ -300,8 +300,8 @@ async fn one_stream(base: &str, path: &str, body: Arc<String>, first: Option<Arc
         // Count what complete events hold; keep the unfinished tail.
         let end = carry.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2).unwrap_or(0);
         for ev in carry[..end].split(|&b| b == b'\n').filter(|l| l.starts_with(b"data: ")) {
-            // Chat ends with [DONE]; Responses with its terminal event.
-            if ev == b"data: [DONE]" || contains(ev, b"\"type\":\"response.completed\"") {
+            // Chat ends with [DONE]; Responses and Messages with their terminal events.
+            if ev == b"data: [DONE]" || contains(ev, b"\"type\":\"response.completed\"") || contains(ev, b"\"type\":\"message_stop\"") {
                 done = true;
                 continue;
             }
@@ -339,6 +339,7 @@ async fn run_streams(base: &str, n: usize, body: &Arc<String>) -> Vec<Seen> {
 
 const CHAT: &str = "/v1/chat/completions";
 const RESPONSES: &str = "/v1/responses";
+const MESSAGES: &str = "/v1/messages";
 
 /// [`run_streams`] on the client API at `path`.
 async fn run_streams_on(base: &str, path: &'static str, n: usize, body: &Arc<String>) -> Vec<Seen> {
@@ -433,6 +434,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
          [[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"llama\"]\nupstream = \"default\"\npipeline = \"token-ids\"\n\n\
          [[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"default\"\npipeline = \"harmony\"\n\n\
          [[routes]]\npath = \"/v1/responses\"\nupstream = \"default\"\npipeline = \"harmony\"\n\n\
+         [[routes]]\npath = \"/v1/messages\"\nupstream = \"default\"\npipeline = \"harmony\"\n\n\
          [pipelines.token-ids]\nstages = [{{ type = \"harmony-render\", endpoint = \"llama\" }}, {{ type = \"harmony-parse\" }}, \
          {{ type = \"tool-bridge\" }}, {{ type = \"sse-encode\" }}]\n",
         mock.url
@@ -465,6 +467,15 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
         let (via_resp, resp_wall, resp_cpu) = timed_streams_on(&proxy.url, RESPONSES, opts.streams, &responses_body, proxy.pid()).await;
         let resp_errors = via_resp.iter().filter(|s| !s.ok || s.ticks.len() != opts.tokens).count();
         let resp_per_token_us = resp_cpu / upstream_tokens.max(1) as f64 * 1e6;
+
+        // The Messages API, likewise.
+        let messages_body = {
+            let chat: Value = serde_json::from_str(&body).unwrap_or_default();
+            Arc::new(json!({"model": "gpt-oss", "stream": true, "max_tokens": opts.tokens * 2, "messages": chat["messages"]}).to_string())
+        };
+        let (via_msg, msg_wall, msg_cpu) = timed_streams_on(&proxy.url, MESSAGES, opts.streams, &messages_body, proxy.pid()).await;
+        let msg_errors = via_msg.iter().filter(|s| !s.ok || s.ticks.len() != opts.tokens).count();
+        let msg_per_token_us = msg_cpu / upstream_tokens.max(1) as f64 * 1e6;
 
         // Token ids: the same answers from llama.cpp's `/completion`, the proxy rendering the
         // prompt and reading token ids (`harmony-render` with `endpoint = "llama"`).
@@ -511,6 +522,13 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
                 "tokens_per_s_via_proxy": (upstream_tokens as f64 / resp_wall).round() as u64,
                 "errors": resp_errors,
             },
+            "messages": {
+                "upstream_tokens": upstream_tokens,
+                "proxy_cpu_us_per_token": (msg_per_token_us * 100.0).round() / 100.0,
+                "vs_chat_percent": (per_token_us > 0.0 && msg_per_token_us > 0.0).then(|| ((msg_per_token_us / per_token_us - 1.0) * 1000.0).round() / 10.0),
+                "tokens_per_s_via_proxy": (upstream_tokens as f64 / msg_wall).round() as u64,
+                "errors": msg_errors,
+            },
             "token_ids": {
                 "upstream_tokens": ids_tokens,
                 "proxy_cpu_us_per_token": (ids_cpu / ids_tokens.max(1) as f64 * 1e6 * 100.0).round() / 100.0,
@@ -548,7 +566,11 @@ pub fn text(r: &Value) -> String {
          \x20 throughput                                    {:>9} tok/s {} tok/s\n\
          \x20 errors                                        {:>9}\n\
          responses (POST /v1/responses): the same answers, the same pipeline\n\
-         \x20 CPU per upstream token (proxy process)        {:>9} us   ({:+}% vs chat)\n\
+         \x20 CPU per upstream token (proxy process)        {:>9} us   ({}% vs chat)\n\
+         \x20 throughput                                    {:>9} tok/s\n\
+         \x20 errors                                        {:>9}\n\
+         messages (POST /v1/messages): the same answers, the same pipeline\n\
+         \x20 CPU per upstream token (proxy process)        {:>9} us   ({}% vs chat)\n\
          \x20 throughput                                    {:>9} tok/s\n\
          \x20 errors                                        {:>9}\n\
          token ids (harmony-render, endpoint = \"llama\"): the same answers, {} upstream tokens\n\
@@ -579,6 +601,10 @@ pub fn text(r: &Value) -> String {
         r["responses"]["vs_chat_percent"],
         r["responses"]["tokens_per_s_via_proxy"],
         r["responses"]["errors"],
+        r["messages"]["proxy_cpu_us_per_token"],
+        r["messages"]["vs_chat_percent"],
+        r["messages"]["tokens_per_s_via_proxy"],
+        r["messages"]["errors"],
         r["token_ids"]["upstream_tokens"],
         r["token_ids"]["proxy_cpu_us_per_token"],
         r["token_ids"]["tokens_per_s_via_proxy"],

@@ -196,25 +196,32 @@ async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
 
 /// A streamed upstream answer through each agent API's edge: what its client would get.
 fn agent_apis(streamed: &str) -> Vec<(harmony_filters::ClientApi, Result<String, String>)> {
-    use harmony_filters::testing::{assemble_responses, run_sse};
+    use harmony_filters::testing::{assemble_messages, assemble_responses, run_sse};
+    use harmony_filters::ClientApi;
     let Ok(enc) = harmony_filters::vocab::encoding() else { return Vec::new() };
     let Some((_, text)) = crate::config::BUILTIN_PIPELINES.iter().find(|(n, _)| *n == "ide-tools") else { return Vec::new() };
     let Ok(def) = toml::from_str::<crate::config::PipelineDef>(text) else { return Vec::new() };
     let compiled = harmony_filters::compile(&def.stages, &enc);
-    let mut out = Vec::new();
     let env = harmony_filters::api::EdgeEnv::standalone();
-    let api = harmony_filters::ClientApi::Responses;
-    let result = api.decode(json!({"model": "doctor", "input": "Say hello in a few words.", "stream": true, "store": false}), &env).map_err(|e| e.message).and_then(|d| {
-        let mut meta = harmony_filters::RequestMeta::new("doctor", true, true);
-        meta.api = d.ctx;
-        let wire = run_sse(&compiled, &meta, &[streamed.as_bytes()]);
-        let a = assemble_responses(&wire)?;
-        let kinds = [(!a.reasoning.is_empty()).then_some("a reasoning item"), (!a.content.is_empty()).then_some("a message")];
-        let kinds: Vec<&str> = kinds.into_iter().flatten().collect();
-        Ok(format!("the answer round-trips as a well-formed event stream ({}, status {})", if kinds.is_empty() { "no items".into() } else { kinds.join(" and ") }, a.finish))
-    });
-    out.push((api, result));
-    out
+    let prompt = "Say hello in a few words.";
+    let apis = [
+        (ClientApi::Responses, json!({"model": "doctor", "input": prompt, "stream": true, "store": false})),
+        (ClientApi::Messages, json!({"model": "doctor", "max_tokens": 64, "messages": [{"role": "user", "content": prompt}], "stream": true})),
+    ];
+    apis.into_iter()
+        .map(|(api, request)| {
+            let result = api.decode(request, &env).map_err(|e| e.message).and_then(|d| {
+                let mut meta = harmony_filters::RequestMeta::new("doctor", true, true);
+                meta.api = d.ctx;
+                let wire = run_sse(&compiled, &meta, &[streamed.as_bytes()]);
+                let a = if api == ClientApi::Messages { assemble_messages(&wire)? } else { assemble_responses(&wire)? };
+                let kinds = [(!a.reasoning.is_empty()).then_some("reasoning"), (!a.content.is_empty()).then_some("an answer")];
+                let kinds: Vec<&str> = kinds.into_iter().flatten().collect();
+                Ok(format!("the answer round-trips as a well-formed event stream ({}, ends {})", if kinds.is_empty() { "nothing shown".into() } else { kinds.join(" and ") }, a.finish))
+            });
+            (api, result)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The OpenAI SDK conformance suite: the official Python and Node SDKs and the OpenAI Agents
-# SDK against the built proxy and its built-in mock upstream. Needs `pip install -r
-# requirements.txt` and `npm ci` here first (.ci/run does both).
+# The SDK conformance suite: the official OpenAI Python and Node SDKs, the OpenAI Agents SDK
+# and the official Anthropic Python SDK against the built proxy and its built-in mock
+# upstream. Needs `pip install -r requirements.txt` and `npm ci` here first (.ci/run does
+# both).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -45,8 +46,8 @@ export PROXY_URL
 echo "conformance: proxy $PROXY_URL, mock $MOCK_URL"
 
 status=0
-echo "== OpenAI Python SDK (chat completions, responses) and OpenAI Agents SDK"
-python3 -m pytest -q -p no:cacheprovider "$here/test_openai_python.py" "$here/test_responses_python.py" || status=1
+echo "== OpenAI Python SDK (chat completions, responses), OpenAI Agents SDK, Anthropic Python SDK (messages)"
+python3 -m pytest -q -p no:cacheprovider "$here/test_openai_python.py" "$here/test_responses_python.py" "$here/test_anthropic_python.py" || status=1
 echo "== OpenAI Node SDK (chat completions, responses)"
 # One file at a time: the tests share one mock, and some read its last request.
 (cd "$here" && node --test --test-concurrency=1 openai_node.test.mjs responses_node.test.mjs) || status=1

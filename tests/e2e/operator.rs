@@ -240,8 +240,9 @@ fn doctor_tells_a_raw_harmony_upstream_from_a_parsing_one() {
         let out = Command::new(BIN).args(["doctor", "--upstream", &format!("{}/v1", mock.url)]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-        let responses = "ok    /v1/responses: the answer round-trips as a well-formed event stream (a reasoning item and a message, status completed)";
-        for needle in ["reachable: GET /models answered 200", "models: gpt-oss-20b", "one-token request", expect, advice, responses] {
+        let responses = "ok    /v1/responses: the answer round-trips as a well-formed event stream (reasoning and an answer, ends completed)";
+        let messages = "ok    /v1/messages: the answer round-trips as a well-formed event stream (reasoning and an answer, ends end_turn)";
+        for needle in ["reachable: GET /models answered 200", "models: gpt-oss-20b", "one-token request", expect, advice, responses, messages] {
             assert!(text.contains(needle), "{needle:?} missing:\n{text}");
         }
     }
