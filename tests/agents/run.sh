@@ -48,7 +48,11 @@ mock_url=$(url_of mock) || exit 1
 (cd "$work" && UPSTREAM_BASE_URL="$mock_url" HARMONY_PROXY_CONFIG= exec "$bin" serve --port 0) > "$work/proxy.out" 2> "$work/proxy.err" &
 pids+=($!)
 proxy_url=$(url_of proxy) || exit 1
-echo "agents: proxy $proxy_url (embedded config), mock $mock_url"
+# The Chat Completions agents' proxy: ide-tools (text-tools for text-* models).
+(cd "$work" && UPSTREAM_BASE_URL="$mock_url" exec "$bin" serve --config "$here/chat-proxy.toml" --port 0) > "$work/chat-proxy.out" 2> "$work/chat-proxy.err" &
+pids+=($!)
+chat_url=$(url_of chat-proxy) || exit 1
+echo "agents: proxy $proxy_url (embedded config: Responses, Messages), $chat_url (chat-proxy.toml: Chat Completions), mock $mock_url"
 
 status=0
 for agent in "${agents[@]}"; do
@@ -58,7 +62,7 @@ for agent in "${agents[@]}"; do
   case "$agent" in
     codex) bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
     claude) bash "$here/claude.sh" "$proxy_url" "$dir" ;;
-    *) echo "unknown agent $agent"; false ;;
+    *) if [ -f "$here/$agent.sh" ]; then bash "$here/$agent.sh" "$chat_url/v1" "$dir"; else echo "unknown agent $agent"; false; fi ;;
   esac || { status=1; echo "agents: $agent FAILED; proxy log tail:"; tail -n 20 "$work/proxy.err"; }
   echo "agents: $agent took $(( $(date +%s) - start ))s"
 done
