@@ -444,8 +444,17 @@ fn marker_file(user: &str) -> String {
 /// `agent-shell`: the tool call with no tool result yet, the answer after one.
 fn agent_shell(turn: &Turn) -> Script {
     if turn.tool_results > 0 {
-        // Codex heads a command's output with its own lines (`Chunk ID: …`, …, `Output:`).
-        let output = turn.last_tool_output.split_once("\nOutput:\n").map_or(turn.last_tool_output.as_str(), |(_, o)| o);
+        // Codex heads a command's output with its own lines (`Chunk ID: …`, …, `Output:`);
+        // Qwen Code frames it as `Command: …`, `Directory: …`, `Output: OUT`, `Error: …`, ….
+        let all = turn.last_tool_output.as_str();
+        // Cline's `run_commands` answers a JSON list of `{query, result, success}`, one a command.
+        let listed = serde_json::from_str::<Value>(all).ok().and_then(|v| v.as_array().and_then(|rs| rs.iter().find_map(|r| r.get("result").and_then(Value::as_str).map(str::to_owned))));
+        let all = listed.as_deref().unwrap_or(all);
+        let output = all
+            .split_once("\nOutput:\n")
+            .map(|(_, o)| o)
+            .or_else(|| all.lines().find_map(|l| l.strip_prefix("Output: ")).filter(|_| all.starts_with("Command: ")))
+            .unwrap_or(all);
         let out: String = output.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").chars().take(80).collect();
         let back = if turn.reasoning_back { "yes" } else { "no" };
         return Script::from_text(&format!(
@@ -1123,6 +1132,26 @@ mod tests {
         let without = json!({"role": "assistant", "content": "", "tool_calls": [tool_call("exec_command", &args)]});
         let s = script_for(&agent_request(vec![exec_command()], "scenario:agent-shell", vec![without, output]));
         assert_eq!(final_of(&s), "Done. The command printed: marker-written. Turn-1 reasoning came back: no.");
+    }
+
+    #[test]
+    fn agent_shell_reads_the_output_out_of_qwen_codes_frame() {
+        let call = json!({"role": "assistant", "content": "", "reasoning_content": AGENT_SHELL_REASONING, "tool_calls": [tool_call("run_shell_command", &json!({"command": MARKER_CMD}))]});
+        let framed = format!("Command: {MARKER_CMD}\nDirectory: (root)\nOutput: marker-written\nError: (none)\nExit Code: 0\nSignal: 0\nProcess Group PGID: 1552");
+        let output = json!({"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": framed}]});
+        let qwen = tool("run_shell_command", json!({"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}));
+        let s = script_for(&agent_request(vec![qwen], "scenario:agent-shell", vec![call, output]));
+        assert_eq!(final_of(&s), "Done. The command printed: marker-written. Turn-1 reasoning came back: yes.");
+    }
+
+    #[test]
+    fn agent_shell_reads_the_result_out_of_clines_json_command_list() {
+        let call = json!({"role": "assistant", "content": null, "reasoning_content": AGENT_SHELL_REASONING, "tool_calls": [tool_call("run_commands", &json!({"commands": [MARKER_CMD]}))]});
+        let listed = json!([{"query": MARKER_CMD, "result": "marker-written\n", "success": true}]).to_string();
+        let output = json!({"role": "tool", "tool_call_id": "call_1", "content": listed});
+        let cline = tool("run_commands", json!({"type": "object", "properties": {"commands": {"type": "array", "items": {"type": "string"}}}, "required": ["commands"]}));
+        let s = script_for(&agent_request(vec![cline], "scenario:agent-shell", vec![call, output]));
+        assert_eq!(final_of(&s), "Done. The command printed: marker-written. Turn-1 reasoning came back: yes.");
     }
 
     #[test]

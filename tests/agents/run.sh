@@ -16,7 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${HARMONY_PROXY_BIN:-$root/target/debug/harmony-proxy}
 agents=("$@")
-[ ${#agents[@]} -gt 0 ] || agents=(codex claude)
+[ ${#agents[@]} -gt 0 ] || agents=(codex claude qwen opencode kilo continue cline aider)
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -59,11 +59,12 @@ for agent in "${agents[@]}"; do
   dir="$work/$agent-work"
   mkdir -p "$dir"
   start=$(date +%s)
+  log=chat-proxy
   case "$agent" in
-    codex) bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
-    claude) bash "$here/claude.sh" "$proxy_url" "$dir" ;;
+    codex) log=proxy; bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
+    claude) log=proxy; bash "$here/claude.sh" "$proxy_url" "$dir" ;;
     *) if [ -f "$here/$agent.sh" ]; then bash "$here/$agent.sh" "$chat_url/v1" "$dir"; else echo "unknown agent $agent"; false; fi ;;
-  esac || { status=1; echo "agents: $agent FAILED; proxy log tail:"; tail -n 20 "$work/proxy.err"; }
+  esac || { status=1; echo "agents: $agent FAILED; $log log tail:"; tail -n 20 "$work/$log.err"; }
   echo "agents: $agent took $(( $(date +%s) - start ))s"
 done
 exit $status
