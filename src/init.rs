@@ -18,6 +18,14 @@ pub enum ClientKind {
     /// Claude Code (Anthropic Messages): thinking blocks, tool_use, preambles as text
     /// blocks; prints the environment to set.
     ClaudeCode,
+    /// OpenCode: `ide-tools`; prints its `opencode.json`.
+    Opencode,
+    /// Kilo Code CLI: `ide-tools`; prints its `~/.config/kilo/kilo.json`.
+    Kilo,
+    /// Qwen Code: `ide-tools`; prints its `~/.qwen/settings.json`.
+    Qwen,
+    /// aider (declares no tools: calls are shown as text); prints its command line.
+    Aider,
 }
 
 impl ClientKind {
@@ -29,6 +37,10 @@ impl ClientKind {
             Self::Sdk => ("OpenAI SDK applications", "app"),
             Self::Codex => ("Codex CLI", "ide-tools"),
             Self::ClaudeCode => ("Claude Code", "ide-tools"),
+            Self::Opencode => ("OpenCode", "ide-tools"),
+            Self::Kilo => ("Kilo Code CLI", "ide-tools"),
+            Self::Qwen => ("Qwen Code", "ide-tools"),
+            Self::Aider => ("aider", "text-tools"),
         }
     }
 
@@ -57,6 +69,51 @@ export ANTHROPIC_MODEL=gpt-oss-20b                  # the model name your server
 export ANTHROPIC_SMALL_FAST_MODEL=gpt-oss-20b
 export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1   # no telemetry, update or other calls out
 export CLAUDE_CODE_MAX_CONTEXT_TOKENS=131072        # gpt-oss's context (it cannot know it)
+"#
+            )),
+            Self::Opencode | Self::Kilo => {
+                let (file, schema, extra) = match self {
+                    Self::Opencode => ("opencode.json (in the project directory)", "https://opencode.ai/config.json", r#"  "share": "disabled""#),
+                    _ => ("~/.config/kilo/kilo.json (the user's: a project kilo.json may not read the environment)", "https://app.kilo.ai/config.json", r#"  "enabled_providers": ["harmony"]"#),
+                };
+                let run = if self == Self::Opencode { "opencode" } else { "kilo" };
+                Some(format!(
+                    r#"# {file}: {run} through harmony-proxy; run `{run} run -m harmony/gpt-oss-20b "…"`
+{{
+  "$schema": "{schema}",
+  "provider": {{
+    "harmony": {{
+      "npm": "@ai-sdk/openai-compatible",
+      "name": "harmony-proxy",
+      "options": {{ "baseURL": "http://{listen}/v1", "apiKey": "{{env:HARMONY_PROXY_API_KEY}}" }},
+      "models": {{
+        "gpt-oss-20b": {{ "name": "gpt-oss-20b", "tool_call": true, "reasoning": true, "limit": {{ "context": 131072, "output": 32000 }} }}
+      }}
+    }}
+  }},
+  "model": "harmony/gpt-oss-20b",
+  "autoupdate": false,
+{extra}
+}}
+# `reasoning: true` keeps the reasoning in the history it sends back; set HARMONY_PROXY_API_KEY (any value without server.api_keys)
+"#
+                ))
+            }
+            Self::Qwen => Some(format!(
+                r#"# ~/.qwen/settings.json: Qwen Code through harmony-proxy; run `qwen --yolo "…"` (HARMONY_PROXY_API_KEY set: any value without server.api_keys)
+{{
+  "$version": 4,
+  "modelProviders": {{ "openai": [ {{ "id": "gpt-oss-20b", "name": "gpt-oss-20b", "baseUrl": "http://{listen}/v1",
+    "envKey": "HARMONY_PROXY_API_KEY", "generationConfig": {{ "contextWindowSize": 131072 }} }} ] }},
+  "security": {{ "auth": {{ "selectedType": "openai" }} }},
+  "model": {{ "name": "gpt-oss-20b" }}
+}}
+"#
+            )),
+            Self::Aider => Some(format!(
+                r#"# aider through harmony-proxy (it declares no tools: the `text-tools` pipeline shows calls as text)
+OPENAI_API_KEY=unused aider --openai-api-base http://{listen}/v1 --model openai/gpt-oss-20b
+# a --model-metadata-file with an "openai/gpt-oss-20b" entry (context 131072, zero prices) keeps it from fetching a price list
 "#
             )),
             _ => None,

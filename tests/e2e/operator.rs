@@ -207,10 +207,19 @@ fn a_dotenv_file_configures_the_proxy_like_the_python_one_did() {
 
 #[test]
 fn init_writes_a_config_that_passes_check_for_every_client_kind() {
-    for kind in ["roo", "cline", "continue", "sdk", "codex", "claude-code"] {
+    for kind in ["roo", "cline", "continue", "sdk", "codex", "claude-code", "opencode", "kilo", "qwen", "aider"] {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(BIN).args(["init", "--upstream", "http://127.0.0.1:8080/v1", "--for", kind]).current_dir(dir.path()).output().unwrap();
         assert!(out.status.success(), "{kind}: {}", String::from_utf8_lossy(&out.stderr));
+        if ["opencode", "kilo", "qwen", "aider"].contains(&kind) {
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(said.contains("http://127.0.0.1:8001/v1"), "{kind}: {said}");
+            if kind != "aider" {
+                // The agent's own config is JSON that parses.
+                let json: String = said.lines().skip_while(|l| !l.starts_with('{')).take_while(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+                serde_json::from_str::<serde_json::Value>(&json).unwrap_or_else(|e| panic!("{kind}: {e}\n{json}"));
+            }
+        }
         if kind == "claude-code" {
             let said = String::from_utf8_lossy(&out.stdout);
             assert!(said.contains("export ANTHROPIC_BASE_URL=http://127.0.0.1:8001\n"), "{said}");
