@@ -538,24 +538,49 @@ fn passthrough_on_a_raw_server_removes_markup_but_cannot_separate_reasoning() {
     assert_eq!(harmony.content, f, "the default pipeline gets it right");
 }
 
-/// node and npm, which tests/agents/codex.sh needs (it installs Codex with npm the first time),
-/// or `None` after saying why the Codex test is skipped (a failure under CI).
-fn node_and_npm() -> Option<()> {
+/// A real coding agent's CLI, run headless against the proxy by its script in tests/agents/
+/// (`bash SCRIPT BASE_URL WORKDIR`: the script installs the pinned version with npm the first
+/// time, runs the agent's shell-tool loop and checks the result).
+struct AgentCli {
+    /// What the reports call it (the script's own PASS/FAIL prefix).
+    name: &'static str,
+    /// The npm package the script installs.
+    package: &'static str,
+    /// The script, in tests/agents/.
+    script: &'static str,
+    /// The route the proxy serves the agent on.
+    route: &'static str,
+    /// What the script's BASE_URL adds to the proxy's address: Codex takes the `/v1` base,
+    /// Claude Code the bare address (it appends `/v1/messages` itself).
+    base_path: &'static str,
+    /// The script's timeout variable (seconds).
+    timeout_env: &'static str,
+    /// The agent's script player: its key in scenarios.json and in the manifest's models.
+    model: &'static str,
+}
+
+const CODEX: AgentCli = AgentCli { name: "codex", package: "@openai/codex", script: "codex.sh", route: "/v1/responses", base_path: "/v1", timeout_env: "CODEX_TIMEOUT", model: "codex_agent" };
+
+const CLAUDE_CODE: AgentCli = AgentCli { name: "claude", package: "@anthropic-ai/claude-code", script: "claude.sh", route: "/v1/messages", base_path: "", timeout_env: "CLAUDE_TIMEOUT", model: "claude_agent" };
+
+/// node and npm, which the agent scripts need (they install the agent with npm the first
+/// time), or `None` after saying why `agent`'s test is skipped (a failure under CI).
+fn node_and_npm(agent: &AgentCli) -> Option<()> {
     let ok = |bin: &str| Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if ok("node") && ok("npm") {
         return Some(());
     }
     if required() {
-        panic!("the Codex CLI test needs node and npm on PATH (tests/agents/codex.sh installs @openai/codex with npm)");
+        panic!("the {} test needs node and npm on PATH (tests/agents/{} installs {} with npm)", agent.name, agent.script, agent.package);
     }
-    let _ = writeln!(std::io::stderr(), "Codex CLI test skipped: node and npm are not on PATH");
+    let _ = writeln!(std::io::stderr(), "{} test skipped: node and npm are not on PATH", agent.name);
     None
 }
 
-/// A proxy serving `POST /v1/responses` (all models) through `pipeline` (a shipped one or
-/// `native-llama`), in front of `llama`. No `max_body_bytes`: Codex's requests are ~50 kB
-/// (instructions and tools), the shared test config's 64 kB limit is too close.
-fn codex_proxy(llama: &Llama, pipeline: &str, dir: &Path) -> Proc {
+/// A proxy serving `route` (all models) through `pipeline` (a shipped one or `native-llama`),
+/// in front of `llama`. No `max_body_bytes`: agents' requests are ~50 kB (instructions and
+/// tools), the shared test config's 64 kB limit is too close.
+fn agent_proxy(llama: &Llama, route: &str, pipeline: &str, dir: &Path) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let native_llama = if pipeline == "native-llama" { format!("[pipelines.native-llama]\nstages = [{NATIVE_LLAMA_STAGES}]\n") } else { String::new() };
     let cfg = format!(
@@ -569,7 +594,7 @@ read_timeout = "60s"
 connect_timeout = "2s"
 
 [[routes]]
-path = "/v1/responses"
+path = "{route}"
 upstream = "default"
 pipeline = "{pipeline}"
 
@@ -580,26 +605,18 @@ pipeline = "{pipeline}"
     spawn(&["serve", "--config", "proxy.toml", "--port", "0"], dir, &[])
 }
 
-/// The real Codex CLI (tests/agents/codex.sh: `codex exec`, headless) runs its two-turn tool
-/// loop through the proxy's `POST /v1/responses` in front of llama-server playing
-/// `codex_agent` on Codex's real prompt: turn 1 reasons and calls `exec_command`, Codex runs
-/// the command (it writes the marker file), turn 2 answers with what the command printed and
-/// whether the turn-1 reasoning came back. The model itself tells the last one (its answer
-/// says `yes` only when the reasoning reached llama-server in the second prompt), so codex.sh's
-/// checks cover the whole round trip: Responses decoding of Codex's request, the upstream
-/// request, the parsed output as Responses items, Codex running the call and sending the
-/// call, its reasoning and its output back.
-///
-/// Once per way the proxy reaches the model: the chat endpoint (`ide-tools`) on a default
-/// llama-server (its template and parser) and on a `--reasoning-format none` one (the proxy
-/// parses the raw Harmony), and `native` (harmony-render: the proxy renders the prompt
-/// itself) on `/v1/completions` and on llama.cpp's `/completion`.
-#[test]
-fn codex_cli_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server() {
+/// `agent` runs its two-turn tool loop through the proxy (on `agent.route`) in front of
+/// llama-server playing `agent.model` on the agent's real prompt, once per way the proxy
+/// reaches the model: the chat endpoint (`ide-tools`) on a default llama-server (its template
+/// and parser) and on a `--reasoning-format none` one (the proxy parses the raw Harmony), and
+/// `native` (harmony-render: the proxy renders the prompt itself) on `/v1/completions` and on
+/// llama.cpp's `/completion`. The agent's script checks the outcome; every way is tried, the
+/// failures reported together.
+fn agent_cli_loop(agent: &AgentCli) {
     let Some(h) = harness() else { return };
-    let Some(()) = node_and_npm() else { return };
-    let n_ctx = h.scenarios["codex_agent"]["n_ctx"].as_u64().unwrap();
-    let model = &h.models["codex_agent"];
+    let Some(()) = node_and_npm(agent) else { return };
+    let n_ctx = h.scenarios[agent.model]["n_ctx"].as_u64().unwrap();
+    let model = &h.models[agent.model];
     let dir = tempfile::tempdir().unwrap();
     let default = Llama::start_with_context(h, model, ServerMode::Default, dir.path(), n_ctx);
     let mut failures = Vec::new();
@@ -613,22 +630,51 @@ fn codex_cli_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server(
         };
         let case = format!("{pipeline} on a {mode:?} llama-server");
         let sub = dir.path().join(format!("{pipeline}-{mode:?}"));
-        let proxy = codex_proxy(llama, pipeline, &sub);
+        let proxy = agent_proxy(llama, agent.route, pipeline, &sub);
         let started = Instant::now();
         let out = Command::new("bash")
-            .arg(Path::new(ROOT).join("tests/agents/codex.sh"))
-            .arg(format!("{}/v1", proxy.url))
+            .arg(Path::new(ROOT).join("tests/agents").join(agent.script))
+            .arg(format!("{}{}", proxy.url, agent.base_path))
             .arg(sub.join("work"))
-            .env("CODEX_TIMEOUT", "240")
+            .env(agent.timeout_env, "240")
             .stdin(Stdio::null())
             .output()
-            .expect("bash tests/agents/codex.sh");
+            .unwrap_or_else(|e| panic!("bash tests/agents/{}: {e}", agent.script));
         let passed = out.status.success();
-        let _ = writeln!(std::io::stderr(), "codex via {case}: {:.1} s, {}", started.elapsed().as_secs_f64(), if passed { "passed" } else { "FAILED" });
+        let _ = writeln!(std::io::stderr(), "{} via {case}: {:.1} s, {}", agent.name, started.elapsed().as_secs_f64(), if passed { "passed" } else { "FAILED" });
         if !passed {
             let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            failures.push(format!("--- codex via {case} ({}):\n{report}\n--- proxy log:\n{}\n--- llama-server log tail:\n{}", out.status, proxy.log(), llama.logs()));
+            failures.push(format!("--- {} via {case} ({}):\n{report}\n--- proxy log:\n{}\n--- llama-server log tail:\n{}", agent.name, out.status, proxy.log(), llama.logs()));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The real Codex CLI (tests/agents/codex.sh: `codex exec`, headless) runs its two-turn tool
+/// loop through the proxy's `POST /v1/responses` in front of llama-server playing
+/// `codex_agent` on Codex's real prompt: turn 1 reasons and calls `exec_command`, Codex runs
+/// the command (it writes the marker file), turn 2 answers with what the command printed and
+/// whether the turn-1 reasoning came back. The model itself tells the last one (its answer
+/// says `yes` only when the reasoning reached llama-server in the second prompt), so codex.sh's
+/// checks cover the whole round trip: Responses decoding of Codex's request, the upstream
+/// request, the parsed output as Responses items, Codex running the call and sending the
+/// call, its reasoning and its output back. The four ways: see [`agent_cli_loop`].
+#[test]
+fn codex_cli_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server() {
+    agent_cli_loop(&CODEX);
+}
+
+/// The real Claude Code (tests/agents/claude.sh: `claude -p`, headless) runs its two-turn
+/// tool loop through the proxy's `POST /v1/messages` in front of llama-server playing
+/// `claude_agent` on Claude Code's real prompt: turn 1 reasons (a `thinking` block) and calls
+/// `Bash`, Claude Code runs the command (it writes the marker file), turn 2 answers with what
+/// the command printed and whether the turn-1 reasoning came back, which the model itself
+/// tells (`yes` only when the reasoning reached llama-server in the second prompt: Claude Code
+/// sends the thinking block back, the proxy opens its signature). So claude.sh's checks cover
+/// the whole round trip: Messages decoding of Claude Code's request, the upstream request,
+/// the parsed output as Messages blocks, Claude Code running the call and sending the call,
+/// its thinking and the `tool_result` back. The four ways: see [`agent_cli_loop`].
+#[test]
+fn claude_code_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server() {
+    agent_cli_loop(&CLAUDE_CODE);
 }

@@ -10,12 +10,14 @@ make_gguf.py for how the weights work):
   * the random model: noise, used for grammar-forced output and to tokenize;
   * one "script player" per scenario of scenarios.json: greedy decoding replays the
     scenario's `text` (what gpt-oss would emit after the prompt's `<|start|>assistant`);
-  * the agent models: one script player per two-turn tool session (`agent`, `codex_agent`
-    in scenarios.json): `turn1` for the single-turn prompt, `turn2` once the prompt holds the
-    tool result. `agent` runs on the suite's `user` and `tools`; `codex_agent` on Codex CLI's
-    real first request (`prompt_file`: ~7.5k tokens of instructions and tools), with a longer
-    context (`n_ctx`), more markers (8 heads) and a turn 2 that depends on whether the turn-1
-    reasoning came back (`reasoning_marker`: `turn2` if so, else `turn2_no_reasoning`).
+  * the agent models: one script player per two-turn tool session (`agent`, `codex_agent`,
+    `claude_agent` in scenarios.json): `turn1` for the single-turn prompt, `turn2` once the
+    prompt holds the tool result. `agent` runs on the suite's `user` and `tools`;
+    `codex_agent` and `claude_agent` on Codex CLI's and Claude Code's real first request
+    (`prompt_file`: ~7.5k and ~10k tokens of instructions and tools), with a longer context
+    (`n_ctx`), more markers (8 heads), a turn 2 that depends on whether the turn-1 reasoning
+    came back (`reasoning_marker`: `turn2` if so, else `turn2_no_reasoning`) and, for more
+    states than the agent dims hold, a wider model (`n_embd`).
 
 How a script player decides: its next token is a function of
     (current token, which markers occur anywhere in the context, prompt included)
@@ -55,7 +57,7 @@ import make_gguf  # noqa: E402
 SCRIPT_FORMAT = "harmony-proxy-script-player-2"
 SCENARIO_DIMS = make_gguf.SMALL_DIMS
 AGENT_DIMS = {"n_embd": 256, "n_ff_exp": 256}
-AGENTS = ("agent", "codex_agent")   # the two-turn session models (the same code path)
+AGENTS = ("agent", "codex_agent", "claude_agent")   # the two-turn session models (one code path)
 TOOL_CALL_ID = "call_weather_1"
 T0 = time.time()
 
@@ -248,8 +250,11 @@ def check_prompt(name, srv, messages, tools, markers, must_have=()):
 
 def agent_dims(agent):
     """The model dims of an agent session: AGENT_DIMS, plus 8 heads when it needs more than 4
-    markers and the context it asks for (`n_ctx`)."""
+    markers, the context it asks for (`n_ctx`) and the width (`n_embd`, also the feed-forward
+    width: room for more known tokens and states)."""
     dims = dict(AGENT_DIMS)
+    if "n_embd" in agent:
+        dims["n_embd"] = dims["n_ff_exp"] = agent["n_embd"]
     if len(agent["turn1_markers"]) + len(agent.get("turn2_markers", [])) + 1 > make_gguf.N_HEAD:
         dims["n_head"] = 8
     if "n_ctx" in agent:
