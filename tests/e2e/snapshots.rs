@@ -43,14 +43,7 @@ fn client_bytes_for_every_fixture_in_every_mode() {
     let enc = harmony_filters::testing::encoding();
     let cfg = config::load_str(EMBEDDED_CONFIG, None, no_env).unwrap();
     let modes = ["harmony", "text-tools", "ide-tools"];
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.path().file_name()?.to_str()?.strip_suffix(".sse").map(str::to_owned))
-        .collect();
-    names.sort();
-    for name in names {
-        let body = std::fs::read(dir.join(format!("{name}.sse"))).unwrap();
+    for (name, body) in fixtures() {
         let mut doc = String::new();
         for pipeline in modes {
             let compiled = compile(&cfg.pipelines[pipeline].0.stages, &enc);
@@ -64,6 +57,25 @@ fn client_bytes_for_every_fixture_in_every_mode() {
         }
         snapshots! { insta::assert_snapshot!(format!("fixture__{name}"), doc); }
     }
+}
+
+/// Every recorded upstream stream of tests/fixtures, by name, in name order.
+fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.path().file_name()?.to_str()?.strip_suffix(".sse").map(str::to_owned))
+        .collect();
+    names.sort();
+    names.into_iter().map(|name| { let body = std::fs::read(dir.join(format!("{name}.sse"))).unwrap(); (name, body) }).collect()
+}
+
+/// The compiled pipeline the shipped config routes `path` to.
+fn shipped_pipeline_for(path: &str) -> harmony_filters::Compiled {
+    let enc = harmony_filters::testing::encoding();
+    let cfg = config::load_str(EMBEDDED_CONFIG, None, no_env).unwrap();
+    let route = cfg.routes.iter().find(|r| r.path == path).unwrap_or_else(|| panic!("the shipped config serves {path}"));
+    compile(&cfg.pipelines[&route.pipeline].0.stages, &enc)
 }
 
 /// Every random id (`resp_`, `rs_`, `msg_`, `fc_`, `call_`, `toolu_`) replaced.
@@ -91,18 +103,8 @@ fn redact_ids(s: &str) -> String {
 /// shipped config's `/v1/responses` pipeline (`agents`).
 #[test]
 fn responses_events_for_every_fixture() {
-    let enc = harmony_filters::testing::encoding();
-    let cfg = config::load_str(EMBEDDED_CONFIG, None, no_env).unwrap();
-    let route = cfg.routes.iter().find(|r| r.path == "/v1/responses").expect("the shipped config serves /v1/responses");
-    let compiled = compile(&cfg.pipelines[&route.pipeline].0.stages, &enc);
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.path().file_name()?.to_str()?.strip_suffix(".sse").map(str::to_owned))
-        .collect();
-    names.sort();
-    for name in names {
-        let body = std::fs::read(dir.join(format!("{name}.sse"))).unwrap();
+    let compiled = shipped_pipeline_for("/v1/responses");
+    for (name, body) in fixtures() {
         let mut doc = String::new();
         for stream in [true, false] {
             let mut meta = harmony_filters::testing::responses_meta(stream);
@@ -123,18 +125,8 @@ fn responses_events_for_every_fixture() {
 /// nonce: redacted.
 #[test]
 fn messages_events_for_every_fixture() {
-    let enc = harmony_filters::testing::encoding();
-    let cfg = config::load_str(EMBEDDED_CONFIG, None, no_env).unwrap();
-    let route = cfg.routes.iter().find(|r| r.path == "/v1/messages").expect("the shipped config serves /v1/messages");
-    let compiled = compile(&cfg.pipelines[&route.pipeline].0.stages, &enc);
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.path().file_name()?.to_str()?.strip_suffix(".sse").map(str::to_owned))
-        .collect();
-    names.sort();
-    for name in names {
-        let body = std::fs::read(dir.join(format!("{name}.sse"))).unwrap();
+    let compiled = shipped_pipeline_for("/v1/messages");
+    for (name, body) in fixtures() {
         let mut doc = String::new();
         for stream in [true, false] {
             let mut meta = harmony_filters::testing::messages_meta(stream);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::event::ApiError;
+use crate::event::{ApiError, Event, FinishReason};
 use crate::seal::Sealer;
 use crate::stage::{RequestMeta, Stage};
 use crate::stages::reasoning_memory::{MemoryStore, ReasoningStore};
@@ -153,4 +153,55 @@ impl ApiContext {
             Self::Messages(ctx) => Box::new(messages::encode::MessagesEncoder::new(meta, ctx.clone())),
         }
     }
+}
+
+/// What every encoder notes about a response besides its content, the same way: how the
+/// upstream said it ended, its usage, the first error, when output began.
+#[derive(Debug, Default)]
+pub(crate) struct Ending {
+    pub finish: Option<FinishReason>,
+    pub usage: Option<Value>,
+    pub error: Option<ApiError>,
+    /// When the first answer text or tool call reached the encoder (time to first token).
+    pub first_output: Option<std::time::Instant>,
+}
+
+impl Ending {
+    /// Notes the events every encoder treats alike (an error is also passed on: the body
+    /// watches errors for the status, metrics and retry; `Abort` and `Wire` pass through);
+    /// gives back the others for the encoder's own wire format.
+    pub fn note(&mut self, ev: Event, out: &mut Vec<Event>) -> Option<Event> {
+        if self.first_output.is_none() && matches!(ev, Event::Content(_) | Event::ClientToolCall { .. }) {
+            self.first_output = Some(std::time::Instant::now());
+        }
+        match ev {
+            Event::Finish(f) => self.finish = Some(f),
+            Event::Usage(u) => self.usage = Some(u),
+            Event::Error(e) => {
+                if self.error.is_none() {
+                    self.error = Some(e.clone());
+                }
+                out.push(Event::Error(e));
+            }
+            ev @ (Event::Abort | Event::Wire(_)) => out.push(ev),
+            ev => return Some(ev),
+        }
+        None
+    }
+}
+
+/// Reads one typed value out of `v`; an error names `at` and the path inside it
+/// (`input[3].call_id: missing field`).
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: Value, at: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let inner = e.path().to_string();
+        let place = if inner == "." || inner.is_empty() {
+            at.to_owned()
+        } else if at.is_empty() {
+            inner
+        } else {
+            format!("{at}.{inner}")
+        };
+        ApiError::invalid(place, e.inner())
+    })
 }

@@ -15,7 +15,8 @@ use std::io::Write as _;
 use bytes::{BufMut as _, BytesMut};
 use serde_json::Value;
 
-use crate::event::{ApiError, Event, FinishReason, ReasoningField};
+use crate::event::{Event, FinishReason, ReasoningField};
+use crate::api::Ending;
 use crate::stage::{RequestMeta, Stage, Stats};
 
 struct ToolCall {
@@ -32,16 +33,14 @@ pub struct ChatEncoder {
     meta: RequestMeta,
     buf: BytesMut,
     role_sent: bool,
-    finish: Option<FinishReason>,
-    usage: Option<Value>,
-    error: Option<ApiError>,
+    /// How it ended, its usage, its first error, when output began.
+    ending: Ending,
     done: bool,
     // Non-streaming accumulators.
     content: String,
     reasoning: Option<(ReasoningField, String)>,
     calls: Vec<ToolCall>,
     saw_tool_call: bool,
-    first_output: Option<std::time::Instant>,
 }
 
 fn json_str(s: &str) -> String {
@@ -64,15 +63,12 @@ impl ChatEncoder {
             meta: meta.clone(),
             buf: BytesMut::with_capacity(512),
             role_sent: false,
-            finish: None,
-            usage: None,
-            error: None,
+            ending: Ending::default(),
             done: false,
             content: String::new(),
             reasoning: None,
             calls: Vec::new(),
             saw_tool_call: false,
-            first_output: None,
         }
     }
 
@@ -129,7 +125,7 @@ impl ChatEncoder {
     }
 
     fn finish_reason(&self) -> FinishReason {
-        match self.finish {
+        match self.ending.finish {
             Some(FinishReason::Length) => FinishReason::Length,
             Some(FinishReason::ContentFilter) => FinishReason::ContentFilter,
             _ if self.saw_tool_call => FinishReason::ToolCalls,
@@ -138,7 +134,7 @@ impl ChatEncoder {
     }
 
     fn finish_stream(&mut self, out: &mut Vec<Event>) {
-        if let Some(err) = &self.error {
+        if let Some(err) = &self.ending.error {
             let body = err.to_json();
             self.buf.extend_from_slice(b"data: ");
             let _ = serde_json::to_writer((&mut self.buf).writer(), &body);
@@ -150,7 +146,7 @@ impl ChatEncoder {
             let reason = self.finish_reason();
             self.end_chunk(Some(reason), out);
             if self.include_usage {
-                if let Some(usage) = self.usage.take() {
+                if let Some(usage) = self.ending.usage.take() {
                     let _ = write!(
                         (&mut self.buf).writer(),
                         "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[],\"usage\":{}}}\n\n",
@@ -167,7 +163,7 @@ impl ChatEncoder {
     }
 
     fn finish_json(&mut self, out: &mut Vec<Event>) {
-        let body = if let Some(err) = &self.error {
+        let body = if let Some(err) = &self.ending.error {
             err.to_json()
         } else {
             let mut message = serde_json::Map::new();
@@ -194,7 +190,7 @@ impl ChatEncoder {
                 "model": self.meta.model,
                 "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": self.finish_reason().as_str()}],
             });
-            if let Some(u) = self.usage.take() {
+            if let Some(u) = self.ending.usage.take() {
                 body["usage"] = u;
             }
             body
@@ -209,9 +205,7 @@ impl Stage for ChatEncoder {
         if self.done {
             return;
         }
-        if self.first_output.is_none() && matches!(ev, Event::Content(_) | Event::ClientToolCall { .. }) {
-            self.first_output = Some(std::time::Instant::now());
-        }
+        let Some(ev) = self.ending.note(ev, out) else { return };
         match ev {
             // Only tool-bridge's client events are shown: it is where markup is removed.
             Event::Content(t) => {
@@ -251,21 +245,12 @@ impl Stage for ChatEncoder {
                     c.args.push_str(&args);
                 }
             }
-            Event::Finish(f) => self.finish = Some(f),
-            Event::Usage(u) => self.usage = Some(u),
-            Event::Error(e) => {
-                if self.error.is_none() {
-                    self.error = Some(e.clone());
-                }
-                out.push(Event::Error(e)); // the body watches errors (status, metrics, retry)
-            }
-            ev @ (Event::Abort | Event::Wire(_)) => out.push(ev),
             _ => {}
         }
     }
 
     fn stats(&self, st: &mut Stats) {
-        st.first_output = st.first_output.or(self.first_output);
+        st.first_output = st.first_output.or(self.ending.first_output);
     }
 
     fn on_end(&mut self, out: &mut Vec<Event>) {

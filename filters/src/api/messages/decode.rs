@@ -25,7 +25,7 @@ use serde_json::{json, Map, Value};
 
 use super::types::{Content, MessageParam, Request, Thinking, Tool, ToolChoice};
 use super::Context;
-use crate::api::{ApiContext, Decoded, EdgeEnv};
+use crate::api::{typed, ApiContext, Decoded, EdgeEnv};
 use crate::event::ApiError;
 use crate::stage::random_id;
 
@@ -33,13 +33,6 @@ fn invalid(param: impl Into<String>, message: impl std::fmt::Display) -> ApiErro
     ApiError::invalid(param, message)
 }
 
-fn typed<T: serde::de::DeserializeOwned>(v: Value, at: &str) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let inner = e.path().to_string();
-        let place = if inner == "." || inner.is_empty() { at.to_owned() } else if at.is_empty() { inner } else { format!("{at}.{inner}") };
-        invalid(place, e.inner())
-    })
-}
 
 /// A client's tool id as the chat conversation knows it (`toolu_X` → `call_X`).
 pub fn call_id(tool_use_id: &str) -> String {

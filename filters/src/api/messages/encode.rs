@@ -26,7 +26,8 @@ use serde_json::{json, Value};
 
 use super::decode::tool_use_id;
 use super::{error_json, Context};
-use crate::event::{ApiError, Event, FinishReason};
+use crate::event::{Event, FinishReason};
+use crate::api::Ending;
 use crate::stage::{RequestMeta, Stage, Stats};
 
 /// Longest silence on a stream before a `ping`.
@@ -49,12 +50,10 @@ pub struct MessagesEncoder {
     /// The stopped blocks, in order (the message's `content`).
     content: Vec<Value>,
     saw_tool_use: bool,
-    finish: Option<FinishReason>,
-    usage: Option<Value>,
-    error: Option<ApiError>,
+    /// How it ended, its usage, its first error, when output began.
+    ending: Ending,
     done: bool,
     last_write: Instant,
-    first_output: Option<Instant>,
 }
 
 impl MessagesEncoder {
@@ -68,12 +67,9 @@ impl MessagesEncoder {
             open: None,
             content: Vec::new(),
             saw_tool_use: false,
-            finish: None,
-            usage: None,
-            error: None,
+            ending: Ending::default(),
             done: false,
             last_write: Instant::now(),
-            first_output: None,
         }
     }
 
@@ -173,7 +169,7 @@ impl MessagesEncoder {
     }
 
     fn stop_reason(&self) -> &'static str {
-        match self.finish {
+        match self.ending.finish {
             Some(FinishReason::Length) => "max_tokens",
             _ if self.saw_tool_use => "tool_use",
             _ => "end_turn",
@@ -181,7 +177,7 @@ impl MessagesEncoder {
     }
 
     fn usage(&self) -> Value {
-        let u = self.usage.as_ref();
+        let u = self.ending.usage.as_ref();
         let n = |p: &str| u.and_then(|u| u.pointer(p)).and_then(Value::as_u64).unwrap_or(0);
         json!({"input_tokens": n("/prompt_tokens"), "output_tokens": n("/completion_tokens"),
                "cache_creation_input_tokens": 0, "cache_read_input_tokens": n("/prompt_tokens_details/cached_tokens")})
@@ -189,7 +185,7 @@ impl MessagesEncoder {
 
     fn finish(&mut self, out: &mut Vec<Event>) {
         self.stop(out);
-        if let Some(e) = self.error.clone() {
+        if let Some(e) = self.ending.error.clone() {
             let body = error_json(&e);
             if self.stream {
                 self.begin_event("error");
@@ -226,9 +222,7 @@ impl Stage for MessagesEncoder {
         if self.done {
             return;
         }
-        if self.first_output.is_none() && matches!(ev, Event::Content(_) | Event::ClientToolCall { .. }) {
-            self.first_output = Some(Instant::now());
-        }
+        let Some(ev) = self.ending.note(ev, out) else { return };
         match ev {
             Event::Reasoning(_, t) => {
                 match &mut self.open {
@@ -259,15 +253,6 @@ impl Stage for MessagesEncoder {
                     self.delta("input_json_delta", "partial_json", &args, out);
                 }
             }
-            Event::Finish(f) => self.finish = Some(f),
-            Event::Usage(u) => self.usage = Some(u),
-            Event::Error(e) => {
-                if self.error.is_none() {
-                    self.error = Some(e.clone());
-                }
-                out.push(Event::Error(e)); // the body watches errors (status, metrics, retry)
-            }
-            ev @ (Event::Abort | Event::Wire(_)) => out.push(ev),
             _ => {}
         }
     }
@@ -291,13 +276,14 @@ impl Stage for MessagesEncoder {
     }
 
     fn stats(&self, st: &mut Stats) {
-        st.first_output = st.first_output.or(self.first_output);
+        st.first_output = st.first_output.or(self.ending.first_output);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::ApiError;
     use crate::testing::{assemble_messages, messages_meta};
 
     fn encoder(stream: bool) -> MessagesEncoder {

@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 
 use super::types::{CallOutputItem, Content, CustomTool, CustomToolCallItem, FunctionCallItem, FunctionTool, Input, MessageItem, NamespaceTool, ReasoningItem, Request, TextFormat};
 use super::{Context, Stored, Storing, ToolOrigin, NAMESPACE_SEPARATOR};
-use crate::api::{ApiContext, Decoded, EdgeEnv};
+use crate::api::{typed, ApiContext, Decoded, EdgeEnv};
 use crate::event::ApiError;
 use crate::stage::random_id;
 
@@ -34,14 +34,6 @@ fn invalid(param: impl Into<String>, message: impl std::fmt::Display) -> ApiErro
     ApiError::invalid(param, message)
 }
 
-/// Reads one typed value out of `v`, errors named by `at` and the path inside.
-fn typed<T: serde::de::DeserializeOwned>(v: Value, at: &str) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let inner = e.path().to_string();
-        let place = if inner == "." || inner.is_empty() { at.to_owned() } else { format!("{at}.{inner}") };
-        invalid(place, e.inner())
-    })
-}
 
 /// The text of content parts (`input_text`, `output_text`, `text`, `refusal`); images,
 /// files and audio are refused: gpt-oss reads text only.

@@ -31,6 +31,7 @@ use serde_json::{json, Map, Value};
 
 use super::{Context, ToolOrigin};
 use crate::event::{ApiError, Event, FinishReason};
+use crate::api::Ending;
 use crate::stage::{random_id, RequestMeta, Stage, Stats};
 
 /// Longest silence on a started stream before a `response.in_progress` heartbeat.
@@ -55,12 +56,10 @@ pub struct ResponsesEncoder {
     open: Option<Item>,
     /// The finished items, in order: `response.output`.
     output: Vec<Value>,
-    finish: Option<FinishReason>,
-    usage: Option<Value>,
-    error: Option<ApiError>,
+    /// How it ended, its usage, its first error, when output began.
+    ending: Ending,
     done: bool,
     last_write: Instant,
-    first_output: Option<Instant>,
 }
 
 fn json_str(buf: &mut BytesMut, s: &str) {
@@ -79,12 +78,9 @@ impl ResponsesEncoder {
             started: false,
             open: None,
             output: Vec::new(),
-            finish: None,
-            usage: None,
-            error: None,
+            ending: Ending::default(),
             done: false,
             last_write: Instant::now(),
-            first_output: None,
         }
     }
 
@@ -262,7 +258,7 @@ impl ResponsesEncoder {
     }
 
     fn usage(&self) -> Value {
-        let u = self.usage.as_ref();
+        let u = self.ending.usage.as_ref();
         let n = |p: &str| u.and_then(|u| u.pointer(p)).and_then(Value::as_u64).unwrap_or(0);
         let (input, output) = (n("/prompt_tokens"), n("/completion_tokens"));
         let total = u.and_then(|u| u.get("total_tokens")).and_then(Value::as_u64).unwrap_or(input + output);
@@ -277,7 +273,7 @@ impl ResponsesEncoder {
 
     fn finish(&mut self, out: &mut Vec<Event>) {
         self.close(out);
-        if let Some(e) = self.error.clone() {
+        if let Some(e) = self.ending.error.clone() {
             if !self.stream {
                 let _ = serde_json::to_writer((&mut self.buf).writer(), &e.to_json());
                 out.push(Event::Wire(self.buf.split().freeze()));
@@ -290,7 +286,7 @@ impl ResponsesEncoder {
             self.event("response.failed", &[("response", &r)], out);
             return;
         }
-        let cut = self.finish == Some(FinishReason::Length);
+        let cut = self.ending.finish == Some(FinishReason::Length);
         let mut r = self.response(if cut { "incomplete" } else { "completed" });
         if cut {
             r["incomplete_details"] = json!({"reason": "max_output_tokens"});
@@ -344,9 +340,7 @@ impl Stage for ResponsesEncoder {
         if self.done {
             return;
         }
-        if self.first_output.is_none() && matches!(ev, Event::Content(_) | Event::ClientToolCall { .. }) {
-            self.first_output = Some(Instant::now());
-        }
+        let Some(ev) = self.ending.note(ev, out) else { return };
         match ev {
             Event::Reasoning(_, t) => {
                 match &mut self.open {
@@ -381,15 +375,6 @@ impl Stage for ResponsesEncoder {
                     self.end_event(out);
                 }
             }
-            Event::Finish(f) => self.finish = Some(f),
-            Event::Usage(u) => self.usage = Some(u),
-            Event::Error(e) => {
-                if self.error.is_none() {
-                    self.error = Some(e.clone());
-                }
-                out.push(Event::Error(e)); // the body watches errors (status, metrics, retry)
-            }
-            ev @ (Event::Abort | Event::Wire(_)) => out.push(ev),
             _ => {}
         }
     }
@@ -421,7 +406,7 @@ impl Stage for ResponsesEncoder {
     }
 
     fn stats(&self, st: &mut Stats) {
-        st.first_output = st.first_output.or(self.first_output);
+        st.first_output = st.first_output.or(self.ending.first_output);
     }
 }
 
