@@ -579,6 +579,12 @@ pub fn assemble_messages(body: &[u8]) -> Result<Assembled, String> {
     if !ended {
         return Err("no message_stop and no error event".into());
     }
+    // A block with no input_json_delta has the input it started with: `{}`.
+    for (_, _, input) in &mut a.tool_calls {
+        if input.is_empty() {
+            *input = "{}".into();
+        }
+    }
     for (_, name, input) in &a.tool_calls {
         if a.finish != "max_tokens" && a.error.is_none() && serde_json::from_str::<Value>(input).is_err() {
             return Err(format!("{name}: the partial_json pieces do not join to JSON: {input:?}"));

@@ -13,8 +13,8 @@
 //!   `call_X`, so reasoning memory finds its turn; other ids keep a consistent mapping.
 //! - Tools: client tools → functions; server tools (a `type` such as `web_search_…`,
 //!   `bash_…`, `text_editor_…`) and deferred ones (`defer_loading`) are left out, noted.
-//! - `max_tokens` (required), `temperature`, `top_p`, `top_k`, `stop_sequences` map to
-//!   their chat names; `thinking` (`enabled` with `budget_tokens`, `adaptive`, `disabled`)
+//! - `max_tokens` (required), `temperature`, `top_p`, `top_k` map to their chat names;
+//!   `stop_sequences` go to the encoder, which applies them; `thinking` (`enabled` with `budget_tokens`, `adaptive`, `disabled`)
 //!   and `output_config.effort` (which wins) → `reasoning_effort` low / medium / high.
 //! - Refused with a 400 naming the field: no `model`, no `max_tokens`, images and documents
 //!   (gpt-oss reads text only), unknown block types, unknown roles.
@@ -305,9 +305,8 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     if let Some(k) = req.top_k {
         chat.insert("top_k".into(), k.into());
     }
-    if !req.stop_sequences.is_empty() {
-        chat.insert("stop".into(), req.stop_sequences.clone().into());
-    }
+    // `stop_sequences` are the encoder's to apply: it alone can say which one ended the
+    // answer (`stop_reason: "stop_sequence"`); the upstream cannot.
     let stream = req.stream.unwrap_or(false);
     chat.insert("stream".into(), stream.into());
     let ctx = Context { message_id: random_id("msg_", 24), sealer: env.sealer.clone(), scope: env.scope.clone(), stop_sequences: req.stop_sequences };
@@ -379,7 +378,7 @@ mod tests {
             "stop_sequences": ["END"], "thinking": {"type": "enabled", "budget_tokens": 2000},
             "tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "any", "disable_parallel_tool_use": true}}));
         assert_eq!((c["temperature"].as_f64(), c["top_p"].as_f64(), c["top_k"].as_u64()), (Some(0.2), Some(0.9), Some(40)));
-        assert_eq!((c["stop"].clone(), c["reasoning_effort"].clone()), (json!(["END"]), json!("low")));
+        assert_eq!((c.get("stop"), c["reasoning_effort"].clone()), (None, json!("low")));
         assert_eq!((c["tool_choice"].clone(), c["parallel_tool_calls"].clone()), (json!("required"), json!(false)));
     }
 

@@ -10,7 +10,12 @@
 //! carrying the reasoning sealed, which brings it back when the client sends the block
 //! back); answer text → a `text` block, a preamble being the text block before a call; each
 //! call → a `tool_use` block (`toolu_` id, the arguments as `input_json_delta`s that join to
-//! the model's JSON).
+//! the model's JSON object; arguments that are not an object are not streamed: `{}`).
+//!
+//! `stop_sequences` are the encoder's to apply (the upstream cannot say which one stopped
+//! it): answer text that could be the start of one is held back until it is not; on a
+//! match the text before it goes out, the answer ends with `stop_reason: "stop_sequence"`
+//! naming it, and the upstream is no longer read ([`Event::Abort`]).
 //!
 //! The block lifecycle is the [`Block`] state: the open block carries what it needs at its
 //! stop; a different kind of event stops it and starts the next. Invariants: block indexes
@@ -50,6 +55,10 @@ pub struct MessagesEncoder {
     /// The stopped blocks, in order (the message's `content`).
     content: Vec<Value>,
     saw_tool_use: bool,
+    /// The client's stop sequences being watched for in answer text (see the module header).
+    stops: StopScan,
+    /// The stop sequence that ended the answer.
+    stopped_by: Option<String>,
     /// How it ended, its usage, its first error, when output began.
     ending: Ending,
     done: bool,
@@ -59,7 +68,7 @@ pub struct MessagesEncoder {
 impl MessagesEncoder {
     pub fn new(meta: &RequestMeta, ctx: Arc<Context>) -> Self {
         Self {
-            ctx,
+            ctx: ctx.clone(),
             stream: meta.stream,
             model: meta.model.clone(),
             buf: BytesMut::with_capacity(512),
@@ -67,6 +76,8 @@ impl MessagesEncoder {
             open: None,
             content: Vec::new(),
             saw_tool_use: false,
+            stops: StopScan { stops: ctx.stop_sequences.iter().filter(|s| !s.is_empty()).cloned().collect(), held: String::new() },
+            stopped_by: None,
             ending: Ending::default(),
             done: false,
             last_write: Instant::now(),
@@ -169,6 +180,9 @@ impl MessagesEncoder {
     }
 
     fn stop_reason(&self) -> &'static str {
+        if self.stopped_by.is_some() {
+            return "stop_sequence";
+        }
         match self.ending.finish {
             Some(FinishReason::Length) => "max_tokens",
             _ if self.saw_tool_use => "tool_use",
@@ -184,6 +198,11 @@ impl MessagesEncoder {
     }
 
     fn finish(&mut self, out: &mut Vec<Event>) {
+        // Text held back as a possible stop sequence's start was answer after all.
+        let held = std::mem::take(&mut self.stops.held);
+        if !held.is_empty() && self.stopped_by.is_none() {
+            self.text(held, out);
+        }
         self.stop(out);
         if let Some(e) = self.ending.error.clone() {
             let body = error_json(&e);
@@ -202,7 +221,9 @@ impl MessagesEncoder {
         if self.stream {
             self.ensure_started(out);
             self.begin_event("message_delta");
-            let _ = write!((&mut self.buf).writer(), ",\"delta\":{{\"stop_reason\":\"{reason}\",\"stop_sequence\":null}},\"usage\":");
+            let _ = write!((&mut self.buf).writer(), ",\"delta\":{{\"stop_reason\":\"{reason}\",\"stop_sequence\":");
+            let _ = serde_json::to_writer((&mut self.buf).writer(), &self.stopped_by);
+            self.buf.extend_from_slice(b"},\"usage\":");
             let usage = self.usage();
             let _ = serde_json::to_writer((&mut self.buf).writer(), &usage);
             self.end_event(out);
@@ -210,10 +231,56 @@ impl MessagesEncoder {
             self.end_event(out);
         } else {
             let m = json!({"id": self.ctx.message_id, "type": "message", "role": "assistant", "model": self.model,
-                           "content": std::mem::take(&mut self.content), "stop_reason": reason, "stop_sequence": null, "usage": self.usage()});
+                           "content": std::mem::take(&mut self.content), "stop_reason": reason, "stop_sequence": self.stopped_by, "usage": self.usage()});
             let _ = serde_json::to_writer((&mut self.buf).writer(), &m);
             out.push(Event::Wire(self.buf.split().freeze()));
         }
+    }
+}
+
+impl MessagesEncoder {
+    /// Answer text: into the open text block, or a new one.
+    fn text(&mut self, t: String, out: &mut Vec<Event>) {
+        match &mut self.open {
+            Some(Block::Text { text }) => text.push_str(&t),
+            _ => self.start(Block::Text { text: t.clone() }, out),
+        }
+        if self.stream {
+            self.delta("text_delta", "text", &t, out);
+        }
+    }
+}
+
+/// Watches answer text for the client's stop sequences.
+struct StopScan {
+    stops: Vec<String>,
+    /// Text that may be the start of a stop sequence, not yet shown.
+    held: String,
+}
+
+impl StopScan {
+    /// The text that can go out now, and the stop sequence found, if one was (the text
+    /// before it is what goes out; the rest is dropped).
+    fn push(&mut self, t: &str) -> (String, Option<String>) {
+        self.held.push_str(t);
+        let found = self.stops.iter().filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s))).min_by_key(|(at, _)| *at);
+        if let Some((at, stop)) = found {
+            let stop = stop.clone();
+            let mut pass = std::mem::take(&mut self.held);
+            pass.truncate(at);
+            return (pass, Some(stop));
+        }
+        // Keep the longest tail that begins some stop sequence.
+        let keep = self
+            .stops
+            .iter()
+            .flat_map(|s| (1..s.len()).rev().filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .filter(|p| self.held.ends_with(p))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let pass: String = self.held.drain(..self.held.len() - keep).collect();
+        (pass, None)
     }
 }
 
@@ -223,6 +290,9 @@ impl Stage for MessagesEncoder {
             return;
         }
         let Some(ev) = self.ending.note(ev, out) else { return };
+        if self.stopped_by.is_some() {
+            return; // after a stop sequence nothing more is the answer
+        }
         match ev {
             Event::Reasoning(_, t) => {
                 match &mut self.open {
@@ -233,15 +303,21 @@ impl Stage for MessagesEncoder {
                     self.delta("thinking_delta", "thinking", &t, out);
                 }
             }
-            Event::Content(t) => {
-                match &mut self.open {
-                    Some(Block::Text { text }) => text.push_str(&t),
-                    _ => self.start(Block::Text { text: t.clone() }, out),
+            Event::Content(t) if self.stops.stops.is_empty() => self.text(t, out),
+            Event::Content(t) => match self.stops.push(&t) {
+                (pass, None) => {
+                    if !pass.is_empty() {
+                        self.text(pass, out);
+                    }
                 }
-                if self.stream {
-                    self.delta("text_delta", "text", &t, out);
+                (pass, Some(stop)) => {
+                    if !pass.is_empty() {
+                        self.text(pass, out);
+                    }
+                    self.stopped_by = Some(stop);
+                    out.push(Event::Abort); // read no more of the upstream: the answer is over
                 }
-            }
+            },
             Event::ClientToolCall { id, name, .. } => {
                 self.saw_tool_use = true;
                 self.start(Block::ToolUse { id: tool_use_id(&id), name, json: String::new() }, out);
@@ -249,7 +325,9 @@ impl Stage for MessagesEncoder {
             Event::ClientToolArgs { args, .. } => {
                 let Some(Block::ToolUse { json, .. }) = &mut self.open else { return };
                 json.push_str(&args);
-                if self.stream {
+                // `input` is an object: arguments that are another JSON value (the bridge
+                // streams any) are not streamed, and the block's input stays `{}`.
+                if self.stream && json.starts_with('{') {
                     self.delta("input_json_delta", "partial_json", &args, out);
                 }
             }
@@ -340,6 +418,32 @@ mod tests {
         enc.on_end(&mut out);
         let v: Value = serde_json::from_slice(&wire(&out)).unwrap();
         assert_eq!(v, json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}));
+    }
+
+    #[test]
+    fn a_stop_sequence_ends_the_answer_before_it_names_it_and_stops_reading_the_upstream() {
+        let d = crate::api::ClientApi::Messages
+            .decode(json!({"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}], "stream": true, "stop_sequences": ["END", "\n\nHuman:"]}), &crate::api::EdgeEnv::standalone())
+            .unwrap();
+        assert!(d.chat.get("stop").is_none(), "the encoder applies them, so it knows which one");
+        let mut meta = RequestMeta::new("m", true, true);
+        meta.api = d.ctx;
+        let crate::api::ApiContext::Messages(ctx) = meta.api.clone() else { panic!() };
+        let mut enc = MessagesEncoder::new(&meta, ctx);
+        let mut out = Vec::new();
+        for t in ["Hello E", "N", "ding soon. E", "ND and more", " ignored"] {
+            enc.on_event(Event::Content(t.into()), &mut out);
+        }
+        assert!(out.iter().any(|e| matches!(e, Event::Abort)));
+        enc.on_end(&mut out);
+        let body = wire(&out);
+        let a = assemble_messages(&body).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&body)));
+        assert_eq!((a.content.as_str(), a.finish.as_str()), ("Hello ENding soon. ", "stop_sequence"));
+        assert!(String::from_utf8_lossy(&body).contains("\"stop_sequence\":\"END\""));
+        // Held text that never became a stop sequence is answer after all.
+        let mut scan = StopScan { stops: vec!["STOP".into()], held: String::new() };
+        assert_eq!(scan.push("go ST"), ("go ".to_string(), None));
+        assert_eq!(scan.push("ART"), ("START".to_string(), None));
     }
 
     #[test]
