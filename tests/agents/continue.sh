@@ -22,72 +22,15 @@
 # Environment: CONTINUE_VERSION (default below), CONTINUE_TIMEOUT (seconds, default 180),
 # CONTINUE_MODEL (default gpt-oss-20b), HARMONY_PROXY_API_KEY (sent as Bearer; default a dummy).
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CONTINUE_VERSION=${CONTINUE_VERSION:-1.5.47}
 timeout_s=${CONTINUE_TIMEOUT:-180}
 model=${CONTINUE_MODEL:-gpt-oss-20b}
-prompt="Please use the shell. scenario:agent-shell file:continue-marker.txt"
 
-if [ $# -ne 2 ]; then
-  echo "usage: $0 PROXY_BASE_URL WORKDIR   (PROXY_BASE_URL like http://127.0.0.1:8001/v1)" >&2
-  exit 2
-fi
-base_url=${1%/}
-workdir=$2
-case "$base_url" in
-  http://127.0.0.1:*|http://localhost:*|http://\[::1\]:*) ;;
-  *) echo "PROXY_BASE_URL must be a loopback http URL (Continue stays off the network): $base_url" >&2
-     exit 2 ;;
-esac
-mkdir -p "$workdir" && workdir=$(cd "$workdir" && pwd) || exit 2
+agent_setup continue Continue http://127.0.0.1:8001/v1 "$@"
+agent_install_npm continue @continuedev/cli "$CONTINUE_VERSION" cn
 
-cache=${HARMONY_AGENTS_CACHE:-$HOME/.cache/harmony-proxy/agents}/continue-$CONTINUE_VERSION
-cn=$cache/node_modules/.bin/cn
-
-tmp=$(mktemp -d)
-run_tag="continue-$$-$RANDOM$RANDOM"
-leader=
-staging=
-cleanup() {
-  # cn runs as the leader of its own session and process group: kill the group, then
-  # anything it started in a group of its own (found by the tag in its environment).
-  if [ -n "$leader" ]; then kill -KILL -- "-$leader" 2>/dev/null; fi
-  local env pid
-  for env in /proc/[0-9]*/environ; do
-    pid=${env#/proc/}; pid=${pid%/environ}
-    if tr '\0' '\n' 2>/dev/null < "$env" | grep -qx "HARMONY_AGENT_RUN=$run_tag"; then
-      kill -KILL "$pid" 2>/dev/null
-    fi
-  done
-  rm -rf "$tmp" ${staging:+"$staging"}
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-installed_version() {
-  node -p "require('$cache/node_modules/@continuedev/cli/package.json').version" 2>/dev/null
-}
-
-# Install pinned, unless the cache already holds this version. npm writes into a fresh
-# directory that is renamed into place, so two jobs sharing the cache do not collide.
-if [ "$(installed_version)" != "$CONTINUE_VERSION" ] || [ ! -x "$cn" ]; then
-  echo "installing @continuedev/cli@$CONTINUE_VERSION into $cache"
-  mkdir -p "$(dirname "$cache")"
-  staging=$(mktemp -d "$cache.staging.XXXXXX") && chmod 755 "$staging" || exit 1
-  start=$(date +%s)
-  if ! npm install --prefix "$staging" --save-exact --no-audit --no-fund --loglevel=error \
-      "@continuedev/cli@$CONTINUE_VERSION"; then
-    rm -rf "$staging"
-    echo "FAIL continue: npm install @continuedev/cli@$CONTINUE_VERSION"
-    exit 1
-  fi
-  rm -rf "$cache" && mv -T "$staging" "$cache" 2>/dev/null || rm -rf "$staging"
-  staging=
-  echo "installed in $(( $(date +%s) - start )) s"
-fi
-
-home=$tmp/home
-mkdir -p "$home"
 config=$tmp/config.yaml
 # What `harmony-proxy init --for continue` should print: one model, the proxy as an OpenAI
 # provider, tool use on (else cn declares no tools).
@@ -120,80 +63,31 @@ globalThis.fetch = function (input, init) {
 };
 EOF
 
-dead_proxy=http://127.0.0.1:9
-loopback="127.0.0.1,localhost,::1"
-# A clean environment: only what cn needs, no OpenAI/Continue settings from the caller's
-# environment.
-run_env=(env -i
-  PATH="$PATH" HOME="$home" USER="${USER:-ci}" SHELL=/bin/bash
-  LANG=C.UTF-8 TERM=dumb NO_COLOR=1 FORCE_COLOR=0
-  CONTINUE_GLOBAL_DIR="$home/.continue"
+# Beyond lib.sh's clean environment: no colour, Continue's directory.
+agent_env=(
+  FORCE_COLOR=0 CONTINUE_GLOBAL_DIR="$home/.continue"
   # Off the network: no OpenTelemetry metrics, no version check (see offline.cjs).
   CONTINUE_CLI_ENABLE_TELEMETRY=0 CONTINUE_METRICS_ENABLED=0
   NODE_OPTIONS="--require $offline"
-  HTTP_PROXY="$dead_proxy" HTTPS_PROXY="$dead_proxy" http_proxy="$dead_proxy" https_proxy="$dead_proxy"
-  NO_PROXY="$loopback" no_proxy="$loopback"
-  HARMONY_AGENT_RUN="$run_tag")
+  "${agent_offline_env[@]}")
+agent_check_version "$CONTINUE_VERSION" cn "$agent_bin"
 
-version_out=$("${run_env[@]}" "$cn" --version 2> "$tmp/version.err")
-if [ "$version_out" != "$CONTINUE_VERSION" ]; then
-  echo "FAIL continue: cn --version printed: $version_out $(cat "$tmp/version.err")"
-  exit 1
-fi
-
-out=$tmp/stdout; err=$tmp/stderr
-rm -f "$workdir/continue-marker.txt"
+rm -f "$marker"
 echo "continue $CONTINUE_VERSION: cn -p in $workdir against $base_url (timeout ${timeout_s}s)"
-# setsid: cn leads a session and process group of its own, killed whole on exit (trap).
 # --auto allows every tool (Bash included) without asking; -p prints the final answer.
-(cd "$workdir" && exec setsid timeout -s KILL "$timeout_s" "${run_env[@]}" "$cn" \
-    --config "$config" --auto -p "$prompt" \
-    > "$out" 2> "$err" < /dev/null) &
-leader=$!
-wait "$leader"
-rc=$?
-kill -KILL -- "-$leader" 2>/dev/null
-leader=
+agent_run "$timeout_s" "$agent_bin" --config "$config" --auto -p "$prompt"
 
-failures=0
-pass() { echo "PASS continue: $1"; }
-fail() { echo "FAIL continue: $1"; failures=$((failures + 1)); }
-
-if [ "$rc" -eq 0 ]; then pass "cn -p exited 0"
-elif [ "$rc" -eq 137 ] || [ "$rc" -eq 124 ]; then fail "cn -p killed after ${timeout_s}s"
-else fail "cn -p exited $rc"; fi
-
-marker=$workdir/continue-marker.txt
-if grep -q "harmony-proxy-was-here" "$marker" 2>/dev/null; then
-  pass "the shell tool ran: continue-marker.txt holds harmony-proxy-was-here"
-else
-  if [ -e "$marker" ]; then fail "continue-marker.txt lacks harmony-proxy-was-here: $(head -c 200 "$marker")"
-  else fail "continue-marker.txt was not written"; fi
-fi
-
+agent_check_exit "cn -p"
+agent_check_marker "$marker"
 # stdout holds only the final answer.
 answer=$(cat "$out")
-for want in "The command printed: marker-written" "reasoning came back: yes"; do
-  if grep -qF -- "$want" <<< "$answer"; then pass "final answer contains \"$want\""
-  else fail "final answer lacks \"$want\""; fi
-done
-
+agent_check_answer "$answer" "The command printed: marker-written" "reasoning came back: yes"
 # The session file holds the whole transcript (reasoning, tool call, tool output, answer).
-sessions=$home/.continue/sessions
-if grep -rqF '<|' "$out" "$err" "$sessions" 2>/dev/null; then
-  fail "harmony markup (<|) in Continue's output or session: $(grep -rhF -- '<|' "$out" "$err" "$sessions" 2>/dev/null | head -n 3 | cut -c 1-200)"
-else
-  pass "no harmony markup (<|) in Continue's output or session"
-fi
+agent_check_no_markup "Continue's output or session" "$out" "$err" "$home/.continue/sessions"
 
-echo "continue final answer: ${answer:-<none>}"
-if [ "$failures" -ne 0 ]; then
-  echo "--- continue stderr (last 40 lines)"
-  tail -n 40 "$err"
+agent_show_logs() {
+  agent_show_stderr
   echo "--- continue log (last 20 lines)"
   tail -n 20 "$home/.continue/logs/cn.log" 2>/dev/null | cut -c 1-400
-  echo "---"
-  echo "FAIL continue: $failures check(s) failed"
-  exit 1
-fi
-echo "PASS continue: all checks"
+}
+agent_finish

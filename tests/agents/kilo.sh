@@ -28,73 +28,18 @@
 # Environment: KILO_VERSION (default below), KILO_TIMEOUT (seconds, default 180), KILO_MODEL
 # (default gpt-oss-20b), HARMONY_PROXY_API_KEY (sent as Bearer; default a dummy).
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 KILO_VERSION=${KILO_VERSION:-7.7.7}
 timeout_s=${KILO_TIMEOUT:-180}
 model=${KILO_MODEL:-gpt-oss-20b}
-prompt="Please use the shell. scenario:agent-shell file:kilo-marker.txt"
 
-if [ $# -ne 2 ]; then
-  echo "usage: $0 PROXY_BASE_URL WORKDIR   (PROXY_BASE_URL like http://127.0.0.1:8001/v1)" >&2
-  exit 2
-fi
-base_url=${1%/}
-workdir=$2
-case "$base_url" in
-  http://127.0.0.1:*|http://localhost:*|http://\[::1\]:*) ;;
-  *) echo "PROXY_BASE_URL must be a loopback http URL (Kilo stays off the network): $base_url" >&2
-     exit 2 ;;
-esac
-mkdir -p "$workdir" && workdir=$(cd "$workdir" && pwd) || exit 2
-
-cache=${HARMONY_AGENTS_CACHE:-$HOME/.cache/harmony-proxy/agents}/kilo-$KILO_VERSION
-kilo=$cache/node_modules/.bin/kilo
-
-tmp=$(mktemp -d)
-run_tag="kilo-$$-$RANDOM$RANDOM"
-leader=
-staging=
-cleanup() {
-  # Kilo runs as the leader of its own session and process group: kill the group, then
-  # anything it started in a group of its own (found by the tag in its environment).
-  if [ -n "$leader" ]; then kill -KILL -- "-$leader" 2>/dev/null; fi
-  local env pid
-  for env in /proc/[0-9]*/environ; do
-    pid=${env#/proc/}; pid=${pid%/environ}
-    if tr '\0' '\n' 2>/dev/null < "$env" | grep -qx "HARMONY_AGENT_RUN=$run_tag"; then
-      kill -KILL "$pid" 2>/dev/null
-    fi
-  done
-  rm -rf "$tmp" ${staging:+"$staging"}
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-installed_version() {
-  node -p "require('$cache/node_modules/@kilocode/cli/package.json').version" 2>/dev/null
-}
-
-# Install pinned, unless the cache already holds this version. npm writes into a fresh
-# directory that is renamed into place, so two jobs sharing the cache do not collide. The
-# package's postinstall links the platform's native binary (an optional dependency) to
+agent_setup kilo Kilo http://127.0.0.1:8001/v1 "$@"
+# The package's postinstall links the platform's native binary (an optional dependency) to
 # bin/.kilo: scripts and optional dependencies must not be turned off.
-if [ "$(installed_version)" != "$KILO_VERSION" ] || [ ! -x "$kilo" ]; then
-  echo "installing @kilocode/cli@$KILO_VERSION into $cache"
-  mkdir -p "$(dirname "$cache")"
-  staging=$(mktemp -d "$cache.staging.XXXXXX") && chmod 755 "$staging" || exit 1
-  start=$(date +%s)
-  if ! npm install --prefix "$staging" --save-exact --no-audit --no-fund --loglevel=error \
-      --ignore-scripts=false --include=optional "@kilocode/cli@$KILO_VERSION"; then
-    rm -rf "$staging"
-    echo "FAIL kilo: npm install @kilocode/cli@$KILO_VERSION"
-    exit 1
-  fi
-  rm -rf "$cache" && mv -T "$staging" "$cache" 2>/dev/null || rm -rf "$staging"
-  staging=
-  echo "installed in $(( $(date +%s) - start )) s"
-fi
+agent_install_npm kilo @kilocode/cli "$KILO_VERSION" kilo \
+  --ignore-scripts=false --include=optional
 
-home=$tmp/home
 mkdir -p "$home/.config/kilo"
 # The user's config: a provider through the bundled @ai-sdk/openai-compatible, the key read
 # from the environment, the model able to call tools and to reason (else the reasoning is
@@ -126,14 +71,10 @@ cat > "$home/.config/kilo/kilo.json" <<EOF
 }
 EOF
 
-dead_proxy=http://127.0.0.1:9
-loopback="127.0.0.1,localhost,::1"
-# A clean environment: only what Kilo needs, no OpenAI/Kilo/OpenCode settings from the
-# caller's environment. Like OpenCode, it finds its project from $PWD: PWD is set to WORKDIR.
-run_env=(env -i
-  PATH="$PATH" HOME="$home" PWD="$workdir" USER="${USER:-ci}" SHELL=/bin/bash
-  LANG=C.UTF-8 TERM=dumb NO_COLOR=1
-  HARMONY_PROXY_API_KEY="${HARMONY_PROXY_API_KEY:-harmony-test-key}"
+# Beyond lib.sh's clean environment: the key. Like OpenCode, it finds its project from $PWD:
+# PWD is set to WORKDIR.
+agent_env=(
+  PWD="$workdir" HARMONY_PROXY_API_KEY="${HARMONY_PROXY_API_KEY:-harmony-test-key}"
   # Off the network: no models.dev catalogue, no update check, no telemetry (only "all" turns
   # it on), no sharing, session ingest or presence, no LSP downloads.
   KILO_DISABLE_MODELS_FETCH=1 KILO_DISABLE_AUTOUPDATE=1 KILO_TELEMETRY_LEVEL=off
@@ -141,92 +82,20 @@ run_env=(env -i
   KILO_DISABLE_LSP_DOWNLOAD=1
   # Anything that still tries HTTP(S) elsewhere goes to a loopback port where nothing listens.
   # Kilo (Bun's fetch) honours NO_PROXY.
-  HTTP_PROXY="$dead_proxy" HTTPS_PROXY="$dead_proxy" http_proxy="$dead_proxy" https_proxy="$dead_proxy"
-  NO_PROXY="$loopback" no_proxy="$loopback"
-  HARMONY_AGENT_RUN="$run_tag")
+  "${agent_offline_env[@]}")
+agent_check_version "$KILO_VERSION" kilo "$agent_bin"
 
-version_out=$("${run_env[@]}" "$kilo" --version 2> "$tmp/version.err")
-if [ "$version_out" != "$KILO_VERSION" ]; then
-  echo "FAIL kilo: kilo --version printed: $version_out $(cat "$tmp/version.err")"
-  exit 1
-fi
-
-out=$tmp/stdout; err=$tmp/stderr
-rm -f "$workdir/kilo-marker.txt"
+rm -f "$marker"
 echo "kilo $KILO_VERSION: run in $workdir against $base_url (timeout ${timeout_s}s)"
-# setsid: Kilo leads a session and process group of its own, killed whole on exit (trap).
-# --format json prints one event a line (reasoning with --thinking, tool_use, text,
-# step_finish, error); --print-logs puts its log on stderr (warnings and errors).
-(cd "$workdir" && exec setsid timeout -s KILL "$timeout_s" "${run_env[@]}" "$kilo" run \
-    --format json --thinking --print-logs --log-level WARN -m "harmony/$model" "$prompt" \
-    > "$out" 2> "$err" < /dev/null) &
-leader=$!
-wait "$leader"
-rc=$?
-kill -KILL -- "-$leader" 2>/dev/null
-leader=
+# Like OpenCode's: --format json prints one event a line, --print-logs its log on stderr.
+agent_run "$timeout_s" "$agent_bin" run \
+  --format json --thinking --print-logs --log-level WARN -m "harmony/$model" "$prompt"
 
-failures=0
-pass() { echo "PASS kilo: $1"; }
-fail() { echo "FAIL kilo: $1"; failures=$((failures + 1)); }
+agent_check_exit "kilo run"
+agent_check_marker "$marker"
+agent_check_events Kilo
+agent_check_answer "$answer" "The command printed: marker-written" "reasoning came back: yes"
+agent_check_no_markup "Kilo's output" "$out" "$err"
 
-if [ "$rc" -eq 0 ]; then pass "kilo run exited 0"
-elif [ "$rc" -eq 137 ] || [ "$rc" -eq 124 ]; then fail "kilo run killed after ${timeout_s}s"
-else fail "kilo run exited $rc"; fi
-
-marker=$workdir/kilo-marker.txt
-if grep -q "harmony-proxy-was-here" "$marker" 2>/dev/null; then
-  pass "the shell tool ran: kilo-marker.txt holds harmony-proxy-was-here"
-else
-  if [ -e "$marker" ]; then fail "kilo-marker.txt lacks harmony-proxy-was-here: $(head -c 200 "$marker")"
-  else fail "kilo-marker.txt was not written"; fi
-fi
-
-# The events: SUMMARY<TAB>errors<TAB>bash calls<TAB>last step_finish reason, then the text of
-# the last step (the final answer).
-summary=$(node -e '
-  const lines = require("fs").readFileSync(process.argv[1], "utf8").split("\n");
-  let errors = [], calls = 0, reason = "", text = [];
-  for (const l of lines) {
-    let e; try { e = JSON.parse(l); } catch { continue; }
-    const p = e.part || {};
-    if (e.type === "error") errors.push(JSON.stringify(e.error).slice(0, 200));
-    else if (e.type === "step_start") text = [];
-    else if (e.type === "tool_use" && p.tool === "bash") calls++;
-    else if (e.type === "text") text.push(p.text || "");
-    else if (e.type === "step_finish") reason = p.reason || "";
-  }
-  console.log(["SUMMARY", errors.join(" | ") || "-", calls, reason || "-"].join("\t"));
-  console.log(text.join(""));
-' "$out" 2>/dev/null)
-answer=$(tail -n +2 <<< "$summary")
-IFS=$'\t' read -r _ errors calls reason <<< "$(head -n 1 <<< "$summary")"
-if [ -z "$summary" ]; then fail "no events in Kilo's output"
-else
-  if [ "$errors" = - ]; then pass "no error events"; else fail "error events: $errors"; fi
-  if [ "$calls" = 1 ]; then pass "one bash tool call"; else fail "$calls bash tool calls (want 1)"; fi
-  if [ "$reason" = stop ]; then pass "the last step finished: stop"; else fail "the last step finished: $reason"; fi
-fi
-
-for want in "The command printed: marker-written" "reasoning came back: yes"; do
-  if grep -qF -- "$want" <<< "$answer"; then pass "final answer contains \"$want\""
-  else fail "final answer lacks \"$want\""; fi
-done
-
-if grep -qF '<|' "$out" "$err" 2>/dev/null; then
-  fail "harmony markup (<|) in Kilo's output: $(grep -hF '<|' "$out" "$err" | head -n 3 | cut -c 1-200)"
-else
-  pass "no harmony markup (<|) in Kilo's output"
-fi
-
-echo "kilo final answer: ${answer:-<none>}"
-if [ "$failures" -ne 0 ]; then
-  echo "--- kilo events (stdout, last 20, cut at 400 characters)"
-  tail -n 20 "$out" | cut -c 1-400
-  echo "--- kilo stderr (last 40 lines)"
-  tail -n 40 "$err"
-  echo "---"
-  echo "FAIL kilo: $failures check(s) failed"
-  exit 1
-fi
-echo "PASS kilo: all checks"
+agent_show_logs() { agent_show_events; }
+agent_finish
