@@ -550,18 +550,38 @@ struct AgentCli {
     script: &'static str,
     /// The route the proxy serves the agent on.
     route: &'static str,
-    /// What the script's BASE_URL adds to the proxy's address: Codex takes the `/v1` base,
-    /// Claude Code the bare address (it appends `/v1/messages` itself).
+    /// What the script's BASE_URL adds to the proxy's address: Codex and Qwen Code take the
+    /// `/v1` base, Claude Code the bare address (it appends `/v1/messages` itself).
     base_path: &'static str,
     /// The script's timeout variable (seconds).
     timeout_env: &'static str,
     /// The agent's script player: its key in scenarios.json and in the manifest's models.
     model: &'static str,
+    /// The ways it is tried (see [`agent_cli_loop`]).
+    ways: &'static [(ServerMode, &'static str)],
 }
 
-const CODEX: AgentCli = AgentCli { name: "codex", package: "@openai/codex", script: "codex.sh", route: "/v1/responses", base_path: "/v1", timeout_env: "CODEX_TIMEOUT", model: "codex_agent" };
+/// Every way the proxy reaches the model: the chat endpoint on a default llama-server (its
+/// template and parser) and on a `--reasoning-format none` one (the proxy parses the raw
+/// Harmony), and `native` on `/v1/completions` and on llama.cpp's `/completion`.
+const EVERY_WAY: &[(ServerMode, &str)] = &[(ServerMode::Default, "ide-tools"), (ServerMode::Default, "native"), (ServerMode::Default, "native-llama"), (ServerMode::None, "ide-tools")];
 
-const CLAUDE_CODE: AgentCli = AgentCli { name: "claude", package: "@anthropic-ai/claude-code", script: "claude.sh", route: "/v1/messages", base_path: "", timeout_env: "CLAUDE_TIMEOUT", model: "claude_agent" };
+const CODEX: AgentCli = AgentCli { name: "codex", package: "@openai/codex", script: "codex.sh", route: "/v1/responses", base_path: "/v1", timeout_env: "CODEX_TIMEOUT", model: "codex_agent", ways: EVERY_WAY };
+
+const CLAUDE_CODE: AgentCli = AgentCli { name: "claude", package: "@anthropic-ai/claude-code", script: "claude.sh", route: "/v1/messages", base_path: "", timeout_env: "CLAUDE_TIMEOUT", model: "claude_agent", ways: EVERY_WAY };
+
+/// Qwen Code's prompt is ~16k tokens (a minute a way on a loaded CI machine): the chat
+/// endpoint and `native`, the two ways the Chat Completions agents differ from Codex's.
+const QWEN: AgentCli = AgentCli {
+    name: "qwen",
+    package: "@qwen-code/qwen-code",
+    script: "qwen.sh",
+    route: "/v1/chat/completions",
+    base_path: "/v1",
+    timeout_env: "QWEN_TIMEOUT",
+    model: "qwen_agent",
+    ways: &[(ServerMode::Default, "ide-tools"), (ServerMode::Default, "native")],
+};
 
 /// node and npm, which the agent scripts need (they install the agent with npm the first
 /// time), or `None` after saying why `agent`'s test is skipped (a failure under CI).
@@ -606,12 +626,9 @@ pipeline = "{pipeline}"
 }
 
 /// `agent` runs its two-turn tool loop through the proxy (on `agent.route`) in front of
-/// llama-server playing `agent.model` on the agent's real prompt, once per way the proxy
-/// reaches the model: the chat endpoint (`ide-tools`) on a default llama-server (its template
-/// and parser) and on a `--reasoning-format none` one (the proxy parses the raw Harmony), and
-/// `native` (harmony-render: the proxy renders the prompt itself) on `/v1/completions` and on
-/// llama.cpp's `/completion`. The agent's script checks the outcome; every way is tried, the
-/// failures reported together.
+/// llama-server playing `agent.model` on the agent's real prompt, once per way in
+/// `agent.ways` ([`EVERY_WAY`] for Codex and Claude Code). The agent's script checks the
+/// outcome; every way is tried, the failures reported together.
 fn agent_cli_loop(agent: &AgentCli) {
     let Some(h) = harness() else { return };
     let Some(()) = node_and_npm(agent) else { return };
@@ -620,7 +637,7 @@ fn agent_cli_loop(agent: &AgentCli) {
     let dir = tempfile::tempdir().unwrap();
     let default = Llama::start_with_context(h, model, ServerMode::Default, dir.path(), n_ctx);
     let mut failures = Vec::new();
-    for (mode, pipeline) in [(ServerMode::Default, "ide-tools"), (ServerMode::Default, "native"), (ServerMode::Default, "native-llama"), (ServerMode::None, "ide-tools")] {
+    for &(mode, pipeline) in agent.ways {
         let own;
         let llama = if mode == ServerMode::Default {
             &default
@@ -677,4 +694,20 @@ fn codex_cli_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server(
 #[test]
 fn claude_code_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server() {
     agent_cli_loop(&CLAUDE_CODE);
+}
+
+/// The real Qwen Code (tests/agents/qwen.sh: `qwen --yolo -o json`, headless) runs its
+/// two-turn tool loop through the proxy's `POST /v1/chat/completions` in front of
+/// llama-server playing `qwen_agent` on Qwen Code's real prompt: turn 1 reasons and calls
+/// `run_shell_command`, Qwen Code runs the command (it writes the marker file), turn 2
+/// answers with what the command printed and whether the turn-1 reasoning came back, which
+/// the model itself tells (`yes` only when the reasoning reached llama-server in the second
+/// prompt: Qwen Code sends it back as the tool-call turn's `reasoning_content`). So qwen.sh's
+/// checks cover the whole round trip for a Chat Completions agent: its request, the upstream
+/// request, the parsed output as `reasoning_content` and `tool_calls`, Qwen Code running the
+/// call and sending the call, its reasoning and the framed tool result back. The four ways:
+/// see [`agent_cli_loop`].
+#[test]
+fn qwen_code_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server() {
+    agent_cli_loop(&QWEN);
 }

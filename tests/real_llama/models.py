@@ -11,13 +11,14 @@ make_gguf.py for how the weights work):
   * one "script player" per scenario of scenarios.json: greedy decoding replays the
     scenario's `text` (what gpt-oss would emit after the prompt's `<|start|>assistant`);
   * the agent models: one script player per two-turn tool session (`agent`, `codex_agent`,
-    `claude_agent` in scenarios.json): `turn1` for the single-turn prompt, `turn2` once the
-    prompt holds the tool result. `agent` runs on the suite's `user` and `tools`;
-    `codex_agent` and `claude_agent` on Codex CLI's and Claude Code's real first request
-    (`prompt_file`: ~7.5k and ~10k tokens of instructions and tools), with a longer context
-    (`n_ctx`), more markers (8 heads), a turn 2 that depends on whether the turn-1 reasoning
-    came back (`reasoning_marker`: `turn2` if so, else `turn2_no_reasoning`) and, for more
-    states than the agent dims hold, a wider model (`n_embd`).
+    `claude_agent`, `qwen_agent` in scenarios.json): `turn1` for the single-turn prompt,
+    `turn2` once the prompt holds the tool result. `agent` runs on the suite's `user` and
+    `tools`; `codex_agent`, `claude_agent` and `qwen_agent` on Codex CLI's, Claude Code's and
+    Qwen Code's real first request (`prompt_file`: ~7.5k, ~10k and ~15.7k tokens of
+    instructions and tools), with a longer context (`n_ctx`), more markers (8 heads), a
+    turn 2 that depends on whether the turn-1 reasoning came back (`reasoning_marker`:
+    `turn2` if so, else `turn2_no_reasoning`) and, for more states than the agent dims hold,
+    a wider model (`n_embd`).
 
 How a script player decides: its next token is a function of
     (current token, which markers occur anywhere in the context, prompt included)
@@ -57,7 +58,7 @@ import make_gguf  # noqa: E402
 SCRIPT_FORMAT = "harmony-proxy-script-player-2"
 SCENARIO_DIMS = make_gguf.SMALL_DIMS
 AGENT_DIMS = {"n_embd": 256, "n_ff_exp": 256}
-AGENTS = ("agent", "codex_agent", "claude_agent")   # the two-turn session models (one code path)
+AGENTS = ("agent", "codex_agent", "claude_agent", "qwen_agent")   # the two-turn session models (one code path)
 TOOL_CALL_ID = "call_weather_1"
 T0 = time.time()
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Keeps only the words of a captured client prompt (codex_prompt.json, claude_prompt.json):
-every message text and every `description` in the tools becomes the sorted set of its
-words. The tokens a script player's markers must avoid are the same (words keep their
-punctuation), and no text of the client's is stored in this repository.
+"""Keeps only the words of a captured client prompt (codex_prompt.json, claude_prompt.json,
+qwen_prompt.json): every message text and every `description` in the tools becomes the
+sorted set of its words. The tokens a script player's markers must avoid are the same
+(words keep their punctuation), and no text of the client's is stored in this repository.
 
     words_of.py CAPTURE.json > tests/real_llama/NAME_prompt.json   (then add its `_comment`)
 """
