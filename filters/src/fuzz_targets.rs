@@ -152,13 +152,16 @@ pub fn responses_request(data: &[u8]) {
     }
 }
 
-/// `messages_request`: arbitrary JSON as a Messages request. Decoding never panics; a refusal
-/// is a 400 that names a field; what is accepted is a chat request the stages can work on
+/// `messages_request`: arbitrary JSON objects as a Messages request (the server refuses
+/// anything else before decoding). Decoding never panics; a refusal is a 400 that names a
+/// field; what is accepted is a chat request the stages can work on
 /// (a model, `max_tokens`, messages with known roles, string arguments, function tools only),
 /// and its stream is rendered well formed, ending in `message_stop`.
 pub fn messages_request(data: &[u8]) {
     use serde_json::Value;
-    let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
+    // Found by the fuzzer: `-2` is refused with no field to name; the server answers a body
+    // that is not an object before any decoder sees it.
+    let Ok(v @ Value::Object(_)) = serde_json::from_slice::<Value>(data) else { return };
     match crate::api::ClientApi::Messages.decode(v, &crate::api::EdgeEnv::standalone()) {
         Err(e) => {
             assert_eq!(e.status, 400, "{}", e.message);
