@@ -30,6 +30,7 @@ use bytes::{BufMut as _, BytesMut};
 use serde_json::{json, Value};
 
 use super::decode::tool_use_id;
+use super::stops::StopScan;
 use super::{error_json, Context};
 use crate::event::{Event, FinishReason};
 use crate::api::Ending;
@@ -76,7 +77,7 @@ impl MessagesEncoder {
             open: None,
             content: Vec::new(),
             saw_tool_use: false,
-            stops: StopScan { stops: ctx.stop_sequences.iter().filter(|s| !s.is_empty()).cloned().collect(), held: String::new() },
+            stops: StopScan::new(&ctx.stop_sequences),
             stopped_by: None,
             ending: Ending::default(),
             done: false,
@@ -199,7 +200,7 @@ impl MessagesEncoder {
 
     fn finish(&mut self, out: &mut Vec<Event>) {
         // Text held back as a possible stop sequence's start was answer after all.
-        let held = std::mem::take(&mut self.stops.held);
+        let held = self.stops.take_held();
         if !held.is_empty() && self.stopped_by.is_none() {
             self.text(held, out);
         }
@@ -251,39 +252,6 @@ impl MessagesEncoder {
     }
 }
 
-/// Watches answer text for the client's stop sequences.
-struct StopScan {
-    stops: Vec<String>,
-    /// Text that may be the start of a stop sequence, not yet shown.
-    held: String,
-}
-
-impl StopScan {
-    /// The text that can go out now, and the stop sequence found, if one was (the text
-    /// before it is what goes out; the rest is dropped).
-    fn push(&mut self, t: &str) -> (String, Option<String>) {
-        self.held.push_str(t);
-        let found = self.stops.iter().filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s))).min_by_key(|(at, _)| *at);
-        if let Some((at, stop)) = found {
-            let stop = stop.clone();
-            let mut pass = std::mem::take(&mut self.held);
-            pass.truncate(at);
-            return (pass, Some(stop));
-        }
-        // Keep the longest tail that begins some stop sequence.
-        let keep = self
-            .stops
-            .iter()
-            .flat_map(|s| (1..s.len()).rev().filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
-            .filter(|p| self.held.ends_with(p))
-            .map(str::len)
-            .max()
-            .unwrap_or(0);
-        let pass: String = self.held.drain(..self.held.len() - keep).collect();
-        (pass, None)
-    }
-}
-
 impl Stage for MessagesEncoder {
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
         if self.done {
@@ -303,7 +271,7 @@ impl Stage for MessagesEncoder {
                     self.delta("thinking_delta", "thinking", &t, out);
                 }
             }
-            Event::Content(t) if self.stops.stops.is_empty() => self.text(t, out),
+            Event::Content(t) if self.stops.is_empty() => self.text(t, out),
             Event::Content(t) => match self.stops.push(&t) {
                 (pass, None) => {
                     if !pass.is_empty() {
@@ -440,10 +408,6 @@ mod tests {
         let a = assemble_messages(&body).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&body)));
         assert_eq!((a.content.as_str(), a.finish.as_str()), ("Hello ENding soon. ", "stop_sequence"));
         assert!(String::from_utf8_lossy(&body).contains("\"stop_sequence\":\"END\""));
-        // Held text that never became a stop sequence is answer after all.
-        let mut scan = StopScan { stops: vec!["STOP".into()], held: String::new() };
-        assert_eq!(scan.push("go ST"), ("go ".to_string(), None));
-        assert_eq!(scan.push("ART"), ("START".to_string(), None));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod decode;
 pub mod encode;
+pub mod stops;
 pub mod types;
 
 use std::sync::Arc;
