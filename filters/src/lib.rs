@@ -23,6 +23,7 @@ pub mod seal;
 pub mod stage;
 pub mod stages;
 pub mod testing;
+pub mod tokens;
 pub mod upstream;
 pub mod values;
 pub mod vocab;

@@ -289,6 +289,15 @@ pub fn conversation(body: &Value, default_effort: Effort, date: &str) -> Result<
                 return Err(bad(&format!("tools[{j}].function.name"), "a tool needs a name"));
             };
             let desc = f.get("description").and_then(Value::as_str).unwrap_or("");
+            // The official renderer reshapes tool text into TypeScript and tokenizes it as it
+            // is: a word in it is bounded, so that rendering stays linear (crate::tokens).
+            let params = f.get("parameters").map(Value::to_string).unwrap_or_default();
+            for (what, text) in [("function.name", name), ("function.description", desc), ("function.parameters", params.as_str())] {
+                let n = crate::tokens::longest_piece(text);
+                if n > crate::tokens::MAX_TOOL_PIECE {
+                    return Err(bad(&format!("tools[{j}].{what}"), format!("holds a word of {n} bytes; at most {} can be rendered", crate::tokens::MAX_TOOL_PIECE)));
+                }
+            }
             descs.push(ToolDescription::new(name, desc, f.get("parameters").cloned()));
         }
         developer = developer.with_function_tools(descs);
@@ -351,19 +360,23 @@ struct Renderer<'a> {
 impl Renderer<'_> {
     fn render(&self, head: &[Message], rest: &[Message]) -> Result<Vec<u32>, ApiError> {
         let failed = |e: String| ApiError::new(400, "invalid_request_error", Some("unsupported_by_harmony_render"), format!("messages: cannot render: {e}"));
+        crate::tokens::check_headers(head).and_then(|()| crate::tokens::check_headers(rest)).map_err(failed)?;
         let mut tokens = Vec::new();
         let key = serde_json::to_string(head).unwrap_or_default();
         let head_tokens = self.cache.get_or_render(key, || {
             // As a conversation: the system message says the tools' channel when there are tools.
             let conv = Conversation::from_messages(head.to_vec());
-            let mut t = Vec::new();
-            self.enc.render_conversation_into(&conv.messages, &mut t, None).map_err(|e| e.to_string())?;
-            Ok(t)
+            crate::tokens::render_linear(self.enc, &conv.messages, |msgs| {
+                let mut t = Vec::new();
+                self.enc.render_conversation_into(msgs, &mut t, None).map_err(|e| e.to_string())?;
+                Ok(t)
+            })
         });
         tokens.extend_from_slice(&head_tokens.map_err(failed)?);
         for m in rest {
             let key = serde_json::to_string(m).unwrap_or_default();
-            let t = self.cache.get_or_render(key, || self.enc.render(m, None).map_err(|e| e.to_string())).map_err(failed)?;
+            let render = || crate::tokens::render_linear(self.enc, std::slice::from_ref(m), |msgs| self.enc.render(&msgs[0], None).map_err(|e| e.to_string()));
+            let t = self.cache.get_or_render(key, render).map_err(failed)?;
             tokens.extend_from_slice(&t);
         }
         // The next turn is the assistant's.
