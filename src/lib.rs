@@ -9,6 +9,7 @@
 //! - [`server`]: the hyper server, routing and handlers;
 //! - [`upstream`]: the HTTP client per upstream and the call with retries;
 //! - [`body`]: the response body that drives the stages inline;
+//! - [`request_body`]: request bodies under `max_body_bytes` and `body_read_timeout`;
 //! - [`reload`]: file watching and SIGHUP → validated swap;
 //! - [`metrics`]: Prometheus handles;
 //! - [`mock_upstream`]: the simulated gpt-oss server for demo and tests.
@@ -23,6 +24,7 @@ pub mod mock_upstream;
 pub mod pipeline;
 pub mod pool;
 pub mod reload;
+pub mod request_body;
 pub mod server;
 pub mod upstream;
 pub mod upstream_conn;

@@ -71,11 +71,25 @@ impl Health {
     }
 }
 
+/// `url` with its userinfo (`user:password@`) replaced by `***@`: what may be printed.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// One model server of an upstream.
 pub struct Server {
     pub upstream: String,
     /// The base URL without a trailing `/`, e.g. `http://gpu1:8080/v1`.
     pub url: String,
+    /// The URL as it may be shown (logs, `/readyz`, metric labels, error messages): any
+    /// `user:password@` replaced by `***@`.
+    pub shown: String,
     outstanding: AtomicUsize,
     health: Mutex<Health>,
     /// The pool's: woken whenever a lease of any of its servers ends.
@@ -87,12 +101,14 @@ pub struct Server {
 
 impl Server {
     fn new(upstream: &str, url: &str, freed: Arc<Notify>) -> Self {
-        let labels = [("upstream", upstream.to_owned()), ("server", url.to_owned())];
+        let shown = redact_url(url);
+        let labels = [("upstream", upstream.to_owned()), ("server", shown.clone())];
         let healthy_gauge = gauge!("harmony_proxy_upstream_healthy", &labels);
         healthy_gauge.set(1.0);
         Self {
             upstream: upstream.to_owned(),
             url: url.to_owned(),
+            shown,
             outstanding: AtomicUsize::new(0),
             health: Mutex::new(Health::Up { failures: 0 }),
             freed,
@@ -126,7 +142,7 @@ impl Server {
         *h = Health::Up { failures: 0 };
         drop(h);
         if was_out {
-            tracing::info!(upstream = %self.upstream, server = %self.url, "server is back in the pool");
+            tracing::info!(upstream = %self.upstream, server = %self.shown, "server is back in the pool");
             self.healthy_gauge.set(1.0);
             // Requests waiting for a slot may take this server now.
             self.freed.notify_waiters();
@@ -144,7 +160,7 @@ impl Server {
         *h = next;
         if ejected {
             self.healthy_gauge.set(0.0);
-            tracing::warn!(upstream = %self.upstream, server = %self.url, why, sit_out_s = SIT_OUT.as_secs(), "server taken out of the pool");
+            tracing::warn!(upstream = %self.upstream, server = %self.shown, why, sit_out_s = SIT_OUT.as_secs(), "server taken out of the pool");
         }
     }
 

@@ -330,6 +330,9 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
         (_, "/healthz" | "/readyz" | "/metrics") => return err(405, "invalid_request_error", Some("method_not_allowed"), "use GET"),
         _ => {}
     }
+    if has_dot_segment(&path) {
+        return err(400, "invalid_request_error", Some("invalid_path"), "the path has a `.` or `..` segment (plain or percent-encoded); paths are not normalized, send the path itself");
+    }
     if !path.starts_with("/v1/") {
         return err(404, "invalid_request_error", Some("not_found"), format!("no such endpoint: {path}"));
     }
@@ -362,6 +365,16 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
         return chat(state, snap.clone(), req, rid, _guard).await;
     }
     forward(&snap, req, rid).await
+}
+
+/// A segment `.` or `..`, also percent-encoded (`%2e`): such paths are refused, never
+/// forwarded (an upstream, or a server behind it, may resolve them to another endpoint).
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let lower = seg.to_ascii_lowercase();
+        let dots = lower.replace("%2e", ".");
+        dots == "." || dots == ".."
+    })
 }
 
 /// `GET` / `DELETE /v1/responses/{id}`: a stored response (kept with `store`, the default),
@@ -408,15 +421,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads a request body up to `max` bytes.
-async fn read_body(body: Incoming, max: u64) -> Result<Bytes, Response<RespBody>> {
-    match Limited::new(body, max.min(usize::MAX as u64) as usize).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(err(413, "invalid_request_error", Some("request_too_large"), format!("request body is larger than {max} bytes")))
-        }
-        Err(e) => Err(err(400, "invalid_request_error", Some("bad_request"), format!("cannot read request body: {e}"))),
-    }
+/// Reads a request body under the server's limits (`max_body_bytes`, `body_read_timeout`).
+async fn read_body(snap: &Snapshot, req: Request<Incoming>) -> Result<Bytes, Response<RespBody>> {
+    let server = &snap.config.server;
+    let (parts, body) = req.into_parts();
+    crate::request_body::read(&parts.headers, body, server.max_body_bytes, server.body_read_timeout.0).await.map_err(|e| error_response(&e))
 }
 
 /// `POST` on a routed path: the request phase, the upstream call, the response pipeline.
@@ -424,7 +433,7 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let auth_scope = auth_scope(&snap, req.headers());
-    let raw = match read_body(req.into_body(), snap.config.server.max_body_bytes).await {
+    let raw = match read_body(&snap, req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -549,7 +558,7 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
 /// renders to (the official renderer, as `harmony-render` sends it).
 async fn count_tokens(state: &Arc<AppState>, snap: &Snapshot, req: Request<Incoming>) -> Response<RespBody> {
     let auth_scope = auth_scope(snap, req.headers());
-    let raw = match read_body(req.into_body(), snap.config.server.max_body_bytes).await {
+    let raw = match read_body(snap, req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -586,6 +595,16 @@ fn passthrough(up: Response<crate::upstream_conn::UpstreamBody>, lease: Lease) -
     r
 }
 
+/// Headers that carry a client's credentials, by name or because they hold one of the keys.
+fn is_credential(name: &header::HeaderName, value: &HeaderValue, keys: &[String]) -> bool {
+    const NAMES: [&str; 5] = ["authorization", "x-api-key", "api-key", "cookie", "x-goog-api-key"];
+    NAMES.contains(&name.as_str()) || keys.iter().any(|k| !k.is_empty() && contains_bytes(value.as_bytes(), k.as_bytes()))
+}
+
+fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    needle.len() <= hay.len() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
 const HOP_BY_HOP: [&str; 9] = ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host"];
 
 /// Any other `/v1/*`: to a server of the default upstream's pool untouched (it does not wait
@@ -599,15 +618,20 @@ async fn forward(snap: &Snapshot, req: Request<Incoming>, rid: &str) -> Response
         Ok(u) => u,
         Err(e) => return error_response(&e),
     };
-    let max = snap.config.server.max_body_bytes as usize;
-    let body = Limited::new(body, max).map_err(|e| e as BoxError).boxed_unsync();
+    let server_cfg = &snap.config.server;
+    if let Some(e) = crate::request_body::declared_too_large(&parts.headers, server_cfg.max_body_bytes) {
+        return error_response(&e);
+    }
+    let max = server_cfg.max_body_bytes.min(usize::MAX as u64) as usize;
+    let body = crate::request_body::Deadline::new(Limited::new(body, max), server_cfg.body_read_timeout.0).boxed_unsync();
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
-    // The client's Authorization is for the proxy when the proxy checks keys.
-    let keep_auth = snap.config.server.api_keys.is_empty();
+    // The client's credentials are for the proxy when the proxy checks keys: whatever the
+    // header they came in, they never reach the upstream.
+    let keys = &snap.config.server.api_keys;
     for (k, v) in &parts.headers {
-        if !HOP_BY_HOP.contains(&k.as_str()) && (k != header::AUTHORIZATION || keep_auth) {
+        if !HOP_BY_HOP.contains(&k.as_str()) && (keys.is_empty() || !is_credential(k, v, keys)) {
             out.headers_mut().append(k, v.clone());
         }
     }
@@ -679,7 +703,7 @@ async fn readyz(snap: &Snapshot) -> Response<RespBody> {
             entry["health"] = Value::from(state);
             entry["outstanding"] = Value::from(server.outstanding());
             any |= entry["ready"] == true;
-            servers.insert(server.url.clone(), entry);
+            servers.insert(server.shown.clone(), entry);
         }
         all &= any;
         report.insert(name.clone(), serde_json::json!({"ready": any, "balance": up.pool.balance().as_str(), "servers": servers}));

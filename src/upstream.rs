@@ -355,7 +355,7 @@ impl Call {
                         if (400..500).contains(&status) {
                             return (Outcome::Passthrough(resp, lease), retries);
                         }
-                        let msg = format!("upstream {} ({}) answered HTTP {status}{}", self.upstream.name, lease.server().url, excerpt(resp).await);
+                        let msg = format!("upstream {} ({}) answered HTTP {status}{}", self.upstream.name, lease.server().shown, excerpt(resp).await);
                         return (Outcome::Failed(ApiError::new(502, "upstream_error", Some("upstream_error"), msg)), retries);
                     }
                     retry_after

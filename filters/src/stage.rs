@@ -43,13 +43,31 @@ impl RequestMeta {
     }
 }
 
-/// `prefix` followed by `len` random alphanumerics.
+/// `prefix` followed by `len` random alphanumerics from the operating system's
+/// cryptographic generator: ids such as a stored response's are what guards it when the
+/// proxy checks no keys, so they must not be predictable from ids seen before.
 pub fn random_id(prefix: &str, len: usize) -> String {
+    use ring::rand::SecureRandom as _;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    // 62 * 4 = 248: bytes from 248 up are drawn again, so every letter is equally likely.
+    const ZONE: u8 = 248;
+    static RNG: std::sync::OnceLock<ring::rand::SystemRandom> = std::sync::OnceLock::new();
+    let rng = RNG.get_or_init(ring::rand::SystemRandom::new);
     let mut s = String::with_capacity(prefix.len() + len);
     s.push_str(prefix);
-    for _ in 0..len {
-        s.push(ALPHABET[fastrand::usize(..ALPHABET.len())] as char);
+    let mut buf = [0u8; 64];
+    while s.len() < prefix.len() + len {
+        if rng.fill(&mut buf).is_err() {
+            // The OS generator does not fail on supported systems; if it ever does, an id
+            // must still be made (from fastrand, as before).
+            buf.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        }
+        for &b in buf.iter().filter(|&&b| b < ZONE) {
+            if s.len() == prefix.len() + len {
+                break;
+            }
+            s.push(ALPHABET[(b % 62) as usize] as char);
+        }
     }
     s
 }

@@ -41,9 +41,13 @@ pub struct ServerConfig {
     /// Address to listen on; `--host`/`--port` override it. Changing it needs a restart.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Larger request bodies are refused with 413.
+    /// Larger request bodies are refused with 413 (at once when `Content-Length` says so).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
+    /// How long a client may take to send a request body, from the end of its head: a body
+    /// still unfinished then is a 408 and its slot of `max_concurrent_requests` is free again.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: Dur,
     /// Serve Prometheus metrics on `/metrics` (false: 404).
     #[serde(default = "yes")]
     pub metrics: Flag,
@@ -79,6 +83,7 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             max_body_bytes: default_max_body(),
+            body_read_timeout: default_body_read_timeout(),
             metrics: yes(),
             log_level: default_log_level(),
             log_format: LogFormat::Text,
@@ -97,6 +102,9 @@ fn default_listen() -> String {
 }
 fn default_max_body() -> u64 {
     8 << 20
+}
+fn default_body_read_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
 }
 fn yes() -> Flag {
     Flag(true)

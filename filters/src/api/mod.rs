@@ -97,7 +97,7 @@ impl ClientApi {
     /// The client's request (a JSON object) into the conversation the stages work on.
     pub fn decode(self, body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         match self {
-            Self::Chat => Ok(chat::decode(body)),
+            Self::Chat => chat::decode(body),
             Self::Responses => responses::decode::decode(body, env),
             Self::Messages => messages::decode::decode(body, env),
         }
@@ -193,7 +193,16 @@ impl Ending {
 /// Reads one typed value out of `v`; an error names `at` and the path inside it
 /// (`input[3].call_id: missing field`).
 pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: Value, at: &str) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
+    serde_path_to_error::deserialize(v).map_err(|e| located(e, at))
+}
+
+/// [`typed`] without taking the value: reads it where it lies (shape checks).
+pub(crate) fn typed_ref<'a, T: serde::Deserialize<'a>>(v: &'a Value, at: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| located(e, at))
+}
+
+fn located(e: serde_path_to_error::Error<serde_json::Error>, at: &str) -> ApiError {
+    {
         let inner = e.path().to_string();
         let place = if inner == "." || inner.is_empty() {
             at.to_owned()
@@ -203,5 +212,5 @@ pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: Value, at: &str) -> Resul
             format!("{at}.{inner}")
         };
         ApiError::invalid(place, e.inner())
-    })
+    }
 }

@@ -181,6 +181,21 @@ fn effort_of(word: &str, at: &str) -> Result<&'static str, ApiError> {
     }
 }
 
+/// At most this many `stop_sequences`…
+pub const MAX_STOP_SEQUENCES: usize = 64;
+/// …each at most this long (bytes): the encoder's automaton is linear in what they add up to.
+pub const MAX_STOP_SEQUENCE_BYTES: usize = 1024;
+
+fn check_stop_sequences(stops: &[String]) -> Result<(), ApiError> {
+    if stops.len() > MAX_STOP_SEQUENCES {
+        return Err(invalid("stop_sequences", format!("{} sequences; at most {MAX_STOP_SEQUENCES} are accepted", stops.len())));
+    }
+    if let Some((i, s)) = stops.iter().enumerate().find(|(_, s)| s.len() > MAX_STOP_SEQUENCE_BYTES) {
+        return Err(invalid(format!("stop_sequences[{i}]"), format!("is {} bytes; at most {MAX_STOP_SEQUENCE_BYTES} are accepted", s.len())));
+    }
+    Ok(())
+}
+
 pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     let req: Request = typed(body, "")?;
     let model = match req.model.as_deref() {
@@ -190,6 +205,10 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     let Some(max_tokens) = req.max_tokens else {
         return Err(invalid("max_tokens", "is required"));
     };
+    if req.messages.is_empty() {
+        return Err(invalid("messages", "at least one message is required"));
+    }
+    check_stop_sequences(&req.stop_sequences)?;
     let mut conv = Conversation::default();
     match req.system {
         None => {}

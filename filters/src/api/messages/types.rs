@@ -24,8 +24,8 @@ pub struct Request {
     pub output_config: Option<OutputConfig>,
     #[serde(default)]
     pub stream: Option<bool>,
-    // Accepted and ignored.
-    pub metadata: Option<Value>,
+    // Accepted and ignored (their shape is checked).
+    pub metadata: Option<serde_json::Map<String, Value>>,
     pub context_management: Option<Value>,
     pub service_tier: Option<Value>,
     pub container: Option<Value>,

@@ -326,12 +326,14 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     messages.append(&mut conv.messages);
     chat.insert("messages".into(), Value::Array(messages));
 
+    // Checked even with no tools to choose from: a malformed choice is the client's mistake.
+    let chat_tool_choice = req.tool_choice.as_ref().map(tool_choice).transpose()?;
     let mut origins = HashMap::new();
     let chat_tools = tools(&req.tools, &mut origins, &mut notes)?;
     if !chat_tools.is_empty() {
         chat.insert("tools".into(), Value::Array(chat_tools));
-        if let Some(tc) = &req.tool_choice {
-            chat.insert("tool_choice".into(), tool_choice(tc)?);
+        if let Some(tc) = chat_tool_choice {
+            chat.insert("tool_choice".into(), tc);
         }
         if let Some(p) = req.parallel_tool_calls {
             chat.insert("parallel_tool_calls".into(), p.into());
@@ -393,7 +395,7 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     echo.insert("top_p".into(), req.top_p.unwrap_or(1.0).into());
     echo.insert("truncation".into(), "disabled".into());
     echo.insert("user".into(), req.user.unwrap_or(Value::Null));
-    echo.insert("metadata".into(), req.metadata.filter(|m| m.is_object()).unwrap_or_else(|| json!({})));
+    echo.insert("metadata".into(), req.metadata.map(Value::Object).unwrap_or_else(|| json!({})));
     let ctx = Context {
         response_id: random_id("resp_", 32),
         tools: origins,

@@ -31,7 +31,7 @@ pub struct Request {
     pub conversation: Option<Value>,
     pub prompt: Option<Value>,
     // Accepted and ignored (echoed in the response where the API does).
-    pub metadata: Option<Value>,
+    pub metadata: Option<serde_json::Map<String, Value>>,
     pub prompt_cache_key: Option<Value>,
     pub user: Option<Value>,
     pub service_tier: Option<Value>,
