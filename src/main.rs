@@ -243,9 +243,13 @@ fn check(path: Option<&Path>) -> ExitCode {
     let (routes, pipelines) = (cfg.routes.len(), cfg.pipelines.len());
     let warnings = cfg.warnings();
     match Snapshot::build(cfg, &enc, 0) {
-        Ok(_) => {
+        Ok(snap) => {
             let at = path.map(|p| p.display().to_string()).unwrap_or_else(|| "embedded proxy.toml".into());
             println!("{at}: ok ({routes} routes, {pipelines} pipelines)");
+            // Where state between requests is kept, with the limits in force.
+            for r in snap.routes.iter().filter(|r| r.pipeline.store.is_some() || r.path != harmony_filters::ClientApi::Chat.path()) {
+                println!("state: {} keeps reasoning and stored responses in {}", r.label, Snapshot::store_of(r).describe());
+            }
             for w in warnings {
                 println!("warning: {w}");
             }

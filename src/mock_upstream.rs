@@ -657,8 +657,9 @@ async fn handle(state: Arc<MockState>, conn: u64, req: Request<Incoming>) -> Res
             completion(state, v, native).await
         }
         (_, p) if p.starts_with("/v1/") => {
-            // Echo: the method, path, query and body, streamed back as they arrive.
-            let head = json!({"method": req.method().as_str(), "path": p, "query": req.uri().query()}).to_string();
+            // Echo: the method, path, query, headers and body, streamed back as they arrive.
+            let headers: serde_json::Map<String, Value> = req.headers().iter().map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or("")))).collect();
+            let head = json!({"method": req.method().as_str(), "path": p, "query": req.uri().query(), "headers": headers}).to_string();
             let ct = req.headers().get(header::CONTENT_TYPE).cloned();
             let body = req.into_body().map_err(|e| Box::new(e) as BoxError).boxed_unsync();
             let mut r = Response::new(ChainBody { first: Some(full_body(head + "\n")), second: body }.boxed_unsync());

@@ -349,7 +349,9 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
     };
     if let Some(id) = path.strip_prefix("/v1/responses/").filter(|id| !id.is_empty() && !id.contains('/')) {
         if let Some(store) = snap.responses_store() {
-            return stored_response(req.method(), id, store.as_ref(), &auth_scope(&snap, req.headers()).unwrap_or_default());
+            let (method, id, scope) = (req.method().clone(), id.to_owned(), auth_scope(&snap, req.headers()).unwrap_or_default());
+            // The store may be Redis: its reads block, so not on a worker.
+            return off_worker(move || stored_response(&method, &id, store.as_ref(), &scope)).await;
         }
     }
     if path == "/v1/messages/count_tokens" {
@@ -365,6 +367,16 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
         return chat(state, snap.clone(), req, rid, _guard).await;
     }
     forward(&snap, req, rid).await
+}
+
+/// Runs `f` on the runtime's blocking threads: work whose cost depends on what a client sent
+/// (tokenizing a prompt) or on a store's latency (Redis) never holds a worker that drives
+/// other streams. A panic in `f` is this request's, as if it had run here.
+async fn off_worker<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// A segment `.` or `..`, also percent-encoded (`%2e`): such paths are refused, never
@@ -453,8 +465,10 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
         store: found.map(Snapshot::store_of).unwrap_or_else(|| harmony_filters::stages::reasoning_memory::process_store_as_is()),
         scope: auth_scope.clone().unwrap_or_default(),
         sealer: snap.sealer.clone(),
+        max_conversation_bytes: snap.config.server.max_body_bytes,
     };
-    let decoded = match api.decode(body, &env) {
+    // Decoding may read the store (previous_response_id) and tokenize: off the workers.
+    let decoded = match off_worker(move || api.decode(body, &env)).await {
         Ok(d) => d,
         Err(e) => return error_response(&e),
     };
@@ -471,9 +485,17 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     meta.api = decoded.ctx;
     state.metrics.request(&route.label, route.pipeline.mode, stream, api.name());
 
-    let mut chain = route.pipeline.new_chain(&meta);
-    let mut up = harmony_filters::UpstreamRequest::chat(body);
-    if let Err(e) = chain.on_request(&mut up) {
+    // The request phase renders prompts and reads stores (Redis included): off the workers,
+    // so that no request's size or store latency stalls the streams they drive.
+    let chain = route.pipeline.new_chain(&meta);
+    let up = harmony_filters::UpstreamRequest::chat(body);
+    let (chain, up, phase) = off_worker(move || {
+        let (mut chain, mut up) = (chain, up);
+        let phase = chain.on_request(&mut up);
+        (chain, up, phase)
+    })
+    .await;
+    if let Err(e) = phase {
         let mut r = error_response(&e);
         r.extensions_mut().insert(RouteInfo { route: route.label.clone(), model: model.clone(), attempts: 0 });
         return r;
@@ -571,12 +593,20 @@ async fn count_tokens(state: &Arc<AppState>, snap: &Snapshot, req: Request<Incom
     if body.get("max_tokens").is_none() {
         body["max_tokens"] = Value::from(1);
     }
-    let env = EdgeEnv { store: harmony_filters::stages::reasoning_memory::process_store_as_is(), scope: auth_scope.unwrap_or_default(), sealer: snap.sealer.clone() };
-    let decoded = match ClientApi::Messages.decode(body, &env) {
-        Ok(d) => d,
-        Err(e) => return error_response(&e),
+    let env = EdgeEnv {
+        store: harmony_filters::stages::reasoning_memory::process_store_as_is(),
+        scope: auth_scope.unwrap_or_default(),
+        sealer: snap.sealer.clone(),
+        max_conversation_bytes: snap.config.server.max_body_bytes,
     };
-    match harmony_filters::stages::harmony_render::prompt_tokens(&state.encoding, &decoded.chat) {
+    // Rendering tokenizes the whole prompt: off the workers.
+    let enc = state.encoding.clone();
+    let counted = off_worker(move || {
+        let decoded = ClientApi::Messages.decode(body, &env)?;
+        harmony_filters::stages::harmony_render::prompt_tokens(&enc, &decoded.chat)
+    })
+    .await;
+    match counted {
         Ok(n) => json_response(200, &serde_json::json!({"input_tokens": n})),
         Err(e) => error_response(&e),
     }

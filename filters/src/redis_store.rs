@@ -76,8 +76,10 @@ pub fn check_url(url: &str) -> Result<(), String> {
 pub fn process_redis_store(url: &str, ttl: Duration, timeout: Duration) -> Result<Arc<RedisStore>, String> {
     static STORES: OnceLock<Mutex<Vec<Arc<RedisStore>>>> = OnceLock::new();
     let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(s) = stores.iter().find(|s| s.shared.url == url && s.shared.timeout == timeout) {
-        *s.ttl_ms.lock().unwrap_or_else(|p| p.into_inner()) = ttl.as_millis().max(1) as u64;
+    // One per URL, timeout and ttl: every pipeline gets the ttl it set, whatever other
+    // pipelines sharing the server set.
+    let ttl_ms = ttl.as_millis().max(1) as u64;
+    if let Some(s) = stores.iter().find(|s| s.shared.url == url && s.shared.timeout == timeout && *s.ttl_ms.lock().unwrap_or_else(|p| p.into_inner()) == ttl_ms) {
         return Ok(s.clone());
     }
     let s = Arc::new(RedisStore::new(url, ttl, timeout)?);
@@ -190,6 +192,11 @@ impl RedisStore {
 }
 
 impl ReasoningStore for RedisStore {
+    fn describe(&self) -> String {
+        let ttl = *self.ttl_ms.lock().unwrap_or_else(|p| p.into_inner());
+        format!("Redis at {} (ttl {ttl} ms; shared by the replicas and pipelines that name it with the same ttl)", redact(&self.shared.url))
+    }
+
     fn put(&self, scope: &str, ids: &[String], reasoning: &str) {
         let keys: Vec<String> = ids.iter().filter(|id| id.len() <= MAX_ID).map(|id| Self::key(scope, id)).collect();
         if keys.is_empty() {
@@ -244,5 +251,13 @@ mod tests {
         assert!(s.idle.lock().unwrap().is_empty());
         assert_eq!(s.get("", "call_a"), None);
         s.put("", &["call_a".into()], "thinking"); // queued, never blocks
+    }
+}
+
+/// `url` without its password, for what is printed.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
+        _ => url.to_owned(),
     }
 }

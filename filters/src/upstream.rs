@@ -157,7 +157,17 @@ pub struct SseDecoder {
     saw_done: bool,
     saw_finish: bool,
     saw_error: bool,
+    /// A chunk of a completion was seen (one with choices, tokens, usage or an error).
+    saw_chunk: bool,
 }
+
+/// Whether a chunk is one of a completion at all (else the upstream is not what the
+/// endpoint promises: a 200 of something else).
+fn is_completion(chunk: &Chunk<'_>) -> bool {
+    chunk.choices.is_some() || chunk.tokens.is_some() || chunk.content.is_some() || chunk.stop.is_some() || chunk.error.is_some() || chunk.usage.is_some()
+}
+
+const NOT_A_COMPLETION: &str = "the upstream answered 200, but not with a chat completion (no choices): is `url` the model server's /v1?";
 
 impl SseDecoder {
     pub fn new() -> Self {
@@ -280,6 +290,9 @@ impl SseDecoder {
         let data = std::mem::take(&mut self.data);
         let trimmed = data.trim_ascii();
         if trimmed == b"[DONE]" {
+            if !self.saw_chunk && !self.saw_error {
+                self.error(out, NOT_A_COMPLETION);
+            }
             self.saw_done = true;
         } else if !trimmed.is_empty() {
             match serde_json::from_slice::<Chunk<'_>>(trimmed) {
@@ -292,6 +305,7 @@ impl SseDecoder {
     }
 
     fn take_chunk(&mut self, chunk: Chunk<'_>, out: &mut Vec<Event>) {
+        self.saw_chunk |= is_completion(&chunk);
         let before = out.len();
         chunk_events(chunk, out, &mut self.saw_finish);
         if out[before..].iter().any(|e| matches!(e, Event::Error(_))) {
@@ -340,6 +354,7 @@ impl SseDecoder {
 /// Decodes a whole non-streamed `chat.completion` body.
 pub fn decode_completion(body: &[u8], out: &mut Vec<Event>) {
     match serde_json::from_slice::<Chunk<'_>>(body) {
+        Ok(chunk) if !is_completion(&chunk) => out.push(Event::Error(ApiError::upstream(NOT_A_COMPLETION))),
         Ok(chunk) => {
             let mut saw_finish = false;
             chunk_events(chunk, out, &mut saw_finish);
@@ -390,6 +405,15 @@ mod tests {
             let ev = decode(&[&body[..cut], &body[cut..]]);
             assert_eq!(ev, vec![Event::Upstream("hé".into())], "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_200_that_is_not_a_completion_is_an_error() {
+        let mut out = Vec::new();
+        decode_completion(br#"{"object": "list", "data": []}"#, &mut out);
+        assert!(matches!(&out[..], [Event::Error(e)] if e.message.contains("not with a chat completion")), "{out:?}");
+        let ev = decode(&[b"data: {\"hello\": 1}\n\ndata: [DONE]\n\n"]);
+        assert!(matches!(&ev[..], [Event::Error(e)] if e.message.contains("not with a chat completion")), "{ev:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod common;
 mod config;
 mod core;
 mod harness;
+mod hostile;
 mod messages;
 mod native;
 mod operations;

@@ -36,12 +36,21 @@ pub struct EdgeEnv {
     pub scope: String,
     /// Seals reasoning for clients that keep it (`encrypted_content`, `signature`).
     pub sealer: Arc<Sealer>,
+    /// The most a conversation may be, in bytes of JSON, once a stored one is expanded
+    /// (`previous_response_id`): the server's `max_body_bytes`, so that chains of small
+    /// requests cannot build what one request may not send.
+    pub max_conversation_bytes: u64,
 }
 
 impl EdgeEnv {
     /// An environment of its own (tests, tools): a small memory store, a random key.
     pub fn standalone() -> Self {
-        Self { store: Arc::new(MemoryStore::new(16 << 20, std::time::Duration::from_secs(3600))), scope: String::new(), sealer: Arc::new(Sealer::random()) }
+        Self {
+            store: Arc::new(MemoryStore::new(16 << 20, std::time::Duration::from_secs(3600))),
+            scope: String::new(),
+            sealer: Arc::new(Sealer::random()),
+            max_conversation_bytes: 8 << 20,
+        }
     }
 }
 

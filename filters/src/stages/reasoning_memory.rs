@@ -11,9 +11,10 @@
 //! request:  an assistant turn with tool_calls and no reasoning, after the last final
 //!           answer, gets the reasoning stored under its call ids back, as `field`
 //! ```
-//! The store is bounded (`max_bytes`, least recently used first out, `ttl`) and scoped: with
-//! `server.api_keys` set, a key only ever gets its own reasoning back. The in-process store is
-//! one per process and `store` setting, so it survives config reloads; a shared store for
+//! The store is bounded (`max_bytes`, `ttl`; when full, the key scope holding the most gives
+//! up its least recently used entry) and scoped: with `server.api_keys` set, a key only ever
+//! gets its own reasoning back. The in-process store is one per process and pair of limits, so
+//! it survives config reloads and every pipeline has the limits it set; a shared store for
 //! replicas goes behind the same [`ReasoningStore`] trait.
 
 use std::collections::{BTreeMap, HashMap};
@@ -124,45 +125,56 @@ pub trait ReasoningStore: Send + Sync {
     fn get(&self, scope: &str, id: &str) -> Option<Arc<str>>;
     /// Forgets what is remembered under `id` within `scope`.
     fn delete(&self, scope: &str, id: &str);
+    /// What it is and who shares it, for `check`.
+    fn describe(&self) -> String {
+        "a store of the caller's".into()
+    }
 }
 
 struct Entry {
     value: Arc<str>,
     expires: Instant,
-    /// Position in `order` (least recently used first).
+    /// Position in its scope's `order` (least recently used first).
     tick: u64,
+}
+
+/// What one key scope holds: its bytes and its entries, least recently used first.
+#[derive(Default)]
+struct ScopeUse {
+    bytes: u64,
+    order: BTreeMap<u64, String>,
 }
 
 struct Lru {
     map: HashMap<(String, String), Entry>,
-    order: BTreeMap<u64, (String, String)>,
+    scopes: HashMap<String, ScopeUse>,
     tick: u64,
     bytes: u64,
     max_bytes: u64,
     ttl: Duration,
 }
 
-/// The in-process store: bounded in bytes, least recently used out first, entries expire.
+/// The in-process store: bounded in bytes, entries expire. When it is full, the scope that
+/// holds the most gives up its least recently used entry first: one key filling the store
+/// evicts its own state, never that of a key holding less (a fair share per key scope).
 pub struct MemoryStore {
     inner: Mutex<Lru>,
 }
 
 impl MemoryStore {
     pub fn new(max_bytes: u64, ttl: Duration) -> Self {
-        Self { inner: Mutex::new(Lru { map: HashMap::new(), order: BTreeMap::new(), tick: 0, bytes: 0, max_bytes, ttl }) }
-    }
-
-    /// New limits (a reload); applies to what is stored from now on, and evicts to fit.
-    pub fn set_limits(&self, max_bytes: u64, ttl: Duration) {
-        let mut l = self.lock();
-        l.max_bytes = max_bytes;
-        l.ttl = ttl;
-        l.evict_to_fit();
+        Self { inner: Mutex::new(Lru { map: HashMap::new(), scopes: HashMap::new(), tick: 0, bytes: 0, max_bytes, ttl }) }
     }
 
     /// Bytes of reasoning held (for tests and metrics).
     pub fn bytes(&self) -> u64 {
         self.lock().bytes
+    }
+
+    /// The limits it was made with: `(max_bytes, ttl)`.
+    pub fn limits(&self) -> (u64, Duration) {
+        let l = self.lock();
+        (l.max_bytes, l.ttl)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
@@ -177,22 +189,37 @@ fn entry_cost(key: &(String, String), value: &str) -> u64 {
 impl Lru {
     fn remove(&mut self, key: &(String, String)) {
         if let Some(e) = self.map.remove(key) {
-            self.order.remove(&e.tick);
-            self.bytes -= entry_cost(key, &e.value);
+            let cost = entry_cost(key, &e.value);
+            self.bytes -= cost;
+            if let Some(u) = self.scopes.get_mut(&key.0) {
+                u.order.remove(&e.tick);
+                u.bytes -= cost;
+                if u.order.is_empty() {
+                    self.scopes.remove(&key.0);
+                }
+            }
         }
     }
 
     fn evict_to_fit(&mut self) {
         while self.bytes > self.max_bytes {
-            let Some((_, key)) = self.order.pop_first() else { break };
-            if let Some(e) = self.map.remove(&key) {
-                self.bytes -= entry_cost(&key, &e.value);
-            }
+            // The scope holding the most pays (scopes are few: one per API key).
+            let Some(scope) = self.scopes.iter().max_by_key(|(_, u)| u.bytes).map(|(s, _)| s.clone()) else { break };
+            let Some(id) = self.scopes.get(&scope).and_then(|u| u.order.first_key_value()).map(|(_, id)| id.clone()) else {
+                self.scopes.remove(&scope);
+                continue;
+            };
+            self.remove(&(scope, id));
         }
     }
 }
 
 impl ReasoningStore for MemoryStore {
+    fn describe(&self) -> String {
+        let (max, ttl) = self.limits();
+        format!("this process's memory (max_bytes {max}, ttl {ttl:?}; shared by the pipelines with the same limits; when full, the key scope holding the most gives up its oldest entry)")
+    }
+
     fn put(&self, scope: &str, ids: &[String], reasoning: &str) {
         let value: Arc<str> = Arc::from(reasoning);
         let mut l = self.lock();
@@ -202,11 +229,14 @@ impl ReasoningStore for MemoryStore {
             l.remove(&key);
             let cost = entry_cost(&key, &value);
             if cost > l.max_bytes {
+                tracing::warn!(bytes = cost, max_bytes = l.max_bytes, "reasoning-memory: an entry larger than the store's max_bytes was not kept");
                 continue;
             }
             l.tick += 1;
             let tick = l.tick;
-            l.order.insert(tick, key.clone());
+            let u = l.scopes.entry(scope.to_owned()).or_default();
+            u.order.insert(tick, id.clone());
+            u.bytes += cost;
             l.bytes += cost;
             l.map.insert(key, Entry { value: value.clone(), expires, tick });
         }
@@ -226,8 +256,10 @@ impl ReasoningStore for MemoryStore {
         }
         l.tick += 1;
         let tick = l.tick;
-        l.order.remove(&old_tick);
-        l.order.insert(tick, key.clone());
+        if let Some(u) = l.scopes.get_mut(scope) {
+            u.order.remove(&old_tick);
+            u.order.insert(tick, id.to_owned());
+        }
         let e = l.map.get_mut(&key)?;
         e.tick = tick;
         Some(e.value.clone())
@@ -238,18 +270,28 @@ impl ReasoningStore for MemoryStore {
     }
 }
 
-static PROCESS_STORE: OnceLock<Arc<MemoryStore>> = OnceLock::new();
+/// The process's in-memory stores, one per pair of limits (`max_bytes`, `ttl`): a pipeline
+/// gets the limits it sets, whatever other pipelines (the built-in ones are compiled too)
+/// set; pipelines with the same limits share one, and a reload that keeps the limits keeps
+/// the memory. A store no config generation uses any more is freed.
+static PROCESS_STORES: OnceLock<Mutex<HashMap<(u64, Duration), std::sync::Weak<MemoryStore>>>> = OnceLock::new();
 
-/// The process's in-memory store (one, whatever the config generation: a reload keeps memory).
+/// The process's in-memory store with these limits.
 pub fn process_store(max_bytes: u64, ttl: Duration) -> Arc<MemoryStore> {
-    let s = PROCESS_STORE.get_or_init(|| Arc::new(MemoryStore::new(max_bytes, ttl)));
-    s.set_limits(max_bytes, ttl);
-    s.clone()
+    let mut stores = PROCESS_STORES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    stores.retain(|_, w| w.strong_count() > 0);
+    if let Some(s) = stores.get(&(max_bytes, ttl)).and_then(std::sync::Weak::upgrade) {
+        return s;
+    }
+    let s = Arc::new(MemoryStore::new(max_bytes, ttl));
+    stores.insert((max_bytes, ttl), Arc::downgrade(&s));
+    s
 }
 
-/// The process's in-memory store with the limits it has (the defaults if none was set).
+/// The process's in-memory store with the default limits (for requests with no route).
 pub fn process_store_as_is() -> Arc<MemoryStore> {
-    PROCESS_STORE.get_or_init(|| Arc::new(MemoryStore::new(default_max_bytes(), default_ttl().0))).clone()
+    static DEFAULT: OnceLock<Arc<MemoryStore>> = OnceLock::new();
+    DEFAULT.get_or_init(|| process_store(default_max_bytes(), default_ttl().0)).clone()
 }
 
 pub struct ReasoningMemoryFactory {

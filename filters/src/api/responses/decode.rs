@@ -235,6 +235,19 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         Some(Input::Items(new)) => items.extend(new),
     }
     let first_new = items.len() - new_len;
+    if req.previous_response_id.is_some() {
+        let bytes = serde_json::to_vec(&items).map(|v| v.len() as u64).unwrap_or(0);
+        if bytes > env.max_conversation_bytes {
+            let mut e = ApiError::new(
+                400,
+                "invalid_request_error",
+                Some("conversation_too_large"),
+                format!("previous_response_id: the conversation it continues is {bytes} bytes with this input, above the {} this server accepts (max_body_bytes); start a new conversation, or compact this one", env.max_conversation_bytes),
+            );
+            e.param = Some("previous_response_id".into());
+            return Err(e);
+        }
+    }
 
     let mut conv = Conversation::default();
     if let Some(i) = req.instructions.as_ref().filter(|i| !i.trim().is_empty()) {
