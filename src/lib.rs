@@ -7,6 +7,7 @@
 //! - [`config`]: the `proxy.toml` model, env interpolation, loading with located errors;
 //! - [`pipeline`]: a config generation compiled and ready to serve ([`pipeline::Snapshot`]);
 //! - [`server`]: the hyper server, routing and handlers;
+//! - [`http_errors`]: hyper's own error answers (400, 414, 431) in the client API's shape;
 //! - [`upstream`]: the HTTP client per upstream and the call with retries;
 //! - [`body`]: the response body that drives the stages inline;
 //! - [`request_body`]: request bodies under `max_body_bytes` and `body_read_timeout`;
@@ -18,6 +19,7 @@ pub mod bench;
 pub mod body;
 pub mod config;
 pub mod doctor;
+pub mod http_errors;
 pub mod init;
 pub mod metrics;
 pub mod mock_upstream;

@@ -246,12 +246,21 @@ fn check(path: Option<&Path>) -> ExitCode {
         Ok(snap) => {
             let at = path.map(|p| p.display().to_string()).unwrap_or_else(|| "embedded proxy.toml".into());
             println!("{at}: ok ({routes} routes, {pipelines} pipelines)");
-            // Where state between requests is kept, with the limits in force.
-            for r in snap.routes.iter().filter(|r| r.pipeline.store.is_some() || r.path != harmony_filters::ClientApi::Chat.path()) {
-                println!("state: {} keeps reasoning and stored responses in {}", r.label, Snapshot::store_of(r).describe());
-            }
             for w in warnings {
                 println!("warning: {w}");
+            }
+            // Where state between requests is kept, with the limits in force: one line per
+            // store, naming the routes that share it.
+            let mut stores: Vec<(String, Vec<&str>)> = Vec::new();
+            for r in snap.routes.iter().filter(|r| r.pipeline.store.is_some() || r.path != harmony_filters::ClientApi::Chat.path()) {
+                let what = Snapshot::store_of(r).describe();
+                match stores.iter_mut().find(|(w, _)| *w == what) {
+                    Some((_, routes)) => routes.push(&r.label),
+                    None => stores.push((what, vec![&r.label])),
+                }
+            }
+            for (what, routes) in stores {
+                println!("state: {} keep reasoning and stored responses in {what}", routes.join(", "));
             }
             ExitCode::SUCCESS
         }

@@ -79,7 +79,7 @@ pub struct ProxyError(pub ApiError);
 
 /// The client API whose error shape a path's answers take: every `/v1/messages…` path is
 /// Anthropic's, the rest OpenAI's.
-fn api_of_errors(path: &str) -> ClientApi {
+pub(crate) fn api_of_errors(path: &str) -> ClientApi {
     if path == "/v1/messages" || path.starts_with("/v1/messages/") {
         ClientApi::Messages
     } else {
@@ -171,7 +171,7 @@ pub async fn serve(
         };
         match &tls {
             None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let conn = builder.serve_connection(TokioIo::new(crate::http_errors::ShapedErrors::new(stream)), svc);
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = fut.await;
@@ -183,7 +183,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
+                            let conn = builder.serve_connection(TokioIo::new(crate::http_errors::ShapedErrors::new(tls_stream)), svc);
                             let _ = watcher.watch(conn).await;
                         }
                         _ => tracing::debug!(%peer, "TLS handshake failed"),

@@ -194,7 +194,7 @@ impl RedisStore {
 impl ReasoningStore for RedisStore {
     fn describe(&self) -> String {
         let ttl = *self.ttl_ms.lock().unwrap_or_else(|p| p.into_inner());
-        format!("Redis at {} (ttl {ttl} ms; shared by the replicas and pipelines that name it with the same ttl)", redact(&self.shared.url))
+        format!("Redis at {} (ttl {ttl} ms, shared with the replicas)", redact(&self.shared.url))
     }
 
     fn put(&self, scope: &str, ids: &[String], reasoning: &str) {

@@ -348,3 +348,21 @@ fn a_mixed_flood_leaves_every_well_formed_stream_whole() {
     }
     assert!(!env.proxy.log().contains("panicked"), "{}", env.proxy.log());
 }
+
+#[test]
+fn errors_hyper_raises_before_the_proxy_sees_a_request_carry_the_apis_error_shape() {
+    let env = shared();
+    let body_of = |out: &str| -> Value { serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {out}")) };
+    let out = raw_exchange(env, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n{}", 10);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(body_of(&out)["error"]["code"], "bad_request");
+    let many: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let out = raw_exchange(env, format!("POST /v1/messages HTTP/1.1\r\nhost: x\r\n{many}\r\n").as_bytes(), 10);
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert_eq!(body_of(&out)["type"], "error", "Anthropic's shape on /v1/messages: {out}");
+    let long = "a".repeat(70_000);
+    let out = raw_exchange(env, format!("GET /v1/models?q={long} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(), 10);
+    assert!(out.starts_with("HTTP/1.1 414"), "{out}");
+    assert_eq!(body_of(&out)["error"]["code"], "uri_too_long");
+    assert_eq!(healthz(env), 200);
+}

@@ -217,7 +217,7 @@ impl Lru {
 impl ReasoningStore for MemoryStore {
     fn describe(&self) -> String {
         let (max, ttl) = self.limits();
-        format!("this process's memory (max_bytes {max}, ttl {ttl:?}; shared by the pipelines with the same limits; when full, the key scope holding the most gives up its oldest entry)")
+        format!("this process's memory (max_bytes {max}, ttl {ttl:?}; when full, the key holding the most gives up its oldest entry)")
     }
 
     fn put(&self, scope: &str, ids: &[String], reasoning: &str) {
