@@ -328,6 +328,25 @@ async fn one_stream(base: &str, path: &str, body: Arc<String>, first: Option<Arc
     seen
 }
 
+/// One JSON request over its own connection: the answer, if it was a 2xx JSON.
+async fn post_json(base: &str, path: &str, body: String) -> Option<Value> {
+    let addr = base.strip_prefix("http://")?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp)).await.ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("{base}{path}"))
+        .header(http::header::HOST, addr)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .ok()?;
+    let resp = send.send_request(req).await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let bytes = resp.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&bytes).ok()
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -477,6 +496,41 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
         let msg_errors = via_msg.iter().filter(|s| !s.ok || s.ticks.len() != opts.tokens).count();
         let msg_per_token_us = msg_cpu / upstream_tokens.max(1) as f64 * 1e6;
 
+        // Messages with the most stop sequences a request may send, each beginning like the
+        // answer's words (so text is held back and let go all the time), none of them
+        // matching: the encoder's matcher costs each token its length, whatever the sequences.
+        let stops_body = {
+            use harmony_filters::api::messages::decode::{MAX_STOP_SEQUENCES, MAX_STOP_SEQUENCE_BYTES};
+            let mut v: Value = serde_json::from_str(&messages_body).unwrap_or_default();
+            let stops: Vec<String> = (0..MAX_STOP_SEQUENCES).map(|i| format!("ti{i:02}{}", "~".repeat(MAX_STOP_SEQUENCE_BYTES - 4))).collect();
+            v["stop_sequences"] = json!(stops);
+            Arc::new(v.to_string())
+        };
+        let (via_stops, stops_wall, stops_cpu) = timed_streams_on(&proxy.url, MESSAGES, opts.streams, &stops_body, proxy.pid()).await;
+        let stops_errors = via_stops.iter().filter(|s| !s.ok || s.ticks.len() != opts.tokens).count();
+        let stops_per_token_us = stops_cpu / upstream_tokens.max(1) as f64 * 1e6;
+
+        // count_tokens: prose, and one word as long (base64), each request a new text so the
+        // render cache never answers.
+        let prose = "the quick brown fox jumps over the lazy dog. ".repeat(opts.tokens);
+        let word = "QUJD".repeat(prose.len() / 4);
+        let mut counts = Vec::new();
+        for content in [&prose, &word] {
+            let cpu0 = cpu_seconds(proxy.pid());
+            let mut tokens = 0u64;
+            let mut errors = 0usize;
+            for i in 0..opts.streams {
+                let body = json!({"model": "gpt-oss", "messages": [{"role": "user", "content": format!("{i} {content}")}]}).to_string();
+                match post_json(&proxy.url, "/v1/messages/count_tokens", body).await.and_then(|v| v["input_tokens"].as_u64()) {
+                    Some(n) => tokens += n,
+                    None => errors += 1,
+                }
+            }
+            let cpu = cpu_seconds(proxy.pid()) - cpu0;
+            counts.push(json!({"bytes": content.len(), "prompt_tokens_per_request": tokens / opts.streams.max(1) as u64,
+                               "proxy_cpu_us_per_token": (cpu / tokens.max(1) as f64 * 1e6 * 1000.0).round() / 1000.0, "errors": errors}));
+        }
+
         // Token ids: the same answers from llama.cpp's `/completion`, the proxy rendering the
         // prompt and reading token ids (`harmony-render` with `endpoint = "llama"`).
         let ids_body = Arc::new(script_for("llama", opts.tokens, 0));
@@ -529,6 +583,15 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
                 "tokens_per_s_via_proxy": (upstream_tokens as f64 / msg_wall).round() as u64,
                 "errors": msg_errors,
             },
+            "messages_max_stops": {
+                "stop_sequences": harmony_filters::api::messages::decode::MAX_STOP_SEQUENCES,
+                "bytes_each": harmony_filters::api::messages::decode::MAX_STOP_SEQUENCE_BYTES,
+                "proxy_cpu_us_per_token": (stops_per_token_us * 100.0).round() / 100.0,
+                "vs_messages_percent": (msg_per_token_us > 0.0 && stops_per_token_us > 0.0).then(|| ((stops_per_token_us / msg_per_token_us - 1.0) * 1000.0).round() / 10.0),
+                "tokens_per_s_via_proxy": (upstream_tokens as f64 / stops_wall).round() as u64,
+                "errors": stops_errors,
+            },
+            "count_tokens": {"requests": opts.streams, "prose": counts[0], "one_word": counts[1]},
             "token_ids": {
                 "upstream_tokens": ids_tokens,
                 "proxy_cpu_us_per_token": (ids_cpu / ids_tokens.max(1) as f64 * 1e6 * 100.0).round() / 100.0,
@@ -573,6 +636,13 @@ pub fn text(r: &Value) -> String {
          \x20 CPU per upstream token (proxy process)        {:>9} us   ({}% vs chat)\n\
          \x20 throughput                                    {:>9} tok/s\n\
          \x20 errors                                        {:>9}\n\
+         messages with {} stop sequences of {} bytes (the most a request may send)\n\
+         \x20 CPU per upstream token (proxy process)        {:>9} us   ({}% vs messages)\n\
+         \x20 throughput                                    {:>9} tok/s\n\
+         \x20 errors                                        {:>9}\n\
+         count_tokens ({} requests each; CPU per prompt token counted)\n\
+         \x20 prose, {} bytes ({} tokens)           {:>9} us   errors {}\n\
+         \x20 one word, {} bytes ({} tokens)        {:>9} us   errors {}\n\
          token ids (harmony-render, endpoint = \"llama\"): the same answers, {} upstream tokens\n\
          \x20 CPU per upstream token (proxy process)        {:>9} us\n\
          \x20 throughput                                    {:>9} tok/s\n\
@@ -605,6 +675,21 @@ pub fn text(r: &Value) -> String {
         r["messages"]["vs_chat_percent"],
         r["messages"]["tokens_per_s_via_proxy"],
         r["messages"]["errors"],
+        r["messages_max_stops"]["stop_sequences"],
+        r["messages_max_stops"]["bytes_each"],
+        r["messages_max_stops"]["proxy_cpu_us_per_token"],
+        r["messages_max_stops"]["vs_messages_percent"],
+        r["messages_max_stops"]["tokens_per_s_via_proxy"],
+        r["messages_max_stops"]["errors"],
+        r["count_tokens"]["requests"],
+        r["count_tokens"]["prose"]["bytes"],
+        r["count_tokens"]["prose"]["prompt_tokens_per_request"],
+        r["count_tokens"]["prose"]["proxy_cpu_us_per_token"],
+        r["count_tokens"]["prose"]["errors"],
+        r["count_tokens"]["one_word"]["bytes"],
+        r["count_tokens"]["one_word"]["prompt_tokens_per_request"],
+        r["count_tokens"]["one_word"]["proxy_cpu_us_per_token"],
+        r["count_tokens"]["one_word"]["errors"],
         r["token_ids"]["upstream_tokens"],
         r["token_ids"]["proxy_cpu_us_per_token"],
         r["token_ids"]["tokens_per_s_via_proxy"],

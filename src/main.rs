@@ -216,7 +216,14 @@ fn encoding() -> Result<openai_harmony::HarmonyEncoding, ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| fail(format!("cannot start the runtime: {e}")))
+    // The request phase (decoding, prompt rendering, store reads) runs on the blocking
+    // threads (server::off_worker): 64 at most, so a burst of requests queues there instead of
+    // starting hundreds of threads; the workers drive streams meanwhile.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()
+        .map_err(|e| fail(format!("cannot start the runtime: {e}")))
 }
 
 fn load(path: Option<&Path>) -> Result<Config, ExitCode> {

@@ -366,3 +366,52 @@ fn errors_hyper_raises_before_the_proxy_sees_a_request_carry_the_apis_error_shap
     assert_eq!(body_of(&out)["error"]["code"], "uri_too_long");
     assert_eq!(healthz(env), 200);
 }
+
+/// A Redis store that accepts connections and never answers: the request that waits for it
+/// waits on a blocking thread (at most `store_timeout`), and the workers go on serving others.
+#[test]
+fn a_redis_store_that_never_answers_stalls_no_one_else() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        // Keep what connects open and silent for a while, then let go.
+        let mut conns = Vec::new();
+        silent.set_nonblocking(true).unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(8);
+        while std::time::Instant::now() < end {
+            if let Ok((c, _)) = silent.accept() {
+                conns.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let env = Env::with_config(|mock| {
+        // The slow-store route goes first (first match wins); its pipeline at the end.
+        let route = "[[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"slowstore-*\"]\nupstream = \"default\"\npipeline = \"slowstore\"\n\n[[routes]]";
+        let pipeline = format!("\n[pipelines.slowstore]\nstages = [{{ type = \"harmony-parse\" }}, {{ type = \"reasoning-memory\", store = \"redis://127.0.0.1:{port}\", store_timeout = \"2s\" }}, {{ type = \"tool-bridge\", mode = \"openai_tool_calls\" }}, {{ type = \"sse-encode\" }}]\n");
+        config(mock, "").replacen("[[routes]]", route, 1) + &pipeline
+    });
+    // An assistant turn with a call and no reasoning: the stage looks its reasoning up.
+    let lookups: Vec<_> = (0..4)
+        .map(|i| {
+            let url = env.url("/v1/chat/completions");
+            std::thread::spawn(move || {
+                post(&url, &json!({"model": "slowstore-m", "stream": true, "messages": [
+                    {"role": "user", "content": "scenario:hello"},
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": format!("call_{i}"), "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": format!("call_{i}"), "content": "ok"}]}))
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        assert_eq!(healthz(&env), 200);
+        let r = chat(&env, "gpt-oss", true, "scenario:hello");
+        assert!(!r.content.is_empty());
+    }
+    for t in lookups {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assemble_sse(&r.body).unwrap();
+    }
+    held.join().unwrap();
+}

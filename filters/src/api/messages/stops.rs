@@ -17,12 +17,39 @@
 //! stop at), and among the sequences ending there the longest (it began first).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// The trie's edges are keyed by (node, byte), packed in a u64: a multiplicative hash is
+/// enough (node ids are the automaton's own, dense; a client chooses only the bytes), and
+/// several times cheaper than SipHash for the 64 Ki edges a request may bring.
+#[derive(Default)]
+struct EdgeHasher(u64);
+
+impl Hasher for EdgeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Edges = HashMap<u64, u32, BuildHasherDefault<EdgeHasher>>;
+
+fn edge(node: u32, b: u8) -> u64 {
+    (u64::from(node) << 8) | u64::from(b)
+}
 
 /// The automaton of a request's stop sequences.
 pub struct StopScan {
     stops: Vec<String>,
     /// Trie edges: (node, byte) → node. Node 0 is the root.
-    next: HashMap<(u32, u8), u32>,
+    next: Edges,
     fail: Vec<u32>,
     depth: Vec<u32>,
     /// A sequence that begins with this node's text.
@@ -37,49 +64,55 @@ impl StopScan {
     /// The automaton of `stops` (empty ones are ignored).
     pub fn new(stops: &[String]) -> Self {
         let stops: Vec<String> = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
-        let mut s = Self { stops: Vec::new(), next: HashMap::new(), fail: vec![0], depth: vec![0], rep: vec![0], out: vec![None], at: 0 };
-        let mut children: Vec<Vec<u32>> = vec![Vec::new()];
+        let bytes: usize = stops.iter().map(String::len).sum();
+        let mut s = Self { stops: Vec::new(), next: Edges::default(), fail: vec![0], depth: vec![0], rep: vec![0], out: vec![None], at: 0 };
+        s.next.reserve(bytes);
+        // Each node's parent and the byte that leads to it (for the failure links).
+        let mut parent: Vec<u32> = vec![0];
+        let mut via: Vec<u8> = vec![0];
         for (i, stop) in stops.iter().enumerate() {
             let mut node = 0u32;
             for &b in stop.as_bytes() {
-                node = match s.next.get(&(node, b)) {
+                node = match s.next.get(&edge(node, b)) {
                     Some(&n) => n,
                     None => {
                         let n = s.fail.len() as u32;
-                        s.next.insert((node, b), n);
+                        s.next.insert(edge(node, b), n);
                         s.fail.push(0);
                         s.depth.push(s.depth[node as usize] + 1);
                         s.rep.push(i as u32);
                         s.out.push(None);
-                        children.push(Vec::new());
-                        children[node as usize].push(n);
+                        parent.push(node);
+                        via.push(b);
                         n
                     }
                 };
             }
             s.out[node as usize].get_or_insert(i as u32);
         }
-        // Failure links, breadth first: a node's link is the longest proper suffix of its text
-        // that is also in the trie; its output falls back to that node's.
-        let mut queue = std::collections::VecDeque::from(children[0].clone());
-        while let Some(v) = queue.pop_front() {
-            queue.extend(children[v as usize].iter().copied());
-            for &c in &children[v as usize] {
-                let b = stops[s.rep[c as usize] as usize].as_bytes()[s.depth[v as usize] as usize];
-                let mut f = s.fail[v as usize];
-                let link = loop {
-                    if let Some(&n) = s.next.get(&(f, b)) {
+        // Failure links, shallowest first (a node's link is the longest proper suffix of its
+        // text that is also in the trie); its output falls back to that node's.
+        let mut order: Vec<u32> = (1..s.fail.len() as u32).collect();
+        order.sort_unstable_by_key(|&n| s.depth[n as usize]);
+        for c in order {
+            let (p, b) = (parent[c as usize], via[c as usize]);
+            let link = if p == 0 {
+                0
+            } else {
+                let mut f = s.fail[p as usize];
+                loop {
+                    if let Some(&n) = s.next.get(&edge(f, b)) {
                         break n;
                     }
                     if f == 0 {
                         break 0;
                     }
                     f = s.fail[f as usize];
-                };
-                s.fail[c as usize] = link;
-                if s.out[c as usize].is_none() {
-                    s.out[c as usize] = s.out[link as usize];
                 }
+            };
+            s.fail[c as usize] = link;
+            if s.out[c as usize].is_none() {
+                s.out[c as usize] = s.out[link as usize];
             }
         }
         s.stops = stops;
@@ -92,7 +125,7 @@ impl StopScan {
 
     fn step(&self, mut node: u32, b: u8) -> u32 {
         loop {
-            if let Some(&n) = self.next.get(&(node, b)) {
+            if let Some(&n) = self.next.get(&edge(node, b)) {
                 return n;
             }
             if node == 0 {
