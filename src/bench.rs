@@ -88,6 +88,7 @@ impl ChildProc {
                     if let Some(c) = cpu {
                         pin_to(c);
                     }
+                    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
                     if let Some(n) = nofile {
                         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
                         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {

@@ -229,6 +229,7 @@ impl AcceptBackoff {
 /// Raises the soft limit on open files to the hard limit (most services start at 1024, which
 /// holds only a few hundred streams: each takes a client and an upstream socket). Returns
 /// (before, after), or `None` where there is no such limit.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
 pub fn raise_fd_limit() -> Option<(u64, u64)> {
     #[cfg(unix)]
     {

@@ -231,6 +231,14 @@ impl ReasoningStore for RedisStore {
     }
 }
 
+/// `url` without its password, for what is printed.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,13 +259,5 @@ mod tests {
         assert!(s.idle.lock().unwrap().is_empty());
         assert_eq!(s.get("", "call_a"), None);
         s.put("", &["call_a".into()], "thinking"); // queued, never blocks
-    }
-}
-
-/// `url` without its password, for what is printed.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
-        _ => url.to_owned(),
     }
 }

@@ -71,7 +71,7 @@ impl Sealer {
         let start = (start..=reasoning.len()).find(|&i| reasoning.is_char_boundary(i)).unwrap_or(0);
         let mut nonce = [0u8; NONCE_LEN];
         let _ = self.rng.fill(&mut nonce);
-        let mut buf = reasoning[start..].as_bytes().to_vec();
+        let mut buf = reasoning.as_bytes()[start..].to_vec();
         if self.key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(scope.as_bytes()), &mut buf).is_err() {
             return String::new();
         }

@@ -63,7 +63,7 @@ fn the_second_turn_reaches_the_model_with_the_call_the_result_and_the_signed_thi
     assert_eq!(sent[1]["reasoning_content"], "Need the weather tool for Paris.", "{sent}");
     assert_eq!(sent[1]["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Paris\",\"unit\":\"celsius\"}");
     assert_eq!(sent[2], json!({"role": "tool", "tool_call_id": sent[1]["tool_calls"][0]["id"], "content": "18C"}));
-    let r = messages(&shared(), &turn2);
+    let r = messages(shared(), &turn2);
     assert_eq!(r.status, 200, "a signature from another key is ignored, never an error: {}", r.text());
 }
 

@@ -73,10 +73,13 @@ pub struct HarmonyRenderConfig {
 /// Most bytes of cached message tokens (with their keys); past it the cache starts afresh.
 const CACHE_BYTES: usize = 64 << 20;
 
+/// Tokens by their message's JSON, and the bytes they hold.
+type CacheMap = (HashMap<String, Arc<[u32]>>, usize);
+
 /// Rendered tokens by message content, shared by every request of the process.
 #[derive(Default)]
 pub struct RenderCache {
-    inner: Mutex<(HashMap<String, Arc<[u32]>>, usize)>,
+    inner: Mutex<CacheMap>,
 }
 
 impl RenderCache {

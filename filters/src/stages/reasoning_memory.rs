@@ -274,7 +274,9 @@ impl ReasoningStore for MemoryStore {
 /// gets the limits it sets, whatever other pipelines (the built-in ones are compiled too)
 /// set; pipelines with the same limits share one, and a reload that keeps the limits keeps
 /// the memory. A store no config generation uses any more is freed.
-static PROCESS_STORES: OnceLock<Mutex<HashMap<(u64, Duration), std::sync::Weak<MemoryStore>>>> = OnceLock::new();
+static PROCESS_STORES: OnceLock<Mutex<StoresByLimits>> = OnceLock::new();
+
+type StoresByLimits = HashMap<(u64, Duration), std::sync::Weak<MemoryStore>>;
 
 /// The process's in-memory store with these limits.
 pub fn process_store(max_bytes: u64, ttl: Duration) -> Arc<MemoryStore> {

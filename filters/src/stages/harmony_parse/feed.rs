@@ -137,7 +137,7 @@ impl HarmonyParse {
             // Only blanks so far: keep the last few (an answer may start with them), so a long
             // run of them costs linear time.
             if held > MAX_HOLD {
-                let cut = hold.floor_char_boundary(held - MAX_HOLD);
+                let cut = super::floor_char_boundary(hold, held - MAX_HOLD);
                 hold.drain(..cut);
             }
             return None;
