@@ -501,9 +501,10 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
         // answer's words (so text is held back and let go all the time), none of them
         // matching: the encoder's matcher costs each token its length, whatever the sequences.
         let stops_body = {
-            use harmony_filters::api::messages::decode::{MAX_STOP_SEQUENCES, MAX_STOP_SEQUENCE_BYTES};
+            use harmony_filters::api::messages::decode::{MAX_STOP_BYTES_TOTAL, MAX_STOP_SEQUENCES};
             let mut v: Value = serde_json::from_str(&messages_body).unwrap_or_default();
-            let stops: Vec<String> = (0..MAX_STOP_SEQUENCES).map(|i| format!("ti{i:02}{}", "~".repeat(MAX_STOP_SEQUENCE_BYTES - 4))).collect();
+            let each = MAX_STOP_BYTES_TOTAL / MAX_STOP_SEQUENCES;
+            let stops: Vec<String> = (0..MAX_STOP_SEQUENCES).map(|i| format!("ti{i:02}{}", "~".repeat(each - 4))).collect();
             v["stop_sequences"] = json!(stops);
             Arc::new(v.to_string())
         };
@@ -586,7 +587,7 @@ fn run_in(opts: &Options, dir: &std::path::Path) -> Result<Value, String> {
             },
             "messages_max_stops": {
                 "stop_sequences": harmony_filters::api::messages::decode::MAX_STOP_SEQUENCES,
-                "bytes_each": harmony_filters::api::messages::decode::MAX_STOP_SEQUENCE_BYTES,
+                "bytes_each": harmony_filters::api::messages::decode::MAX_STOP_BYTES_TOTAL / harmony_filters::api::messages::decode::MAX_STOP_SEQUENCES,
                 "proxy_cpu_us_per_token": (stops_per_token_us * 100.0).round() / 100.0,
                 "vs_messages_percent": (msg_per_token_us > 0.0 && stops_per_token_us > 0.0).then(|| ((stops_per_token_us / msg_per_token_us - 1.0) * 1000.0).round() / 10.0),
                 "tokens_per_s_via_proxy": (upstream_tokens as f64 / stops_wall).round() as u64,

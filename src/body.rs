@@ -98,7 +98,7 @@ pub struct PipelineBody {
     summary: Summary,
     metrics: Arc<Metrics>,
     trace: Option<(std::path::PathBuf, Vec<u8>)>,
-    _guard: Option<crate::server::InflightGuard>,
+    _guard: Option<crate::server::Slot>,
 }
 
 impl PipelineBody {
@@ -113,7 +113,7 @@ impl PipelineBody {
         retries: u32,
         summary: Summary,
         trace_dir: Option<std::path::PathBuf>,
-        guard: Option<crate::server::InflightGuard>,
+        guard: Option<crate::server::Slot>,
     ) -> Self {
         let read_timeout = call.upstream.read_timeout;
         let metrics = call.metrics.clone();

@@ -5,12 +5,16 @@
 //! hyper writes those answers as a bare head with `content-length: 0` and no way to give
 //! them a body. [`ShapedErrors`] sits between hyper and the socket: it remembers the request
 //! line of what the client is sending (the path picks the API's shape) and, when hyper writes
-//! such a head, writes the same status with a JSON body instead. The proxy's own answers are
-//! never a 4xx with `content-length: 0` (each carries its error), so nothing else is touched.
-//! Cost: a look at the first bytes of each write; no copy, no allocation on the answer path.
+//! such a head for a request that never reached the handler, writes the same status with a
+//! JSON body instead. The handler marks each request it gets (`served`, reset when the next
+//! request's bytes arrive), so an answer of the handler's (a forwarded upstream 400 with an
+//! empty body, say) is never touched. Cost: a look at the first bytes of each write; no copy,
+//! no allocation on the answer path.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use harmony_filters::ApiError;
@@ -27,11 +31,21 @@ pub struct ShapedErrors<T> {
     fresh: bool,
     /// A replacement being written, and how far.
     pending: Option<(Vec<u8>, usize)>,
+    /// Set by the handler when the request being read reached it.
+    served: Arc<AtomicBool>,
 }
 
 impl<T> ShapedErrors<T> {
-    pub fn new(inner: T) -> Self {
-        Self { inner, line: Vec::with_capacity(LINE), fresh: true, pending: None }
+    pub fn new(inner: T, served: Arc<AtomicBool>) -> Self {
+        Self { inner, line: Vec::with_capacity(LINE), fresh: true, pending: None, served }
+    }
+
+    /// hyper's own error head (the handler never saw this request), and its status.
+    fn hypers_error(&self, buf: &[u8]) -> Option<u16> {
+        if self.served.load(Ordering::Relaxed) {
+            return None;
+        }
+        hypers_error(buf)
     }
 
     fn path(&self) -> &str {
@@ -77,6 +91,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ShapedErrors<T> {
             if this.fresh {
                 this.line.clear();
                 this.fresh = false;
+                this.served.store(false, Ordering::Relaxed);
             }
             if this.line.len() < LINE && !this.line.contains(&b'\n') {
                 let room = LINE - this.line.len();
@@ -111,7 +126,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ShapedErrors<T> {
         let this = &mut *self;
         if this.pending.is_none() {
             this.fresh = true;
-            match hypers_error(buf) {
+            match this.hypers_error(buf) {
                 Some(status) => this.pending = Some((replacement(status, this.path()), 0)),
                 None => return Pin::new(&mut this.inner).poll_write(cx, buf),
             }
@@ -126,8 +141,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ShapedErrors<T> {
         if this.pending.is_none() {
             this.fresh = true;
             match (first, parts.next()) {
-                (Some(b), None) if hypers_error(b).is_some() => {
-                    let status = hypers_error(b).unwrap_or(400);
+                (Some(b), None) if this.hypers_error(b).is_some() => {
+                    let status = this.hypers_error(b).unwrap_or(400);
                     this.pending = Some((replacement(status, this.path()), 0));
                 }
                 _ => return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),

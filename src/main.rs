@@ -381,6 +381,7 @@ fn serve(args: ServeArgs, path: Option<PathBuf>, mock: Option<(std::net::TcpList
             prometheus,
             encoding: enc,
             inflight: Arc::new(AtomicUsize::new(0)),
+            heavy: AppState::heavy_permits(),
         });
         let _watcher = reload::start(state.clone(), path.clone());
         let scheme = if tls.is_some() { "https" } else { "http" };

@@ -637,6 +637,12 @@ async fn handle(state: Arc<MockState>, conn: u64, req: Request<Incoming>) -> Res
                 "last_request": *state.last_request.lock().unwrap_or_else(|e| e.into_inner()),
             }),
         )),
+        // A refusal with no body at all (some servers answer so): the proxy must pass it on as is.
+        ("GET", "/v1/mock/empty-400") => {
+            let mut r = Response::new(full_body(Bytes::new()));
+            *r.status_mut() = http::StatusCode::BAD_REQUEST;
+            Ok(r)
+        }
         ("POST", "/v1/chat/completions") => {
             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             let Ok(v) = serde_json::from_slice::<Value>(&body) else {

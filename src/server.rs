@@ -39,10 +39,25 @@ pub struct AppState {
     pub prometheus: Option<PrometheusHandle>,
     pub encoding: HarmonyEncoding,
     pub inflight: Arc<AtomicUsize>,
+    /// Permits for the request-phase work that runs off the workers ([`off_worker`]): one
+    /// per core, so a flood of large prompts queues instead of taking every core from the
+    /// workers that drive the streams.
+    pub heavy: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// The permits of [`AppState::heavy`] for this machine.
+    pub fn heavy_permits() -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)))
+    }
 }
 
 /// Counts a request in flight until dropped (with the response body, for streams).
 pub struct InflightGuard(Arc<AtomicUsize>);
+
+/// A request's slot of `max_concurrent_requests`, shared by what works for it: the handler,
+/// work it sent off the workers (which goes on when a client leaves), the response body.
+pub type Slot = Arc<InflightGuard>;
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
@@ -156,7 +171,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        // Set whenever a request of this connection reaches the handler: an error head written
+        // while it is unset is hyper's own (see `http_errors`).
+        let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let served_by_handler = served.clone();
         let svc = service_fn(move |req| {
+            served_by_handler.store(true, Ordering::Relaxed);
             let state = state.clone();
             // Boxed: hyper keeps the allocation of a connection's request future for as long
             // as the connection lives, and a streamed answer lives long; the handler's future
@@ -171,7 +191,7 @@ pub async fn serve(
         };
         match &tls {
             None => {
-                let conn = builder.serve_connection(TokioIo::new(crate::http_errors::ShapedErrors::new(stream)), svc);
+                let conn = builder.serve_connection(TokioIo::new(crate::http_errors::ShapedErrors::new(stream, served)), svc);
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = fut.await;
@@ -183,7 +203,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let conn = builder.serve_connection(TokioIo::new(crate::http_errors::ShapedErrors::new(tls_stream)), svc);
+                            let conn = builder.serve_connection(TokioIo::new(crate::http_errors::ShapedErrors::new(tls_stream, served)), svc);
                             let _ = watcher.watch(conn).await;
                         }
                         _ => tracing::debug!(%peer, "TLS handshake failed"),
@@ -344,15 +364,19 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
             return err(401, "invalid_request_error", Some("invalid_api_key"), "missing or invalid API key (Authorization: Bearer …, or x-api-key)");
         }
     }
-    let _guard = match admit(state, &snap) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
     if let Some(id) = path.strip_prefix("/v1/responses/").filter(|id| !id.is_empty() && !id.contains('/')) {
         if let Some(store) = snap.responses_store() {
+            let slot = match admit(state, &snap) {
+                Ok(g) => g,
+                Err(r) => return r,
+            };
             let (method, id, scope) = (req.method().clone(), id.to_owned(), auth_scope(&snap, req.headers()).unwrap_or_default());
             // The store may be Redis: its reads block, so not on a worker.
-            return off_worker(move || stored_response(&method, &id, store.as_ref(), &scope)).await;
+            return off_worker(None, move || {
+                let _slot = slot;
+                stored_response(&method, &id, store.as_ref(), &scope)
+            })
+            .await;
         }
     }
     if path == "/v1/messages/count_tokens" {
@@ -365,29 +389,70 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
         if req.method() != Method::POST {
             return err(405, "invalid_request_error", Some("method_not_allowed"), format!("{path} takes POST"));
         }
-        return chat(state, snap.clone(), req, rid, _guard).await;
+        return chat(state, snap.clone(), req, rid).await;
     }
+    // A forwarded body streams on: its slot is taken before (and given back at its deadline).
+    let _slot = match admit(state, &snap) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     forward(&snap, req, rid).await
 }
 
 /// Runs `f` on the runtime's blocking threads: work whose cost depends on what a client sent
 /// (tokenizing a prompt) or on a store's latency (Redis) never holds a worker that drives
-/// other streams. A panic in `f` is this request's, as if it had run here.
-async fn off_worker<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
+/// other streams. With `permits` (CPU work), it first waits for one of them, so at most one
+/// such job runs per core. A panic in `f` is this request's, as if it had run here. `f`
+/// runs to its end even when the client leaves: it holds the request's [`Slot`] meanwhile.
+async fn off_worker<T: Send + 'static>(permits: Option<&Arc<tokio::sync::Semaphore>>, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let permit = match permits {
+        Some(p) => p.clone().acquire_owned().await.ok(),
+        None => None,
+    };
+    let job = move || {
+        let _permit = permit;
+        f()
+    };
+    match tokio::task::spawn_blocking(job).await {
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
-/// A segment `.` or `..`, also percent-encoded (`%2e`): such paths are refused, never
-/// forwarded (an upstream, or a server behind it, may resolve them to another endpoint).
+/// A path an upstream (or a server in front of it) may resolve to another endpoint: a `.` or
+/// `..` segment, plain or percent-encoded, also with `;parameters` (`..;/`); or an encoded
+/// `/` or `\\` (`%2f`, `%5c`), which a server that decodes before it resolves turns into
+/// segments. Such paths are refused, never forwarded.
 fn has_dot_segment(path: &str) -> bool {
     path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        let dots = lower.replace("%2e", ".");
-        dots == "." || dots == ".."
+        let decoded = percent_decode(seg);
+        if decoded.contains(&b'/') || decoded.contains(&b'\\') {
+            return true;
+        }
+        let name = decoded.split(|&b| b == b';').next().unwrap_or(&[]);
+        name == b"." || name == b".."
     })
+}
+
+/// `s` with every `%XY` decoded (a malformed escape is kept as it is).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// `GET` / `DELETE /v1/responses/{id}`: a stored response (kept with `store`, the default),
@@ -409,9 +474,9 @@ fn stored_response(method: &Method, id: &str, store: &dyn harmony_filters::stage
 
 /// The concurrency limit: a guard while under it, a 503 beyond it.
 #[allow(clippy::result_large_err)] // the error is the response itself, built once
-fn admit(state: &Arc<AppState>, snap: &Snapshot) -> Result<InflightGuard, Response<RespBody>> {
+fn admit(state: &Arc<AppState>, snap: &Snapshot) -> Result<Slot, Response<RespBody>> {
     let n = state.inflight.fetch_add(1, Ordering::Relaxed) + 1;
-    let guard = InflightGuard(state.inflight.clone());
+    let guard = Arc::new(InflightGuard(state.inflight.clone()));
     if let Some(max) = snap.config.server.max_concurrent_requests {
         if n > max {
             return Err(err(503, "server_error", Some("overloaded"), format!("more than {max} requests in flight; retry shortly")));
@@ -442,12 +507,17 @@ async fn read_body(snap: &Snapshot, req: Request<Incoming>) -> Result<Bytes, Res
 }
 
 /// `POST` on a routed path: the request phase, the upstream call, the response pipeline.
-async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>, rid: &str, guard: InflightGuard) -> Response<RespBody> {
+async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>, rid: &str) -> Response<RespBody> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let auth_scope = auth_scope(&snap, req.headers());
+    // The body first, then a slot: a client that stalls its body holds no slot meanwhile.
     let raw = match read_body(&snap, req).await {
         Ok(b) => b,
+        Err(r) => return r,
+    };
+    let guard = match admit(state, &snap) {
+        Ok(g) => g,
         Err(r) => return r,
     };
     let body: Value = match serde_json::from_slice(&raw) {
@@ -469,7 +539,13 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
         max_conversation_bytes: snap.config.server.max_body_bytes,
     };
     // Decoding may read the store (previous_response_id) and tokenize: off the workers.
-    let decoded = match off_worker(move || api.decode(body, &env)).await {
+    let slot = guard.clone();
+    let decoded = match off_worker(Some(&state.heavy), move || {
+        let _slot = slot;
+        api.decode(body, &env)
+    })
+    .await
+    {
         Ok(d) => d,
         Err(e) => return error_response(&e),
     };
@@ -490,7 +566,9 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     // so that no request's size or store latency stalls the streams they drive.
     let chain = route.pipeline.new_chain(&meta);
     let up = harmony_filters::UpstreamRequest::chat(body);
-    let (chain, up, phase) = off_worker(move || {
+    let slot = guard.clone();
+    let (chain, up, phase) = off_worker(Some(&state.heavy), move || {
+        let _slot = slot;
         let (mut chain, mut up) = (chain, up);
         let phase = chain.on_request(&mut up);
         (chain, up, phase)
@@ -585,6 +663,10 @@ async fn count_tokens(state: &Arc<AppState>, snap: &Snapshot, req: Request<Incom
         Ok(b) => b,
         Err(r) => return r,
     };
+    let slot = match admit(state, snap) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     let mut body: Value = match serde_json::from_slice(&raw) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return err(400, "invalid_request_error", Some("invalid_json"), "request body must be a JSON object"),
@@ -602,7 +684,8 @@ async fn count_tokens(state: &Arc<AppState>, snap: &Snapshot, req: Request<Incom
     };
     // Rendering tokenizes the whole prompt: off the workers.
     let enc = state.encoding.clone();
-    let counted = off_worker(move || {
+    let counted = off_worker(Some(&state.heavy), move || {
+        let _slot = slot;
         let decoded = ClientApi::Messages.decode(body, &env)?;
         harmony_filters::stages::harmony_render::prompt_tokens(&enc, &decoded.chat)
     })

@@ -67,9 +67,9 @@ pub fn check_url(url: &str) -> Result<(), String> {
         return Err("rediss:// (TLS) is not supported by this build; use redis:// on a private network".into());
     }
     if !url.starts_with("redis://") {
-        return Err(format!("{url:?} is neither \"memory\" nor a redis:// URL"));
+        return Err(format!("{:?} is neither \"memory\" nor a redis:// URL", redact(url)));
     }
-    redis::Client::open(url).map(|_| ()).map_err(|e| format!("{url:?}: {e}"))
+    redis::Client::open(url).map(|_| ()).map_err(|e| format!("{:?}: {e}", redact(url)))
 }
 
 /// The process's store for `url` (kept across config reloads; new `ttl` and `timeout` apply).
@@ -91,7 +91,7 @@ impl RedisStore {
     /// A store on `url`; connects lazily (a Redis that is down at start is not an error).
     pub fn new(url: &str, ttl: Duration, timeout: Duration) -> Result<Self, String> {
         check_url(url)?;
-        let client = redis::Client::open(url).map_err(|e| format!("{url:?}: {e}"))?;
+        let client = redis::Client::open(url).map_err(|e| format!("{:?}: {e}", redact(url)))?;
         let shared = Arc::new(Shared {
             client,
             url: url.to_owned(),
@@ -144,7 +144,7 @@ impl Shared {
         let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
             *last = Some(Instant::now());
-            tracing::warn!(store = %self.url, op, error = %e, "reasoning store unavailable; requests go on without it (logged once a minute at most)");
+            tracing::warn!(store = %redact(&self.url), op, error = %e, "reasoning store unavailable; requests go on without it (logged once a minute at most)");
         }
     }
 }
@@ -232,7 +232,7 @@ impl ReasoningStore for RedisStore {
 }
 
 /// `url` without its password, for what is printed.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
         _ => url.to_owned(),

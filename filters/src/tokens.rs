@@ -9,14 +9,17 @@
 //! that hold a long piece tokenized by `bpe-openai` instead (a backtracking BPE, linear, whose
 //! tokens are tiktoken's: checked against tiktoken-rs in the tests):
 //! 1. each such text (a message's content, the developer instructions) is replaced by a
-//!    marker, a private-use character that appears nowhere in the conversation, and an index;
+//!    marker, eight private-use characters drawn at random that appear nowhere in the
+//!    conversation (checked; drawn again if they do), and an index;
 //! 2. the official renderer renders that conversation;
 //! 3. every run of ordinary tokens between two special tokens is one text the renderer
 //!    tokenized on its own (content sits between `<|message|>` and `<|end|>`): a run that
 //!    holds a marker is decoded, the originals are put back, and it is tokenized again, whole.
 //!
 //! Exact by construction: tokenizing is per piece, and step 3 tokenizes the same text the
-//! renderer would have, as one text. Tool definitions are rendered by the official renderer
+//! renderer would have, as one text. This rests on each message having one content (what
+//! `harmony-render` builds): the renderer tokenizes each content on its own, and two contents
+//! of a message would form one run. Tool definitions are rendered by the official renderer
 //! as they are (their text is reshaped, line by line, into TypeScript), so their pieces are
 //! bounded instead ([`MAX_TOOL_PIECE`], a 400 naming the tool).
 
@@ -61,8 +64,7 @@ pub fn render_linear<E>(enc: &HarmonyEncoding, messages: &[Message], render: imp
             if !has_long_piece(text) {
                 continue;
             }
-            let mark = *marker.get_or_insert_with(|| free_marker(messages));
-            let Some(mark) = mark else { return render(messages) };
+            let mark = marker.get_or_insert_with(|| free_marker(messages)).clone();
             let copy = marked.get_or_insert_with(|| messages.to_vec());
             let placeholder = format!("{mark}{}{mark}", originals.len());
             match &mut copy[i].content[j] {
@@ -72,9 +74,20 @@ pub fn render_linear<E>(enc: &HarmonyEncoding, messages: &[Message], render: imp
             }
         }
     }
-    let (Some(marked), Some(Some(mark))) = (marked, marker) else { return render(messages) };
+    let (Some(marked), Some(mark)) = (marked, marker) else { return render(messages) };
     let tokens = render(&marked)?;
-    Ok(restore(enc, &tokens, mark, &originals))
+    Ok(restore(enc, &tokens, &mark, &originals))
+}
+
+/// The longest piece among the strings of `v` (keys included), as the renderer writes them
+/// out (raw, not JSON-escaped: a `\n` in a description is one byte of a blank run).
+pub fn longest_piece_in(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::String(s) => longest_piece(s),
+        serde_json::Value::Array(a) => a.iter().map(longest_piece_in).max().unwrap_or(0),
+        serde_json::Value::Object(o) => o.iter().map(|(k, v)| longest_piece(k).max(longest_piece_in(v))).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Checks what the official renderer tokenizes as it is (headers: names, recipients,
@@ -89,14 +102,22 @@ pub fn check_headers(messages: &[Message]) -> Result<(), String> {
     Ok(())
 }
 
-/// A private-use character that no text of the conversation holds.
-fn free_marker(messages: &[Message]) -> Option<char> {
+/// Eight private-use characters drawn at random that the conversation does not hold: no
+/// client can know them in advance, and one look (linear) proves them absent.
+fn free_marker(messages: &[Message]) -> String {
     let all = serde_json::to_string(messages).unwrap_or_default();
-    ('\u{E000}'..='\u{F8FF}').find(|c| !all.contains(*c))
+    loop {
+        let id = crate::stage::random_id("", 8);
+        // Each letter or digit to a private-use character of its own.
+        let mark: String = id.bytes().map(|b| char::from_u32(0xE000 + u32::from(b)).unwrap_or('\u{E000}')).collect();
+        if !all.contains(&mark) {
+            return mark;
+        }
+    }
 }
 
 /// The rendered tokens with each run that holds a marker tokenized again, originals put back.
-fn restore(enc: &HarmonyEncoding, tokens: &[u32], mark: char, originals: &[String]) -> Vec<u32> {
+fn restore(enc: &HarmonyEncoding, tokens: &[u32], mark: &str, originals: &[String]) -> Vec<u32> {
     let bpe = enc.tokenizer();
     let mut out = Vec::with_capacity(tokens.len());
     let mut run_start = 0;
@@ -119,21 +140,21 @@ fn restore(enc: &HarmonyEncoding, tokens: &[u32], mark: char, originals: &[Strin
 }
 
 /// `text` with every `{mark}{k}{mark}` replaced by `originals[k]`.
-fn put_back(text: &str, mark: char, originals: &[String]) -> String {
+fn put_back(text: &str, mark: &str, originals: &[String]) -> String {
     let mut out = String::with_capacity(text.len() + originals.iter().map(String::len).sum::<usize>());
     let mut rest = text;
     while let Some(a) = rest.find(mark) {
         out.push_str(&rest[..a]);
-        let after = &rest[a + mark.len_utf8()..];
+        let after = &rest[a + mark.len()..];
         let Some(b) = after.find(mark) else {
             out.push_str(&rest[a..]);
             return out;
         };
         match after[..b].parse::<usize>().ok().and_then(|k| originals.get(k)) {
             Some(orig) => out.push_str(orig),
-            None => out.push_str(&rest[a..a + mark.len_utf8() + b + mark.len_utf8()]),
+            None => out.push_str(&rest[a..a + mark.len() + b + mark.len()]),
         }
-        rest = &after[b + mark.len_utf8()..];
+        rest = &after[b + mark.len()..];
     }
     out.push_str(rest);
     out
@@ -191,7 +212,9 @@ mod tests {
     fn a_conversation_with_long_words_renders_to_the_official_tokens() {
         let enc = enc();
         let long = format!("see {} and {}\n{}", "x".repeat(5000), "QUJD+/".repeat(400), "  ".repeat(300));
-        for (user, instr) in [(long.as_str(), "Be brief."), ("short", long.as_str()), (long.as_str(), long.as_str()), ("a\u{E000}0\u{E000}b", long.as_str())] {
+        let every_private_use: String = ('\u{E000}'..='\u{E0FF}').collect();
+        let crowded = format!("{every_private_use} {long}");
+        for (user, instr) in [(long.as_str(), "Be brief."), ("short", long.as_str()), (long.as_str(), long.as_str()), ("a\u{E000}0\u{E000}b", long.as_str()), (crowded.as_str(), "x")] {
             let msgs = conversation(user, instr);
             let official = enc.render_conversation(&msgs, None).unwrap();
             let linear = render_linear(&enc, &msgs, |m| enc.render_conversation(m, None)).unwrap();

@@ -109,7 +109,14 @@ fn stop_sequences_beyond_the_limits_are_a_400_and_the_most_allowed_stream_whole(
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["type"], "error");
     assert!(r.json()["error"]["message"].as_str().unwrap().starts_with("stop_sequences"), "{}", r.text());
-    body["stop_sequences"] = json!((0..64).map(|i| format!("{}{i}", "z".repeat(1000))).collect::<Vec<_>>());
+    for (stops, place) in [(vec!["z".repeat(1025)], "stop_sequences[0]"), ((0..17).map(|i| format!("{}{i:03}", "z".repeat(1000))).collect::<Vec<_>>(), "stop_sequences")] {
+        body["stop_sequences"] = json!(stops);
+        let r = post(&url, &body);
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.json()["error"]["message"].as_str().unwrap().starts_with(place), "{}", r.text());
+    }
+    // The most allowed: 64 sequences, 16 KiB in all.
+    body["stop_sequences"] = json!((0..64).map(|i| format!("{}{i:02}", "z".repeat(254))).collect::<Vec<_>>());
     let r = post(&url, &body);
     assert_eq!(r.status, 200, "{}", r.text());
     let a = assemble_messages(&r.body).unwrap();
@@ -184,7 +191,7 @@ fn an_upstream_password_is_never_shown() {
 #[test]
 fn dot_segments_are_refused_not_forwarded() {
     let env = shared();
-    for path in ["/v1/../mock/stats", "/v1/%2e%2e/mock/stats", "/v1/./models", "/v1/%2E/models"] {
+    for path in ["/v1/../mock/stats", "/v1/%2e%2e/mock/stats", "/v1/./models", "/v1/%2E/models", "/v1/..%2fmock/stats", "/v1/..%5cmock", "/v1/..;/mock/stats", "/v1/models%2F..%2F..%2Fmock"] {
         let out = raw_exchange(env, format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(), 10);
         assert!(out.starts_with("HTTP/1.1 400"), "{path}: {out}");
         assert!(out.contains("invalid_path"), "{path}: {out}");
@@ -324,7 +331,7 @@ fn a_mixed_flood_leaves_every_well_formed_stream_whole() {
             _ => {
                 // The most stop sequences allowed.
                 let mut body = messages_body("scenario:hello", true);
-                body["stop_sequences"] = json!((0..64).map(|k| format!("{}{k}", "q".repeat(1000))).collect::<Vec<_>>());
+                body["stop_sequences"] = json!((0..64).map(|k| format!("{}{k:02}", "q".repeat(254))).collect::<Vec<_>>());
                 let r = post(&msg_url, &body);
                 assert_eq!(r.status, 200, "{}", r.text());
                 assemble_messages(&r.body).unwrap();
@@ -414,4 +421,66 @@ fn a_redis_store_that_never_answers_stalls_no_one_else() {
         assemble_sse(&r.body).unwrap();
     }
     held.join().unwrap();
+}
+
+#[test]
+fn a_stalled_body_holds_no_slot_while_it_stalls() {
+    let env = Env::start("body_read_timeout = \"10s\"\nmax_concurrent_requests = 2");
+    let stalled: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr(&env)).unwrap();
+            s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"mo").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Three bodies are stalling and the limit is two: a whole request is still served.
+    let r = chat(&env, "gpt-oss", true, "scenario:hello");
+    assert!(!r.content.is_empty());
+    drop(stalled);
+}
+
+#[test]
+fn requests_agents_really_send_are_not_refused_by_the_type_check() {
+    let env = shared();
+    let body = json!({"model": "ide-m", "stream": true, "n": 1, "max_tokens": -1, "max_completion_tokens": 4096.0, "stop": null, "logit_bias": {"50256": -100},
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "parallel_tool_calls": true, "seed": 7, "temperature": 0.2,
+        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": null}}],
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "user", "content": [{"type": "text", "text": "scenario:hello"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {"role": "assistant", "content": [], "refusal": null, "audio": null, "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+            {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "18C"},
+            {"role": "user", "name": "me", "content": "scenario:hello"}]});
+    let r = post(&env.url("/v1/chat/completions"), &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assemble_sse(&r.body).unwrap();
+}
+
+#[test]
+fn a_forwarded_refusal_with_no_body_is_passed_on_as_it_is() {
+    let env = shared();
+    let r = send(client().get(env.url("/v1/mock/empty-400")));
+    assert_eq!((r.status, r.body.len()), (400, 0), "{}", r.text());
+}
+
+#[test]
+fn count_tokens_of_a_long_word_is_exact() {
+    let env = big();
+    let enc = harmony_filters::vocab::encoding().unwrap();
+    let count = |content: &str| post(&env.url("/v1/messages/count_tokens"), &json!({"model": "m", "messages": [{"role": "user", "content": content}]})).json()["input_tokens"].as_u64().unwrap() as usize;
+    // 8 kB: long enough for the linear encoder, short enough for the official one here.
+    let word = "QUJDRA+/".repeat(1000);
+    let (short, long) = (count("QUJD"), count(&word));
+    let official = |t: &str| enc.tokenizer().encode_ordinary(t).len();
+    assert_eq!(long - short, official(&word) - official("QUJD"));
+}
+
+#[test]
+fn a_tool_schema_cannot_hide_a_long_word_behind_json_escapes() {
+    let env = big();
+    let tools = json!([{"name": "f", "input_schema": {"type": "object", "properties": {"x": {"type": "string", "description": "\n".repeat(100_000)}}}}]);
+    let r = post(&env.url("/v1/messages/count_tokens"), &json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("function.parameters"), "{}", r.text());
 }

@@ -294,9 +294,8 @@ pub fn conversation(body: &Value, default_effort: Effort, date: &str) -> Result<
             let desc = f.get("description").and_then(Value::as_str).unwrap_or("");
             // The official renderer reshapes tool text into TypeScript and tokenizes it as it
             // is: a word in it is bounded, so that rendering stays linear (crate::tokens).
-            let params = f.get("parameters").map(Value::to_string).unwrap_or_default();
-            for (what, text) in [("function.name", name), ("function.description", desc), ("function.parameters", params.as_str())] {
-                let n = crate::tokens::longest_piece(text);
+            let params = f.get("parameters").map(crate::tokens::longest_piece_in).unwrap_or(0);
+            for (what, n) in [("function.name", crate::tokens::longest_piece(name)), ("function.description", crate::tokens::longest_piece(desc)), ("function.parameters", params)] {
                 if n > crate::tokens::MAX_TOOL_PIECE {
                     return Err(bad(&format!("tools[{j}].{what}"), format!("holds a word of {n} bytes; at most {} can be rendered", crate::tokens::MAX_TOOL_PIECE)));
                 }

@@ -5,7 +5,8 @@
 //! Only the shapes are checked here; the request goes on as sent. Fields the proxy does not
 //! read (a server's own extras: `top_k`, `min_p`, `chat_template_kwargs`, `grammar`, …) are
 //! not listed and pass through untouched. Where clients are known to send more than the
-//! OpenAI schema allows (arguments as an object, `content: null`), the type allows it too.
+//! OpenAI schema allows (arguments as an object, `content: null`, `max_tokens: -1` for "no
+//! limit" from llama.cpp and LM Studio clients, `4096.0`), the type allows it too.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -19,20 +20,20 @@ pub struct Request {
     pub tools: Option<Vec<Tool>>,
     pub tool_choice: Option<ToolChoice>,
     pub parallel_tool_calls: Option<bool>,
-    pub max_tokens: Option<u64>,
-    pub max_completion_tokens: Option<u64>,
+    pub max_tokens: Option<serde_json::Number>,
+    pub max_completion_tokens: Option<serde_json::Number>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
-    pub n: Option<u64>,
-    pub seed: Option<i64>,
+    pub n: Option<serde_json::Number>,
+    pub seed: Option<serde_json::Number>,
     pub stop: Option<Stop>,
     pub reasoning_effort: Option<Str>,
     pub response_format: Option<Map<String, Value>>,
     pub metadata: Option<Map<String, Value>>,
     pub logprobs: Option<bool>,
-    pub top_logprobs: Option<u64>,
+    pub top_logprobs: Option<serde_json::Number>,
     pub user: Option<Str>,
 }
 

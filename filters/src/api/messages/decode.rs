@@ -183,8 +183,10 @@ fn effort_of(word: &str, at: &str) -> Result<&'static str, ApiError> {
 
 /// At most this many `stop_sequences`…
 pub const MAX_STOP_SEQUENCES: usize = 64;
-/// …each at most this long (bytes): the encoder's automaton is linear in what they add up to.
+/// …each at most this long (bytes)…
 pub const MAX_STOP_SEQUENCE_BYTES: usize = 1024;
+/// …and all of them at most this (the encoder's automaton is about 40 bytes per byte here).
+pub const MAX_STOP_BYTES_TOTAL: usize = 16 << 10;
 
 fn check_stop_sequences(stops: &[String]) -> Result<(), ApiError> {
     if stops.len() > MAX_STOP_SEQUENCES {
@@ -192,6 +194,10 @@ fn check_stop_sequences(stops: &[String]) -> Result<(), ApiError> {
     }
     if let Some((i, s)) = stops.iter().enumerate().find(|(_, s)| s.len() > MAX_STOP_SEQUENCE_BYTES) {
         return Err(invalid(format!("stop_sequences[{i}]"), format!("is {} bytes; at most {MAX_STOP_SEQUENCE_BYTES} are accepted", s.len())));
+    }
+    let total: usize = stops.iter().map(String::len).sum();
+    if total > MAX_STOP_BYTES_TOTAL {
+        return Err(invalid("stop_sequences", format!("{total} bytes in all; at most {MAX_STOP_BYTES_TOTAL} are accepted")));
     }
     Ok(())
 }

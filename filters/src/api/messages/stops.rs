@@ -27,7 +27,9 @@ struct EdgeHasher(u64);
 
 impl Hasher for EdgeHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The table indexes by the low bits: fold the high ones (where the multiply put the
+        // node's entropy) down.
+        self.0 ^ (self.0 >> 32)
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
