@@ -217,7 +217,11 @@ fn agent_apis(streamed: &str) -> Vec<(harmony_filters::ClientApi, Result<String,
                 let a = if api == ClientApi::Messages { assemble_messages(&wire)? } else { assemble_responses(&wire)? };
                 let kinds = [(!a.reasoning.is_empty()).then_some("reasoning"), (!a.content.is_empty()).then_some("an answer")];
                 let kinds: Vec<&str> = kinds.into_iter().flatten().collect();
-                Ok(format!("the answer round-trips as a well-formed event stream ({}, ends {})", if kinds.is_empty() { "nothing shown".into() } else { kinds.join(" and ") }, a.finish))
+                Ok(format!(
+                    "the answer round-trips as a well-formed event stream ({}, ends {})",
+                    if kinds.is_empty() { "nothing shown".into() } else { kinds.join(" and ") },
+                    a.finish
+                ))
             });
             (api, result)
         })

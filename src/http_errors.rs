@@ -76,7 +76,8 @@ fn replacement(status: u16, path: &str) -> Vec<u8> {
     };
     let e = ApiError::new(status, "invalid_request_error", Some(code), message);
     let body = serde_json::to_vec(&crate::server::api_of_errors(path).error_json(&e)).unwrap_or_default();
-    let mut out = format!("HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).into_bytes();
+    let mut out =
+        format!("HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).into_bytes();
     out.extend_from_slice(&body);
     out
 }

@@ -74,7 +74,11 @@ export CLAUDE_CODE_MAX_CONTEXT_TOKENS=131072        # gpt-oss's context (it cann
             Self::Opencode | Self::Kilo => {
                 let (file, schema, extra) = match self {
                     Self::Opencode => ("opencode.json (in the project directory)", "https://opencode.ai/config.json", r#"  "share": "disabled""#),
-                    _ => ("~/.config/kilo/kilo.json (the user's: a project kilo.json may not read the environment)", "https://app.kilo.ai/config.json", r#"  "enabled_providers": ["harmony"]"#),
+                    _ => (
+                        "~/.config/kilo/kilo.json (the user's: a project kilo.json may not read the environment)",
+                        "https://app.kilo.ai/config.json",
+                        r#"  "enabled_providers": ["harmony"]"#,
+                    ),
                 };
                 let run = if self == Self::Opencode { "opencode" } else { "kilo" };
                 Some(format!(

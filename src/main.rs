@@ -13,8 +13,8 @@ use harmony_proxy::config::{self, Config, LogFormat};
 use harmony_proxy::metrics::{self, Metrics};
 use harmony_proxy::mock_upstream::{self, MockState};
 use harmony_proxy::pipeline::Snapshot;
-use harmony_proxy::server::{self, AppState};
 use harmony_proxy::reload;
+use harmony_proxy::server::{self, AppState};
 
 #[derive(Parser)]
 #[command(name = "harmony-proxy", version, about = "Turns gpt-oss Harmony output into clean OpenAI Chat Completions")]
@@ -219,11 +219,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     // The request phase (decoding, prompt rendering, store reads) runs on the blocking
     // threads (server::off_worker): 64 at most, so a burst of requests queues there instead of
     // starting hundreds of threads; the workers drive streams meanwhile.
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads(64)
-        .build()
-        .map_err(|e| fail(format!("cannot start the runtime: {e}")))
+    tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(64).build().map_err(|e| fail(format!("cannot start the runtime: {e}")))
 }
 
 fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
@@ -293,7 +289,12 @@ fn init_logging(cfg: &Config) {
             // A panic's message would be a plain line in a JSON log: log it as an event.
             std::panic::set_hook(Box::new(|info| {
                 let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
-                let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
+                let msg = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
                 tracing::error!(panic = %msg, at = %at, "panic");
             }));
             builder.json().flatten_event(true).try_init()

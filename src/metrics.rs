@@ -19,9 +19,7 @@ pub struct Metrics {
 /// Installs the Prometheus recorder (once per process) and returns its handle.
 pub fn install() -> Option<PrometheusHandle> {
     let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
-    let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
-        .ok()?;
+    let builder = PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets).ok()?;
     builder.install_recorder().ok()
 }
 
@@ -42,7 +40,10 @@ impl Metrics {
         describe_counter!("harmony_proxy_upstream_requests_total", "Requests sent to each server of an upstream's pool");
         describe_gauge!("harmony_proxy_upstream_outstanding", "Requests in flight on each server of an upstream's pool");
         describe_gauge!("harmony_proxy_upstream_healthy", "1 while a server takes requests, 0 while it sits out after failures");
-        describe_counter!("harmony_proxy_reasoning_store_errors_total", "Reasoning-memory store calls that failed or timed out (the request went on without it)");
+        describe_counter!(
+            "harmony_proxy_reasoning_store_errors_total",
+            "Reasoning-memory store calls that failed or timed out (the request went on without it)"
+        );
         Self {
             final_chunks: counter!("harmony_proxy_final_chunks_total"),
             tool_chunks: counter!("harmony_proxy_tool_chunks_total"),

@@ -150,7 +150,18 @@ fn yes() -> bool {
 
 impl Script {
     fn from_text(text: &str) -> Self {
-        Script { deltas: Vec::new(), text: Some(text.into()), finish: stop(), done: true, delay_ms: 0, key: None, faults: Vec::new(), json: false, raw: None, steps: Vec::new() }
+        Script {
+            deltas: Vec::new(),
+            text: Some(text.into()),
+            finish: stop(),
+            done: true,
+            delay_ms: 0,
+            key: None,
+            faults: Vec::new(),
+            json: false,
+            raw: None,
+            steps: Vec::new(),
+        }
     }
 }
 
@@ -257,7 +268,9 @@ const REASONING_MARK: &str = "I will run the shell tool";
 fn text_of(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.as_str().or_else(|| p.get("text").and_then(Value::as_str))).collect::<Vec<&str>>().join("\n"),
+        Some(Value::Array(parts)) => {
+            parts.iter().filter_map(|p| p.as_str().or_else(|| p.get("text").and_then(Value::as_str))).collect::<Vec<&str>>().join("\n")
+        }
         _ => String::new(),
     }
 }
@@ -295,7 +308,8 @@ fn tools_of_request(req: &Value) -> Vec<ToolDecl> {
             let f = t.get("function").unwrap_or(t);
             let name = f.get("name").and_then(Value::as_str)?.to_owned();
             let params = f.get("parameters").or_else(|| f.get("input_schema"));
-            let required: Vec<&str> = params.and_then(|p| p.get("required")).and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let required: Vec<&str> =
+                params.and_then(|p| p.get("required")).and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
             let props: Vec<Prop> = params
                 .and_then(|p| p.get("properties"))
                 .and_then(Value::as_object)
@@ -448,7 +462,9 @@ fn agent_shell(turn: &Turn) -> Script {
         // Qwen Code frames it as `Command: …`, `Directory: …`, `Output: OUT`, `Error: …`, ….
         let all = turn.last_tool_output.as_str();
         // Cline's `run_commands` answers a JSON list of `{query, result, success}`, one a command.
-        let listed = serde_json::from_str::<Value>(all).ok().and_then(|v| v.as_array().and_then(|rs| rs.iter().find_map(|r| r.get("result").and_then(Value::as_str).map(str::to_owned))));
+        let listed = serde_json::from_str::<Value>(all)
+            .ok()
+            .and_then(|v| v.as_array().and_then(|rs| rs.iter().find_map(|r| r.get("result").and_then(Value::as_str).map(str::to_owned))));
         let all = listed.as_deref().unwrap_or(all);
         let output = all
             .split_once("\nOutput:\n")
@@ -664,7 +680,8 @@ async fn handle(state: Arc<MockState>, conn: u64, req: Request<Incoming>) -> Res
         }
         (_, p) if p.starts_with("/v1/") => {
             // Echo: the method, path, query, headers and body, streamed back as they arrive.
-            let headers: serde_json::Map<String, Value> = req.headers().iter().map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or("")))).collect();
+            let headers: serde_json::Map<String, Value> =
+                req.headers().iter().map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or("")))).collect();
             let head = json!({"method": req.method().as_str(), "path": p, "query": req.uri().query(), "headers": headers}).to_string();
             let ct = req.headers().get(header::CONTENT_TYPE).cloned();
             let body = req.into_body().map_err(|e| Box::new(e) as BoxError).boxed_unsync();
@@ -952,10 +969,8 @@ fn parse_like_llama(enc: &openai_harmony::HarmonyEncoding, deltas: &[Value]) -> 
     use harmony_filters::{Chain, Event, RequestMeta, StageFactory};
     let meta = RequestMeta::new("mock", true, false);
     let bridge = ToolBridgeConfig { mode: Mode::OpenaiToolCalls, reasoning: Reasoning::ReasoningContent, preambles: Preambles::Content };
-    let mut chain = Chain::new(vec![
-        HarmonyParseFactory::new(&HarmonyParseConfig::default(), enc.clone()).new_stage(&meta),
-        ToolBridgeFactory(bridge).new_stage(&meta),
-    ]);
+    let mut chain =
+        Chain::new(vec![HarmonyParseFactory::new(&HarmonyParseConfig::default(), enc.clone()).new_stage(&meta), ToolBridgeFactory(bridge).new_stage(&meta)]);
     let mut input: Vec<Event> = deltas.iter().filter_map(|d| d.get("content").and_then(Value::as_str)).map(|t| Event::Upstream(t.to_owned())).collect();
     let mut events = Vec::new();
     chain.push_all(&mut input, &mut events);
@@ -987,7 +1002,6 @@ impl futures_core::Stream for ReceiverStream {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1003,7 +1017,10 @@ mod tests {
     }
 
     fn exec_command() -> Value {
-        tool("exec_command", json!({"type": "object", "properties": {"cmd": {"type": "string"}, "workdir": {"type": "string"}, "yield_time_ms": {"type": "number"}}, "required": ["cmd"]}))
+        tool(
+            "exec_command",
+            json!({"type": "object", "properties": {"cmd": {"type": "string"}, "workdir": {"type": "string"}, "yield_time_ms": {"type": "number"}}, "required": ["cmd"]}),
+        )
     }
 
     fn tool_call(name: &str, args: &Value) -> Value {
@@ -1012,7 +1029,10 @@ mod tests {
 
     /// A request as an agent sends it: the user's prompt wrapped in the agent's own text.
     fn agent_request(tools: Vec<Value>, prompt: &str, rest: Vec<Value>) -> Value {
-        let mut messages = vec![json!({"role": "system", "content": "You are a coding agent."}), user(json!(format!("<user_instructions>Be brief.</user_instructions>\n{prompt}")))];
+        let mut messages = vec![
+            json!({"role": "system", "content": "You are a coding agent."}),
+            user(json!(format!("<user_instructions>Be brief.</user_instructions>\n{prompt}"))),
+        ];
         messages.extend(rest);
         json!({"messages": messages, "tools": tools, "stream": true})
     }
@@ -1098,25 +1118,37 @@ mod tests {
 
     #[test]
     fn agent_shell_calls_a_cline_like_run_commands_with_a_list() {
-        let run_commands = tool("run_commands", json!({"type": "object", "properties": {"commands": {"type": "array", "items": {"type": "string"}}}, "required": ["commands"]}));
+        let run_commands = tool(
+            "run_commands",
+            json!({"type": "object", "properties": {"commands": {"type": "array", "items": {"type": "string"}}}, "required": ["commands"]}),
+        );
         let s = script_for(&agent_request(vec![run_commands], "Do it. scenario:agent-shell", vec![]));
         assert_eq!(call_of(&s), ("run_commands".to_owned(), json!({"commands": [MARKER_CMD]})));
     }
 
     #[test]
     fn agent_shell_calls_a_shell_tool_with_an_argv_array() {
-        let shell = tool("shell", json!({"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}, "workdir": {"type": "string"}, "timeout_ms": {"type": "number"}}, "required": ["command"]}));
+        let shell = tool(
+            "shell",
+            json!({"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}, "workdir": {"type": "string"}, "timeout_ms": {"type": "number"}}, "required": ["command"]}),
+        );
         let s = script_for(&agent_request(vec![shell], "scenario:agent-shell", vec![]));
         assert_eq!(call_of(&s), ("shell".to_owned(), json!({"command": ["bash", "-lc", MARKER_CMD]})));
     }
 
     #[test]
     fn agent_shell_fills_required_description_and_flags_and_writes_the_named_file() {
-        let opencode_bash = tool("bash", json!({"type": "object", "properties": {"command": {"type": "string"}, "timeout": {"type": "number"}, "description": {"type": "string"}}, "required": ["command", "description"]}));
+        let opencode_bash = tool(
+            "bash",
+            json!({"type": "object", "properties": {"command": {"type": "string"}, "timeout": {"type": "number"}, "description": {"type": "string"}}, "required": ["command", "description"]}),
+        );
         let s = script_for(&agent_request(vec![opencode_bash], "scenario:agent-shell file:out-1.txt.", vec![]));
         let cmd = "echo harmony-proxy-was-here > out-1.txt && echo marker-written";
         assert_eq!(call_of(&s), ("bash".to_owned(), json!({"command": cmd, "description": "write the marker file"})));
-        let qwen = tool("run_shell_command", json!({"type": "object", "properties": {"command": {"type": "string"}, "is_background": {"type": "boolean"}, "description": {"type": "string"}, "directory": {"type": "string"}}, "required": ["command", "is_background"]}));
+        let qwen = tool(
+            "run_shell_command",
+            json!({"type": "object", "properties": {"command": {"type": "string"}, "is_background": {"type": "boolean"}, "description": {"type": "string"}, "directory": {"type": "string"}}, "required": ["command", "is_background"]}),
+        );
         let s = script_for(&agent_request(vec![qwen], "scenario:agent-shell", vec![]));
         assert_eq!(call_of(&s), ("run_shell_command".to_owned(), json!({"command": MARKER_CMD, "is_background": false})));
     }
@@ -1133,7 +1165,8 @@ mod tests {
     fn agent_shell_after_the_tool_result_names_the_output_and_whether_reasoning_came_back() {
         let args = json!({"cmd": MARKER_CMD});
         let output = json!({"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "\n   marker-written  \nsecond line"}]});
-        let with_reasoning = json!({"role": "assistant", "content": null, "reasoning_content": AGENT_SHELL_REASONING, "tool_calls": [tool_call("exec_command", &args)]});
+        let with_reasoning =
+            json!({"role": "assistant", "content": null, "reasoning_content": AGENT_SHELL_REASONING, "tool_calls": [tool_call("exec_command", &args)]});
         let s = script_for(&agent_request(vec![exec_command()], "scenario:agent-shell", vec![with_reasoning, output.clone()]));
         assert_eq!(final_of(&s), "Done. The command printed: marker-written. Turn-1 reasoning came back: yes.");
         let without = json!({"role": "assistant", "content": "", "tool_calls": [tool_call("exec_command", &args)]});
@@ -1144,7 +1177,8 @@ mod tests {
     #[test]
     fn agent_shell_reads_the_output_out_of_qwen_codes_frame() {
         let call = json!({"role": "assistant", "content": "", "reasoning_content": AGENT_SHELL_REASONING, "tool_calls": [tool_call("run_shell_command", &json!({"command": MARKER_CMD}))]});
-        let framed = format!("Command: {MARKER_CMD}\nDirectory: (root)\nOutput: marker-written\nError: (none)\nExit Code: 0\nSignal: 0\nProcess Group PGID: 1552");
+        let framed =
+            format!("Command: {MARKER_CMD}\nDirectory: (root)\nOutput: marker-written\nError: (none)\nExit Code: 0\nSignal: 0\nProcess Group PGID: 1552");
         let output = json!({"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": framed}]});
         let qwen = tool("run_shell_command", json!({"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}));
         let s = script_for(&agent_request(vec![qwen], "scenario:agent-shell", vec![call, output]));
@@ -1156,7 +1190,10 @@ mod tests {
         let call = json!({"role": "assistant", "content": null, "reasoning_content": AGENT_SHELL_REASONING, "tool_calls": [tool_call("run_commands", &json!({"commands": [MARKER_CMD]}))]});
         let listed = json!([{"query": MARKER_CMD, "result": "marker-written\n", "success": true}]).to_string();
         let output = json!({"role": "tool", "tool_call_id": "call_1", "content": listed});
-        let cline = tool("run_commands", json!({"type": "object", "properties": {"commands": {"type": "array", "items": {"type": "string"}}}, "required": ["commands"]}));
+        let cline = tool(
+            "run_commands",
+            json!({"type": "object", "properties": {"commands": {"type": "array", "items": {"type": "string"}}}, "required": ["commands"]}),
+        );
         let s = script_for(&agent_request(vec![cline], "scenario:agent-shell", vec![call, output]));
         assert_eq!(final_of(&s), "Done. The command printed: marker-written. Turn-1 reasoning came back: yes.");
     }

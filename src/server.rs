@@ -118,10 +118,7 @@ impl<B: http_body::Body<Data = Bytes, Error = hyper::Error> + Unpin> http_body::
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         std::pin::Pin::new(&mut self.body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
     }
 
@@ -352,7 +349,12 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
         _ => {}
     }
     if has_dot_segment(&path) {
-        return err(400, "invalid_request_error", Some("invalid_path"), "the path has a `.` or `..` segment (plain or percent-encoded); paths are not normalized, send the path itself");
+        return err(
+            400,
+            "invalid_request_error",
+            Some("invalid_path"),
+            "the path has a `.` or `..` segment (plain or percent-encoded); paths are not normalized, send the path itself",
+        );
     }
     if !path.starts_with("/v1/") {
         return err(404, "invalid_request_error", Some("not_found"), format!("no such endpoint: {path}"));
@@ -460,7 +462,12 @@ fn percent_decode(s: &str) -> Vec<u8> {
 fn stored_response(method: &Method, id: &str, store: &dyn harmony_filters::stages::reasoning_memory::ReasoningStore, scope: &str) -> Response<RespBody> {
     let stored = store.get(scope, id).and_then(|v| serde_json::from_str::<harmony_filters::api::responses::Stored>(&v).ok());
     let Some(stored) = stored else {
-        return err(404, "invalid_request_error", Some("not_found"), format!("no stored response {id:?} (unknown, expired, deleted, or stored with another key)"));
+        return err(
+            404,
+            "invalid_request_error",
+            Some("not_found"),
+            format!("no stored response {id:?} (unknown, expired, deleted, or stored with another key)"),
+        );
     };
     match *method {
         Method::GET => json_response(200, &stored.response),
@@ -608,7 +615,11 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
             let body = http_body_util::Limited::new(r.into_body(), 1 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             drop(lease);
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let msg = v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(2000).collect());
+            let msg = v
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(2000).collect());
             let mut r = error_response(&ApiError::new(status, "upstream_error", None, format!("the model server answered {status}: {msg}")));
             r.extensions_mut().insert(info);
             return r;
@@ -719,7 +730,8 @@ fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
     needle.len() <= hay.len() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-const HOP_BY_HOP: [&str; 9] = ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host"];
+const HOP_BY_HOP: [&str; 9] =
+    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host"];
 
 /// Any other `/v1/*`: to a server of the default upstream's pool untouched (it does not wait
 /// for a slot: listing models must not queue behind generations), bodies streamed both ways.
@@ -841,4 +853,3 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tok
         .map_err(|e| format!("server.tls: {e}"))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
-

@@ -109,9 +109,7 @@ impl Upstream {
 
     /// A server's base + the part of a proxy path after `/v1` (+ query).
     pub fn uri_for(base: &str, path_after_v1: &str) -> Result<Uri, ApiError> {
-        format!("{base}{path_after_v1}")
-            .parse()
-            .map_err(|_| ApiError::new(400, "invalid_request_error", None, "request path cannot be forwarded"))
+        format!("{base}{path_after_v1}").parse().map_err(|_| ApiError::new(400, "invalid_request_error", None, "request path cannot be forwarded"))
     }
 
     /// Sends a request; waits at most `read_timeout` for the response head.
@@ -141,9 +139,11 @@ impl Upstream {
     /// `read_timeout` for the response head.
     pub async fn post(&self, lease: &Lease, endpoint: Endpoint, body: Bytes, request_id: &str) -> Result<Response<UpstreamBody>, CallError> {
         let url = Self::endpoint_url(&lease.server().url, endpoint);
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| CallError { kind: "protocol", error: ApiError::upstream(format!("cannot build upstream request: {e}")), retryable: false })?;
+        let uri: Uri = url.parse().map_err(|e| CallError {
+            kind: "protocol",
+            error: ApiError::upstream(format!("cannot build upstream request: {e}")),
+            retryable: false,
+        })?;
         let rid = HeaderValue::from_str(request_id).ok();
         let make = || {
             let mut req = Request::new(full(body.clone()));

@@ -233,9 +233,7 @@ impl UpstreamBody {
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         rt.spawn(async move {
-            let rest = async {
-                while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut self).await {}
-            };
+            let rest = async { while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut self).await {} };
             let _ = tokio::time::timeout(Duration::from_secs(1), rest).await;
         });
     }

@@ -20,7 +20,9 @@ fn main() {
     let body = llama_sse(&refs, "stop");
     let tokens = deltas.len() as f64;
 
-    let p = pipeline(r#"[{ type = "harmony-parse" }, { type = "fallback" }, { type = "tool-bridge", mode = "openai_tool_calls", reasoning = "reasoning_content" }, { type = "watchdog" }, { type = "sse-encode" }]"#);
+    let p = pipeline(
+        r#"[{ type = "harmony-parse" }, { type = "fallback" }, { type = "tool-bridge", mode = "openai_tool_calls", reasoning = "reasoning_content" }, { type = "watchdog" }, { type = "sse-encode" }]"#,
+    );
     // Feed it in network-sized reads, as hyper would.
     let parts: Vec<&[u8]> = body.chunks(1400).collect();
     let meta = RequestMeta::new("bench", true, true);

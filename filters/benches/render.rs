@@ -10,8 +10,10 @@ use harmony_filters::stages::harmony_render::{render_request, Effort, RenderCach
 use serde_json::{json, Value};
 
 fn conversation(turns: usize) -> Value {
-    let tool = |name: &str| json!({"type": "function", "function": {"name": name, "description": format!("The {name} tool of an IDE agent: reads, writes and searches the workspace."),
-        "parameters": {"type": "object", "properties": {"path": {"type": "string", "description": "workspace-relative path"}, "query": {"type": "string"}, "content": {"type": "string"}}, "required": ["path"]}}});
+    let tool = |name: &str| {
+        json!({"type": "function", "function": {"name": name, "description": format!("The {name} tool of an IDE agent: reads, writes and searches the workspace."),
+        "parameters": {"type": "object", "properties": {"path": {"type": "string", "description": "workspace-relative path"}, "query": {"type": "string"}, "content": {"type": "string"}}, "required": ["path"]}}})
+    };
     let tools: Vec<Value> = ["read_file", "write_file", "search", "list_dir", "run_tests", "apply_diff"].iter().map(|n| tool(n)).collect();
     let mut messages = vec![json!({"role": "system", "content": "You are a careful coding agent. ".repeat(40)})];
     messages.push(json!({"role": "user", "content": "Fix the failing test in the parser module and explain the change."}));

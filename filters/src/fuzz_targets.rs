@@ -16,9 +16,7 @@ fn pipelines() -> &'static [Compiled; 3] {
     static P: OnceLock<[Compiled; 3]> = OnceLock::new();
     P.get_or_init(|| {
         let chain = |bridge: &str| {
-            pipeline(&format!(
-                r#"[{{ type = "harmony-parse" }}, {{ type = "fallback" }}, {{ type = "tool-bridge", {bridge} }}, {{ type = "sse-encode" }}]"#
-            ))
+            pipeline(&format!(r#"[{{ type = "harmony-parse" }}, {{ type = "fallback" }}, {{ type = "tool-bridge", {bridge} }}, {{ type = "sse-encode" }}]"#))
         };
         [
             chain(r#"mode = "final_only""#),
@@ -100,7 +98,10 @@ pub fn request(data: &[u8]) {
     let mut dedup = stops.clone();
     dedup.sort();
     dedup.dedup();
-    assert!(dedup.len() == stops.len() || client_stops.len() != client_stops.iter().collect::<std::collections::HashSet<_>>().len(), "stops duplicated: {stops:?}");
+    assert!(
+        dedup.len() == stops.len() || client_stops.len() != client_stops.iter().collect::<std::collections::HashSet<_>>().len(),
+        "stops duplicated: {stops:?}"
+    );
     for m in v.get("messages").and_then(|m| m.as_array()).into_iter().flatten() {
         if m.get("role").and_then(|r| r.as_str()) == Some("assistant") {
             if let Some(c) = m.get("content").and_then(|c| c.as_str()) {
@@ -109,7 +110,6 @@ pub fn request(data: &[u8]) {
         }
     }
 }
-
 
 /// `responses_request`: arbitrary JSON as a Responses request. Decoding never panics; a
 /// refusal is a 400 or 404 that names a field; what is accepted is a chat request the stages

@@ -282,10 +282,7 @@ mod tests {
 
     #[test]
     fn whole_tokens() {
-        assert_eq!(
-            pieces(&["<|channel|>final<|message|>Hi"]),
-            ["S:Channel", "T:final", "S:Message", "T:Hi"]
-        );
+        assert_eq!(pieces(&["<|channel|>final<|message|>Hi"]), ["S:Channel", "T:final", "S:Message", "T:Hi"]);
     }
 
     #[test]

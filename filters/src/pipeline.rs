@@ -167,9 +167,9 @@ pub fn validate(specs: &[StageSpec]) -> Vec<String> {
     let pos = |kind: &str| specs.iter().position(|s| s.type_name() == kind);
     let (parse, fallback, bridge, watchdog) = (pos("harmony-parse"), pos("fallback"), pos("tool-bridge"), pos("watchdog"));
     match (parse, bridge) {
-        (_, None) => errors.push(
-            "a pipeline needs a `tool-bridge` to decide what the client sees (e.g. { type = \"tool-bridge\", mode = \"final_only\" })".to_owned(),
-        ),
+        (_, None) => {
+            errors.push("a pipeline needs a `tool-bridge` to decide what the client sees (e.g. { type = \"tool-bridge\", mode = \"final_only\" })".to_owned())
+        }
         (Some(p), Some(b)) if b < p => errors.push("`tool-bridge` must come after `harmony-parse`".to_owned()),
         _ => {}
     }

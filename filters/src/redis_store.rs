@@ -79,7 +79,8 @@ pub fn process_redis_store(url: &str, ttl: Duration, timeout: Duration) -> Resul
     // One per URL, timeout and ttl: every pipeline gets the ttl it set, whatever other
     // pipelines sharing the server set.
     let ttl_ms = ttl.as_millis().max(1) as u64;
-    if let Some(s) = stores.iter().find(|s| s.shared.url == url && s.shared.timeout == timeout && *s.ttl_ms.lock().unwrap_or_else(|p| p.into_inner()) == ttl_ms) {
+    if let Some(s) = stores.iter().find(|s| s.shared.url == url && s.shared.timeout == timeout && *s.ttl_ms.lock().unwrap_or_else(|p| p.into_inner()) == ttl_ms)
+    {
         return Ok(s.clone());
     }
     let s = Arc::new(RedisStore::new(url, ttl, timeout)?);

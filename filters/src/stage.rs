@@ -30,10 +30,7 @@ impl RequestMeta {
         Self {
             request_id: random_id("req_", 16),
             completion_id: random_id("chatcmpl-", 24),
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             model: model.to_owned(),
             stream,
             include_usage,

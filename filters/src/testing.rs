@@ -279,12 +279,8 @@ pub fn assemble_json(body: &[u8]) -> Result<Assembled, String> {
 pub fn check_fixture(mode: &str, stream: bool, exp: &serde_json::Value, a: &Assembled) -> Result<(), String> {
     let s = |k: &str| exp[k].as_str().unwrap_or("").to_owned();
     // [name, arguments as an openai_tool_calls client gets them, arguments as text (optional)]
-    let tools: Vec<(String, String)> = exp["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|t| (t[0].as_str().unwrap_or("").to_owned(), t[1].as_str().unwrap_or("").to_owned()))
-        .collect();
+    let tools: Vec<(String, String)> =
+        exp["tools"].as_array().into_iter().flatten().map(|t| (t[0].as_str().unwrap_or("").to_owned(), t[1].as_str().unwrap_or("").to_owned())).collect();
     let text_tools: Vec<(String, String)> = exp["tools"]
         .as_array()
         .into_iter()
@@ -438,7 +434,11 @@ pub fn response_view(r: &serde_json::Value) -> Result<Assembled, String> {
                 a.tool_calls.push((id, item["name"].as_str().unwrap_or("").to_owned(), item["arguments"].as_str().unwrap_or("").to_owned()));
             }
             Some("custom_tool_call") => {
-                a.tool_calls.push((item["call_id"].as_str().unwrap_or("").to_owned(), item["name"].as_str().unwrap_or("").to_owned(), item["input"].as_str().unwrap_or("").to_owned()));
+                a.tool_calls.push((
+                    item["call_id"].as_str().unwrap_or("").to_owned(),
+                    item["name"].as_str().unwrap_or("").to_owned(),
+                    item["input"].as_str().unwrap_or("").to_owned(),
+                ));
             }
             other => return Err(format!("unknown output item {other:?}")),
         }
@@ -465,7 +465,10 @@ pub fn response_view(r: &serde_json::Value) -> Result<Assembled, String> {
 /// A request meta for the Messages API (`stream` or not), as the server makes it.
 pub fn messages_meta(stream: bool) -> RequestMeta {
     let d = crate::api::ClientApi::Messages
-        .decode(serde_json::json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "x"}], "stream": stream}), &crate::api::EdgeEnv::standalone())
+        .decode(
+            serde_json::json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "x"}], "stream": stream}),
+            &crate::api::EdgeEnv::standalone(),
+        )
         .expect("a minimal request decodes");
     let mut meta = RequestMeta::new("m", stream, true);
     meta.api = d.ctx;
@@ -609,7 +612,9 @@ pub fn message_view(v: &serde_json::Value) -> Result<Assembled, String> {
         match b["type"].as_str() {
             Some("thinking") => a.reasoning.push_str(b["thinking"].as_str().unwrap_or("")),
             Some("text") => a.content.push_str(b["text"].as_str().unwrap_or("")),
-            Some("tool_use") => a.tool_calls.push((b["id"].as_str().unwrap_or("").to_owned(), b["name"].as_str().unwrap_or("").to_owned(), b["input"].to_string())),
+            Some("tool_use") => {
+                a.tool_calls.push((b["id"].as_str().unwrap_or("").to_owned(), b["name"].as_str().unwrap_or("").to_owned(), b["input"].to_string()))
+            }
             other => return Err(format!("unknown block {other:?}")),
         }
     }

@@ -214,7 +214,13 @@ mod tests {
         let long = format!("see {} and {}\n{}", "x".repeat(5000), "QUJD+/".repeat(400), "  ".repeat(300));
         let every_private_use: String = ('\u{E000}'..='\u{E0FF}').collect();
         let crowded = format!("{every_private_use} {long}");
-        for (user, instr) in [(long.as_str(), "Be brief."), ("short", long.as_str()), (long.as_str(), long.as_str()), ("a\u{E000}0\u{E000}b", long.as_str()), (crowded.as_str(), "x")] {
+        for (user, instr) in [
+            (long.as_str(), "Be brief."),
+            ("short", long.as_str()),
+            (long.as_str(), long.as_str()),
+            ("a\u{E000}0\u{E000}b", long.as_str()),
+            (crowded.as_str(), "x"),
+        ] {
             let msgs = conversation(user, instr);
             let official = enc.render_conversation(&msgs, None).unwrap();
             let linear = render_linear(&enc, &msgs, |m| enc.render_conversation(m, None)).unwrap();

@@ -85,11 +85,7 @@ struct FunctionChunk {
 /// Turns one decoded chunk (or whole completion) into events.
 fn chunk_events(chunk: Chunk<'_>, out: &mut Vec<Event>, saw_finish: &mut bool) {
     if let Some(err) = chunk.error {
-        let msg = err
-            .get("message")
-            .and_then(|m| m.as_str())
-            .map(str::to_owned)
-            .unwrap_or_else(|| err.to_string());
+        let msg = err.get("message").and_then(|m| m.as_str()).map(str::to_owned).unwrap_or_else(|| err.to_string());
         out.push(Event::Error(ApiError::upstream(format!("upstream error: {msg}"))));
         return;
     }
@@ -127,13 +123,7 @@ fn chunk_events(chunk: Chunk<'_>, out: &mut Vec<Event>, saw_finish: &mut bool) {
                     ),
                     None => (None, None),
                 };
-                out.push(Event::UpstreamToolCall(UpstreamToolCall {
-                    index: tc.index.unwrap_or(i as u32),
-                    id: tc.id,
-                    name,
-                    arguments,
-                    client_id: None,
-                }));
+                out.push(Event::UpstreamToolCall(UpstreamToolCall { index: tc.index.unwrap_or(i as u32), id: tc.id, name, arguments, client_id: None }));
             }
         }
         if let Some(f) = choice.finish_reason {

@@ -3,7 +3,10 @@
 //! come out byte for byte; the chain never panics and always ends with one finish and one
 //! `[DONE]`.
 
-use harmony_filters::testing::{assemble_json, assemble_messages, assemble_responses, assemble_sse, llama_sse, message_view, messages_meta, pipeline, response_view, responses_meta, run_sse, Assembled};
+use harmony_filters::testing::{
+    assemble_json, assemble_messages, assemble_responses, assemble_sse, llama_sse, message_view, messages_meta, pipeline, response_view, responses_meta,
+    run_sse, Assembled,
+};
 use harmony_filters::{Compiled, RequestMeta};
 use proptest::prelude::*;
 use std::sync::OnceLock;
@@ -53,7 +56,8 @@ fn cut_chars(text: &str, cuts: &[usize]) -> Vec<String> {
     out
 }
 
-const SPECIALS: [&str; 9] = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>", "<|endoftext|>", "<|reserved_200013|>"];
+const SPECIALS: [&str; 9] =
+    ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>", "<|endoftext|>", "<|reserved_200013|>"];
 
 /// Arbitrary interleavings of Harmony pieces: tokens, channel words, recipients, junk, text.
 fn harmony_soup() -> impl Strategy<Value = String> {

@@ -47,10 +47,7 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
                         (Some(v), _) => v,
                         (None, Some(d)) => d.to_owned(),
                         (None, None) => {
-                            errors.push(format!(
-                                "line {}: environment variable {name} is not set (write ${{{name}:-default}} to give a default)",
-                                lineno + 1
-                            ));
+                            errors.push(format!("line {}: environment variable {name} is not set (write ${{{name}:-default}} to give a default)", lineno + 1));
                             String::new()
                         }
                     };

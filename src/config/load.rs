@@ -488,7 +488,10 @@ stages = [{ type = "harmony-parse", extra = 1 }, { type = "retry", backoff = "5x
 
     #[test]
     fn order_rules() {
-        let t = OK.replace(r#"{ type = "harmony-parse" }, { type = "tool-bridge" }, { type = "sse-encode" }"#, r#"{ type = "sse-encode" }, { type = "tool-bridge" }, { type = "harmony-parse" }"#);
+        let t = OK.replace(
+            r#"{ type = "harmony-parse" }, { type = "tool-bridge" }, { type = "sse-encode" }"#,
+            r#"{ type = "sse-encode" }, { type = "tool-bridge" }, { type = "harmony-parse" }"#,
+        );
         let e = load_text(&t).unwrap_err().0.join("\n");
         assert!(e.contains("pipelines.main: the last stage must be `sse-encode`"), "{e}");
         assert!(e.contains("pipelines.main: `tool-bridge` must come after `harmony-parse`"), "{e}");

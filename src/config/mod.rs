@@ -253,7 +253,6 @@ pub struct RouteConfig {
     pub pipeline: String,
 }
 
-
 pub(crate) fn any_model() -> Vec<String> {
     vec!["*".into()]
 }
@@ -311,14 +310,12 @@ impl Config {
             if self.implied_routes.contains(&j) {
                 continue;
             }
-            let shadow = self.routes[..j].iter().enumerate().find(|(_, earlier)| {
-                earlier.path == later.path && later.models.iter().all(|m| globs_cover(&earlier.models, m))
-            });
+            let shadow = self.routes[..j]
+                .iter()
+                .enumerate()
+                .find(|(_, earlier)| earlier.path == later.path && later.models.iter().all(|m| globs_cover(&earlier.models, m)));
             if let Some((i, earlier)) = shadow {
-                w.push(format!(
-                    "routes[{j}]: never matches: routes[{i}] (models {:?}) comes first and takes every model it names",
-                    earlier.models
-                ));
+                w.push(format!("routes[{j}]: never matches: routes[{i}] (models {:?}) comes first and takes every model it names", earlier.models));
             }
         }
         w
@@ -339,7 +336,10 @@ impl Config {
 /// no wildcard (a literal model name).
 fn globs_cover(earlier: &[String], later: &str) -> bool {
     earlier.iter().any(|g| {
-        g == "*" || g == "**" || (!later.contains(['*', '?', '[', '{']) && globset::Glob::new(g).is_ok_and(|g| g.compile_matcher().is_match(later))) || g == later
+        g == "*"
+            || g == "**"
+            || (!later.contains(['*', '?', '[', '{']) && globset::Glob::new(g).is_ok_and(|g| g.compile_matcher().is_match(later)))
+            || g == later
     })
 }
 

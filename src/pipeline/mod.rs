@@ -55,11 +55,8 @@ impl Snapshot {
                 Err(e) => errors.push(e),
             }
         }
-        let pipelines: BTreeMap<String, Arc<Compiled>> = config
-            .pipelines
-            .iter()
-            .map(|(name, (def, _))| (name.clone(), Arc::new(harmony_filters::compile(&def.stages, enc))))
-            .collect();
+        let pipelines: BTreeMap<String, Arc<Compiled>> =
+            config.pipelines.iter().map(|(name, (def, _))| (name.clone(), Arc::new(harmony_filters::compile(&def.stages, enc)))).collect();
         let mut routes = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
             let mut set = GlobSetBuilder::new();

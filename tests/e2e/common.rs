@@ -162,7 +162,9 @@ pub fn mock(dir: &Path) -> Proc {
 pub fn config(mock_url: &str, extra: &str) -> String {
     let routes: String = [("text-*", "text-tools"), ("ide-*", "ide-tools"), ("pass-*", "passthrough"), ("*", "harmony")]
         .iter()
-        .map(|(glob, pipeline)| format!("[[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"{glob}\"]\nupstream = \"default\"\npipeline = \"{pipeline}\"\n\n"))
+        .map(|(glob, pipeline)| {
+            format!("[[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"{glob}\"]\nupstream = \"default\"\npipeline = \"{pipeline}\"\n\n")
+        })
         .collect();
     format!(
         r#"

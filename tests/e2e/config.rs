@@ -46,7 +46,9 @@ fn an_edit_applies_to_the_next_request_and_streams_in_flight_keep_their_config()
     assert_eq!(tool_calls_now(&env), 0);
 
     // A slow stream starts on the old config…
-    let slow = script(json!({"text": "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\", \"unit\": \"celsius\"}", "delay_ms": 150}));
+    let slow = script(
+        json!({"text": "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\", \"unit\": \"celsius\"}", "delay_ms": 150}),
+    );
     let mut inflight = client().post(env.url("/v1/chat/completions")).json(&chat_body("m", true, &slow)).send().unwrap();
 
     // …the file is replaced by rename…

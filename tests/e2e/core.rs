@@ -41,7 +41,9 @@ fn every_fixture_in_every_mode_through_the_server() {
 #[test]
 fn answer_streams_token_by_token_before_the_upstream_finishes() {
     let env = Env::start("");
-    let s = script(json!({"text": "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>One two three four five", "delay_ms": 300}));
+    let s = script(
+        json!({"text": "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>One two three four five", "delay_ms": 300}),
+    );
     let mut resp = client().post(env.url("/v1/chat/completions")).json(&chat_body("gpt-oss", true, &s)).send().unwrap();
     let mut got = String::new();
     let mut buf = [0u8; 4096];
@@ -175,7 +177,16 @@ fn runs_from_environment_variables_alone() {
     let proxy = spawn(
         &["--port", "0", "--host", "127.0.0.1"],
         dir.path(),
-        &[("UPSTREAM_BASE_URL", &upstream), ("PROXY_MODE", "openai_tool_calls"), ("READ_TIMEOUT", "30"), ("HARMONY_STOPS_ENABLED", "0"), ("EXTRA_STOP_SEQUENCES", "STOP1, STOP2"), ("RETRY_BACKOFF_SECONDS", "0.2"), ("METRICS_ENABLED", "1"), ("LOG_LEVEL", "INFO")],
+        &[
+            ("UPSTREAM_BASE_URL", &upstream),
+            ("PROXY_MODE", "openai_tool_calls"),
+            ("READ_TIMEOUT", "30"),
+            ("HARMONY_STOPS_ENABLED", "0"),
+            ("EXTRA_STOP_SEQUENCES", "STOP1, STOP2"),
+            ("RETRY_BACKOFF_SECONDS", "0.2"),
+            ("METRICS_ENABLED", "1"),
+            ("LOG_LEVEL", "INFO"),
+        ],
     );
     let r = post(&format!("{}/v1/chat/completions", proxy.url), &chat_body("gpt-oss", true, "scenario:weather"));
     let a = r.assemble(true);

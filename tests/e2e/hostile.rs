@@ -92,7 +92,15 @@ fn a_count_tokens_request_with_one_long_word_is_counted_and_other_clients_are_se
 
 #[test]
 fn a_long_word_rendered_by_harmony_render_is_answered() {
-    let env = Env::with_config(|mock| format!("{}{}", native_routes(r#"{ type = "harmony-render", endpoint = "llama" }, { type = "harmony-parse" }, { type = "tool-bridge", mode = "openai_tool_calls" }, { type = "sse-encode" }"#), with_body_limit(config(mock, ""), 1_000_000)));
+    let env = Env::with_config(|mock| {
+        format!(
+            "{}{}",
+            native_routes(
+                r#"{ type = "harmony-render", endpoint = "llama" }, { type = "harmony-parse" }, { type = "tool-bridge", mode = "openai_tool_calls" }, { type = "sse-encode" }"#
+            ),
+            with_body_limit(config(mock, ""), 1_000_000)
+        )
+    });
     let word = "x".repeat(200_000);
     let r = post(&env.url("/v1/chat/completions"), &chat_body("native-m", true, &format!("scenario:hello {word}")));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -109,7 +117,9 @@ fn stop_sequences_beyond_the_limits_are_a_400_and_the_most_allowed_stream_whole(
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["type"], "error");
     assert!(r.json()["error"]["message"].as_str().unwrap().starts_with("stop_sequences"), "{}", r.text());
-    for (stops, place) in [(vec!["z".repeat(1025)], "stop_sequences[0]"), ((0..17).map(|i| format!("{}{i:03}", "z".repeat(1000))).collect::<Vec<_>>(), "stop_sequences")] {
+    for (stops, place) in
+        [(vec!["z".repeat(1025)], "stop_sequences[0]"), ((0..17).map(|i| format!("{}{i:03}", "z".repeat(1000))).collect::<Vec<_>>(), "stop_sequences")]
+    {
         body["stop_sequences"] = json!(stops);
         let r = post(&url, &body);
         assert_eq!(r.status, 400, "{}", r.text());
@@ -191,7 +201,16 @@ fn an_upstream_password_is_never_shown() {
 #[test]
 fn dot_segments_are_refused_not_forwarded() {
     let env = shared();
-    for path in ["/v1/../mock/stats", "/v1/%2e%2e/mock/stats", "/v1/./models", "/v1/%2E/models", "/v1/..%2fmock/stats", "/v1/..%5cmock", "/v1/..;/mock/stats", "/v1/models%2F..%2F..%2Fmock"] {
+    for path in [
+        "/v1/../mock/stats",
+        "/v1/%2e%2e/mock/stats",
+        "/v1/./models",
+        "/v1/%2E/models",
+        "/v1/..%2fmock/stats",
+        "/v1/..%5cmock",
+        "/v1/..;/mock/stats",
+        "/v1/models%2F..%2F..%2Fmock",
+    ] {
         let out = raw_exchange(env, format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(), 10);
         assert!(out.starts_with("HTTP/1.1 400"), "{path}: {out}");
         assert!(out.contains("invalid_path"), "{path}: {out}");
@@ -207,7 +226,10 @@ fn chat_requests_of_the_wrong_shape_are_the_clients_400_naming_the_field() {
         (json!({"model": 1, "messages": []}), "model"),
         (json!({"model": "gpt-oss", "messages": [{"role": "assistant", "tool_calls": [{"id": 1, "function": 5}]}]}), "messages[0].tool_calls[0].id"),
         (json!({"model": "gpt-oss", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}), "stream"),
-        (json!({"model": "gpt-oss", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": 3}}]}), "tools[0].function.name"),
+        (
+            json!({"model": "gpt-oss", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": 3}}]}),
+            "tools[0].function.name",
+        ),
     ] {
         let r = post(&url, &body);
         assert_eq!(r.status, 400, "{body}: {}", r.text());
@@ -219,7 +241,11 @@ fn chat_requests_of_the_wrong_shape_are_the_clients_400_naming_the_field() {
 #[test]
 fn responses_and_messages_fields_of_the_wrong_type_are_refused() {
     let env = shared();
-    for body in [json!({"model": "m", "input": "x", "text": 5}), json!({"model": "m", "input": "x", "tool_choice": 5}), json!({"model": "m", "input": "x", "metadata": 5})] {
+    for body in [
+        json!({"model": "m", "input": "x", "text": 5}),
+        json!({"model": "m", "input": "x", "tool_choice": 5}),
+        json!({"model": "m", "input": "x", "metadata": 5}),
+    ] {
         let r = post(&env.url("/v1/responses"), &body);
         assert_eq!(r.status, 400, "{body}: {}", r.text());
     }
@@ -235,7 +261,10 @@ fn responses_and_messages_fields_of_the_wrong_type_are_refused() {
 fn an_upstream_200_that_is_not_a_chat_completion_is_a_502_that_says_so() {
     let env = shared();
     for stream in [false, true] {
-        let r = post(&env.url("/v1/chat/completions"), &chat_body("gpt-oss", stream, &raw_script("data: {\"object\": \"list\", \"data\": []}\n\ndata: [DONE]\n\n")));
+        let r = post(
+            &env.url("/v1/chat/completions"),
+            &chat_body("gpt-oss", stream, &raw_script("data: {\"object\": \"list\", \"data\": []}\n\ndata: [DONE]\n\n")),
+        );
         let text = r.text();
         assert!(text.contains("not with a chat completion"), "{text}");
         if !stream {
@@ -290,7 +319,8 @@ fn previous_response_id_chains_cannot_grow_past_max_body_bytes() {
 #[test]
 fn stored_response_ids_are_not_predictable() {
     let env = shared();
-    let ids: Vec<String> = (0..3).map(|_| post(&env.url("/v1/responses"), &json!({"model": "m", "input": "scenario:hello"})).json()["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> =
+        (0..3).map(|_| post(&env.url("/v1/responses"), &json!({"model": "m", "input": "scenario:hello"})).json()["id"].as_str().unwrap().to_owned()).collect();
     // From the OS generator: 32 letters and digits after `resp_`, all different.
     assert!(ids.iter().all(|id| id.len() == 37 && id[5..].bytes().all(|b| b.is_ascii_alphanumeric())), "{ids:?}");
     assert!(ids[0] != ids[1] && ids[1] != ids[2]);
@@ -468,7 +498,11 @@ fn a_forwarded_refusal_with_no_body_is_passed_on_as_it_is() {
 fn count_tokens_of_a_long_word_is_exact() {
     let env = big();
     let enc = harmony_filters::vocab::encoding().unwrap();
-    let count = |content: &str| post(&env.url("/v1/messages/count_tokens"), &json!({"model": "m", "messages": [{"role": "user", "content": content}]})).json()["input_tokens"].as_u64().unwrap() as usize;
+    let count = |content: &str| {
+        post(&env.url("/v1/messages/count_tokens"), &json!({"model": "m", "messages": [{"role": "user", "content": content}]})).json()["input_tokens"]
+            .as_u64()
+            .unwrap() as usize
+    };
     // 8 kB: long enough for the linear encoder, short enough for the official one here.
     let word = "QUJDRA+/".repeat(1000);
     let (short, long) = (count("QUJD"), count(&word));

@@ -7,7 +7,13 @@ use serde_json::{json, Value};
 use crate::common::*;
 
 fn messages(env: &Env, body: &Value) -> Reply {
-    send(client().post(env.url("/v1/messages?beta=true")).header("anthropic-version", "2023-06-01").header("anthropic-beta", "interleaved-thinking-2025-05-14").json(body))
+    send(
+        client()
+            .post(env.url("/v1/messages?beta=true"))
+            .header("anthropic-version", "2023-06-01")
+            .header("anthropic-beta", "interleaved-thinking-2025-05-14")
+            .json(body),
+    )
 }
 
 fn ask(user: &str) -> Value {
@@ -25,7 +31,11 @@ fn both(env: &Env, body: Value) -> Assembled {
     let r = messages(env, &body);
     assert_eq!(r.status, 200, "{}", r.text());
     let j = message_view(&r.json()).unwrap_or_else(|e| panic!("{e}\n{}", r.text()));
-    let strip = |a: &Assembled| Assembled { tool_calls: a.tool_calls.iter().map(|(_, n, args)| (String::new(), n.clone(), serde_json::from_str::<Value>(args).unwrap().to_string())).collect(), usage: None, ..a.clone() };
+    let strip = |a: &Assembled| Assembled {
+        tool_calls: a.tool_calls.iter().map(|(_, n, args)| (String::new(), n.clone(), serde_json::from_str::<Value>(args).unwrap().to_string())).collect(),
+        usage: None,
+        ..a.clone()
+    };
     assert_eq!(strip(&s), strip(&j), "streamed and whole differ");
     s
 }
@@ -34,12 +44,16 @@ fn both(env: &Env, body: Value) -> Assembled {
 fn a_config_without_a_messages_route_serves_it_with_thinking_text_and_tool_use_blocks() {
     let env = shared();
     let a = both(env, ask("scenario:hello"));
-    assert_eq!((a.reasoning.as_str(), a.content.as_str(), a.finish.as_str()), ("The user says hello. Reply briefly and warmly.", "Hello! How can I help you today?", "end_turn"));
+    assert_eq!(
+        (a.reasoning.as_str(), a.content.as_str(), a.finish.as_str()),
+        ("The user says hello. Reply briefly and warmly.", "Hello! How can I help you today?", "end_turn")
+    );
     let a = both(env, ask("scenario:weather"));
     assert_eq!((a.reasoning.as_str(), a.content.as_str(), a.finish.as_str()), ("Need the weather tool for Paris.", "I'll check the weather.", "tool_use"));
     assert_eq!(a.tool_calls[0].1, "get_weather");
     assert_eq!(serde_json::from_str::<Value>(&a.tool_calls[0].2).unwrap(), json!({"city": "Paris", "unit": "celsius"}));
-    let kinds: Vec<String> = messages(env, &ask("scenario:weather")).json()["content"].as_array().unwrap().iter().map(|b| b["type"].as_str().unwrap().to_owned()).collect();
+    let kinds: Vec<String> =
+        messages(env, &ask("scenario:weather")).json()["content"].as_array().unwrap().iter().map(|b| b["type"].as_str().unwrap().to_owned()).collect();
     assert_eq!(kinds, ["thinking", "text", "tool_use"]);
 }
 
@@ -79,7 +93,9 @@ fn errors_are_anthropic_shaped_before_the_stream_and_an_error_event_after() {
     let r = with_key(&json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
     assert_eq!((r.status, r.json()["error"]["type"].clone()), (400, json!("invalid_request_error")));
     assert!(r.json()["error"]["message"].as_str().unwrap().starts_with("max_tokens"), "{}", r.text());
-    let r = with_key(&json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "data": ""}}]}]}));
+    let r = with_key(
+        &json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "data": ""}}]}]}),
+    );
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("gpt-oss reads text only"), "{}", r.text());
     let r = with_key(&json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "wormhole"}]}]}));
     assert!(r.json()["error"]["message"].as_str().unwrap().starts_with("messages[0].content[0].type"), "{}", r.text());

@@ -9,7 +9,8 @@ use crate::common::*;
 #[test]
 fn traces_record_the_raw_upstream_and_replay_reproduces_the_answer() {
     let env = Env::start("trace_dir = \"traces\"");
-    let r = send(client().post(env.url("/v1/chat/completions")).header("x-request-id", "../escape/attempt").json(&chat_body("gpt-oss", true, "scenario:weather")));
+    let r =
+        send(client().post(env.url("/v1/chat/completions")).header("x-request-id", "../escape/attempt").json(&chat_body("gpt-oss", true, "scenario:weather")));
     assert_eq!(r.status, 200);
     let trace = env.dir.path().join("traces/___escape_attempt.sse");
     assert!(eventually(5, || trace.exists()), "no trace written");
@@ -37,10 +38,7 @@ fn serves_https() {
     std::fs::write(dir.path().join("proxy.toml"), cfg).unwrap();
     let proxy = spawn(&["--config", "proxy.toml", "--port", "0"], dir.path(), &[]);
     assert!(proxy.url.starts_with("https://"), "{}", proxy.url);
-    let tls = reqwest::blocking::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
-        .build()
-        .unwrap();
+    let tls = reqwest::blocking::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()).build().unwrap();
     let r = send(tls.post(format!("{}/v1/chat/completions", proxy.url)).json(&chat_body("gpt-oss", true, "hi")));
     assert_eq!(r.assemble(true).content, "Hello! How can I help you today?");
 }
@@ -54,7 +52,15 @@ fn https_upstreams_trust_ca_file() {
     let mock = spawn(&["mock-upstream", "--port", "0", "--tls-cert", "up.pem", "--tls-key", "up.key"], dir.path(), &[]);
     assert!(mock.url.starts_with("https://"));
     for (ca, ok) in [("ca_file = \"up.pem\"", true), ("", false)] {
-        std::fs::write(dir.path().join("proxy.toml"), one_pipeline(&mock.url, &format!("{ca}\nconnect_timeout = \"2s\""), r#"{ type = "harmony-parse" }, { type = "tool-bridge" }, { type = "sse-encode" }"#)).unwrap();
+        std::fs::write(
+            dir.path().join("proxy.toml"),
+            one_pipeline(
+                &mock.url,
+                &format!("{ca}\nconnect_timeout = \"2s\""),
+                r#"{ type = "harmony-parse" }, { type = "tool-bridge" }, { type = "sse-encode" }"#,
+            ),
+        )
+        .unwrap();
         let proxy = spawn(&["--config", "proxy.toml", "--port", "0"], dir.path(), &[]);
         let r = post(&format!("{}/v1/chat/completions", proxy.url), &chat_body("m", true, "hi"));
         if ok {
@@ -69,7 +75,12 @@ fn https_upstreams_trust_ca_file() {
 fn metrics_count_what_happened() {
     let env = Env::start("");
     chat(&env, "ide-x", true, "scenario:weather");
-    chat(&env, "gpt-oss", false, &raw_script(&std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/header_without_message.sse")).unwrap()));
+    chat(
+        &env,
+        "gpt-oss",
+        false,
+        &raw_script(&std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/header_without_message.sse")).unwrap()),
+    );
     let m = send(client().get(env.url("/metrics"))).text();
     for name in [
         "harmony_proxy_requests_total{",

@@ -80,9 +80,7 @@ fn least_outstanding_spreads_concurrent_streams_evenly_over_three_servers() {
     let mut streams = Vec::new();
     for _ in 0..6 {
         let url = url.clone();
-        streams.push(thread::spawn(move || {
-            post(&format!("{url}/v1/chat/completions"), &chat_body("gpt-oss", true, &script(slow(100, SLOW_TICKS))))
-        }));
+        streams.push(thread::spawn(move || post(&format!("{url}/v1/chat/completions"), &chat_body("gpt-oss", true, &script(slow(100, SLOW_TICKS))))));
         // Each request holds its server before the next arrives.
         thread::sleep(Duration::from_millis(60));
     }

@@ -226,7 +226,8 @@ const NATIVE_LLAMA_STAGES: &str = r#"
 pub fn proxy_for(llama: &Llama, dir: &Path) -> Proc {
     let native_routes = native_routes(NATIVE_LLAMA_STAGES);
     // First match wins: the native routes go before the shared config's catch-all.
-    let cfg = config(&llama.url, "").replace("read_timeout = \"5s\"", "read_timeout = \"60s\"").replacen("[[routes]]", &format!("{native_routes}\n[[routes]]"), 1);
+    let cfg =
+        config(&llama.url, "").replace("read_timeout = \"5s\"", "read_timeout = \"60s\"").replacen("[[routes]]", &format!("{native_routes}\n[[routes]]"), 1);
     std::fs::write(dir.join("proxy.toml"), cfg).unwrap();
     spawn(&["serve", "--config", "proxy.toml", "--port", "0"], dir, &[])
 }
@@ -499,7 +500,8 @@ fn an_in_band_error_without_done_still_ends_the_stream_properly() {
 fn grammar_forced_output_in_small_pieces_comes_out_clean() {
     let Some(h) = harness() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let grammar = r#"root ::= <|channel|> "analysis" <|message|> "Think a bit." <|end|> <|start|> "assistant" <|channel|> "final" <|message|> "Fine: 東京 ok.""#;
+    let grammar =
+        r#"root ::= <|channel|> "analysis" <|message|> "Think a bit." <|end|> <|start|> "assistant" <|channel|> "final" <|message|> "Fine: 東京 ok.""#;
     for mode in [ServerMode::Default, ServerMode::None] {
         let llama = Llama::start(h, &h.random_model, mode, dir.path());
         let proxy = proxy_for(&llama, dir.path());
@@ -564,11 +566,30 @@ struct AgentCli {
 /// Every way the proxy reaches the model: the chat endpoint on a default llama-server (its
 /// template and parser) and on a `--reasoning-format none` one (the proxy parses the raw
 /// Harmony), and `native` on `/v1/completions` and on llama.cpp's `/completion`.
-const EVERY_WAY: &[(ServerMode, &str)] = &[(ServerMode::Default, "ide-tools"), (ServerMode::Default, "native"), (ServerMode::Default, "native-llama"), (ServerMode::None, "ide-tools")];
+const EVERY_WAY: &[(ServerMode, &str)] =
+    &[(ServerMode::Default, "ide-tools"), (ServerMode::Default, "native"), (ServerMode::Default, "native-llama"), (ServerMode::None, "ide-tools")];
 
-const CODEX: AgentCli = AgentCli { name: "codex", package: "@openai/codex", script: "codex.sh", route: "/v1/responses", base_path: "/v1", timeout_env: "CODEX_TIMEOUT", model: "codex_agent", ways: EVERY_WAY };
+const CODEX: AgentCli = AgentCli {
+    name: "codex",
+    package: "@openai/codex",
+    script: "codex.sh",
+    route: "/v1/responses",
+    base_path: "/v1",
+    timeout_env: "CODEX_TIMEOUT",
+    model: "codex_agent",
+    ways: EVERY_WAY,
+};
 
-const CLAUDE_CODE: AgentCli = AgentCli { name: "claude", package: "@anthropic-ai/claude-code", script: "claude.sh", route: "/v1/messages", base_path: "", timeout_env: "CLAUDE_TIMEOUT", model: "claude_agent", ways: EVERY_WAY };
+const CLAUDE_CODE: AgentCli = AgentCli {
+    name: "claude",
+    package: "@anthropic-ai/claude-code",
+    script: "claude.sh",
+    route: "/v1/messages",
+    base_path: "",
+    timeout_env: "CLAUDE_TIMEOUT",
+    model: "claude_agent",
+    ways: EVERY_WAY,
+};
 
 /// Qwen Code's prompt is ~16k tokens (a minute a way on a loaded CI machine): the chat
 /// endpoint and `native`, the two ways the Chat Completions agents differ from Codex's.
@@ -658,10 +679,17 @@ fn agent_cli_loop(agent: &AgentCli) {
             .output()
             .unwrap_or_else(|e| panic!("bash tests/agents/{}: {e}", agent.script));
         let passed = out.status.success();
-        let _ = writeln!(std::io::stderr(), "{} via {case}: {:.1} s, {}", agent.name, started.elapsed().as_secs_f64(), if passed { "passed" } else { "FAILED" });
+        let _ =
+            writeln!(std::io::stderr(), "{} via {case}: {:.1} s, {}", agent.name, started.elapsed().as_secs_f64(), if passed { "passed" } else { "FAILED" });
         if !passed {
             let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            failures.push(format!("--- {} via {case} ({}):\n{report}\n--- proxy log:\n{}\n--- llama-server log tail:\n{}", agent.name, out.status, proxy.log(), llama.logs()));
+            failures.push(format!(
+                "--- {} via {case} ({}):\n{report}\n--- proxy log:\n{}\n--- llama-server log tail:\n{}",
+                agent.name,
+                out.status,
+                proxy.log(),
+                llama.logs()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

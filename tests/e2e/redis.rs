@@ -35,9 +35,7 @@ impl Redis {
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]).stdout(Stdio::null()).stderr(Stdio::null());
         let child = spawn_child(cmd).expect("start redis-server");
         let r = Redis { child, port };
         assert!(eventually(10, || r.cli(&["PING"]).trim() == "PONG"), "redis-server did not start on port {port}");
@@ -142,10 +140,7 @@ fn two_proxies_sharing_redis_give_back_each_others_reasoning_and_go_on_without_i
         assert!(last_request(&mock)["messages"][1].get("reasoning_content").is_none());
     }
     let metrics = client().get(format!("{}/metrics", b.url)).send().unwrap().text().unwrap();
-    assert!(
-        metrics.lines().any(|l| l.starts_with("harmony_proxy_reasoning_store_errors_total{op=\"get\"}") && !l.ends_with(" 0")),
-        "{metrics}"
-    );
+    assert!(metrics.lines().any(|l| l.starts_with("harmony_proxy_reasoning_store_errors_total{op=\"get\"}") && !l.ends_with(" 0")), "{metrics}");
     assert!(eventually(5, || a.log().contains("reasoning store unavailable")), "{}", a.log());
     assert_eq!(b.log().matches("reasoning store unavailable").count(), 1, "logged once a minute at most: {}", b.log());
 }

@@ -119,7 +119,8 @@ fn once_output_reached_the_client_a_failure_ends_the_stream_with_an_error_and_do
     let env = env();
     // Faults after the answer began: cut, stall (read timeout), in-band error frame,
     // close without [DONE], a chunk that is not JSON.
-    for fault in [json!({"cut_after": 13}), json!({"stall_after": 13}), json!({"error_after": 13}), json!({"truncate_after": 13}), json!({"invalid_after": 13})] {
+    for fault in [json!({"cut_after": 13}), json!({"stall_after": 13}), json!({"error_after": 13}), json!({"truncate_after": 13}), json!({"invalid_after": 13})]
+    {
         let k = key();
         let r = ask(&env, true, json!({"text": ANSWER, "key": k, "faults": [fault]}));
         assert_eq!(r.status, 200);
@@ -177,7 +178,8 @@ fn watchdog_ends_endless_reasoning_with_length_and_cancels_upstream() {
 fn a_client_that_leaves_cancels_the_upstream_at_once() {
     let env = env();
     let slow = format!("<|channel|>final<|message|>{}", "word ".repeat(100));
-    let mut resp = client().post(env.url("/v1/chat/completions")).json(&chat_body("gpt-oss", true, &script(json!({"text": slow, "delay_ms": 100})))).send().unwrap();
+    let mut resp =
+        client().post(env.url("/v1/chat/completions")).json(&chat_body("gpt-oss", true, &script(json!({"text": slow, "delay_ms": 100})))).send().unwrap();
     let mut buf = [0u8; 512];
     let n = resp.read(&mut buf).unwrap();
     assert!(n > 0);
@@ -285,7 +287,11 @@ fn an_upstream_that_never_accepts_hits_the_connect_timeout() {
         (listener, addr, fillers)
     });
     let env = Env::with_config(|_| {
-        one_pipeline(&format!("http://{addr}"), "connect_timeout = \"300ms\"", r#"{ type = "retry", max_retries = 1, backoff = "10ms" }, { type = "harmony-parse" }, { type = "tool-bridge" }, { type = "sse-encode" }"#)
+        one_pipeline(
+            &format!("http://{addr}"),
+            "connect_timeout = \"300ms\"",
+            r#"{ type = "retry", max_retries = 1, backoff = "10ms" }, { type = "harmony-parse" }, { type = "tool-bridge" }, { type = "sse-encode" }"#,
+        )
     });
     let started = std::time::Instant::now();
     let r = post(&env.url("/v1/chat/completions"), &chat_body("m", true, "hi"));

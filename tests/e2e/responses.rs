@@ -22,7 +22,11 @@ fn both(env: &Env, body: Value) -> Assembled {
     let r = responses(env, &body);
     assert_eq!(r.status, 200, "{}", r.text());
     let j = response_view(&r.json()).unwrap_or_else(|e| panic!("{e}\n{}", r.text()));
-    let ids = |a: &Assembled| Assembled { tool_calls: a.tool_calls.iter().map(|(_, n, args)| (String::new(), n.clone(), args.clone())).collect(), usage: None, ..a.clone() };
+    let ids = |a: &Assembled| Assembled {
+        tool_calls: a.tool_calls.iter().map(|(_, n, args)| (String::new(), n.clone(), args.clone())).collect(),
+        usage: None,
+        ..a.clone()
+    };
     assert_eq!(ids(&s), ids(&j), "streamed and whole differ");
     s
 }
@@ -135,8 +139,11 @@ fn a_stored_response_is_continued_by_previous_response_id_read_and_deleted() {
     assert_eq!((got.status, got.json()), (200, first.clone()));
 
     let call_id = first["output"][2]["call_id"].as_str().unwrap();
-    let r = responses(&env, &json!({"model": "gpt-oss-20b", "previous_response_id": id, "tools": tools,
-        "input": [{"type": "function_call_output", "call_id": call_id, "output": "18C and sunny"}]}));
+    let r = responses(
+        &env,
+        &json!({"model": "gpt-oss-20b", "previous_response_id": id, "tools": tools,
+        "input": [{"type": "function_call_output", "call_id": call_id, "output": "18C and sunny"}]}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["previous_response_id"], id.as_str());
     let sent = env.mock_stats()["last_request"]["messages"].clone();
@@ -171,7 +178,8 @@ fn sealed_reasoning_reaches_the_model_through_any_replica_with_the_key() {
     let b = Env::start("reasoning_key = \"team-secret\"");
     let c = Env::start("");
     let tools = json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
-    let first = responses(&a, &json!({"model": "m", "input": "scenario:weather", "tools": tools, "store": false, "include": ["reasoning.encrypted_content"]})).json();
+    let first =
+        responses(&a, &json!({"model": "m", "input": "scenario:weather", "tools": tools, "store": false, "include": ["reasoning.encrypted_content"]})).json();
     let reasoning = first["output"][0].clone();
     let blob = reasoning["encrypted_content"].as_str().unwrap().to_owned();
     assert!(blob.starts_with("hp1.") && !blob.contains("Paris"), "{reasoning}");

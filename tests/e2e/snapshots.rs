@@ -62,12 +62,16 @@ fn client_bytes_for_every_fixture_in_every_mode() {
 /// Every recorded upstream stream of tests/fixtures, by name, in name order.
 fn fixtures() -> Vec<(String, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.path().file_name()?.to_str()?.strip_suffix(".sse").map(str::to_owned))
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()?.path().file_name()?.to_str()?.strip_suffix(".sse").map(str::to_owned)).collect();
     names.sort();
-    names.into_iter().map(|name| { let body = std::fs::read(dir.join(format!("{name}.sse"))).unwrap(); (name, body) }).collect()
+    names
+        .into_iter()
+        .map(|name| {
+            let body = std::fs::read(dir.join(format!("{name}.sse"))).unwrap();
+            (name, body)
+        })
+        .collect()
 }
 
 /// The compiled pipeline the shipped config routes `path` to.

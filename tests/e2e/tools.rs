@@ -7,7 +7,11 @@ use crate::common::*;
 
 fn env_with_bridge(bridge: &str) -> Env {
     Env::with_config(|mock| {
-        one_pipeline(mock, "", &format!(r#"{{ type = "history-clean" }}, {{ type = "harmony-parse" }}, {{ type = "tool-bridge", {bridge} }}, {{ type = "sse-encode" }}"#))
+        one_pipeline(
+            mock,
+            "",
+            &format!(r#"{{ type = "history-clean" }}, {{ type = "harmony-parse" }}, {{ type = "tool-bridge", {bridge} }}, {{ type = "sse-encode" }}"#),
+        )
     })
 }
 

@@ -122,12 +122,7 @@ fn last_final_block(raw: &str) -> Option<String> {
         }
         Piece::Text(t) => header.push_str(t),
     });
-    blocks
-        .into_iter()
-        .rev()
-        .find(|(ch, _)| matches!(ch, Some("final") | None))
-        .map(|(_, text)| text)
-        .filter(|t| !t.trim().is_empty())
+    blocks.into_iter().rev().find(|(ch, _)| matches!(ch, Some("final") | None)).map(|(_, text)| text).filter(|t| !t.trim().is_empty())
 }
 
 impl crate::pipeline::StageConfig for FallbackConfig {
@@ -152,11 +147,7 @@ mod tests {
         assert_eq!(rec("assistant<|channel|>analysis thinking"), [Event::Text(Channel::Analysis, "thinking".into())]);
         assert_eq!(
             rec("<|channel|>commentary to=functions.f <|constrain|>json {\"a\":1}"),
-            [
-                Event::ToolCallStart { name: "functions.f".into(), id: None },
-                Event::ToolCallArgs("{\"a\":1}".into()),
-                Event::ToolCallEnd
-            ]
+            [Event::ToolCallStart { name: "functions.f".into(), id: None }, Event::ToolCallArgs("{\"a\":1}".into()), Event::ToolCallEnd]
         );
     }
 

@@ -218,7 +218,8 @@ pub fn conversation(body: &Value, default_effort: Effort, date: &str) -> Result<
             }
             "user" => rest.push(Message::from_role_and_content(Role::User, text_of(m.get("content"), &at)?)),
             "assistant" => {
-                let reasoning = ["reasoning_content", "reasoning", "thinking"].iter().find_map(|f| m.get(*f).and_then(Value::as_str).filter(|r| !r.trim().is_empty()));
+                let reasoning =
+                    ["reasoning_content", "reasoning", "thinking"].iter().find_map(|f| m.get(*f).and_then(Value::as_str).filter(|r| !r.trim().is_empty()));
                 if let Some(r) = reasoning {
                     rest.push(Message::from_role_and_content(Role::Assistant, r).with_channel("analysis"));
                 }
@@ -295,9 +296,16 @@ pub fn conversation(body: &Value, default_effort: Effort, date: &str) -> Result<
             // The official renderer reshapes tool text into TypeScript and tokenizes it as it
             // is: a word in it is bounded, so that rendering stays linear (crate::tokens).
             let params = f.get("parameters").map(crate::tokens::longest_piece_in).unwrap_or(0);
-            for (what, n) in [("function.name", crate::tokens::longest_piece(name)), ("function.description", crate::tokens::longest_piece(desc)), ("function.parameters", params)] {
+            for (what, n) in [
+                ("function.name", crate::tokens::longest_piece(name)),
+                ("function.description", crate::tokens::longest_piece(desc)),
+                ("function.parameters", params),
+            ] {
                 if n > crate::tokens::MAX_TOOL_PIECE {
-                    return Err(bad(&format!("tools[{j}].{what}"), format!("holds a word of {n} bytes; at most {} can be rendered", crate::tokens::MAX_TOOL_PIECE)));
+                    return Err(bad(
+                        &format!("tools[{j}].{what}"),
+                        format!("holds a word of {n} bytes; at most {} can be rendered", crate::tokens::MAX_TOOL_PIECE),
+                    ));
                 }
             }
             descs.push(ToolDescription::new(name, desc, f.get("parameters").cloned()));

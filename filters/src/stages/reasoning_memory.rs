@@ -87,13 +87,7 @@ fn default_store_timeout() -> Dur {
 
 impl Default for ReasoningMemoryConfig {
     fn default() -> Self {
-        Self {
-            field: Field::default(),
-            max_bytes: default_max_bytes(),
-            ttl: default_ttl(),
-            store: default_store(),
-            store_timeout: default_store_timeout(),
-        }
+        Self { field: Field::default(), max_bytes: default_max_bytes(), ttl: default_ttl(), store: default_store(), store_timeout: default_store_timeout() }
     }
 }
 
@@ -382,24 +376,17 @@ impl ReasoningMemory {
 /// theirs back.
 pub fn restore(req: &mut Value, field: Field, scope: &str, store: &dyn ReasoningStore) -> usize {
     let Some(messages) = req.get_mut("messages").and_then(Value::as_array_mut) else { return 0 };
-    let is_tool_turn = |m: &Value| m.get("role").and_then(Value::as_str) == Some("assistant") && m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+    let is_tool_turn =
+        |m: &Value| m.get("role").and_then(Value::as_str) == Some("assistant") && m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
     // Harmony drops the analysis of turns before the last final answer itself.
-    let first = messages
-        .iter()
-        .rposition(|m| m.get("role").and_then(Value::as_str) == Some("assistant") && !is_tool_turn(m))
-        .map_or(0, |i| i + 1);
+    let first = messages.iter().rposition(|m| m.get("role").and_then(Value::as_str) == Some("assistant") && !is_tool_turn(m)).map_or(0, |i| i + 1);
     let mut restored = 0;
     for m in &mut messages[first..] {
         if !is_tool_turn(m) {
             continue;
         }
         let given = REASONING_FIELDS.iter().find_map(|f| m.get(*f).and_then(Value::as_str).filter(|r| !r.trim().is_empty()).map(|r| (*f, r.trim().to_owned())));
-        let found = m["tool_calls"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.get("id").and_then(Value::as_str))
-            .find_map(|id| store.get(scope, id));
+        let found = m["tool_calls"].as_array().into_iter().flatten().filter_map(|c| c.get("id").and_then(Value::as_str)).find_map(|id| store.get(scope, id));
         let Some(r) = found else { continue };
         // The client's own reasoning stands, unless it is only the end of what was said: the
         // OpenAI Node SDK's stream helper keeps just the last reasoning delta of a stream.
@@ -527,10 +514,19 @@ mod tests {
         let store = Arc::new(MemoryStore::new(1 << 20, Duration::from_secs(60)));
         let f = ReasoningMemoryFactory::with_store(Field::ReasoningContent, store.clone());
         let meta = RequestMeta::new("m", true, false);
-        let out = run_turn(&f, &meta, vec![Event::Text(Channel::Analysis, "Need the weather.".into()), Event::ToolCallStart { name: "functions.get_weather".into(), id: None }, Event::ToolCallEnd]);
+        let out = run_turn(
+            &f,
+            &meta,
+            vec![
+                Event::Text(Channel::Analysis, "Need the weather.".into()),
+                Event::ToolCallStart { name: "functions.get_weather".into(), id: None },
+                Event::ToolCallEnd,
+            ],
+        );
         let Some(Event::ToolCallStart { id: Some(id), .. }) = out.iter().find(|e| matches!(e, Event::ToolCallStart { .. })) else { panic!("{out:?}") };
         assert!(id.starts_with("call_"));
-        let mut req = json!({"messages": [{"role": "user", "content": "weather?"}, turn(&[id], None), {"role": "tool", "tool_call_id": id, "content": "sunny"}]});
+        let mut req =
+            json!({"messages": [{"role": "user", "content": "weather?"}, turn(&[id], None), {"role": "tool", "tool_call_id": id, "content": "sunny"}]});
         on_request(&mut f.new_stage(&meta), &mut req);
         assert_eq!(req["messages"][1]["reasoning_content"], "Need the weather.");
         // Reasoning the client sent itself is left alone; other ids get nothing.
@@ -574,7 +570,15 @@ mod tests {
     fn upstream_parsed_calls_get_one_client_id_each() {
         let store = Arc::new(MemoryStore::new(1 << 20, Duration::from_secs(60)));
         let f = ReasoningMemoryFactory::with_store(Field::ReasoningContent, store.clone());
-        let up = |id: Option<&str>, args: &str| Event::UpstreamToolCall(crate::event::UpstreamToolCall { index: 0, id: id.map(Into::into), name: None, arguments: Some(args.into()), client_id: None });
+        let up = |id: Option<&str>, args: &str| {
+            Event::UpstreamToolCall(crate::event::UpstreamToolCall {
+                index: 0,
+                id: id.map(Into::into),
+                name: None,
+                arguments: Some(args.into()),
+                client_id: None,
+            })
+        };
         let out = run_turn(&f, &RequestMeta::new("m", true, false), vec![Event::UpstreamReasoning("think".into()), up(Some("x"), "{"), up(None, "}")]);
         let ids: Vec<_> = out.iter().filter_map(|e| if let Event::UpstreamToolCall(u) = e { Some(u.client_id.clone()) } else { None }).collect();
         assert!(matches!(&ids[..], [Some(_), None]), "{ids:?}");

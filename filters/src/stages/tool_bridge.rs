@@ -486,7 +486,8 @@ mod tests {
                 up(5, Some("x2"), Some("g"), Some("{}")),
             ],
         );
-        let names: Vec<_> = out.iter().filter_map(|e| if let Event::ClientToolCall { index, name, .. } = e { Some((*index, name.clone())) } else { None }).collect();
+        let names: Vec<_> =
+            out.iter().filter_map(|e| if let Event::ClientToolCall { index, name, .. } = e { Some((*index, name.clone())) } else { None }).collect();
         assert_eq!(names, [(0, "f".to_string()), (1, "g".to_string())]);
         let args0: String = out.iter().filter_map(|e| if let Event::ClientToolArgs { index: 0, args } = e { Some(args.as_str()) } else { None }).collect();
         assert_eq!(args0, "{\"a\":1}");

@@ -15,8 +15,8 @@ use std::io::Write as _;
 use bytes::{BufMut as _, BytesMut};
 use serde_json::Value;
 
-use crate::event::{Event, FinishReason, ReasoningField};
 use crate::api::Ending;
+use crate::event::{Event, FinishReason, ReasoningField};
 use crate::stage::{RequestMeta, Stage, Stats};
 
 struct ToolCall {
@@ -227,7 +227,12 @@ impl Stage for ChatEncoder {
                 if self.stream {
                     self.ensure_role(out);
                     self.begin_chunk();
-                    let _ = write!((&mut self.buf).writer(), "{{\"tool_calls\":[{{\"index\":{index},\"id\":{},\"type\":\"function\",\"function\":{{\"name\":{},\"arguments\":\"\"}}}}]}}", json_str(&id), json_str(&name));
+                    let _ = write!(
+                        (&mut self.buf).writer(),
+                        "{{\"tool_calls\":[{{\"index\":{index},\"id\":{},\"type\":\"function\",\"function\":{{\"name\":{},\"arguments\":\"\"}}}}]}}",
+                        json_str(&id),
+                        json_str(&name)
+                    );
                     self.end_chunk(None, out);
                 } else {
                     self.calls.push(ToolCall { id, name, args: String::new() });

@@ -33,7 +33,6 @@ fn invalid(param: impl Into<String>, message: impl std::fmt::Display) -> ApiErro
     ApiError::invalid(param, message)
 }
 
-
 /// A client's tool id as the chat conversation knows it (`toolu_X` → `call_X`).
 pub fn call_id(tool_use_id: &str) -> String {
     match tool_use_id.strip_prefix("toolu_") {
@@ -61,7 +60,9 @@ fn text_blocks(content: Content, at: &str) -> Result<String, ApiError> {
             for (j, b) in blocks.iter().enumerate() {
                 match b.get("type").and_then(Value::as_str).unwrap_or("") {
                     "text" => parts.push(b.get("text").and_then(Value::as_str).unwrap_or("").to_owned()),
-                    t @ ("image" | "document" | "search_result") => return Err(invalid(format!("{at}.content[{j}]"), format!("gpt-oss reads text only; a `{t}` block cannot be sent to it"))),
+                    t @ ("image" | "document" | "search_result") => {
+                        return Err(invalid(format!("{at}.content[{j}]"), format!("gpt-oss reads text only; a `{t}` block cannot be sent to it")))
+                    }
                     other => return Err(invalid(format!("{at}.content[{j}].type"), format!("unknown block type {other:?} here"))),
                 }
             }
@@ -106,7 +107,9 @@ impl Conversation {
                     }
                     self.messages.push(json!({"role": "tool", "tool_call_id": call_id(id), "content": out}));
                 }
-                t @ ("image" | "document" | "search_result") => return Err(invalid(at, format!("gpt-oss reads text only; a `{t}` block cannot be sent to it"))),
+                t @ ("image" | "document" | "search_result") => {
+                    return Err(invalid(at, format!("gpt-oss reads text only; a `{t}` block cannot be sent to it")))
+                }
                 other => return Err(invalid(format!("{at}.type"), format!("unknown block type {other:?} in a user message"))),
             }
         }
@@ -250,7 +253,10 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     let mut notes = Vec::new();
     if conv.unopened > 0 {
         metrics::counter!("harmony_proxy_sealed_reasoning_rejected_total").increment(conv.unopened);
-        tracing::info!(blocks = conv.unopened, "thinking signatures that do not open with this proxy's key were ignored (another key, another process without server.reasoning_key, or not ours)");
+        tracing::info!(
+            blocks = conv.unopened,
+            "thinking signatures that do not open with this proxy's key were ignored (another key, another process without server.reasoning_key, or not ours)"
+        );
         notes.push(format!("{} thinking signature(s) did not open", conv.unopened));
     }
 
@@ -384,11 +390,13 @@ mod tests {
     fn a_thinking_block_without_text_gives_its_sealed_reasoning_and_a_foreign_one_nothing() {
         let env = EdgeEnv::standalone();
         let sig = env.sealer.seal("", "Sealed thought.");
-        let body = |sig: &str| json!({"model": "m", "max_tokens": 9, "messages": [
-            {"role": "user", "content": "q"},
-            {"role": "assistant", "content": [{"type": "thinking", "thinking": "", "signature": sig}, {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "boom"}], "is_error": true}]}
-        ]});
+        let body = |sig: &str| {
+            json!({"model": "m", "max_tokens": 9, "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": [{"type": "thinking", "thinking": "", "signature": sig}, {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "boom"}], "is_error": true}]}
+            ]})
+        };
         let d = decode(body(&sig), &env).unwrap();
         assert_eq!(d.chat["messages"][1]["reasoning_content"], "Sealed thought.");
         assert_eq!(d.chat["messages"][2]["content"], "The tool reported an error:\nboom");
@@ -414,7 +422,8 @@ mod tests {
         let e = err(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}));
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0]"));
         assert!(e.message.contains("gpt-oss reads text only"));
-        let e = err(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "hologram"}]}]}));
+        let e =
+            err(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "hologram"}]}]}));
         assert_eq!(e.param.as_deref(), Some("messages[0].content[1].type"));
         assert_eq!(err(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "robot", "content": "x"}]})).param.as_deref(), Some("messages[0].role"));
         assert_eq!(err(json!({"model": "m", "max_tokens": "many", "messages": []})).param.as_deref(), Some("max_tokens"));

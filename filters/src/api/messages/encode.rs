@@ -32,8 +32,8 @@ use serde_json::{json, Value};
 use super::decode::tool_use_id;
 use super::stops::StopScan;
 use super::{error_json, Context};
-use crate::event::{Event, FinishReason};
 use crate::api::Ending;
+use crate::event::{Event, FinishReason};
 use crate::stage::{RequestMeta, Stage, Stats};
 
 /// Longest silence on a stream before a `ping`.
@@ -391,7 +391,10 @@ mod tests {
     #[test]
     fn a_stop_sequence_ends_the_answer_before_it_names_it_and_stops_reading_the_upstream() {
         let d = crate::api::ClientApi::Messages
-            .decode(json!({"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}], "stream": true, "stop_sequences": ["END", "\n\nHuman:"]}), &crate::api::EdgeEnv::standalone())
+            .decode(
+                json!({"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}], "stream": true, "stop_sequences": ["END", "\n\nHuman:"]}),
+                &crate::api::EdgeEnv::standalone(),
+            )
             .unwrap();
         assert!(d.chat.get("stop").is_none(), "the encoder applies them, so it knows which one");
         let mut meta = RequestMeta::new("m", true, true);

@@ -24,7 +24,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use super::types::{CallOutputItem, Content, CustomTool, CustomToolCallItem, FunctionCallItem, FunctionTool, Input, MessageItem, NamespaceTool, ReasoningItem, Request, TextFormat};
+use super::types::{
+    CallOutputItem, Content, CustomTool, CustomToolCallItem, FunctionCallItem, FunctionTool, Input, MessageItem, NamespaceTool, ReasoningItem, Request,
+    TextFormat,
+};
 use super::{Context, Stored, Storing, ToolOrigin, NAMESPACE_SEPARATOR};
 use crate::api::{typed, ApiContext, Decoded, EdgeEnv};
 use crate::event::ApiError;
@@ -33,7 +36,6 @@ use crate::stage::random_id;
 fn invalid(param: impl Into<String>, message: impl std::fmt::Display) -> ApiError {
     ApiError::invalid(param, message)
 }
-
 
 /// The text of content parts (`input_text`, `output_text`, `text`, `refusal`); images,
 /// files and audio are refused: gpt-oss reads text only.
@@ -216,7 +218,12 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     if let Some(id) = &req.previous_response_id {
         let stored = env.store.get(&env.scope, id).and_then(|v| serde_json::from_str::<Stored>(&v).ok());
         let Some(stored) = stored else {
-            let mut e = ApiError::new(404, "invalid_request_error", Some("previous_response_not_found"), format!("previous_response_id: no stored response {id:?} (unknown, expired, deleted, or stored with another key)"));
+            let mut e = ApiError::new(
+                404,
+                "invalid_request_error",
+                Some("previous_response_not_found"),
+                format!("previous_response_id: no stored response {id:?} (unknown, expired, deleted, or stored with another key)"),
+            );
             e.param = Some("previous_response_id".into());
             return Err(e);
         };
@@ -326,7 +333,10 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     let mut notes = Vec::new();
     if unopened > 0 {
         metrics::counter!("harmony_proxy_sealed_reasoning_rejected_total").increment(unopened);
-        tracing::info!(items = unopened, "encrypted reasoning that does not open with this proxy's key was ignored (another key, another process without server.reasoning_key, or not ours)");
+        tracing::info!(
+            items = unopened,
+            "encrypted reasoning that does not open with this proxy's key was ignored (another key, another process without server.reasoning_key, or not ours)"
+        );
         notes.push(format!("{unopened} encrypted reasoning item(s) did not open"));
     }
 
@@ -511,7 +521,9 @@ mod tests {
     #[test]
     fn bad_input_is_refused_naming_its_place() {
         assert_eq!(err(json!({"input": "hi"})).param.as_deref(), Some("model"));
-        let e = err(json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": "x"}]}]}));
+        let e = err(
+            json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": "x"}]}]}),
+        );
         assert_eq!(e.param.as_deref(), Some("input[0].content[1]"));
         assert!(e.message.contains("gpt-oss reads text only"), "{}", e.message);
         assert_eq!(err(json!({"model": "m", "input": [{"type": "teleport"}]})).param.as_deref(), Some("input[0].type"));

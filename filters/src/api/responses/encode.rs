@@ -30,8 +30,8 @@ use bytes::{BufMut as _, BytesMut};
 use serde_json::{json, Map, Value};
 
 use super::{Context, ToolOrigin};
-use crate::event::{ApiError, Event, FinishReason};
 use crate::api::Ending;
+use crate::event::{ApiError, Event, FinishReason};
 use crate::stage::{random_id, RequestMeta, Stage, Stats};
 
 /// Longest silence on a started stream before a `response.in_progress` heartbeat.
@@ -198,7 +198,8 @@ impl ResponsesEncoder {
             }
             Item::Call { id, call_id, name, args } => match self.ctx.tools.get(name) {
                 Some(ToolOrigin::Custom) => {
-                    let input = serde_json::from_str::<Value>(args).ok().and_then(|v| v.get("input").and_then(Value::as_str).map(str::to_owned)).unwrap_or_default();
+                    let input =
+                        serde_json::from_str::<Value>(args).ok().and_then(|v| v.get("input").and_then(Value::as_str).map(str::to_owned)).unwrap_or_default();
                     json!({"type": "custom_tool_call", "id": id, "call_id": call_id, "name": name, "input": input, "status": status})
                 }
                 Some(ToolOrigin::Namespaced { namespace, name }) => {
@@ -225,7 +226,11 @@ impl ResponsesEncoder {
                 }
                 Item::Message { id, text } => {
                     let (id, text) = (Value::from(id.as_str()), Value::from(text.as_str()));
-                    self.event("response.output_text.done", &[("item_id", &id), ("output_index", &idx), ("content_index", &zero), ("text", &text), ("logprobs", &json!([]))], out);
+                    self.event(
+                        "response.output_text.done",
+                        &[("item_id", &id), ("output_index", &idx), ("content_index", &zero), ("text", &text), ("logprobs", &json!([]))],
+                        out,
+                    );
                     let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
                     self.event("response.content_part.done", &[("item_id", &id), ("output_index", &idx), ("content_index", &zero), ("part", &part)], out);
                 }
@@ -471,7 +476,10 @@ mod tests {
         }
         enc.on_end(&mut out);
         let r: Value = serde_json::from_slice(&wire(&out)).unwrap();
-        assert_eq!(r["output"][0], json!({"type": "custom_tool_call", "id": r["output"][0]["id"], "call_id": "call_1", "name": "apply_patch", "input": "*** Begin Patch", "status": "completed"}));
+        assert_eq!(
+            r["output"][0],
+            json!({"type": "custom_tool_call", "id": r["output"][0]["id"], "call_id": "call_1", "name": "apply_patch", "input": "*** Begin Patch", "status": "completed"})
+        );
         assert_eq!((r["output"][1]["name"].as_str(), r["output"][1]["namespace"].as_str()), (Some("spawn"), Some("agents")));
     }
 

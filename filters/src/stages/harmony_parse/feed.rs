@@ -287,4 +287,3 @@ impl HarmonyParse {
         None
     }
 }
-

@@ -16,11 +16,7 @@ use crate::event::Event;
 pub(super) const MAX_GLUED_HEADER: usize = 512;
 
 /// Words that stand for stripped headers: `assistantfinal`, …
-pub(super) const GLUED: [(&str, &str); 3] = [
-    ("assistantfinal", "final"),
-    ("assistantanalysis", "analysis"),
-    ("assistantcommentary", "commentary"),
-];
+pub(super) const GLUED: [(&str, &str); 3] = [("assistantfinal", "final"), ("assistantanalysis", "analysis"), ("assistantcommentary", "commentary")];
 
 /// What follows a channel word whose special tokens were stripped.
 #[derive(Debug, PartialEq, Eq)]

@@ -54,10 +54,10 @@ mod glued;
 mod header;
 mod token_ids;
 
-pub use header::{clean_name, is_junk, HeaderInfo};
-use token_ids::TokenPath;
 use crate::stage::{RequestMeta, Stage, StageFactory, Stats};
 use crate::values::Flag;
+pub use header::{clean_name, is_junk, HeaderInfo};
+use token_ids::TokenPath;
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -250,7 +250,16 @@ pub struct HarmonyParse {
 
 impl HarmonyParse {
     fn new(sh: Arc<Shared>) -> Self {
-        Self { sh, token_path: None, scanner: Scanner::default(), state: State::between(), at_start: true, seen_message: false, glued_stream: false, parser_errors: 0 }
+        Self {
+            sh,
+            token_path: None,
+            scanner: Scanner::default(),
+            state: State::between(),
+            at_start: true,
+            seen_message: false,
+            glued_stream: false,
+            parser_errors: 0,
+        }
     }
 
     /// Upstream text, read in pieces of at most [`MAX_PIECE`] bytes: a step of the state
@@ -333,8 +342,7 @@ fn encode(enc: &HarmonyEncoding, mut text: &str, out: &mut Vec<Rank>) {
 }
 
 fn new_parser(enc: &HarmonyEncoding) -> StreamableParser {
-    StreamableParser::new_with_options(enc.clone(), None, ParseOptions { strict: false })
-        .expect("the Harmony encoding has its stop tokens")
+    StreamableParser::new_with_options(enc.clone(), None, ParseOptions { strict: false }).expect("the Harmony encoding has its stop tokens")
 }
 
 impl Stage for HarmonyParse {

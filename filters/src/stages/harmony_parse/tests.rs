@@ -20,7 +20,21 @@ fn llama_cpp_output_starts_at_channel() {
 
 #[test]
 fn one_token_per_delta() {
-    let ev = run(&["<|channel|>", "analysis", "<|message|>", "We", " think", "<|end|>", "<|start|>", "assistant", "<|channel|>", "final", "<|message|>", "Hel", "lo"]);
+    let ev = run(&[
+        "<|channel|>",
+        "analysis",
+        "<|message|>",
+        "We",
+        " think",
+        "<|end|>",
+        "<|start|>",
+        "assistant",
+        "<|channel|>",
+        "final",
+        "<|message|>",
+        "Hel",
+        "lo",
+    ]);
     assert_eq!(ev, ["analysis:We", "analysis: think", "final:Hel", "final:lo"]);
 }
 
@@ -131,10 +145,7 @@ fn malformed_headers() {
     // An empty channel is not the answer (issue: agent sessions, every wild shape).
     assert_eq!(run(&["<|channel|><|message|>A"]), ["analysis:A"]);
     assert_eq!(run(&["<|start|><|start|>assistant<|channel|>final<|message|>A"]), ["final:A"]);
-    assert_eq!(
-        run(&["<|channel|>analysis<|message|>x<|end|><|return|>assistant<|channel|>final<|message|>A"]),
-        ["analysis:x", "final:A"]
-    );
+    assert_eq!(run(&["<|channel|>analysis<|message|>x<|end|><|return|>assistant<|channel|>final<|message|>A"]), ["analysis:x", "final:A"]);
     assert_eq!(run(&["<|channel|>final {\"answer\": 42}"]), ["unparsed:<|channel|>final {\"answer\": 42}"]);
 }
 
