@@ -75,7 +75,7 @@ fn replacement(status: u16, path: &str) -> Vec<u8> {
         _ => ("bad_request", "the request could not be read: its request line, a header or Content-Length is malformed", "Bad Request"),
     };
     let e = ApiError::new(status, "invalid_request_error", Some(code), message);
-    let body = serde_json::to_vec(&crate::server::api_of_errors(path).error_json(&e)).unwrap_or_default();
+    let body = serde_json::to_vec(&harmony_filters::ClientApi::for_errors(path).error_json(&e)).unwrap_or_default();
     let mut out =
         format!("HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).into_bytes();
     out.extend_from_slice(&body);

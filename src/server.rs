@@ -92,16 +92,6 @@ pub fn error_response(e: &ApiError) -> Response<RespBody> {
 #[derive(Clone)]
 pub struct ProxyError(pub ApiError);
 
-/// The client API whose error shape a path's answers take: every `/v1/messages…` path is
-/// Anthropic's, the rest OpenAI's.
-pub(crate) fn api_of_errors(path: &str) -> ClientApi {
-    if path == "/v1/messages" || path.starts_with("/v1/messages/") {
-        ClientApi::Messages
-    } else {
-        ClientApi::for_path(path)
-    }
-}
-
 /// The client's API key: `Authorization: Bearer …`, or Anthropic's `x-api-key`.
 fn client_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
@@ -299,14 +289,11 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let snap = state.snapshot.load_full();
     let mut resp = dispatch(&state, snap, req, &rid).await;
-    // The proxy's own errors in the shape of the client's API.
-    let api = api_of_errors(&path);
-    if api != ClientApi::Chat {
-        if let Some(ProxyError(e)) = resp.extensions().get::<ProxyError>().cloned() {
-            let (mut parts, _) = resp.into_parts();
-            parts.headers.remove(header::CONTENT_LENGTH);
-            resp = Response::from_parts(parts, body_of(serde_json::to_vec(&api.error_json(&e)).unwrap_or_default()));
-        }
+    // The proxy's own errors in the shape of the client's API (the API of the path).
+    if let Some(ProxyError(e)) = resp.extensions().get::<ProxyError>().cloned() {
+        let (mut parts, _) = resp.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        resp = Response::from_parts(parts, body_of(serde_json::to_vec(&ClientApi::for_errors(&path).error_json(&e)).unwrap_or_default()));
     }
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
@@ -366,32 +353,15 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
             return err(401, "invalid_request_error", Some("invalid_api_key"), "missing or invalid API key (Authorization: Bearer …, or x-api-key)");
         }
     }
-    if let Some(id) = path.strip_prefix("/v1/responses/").filter(|id| !id.is_empty() && !id.contains('/')) {
-        if let Some(store) = snap.responses_store() {
-            let slot = match admit(state, &snap) {
-                Ok(g) => g,
-                Err(r) => return r,
-            };
-            let (method, id, scope) = (req.method().clone(), id.to_owned(), auth_scope(&snap, req.headers()).unwrap_or_default());
-            // The store may be Redis: its reads block, so not on a worker.
-            return off_worker(None, move || {
-                let _slot = slot;
-                stored_response(&method, &id, store.as_ref(), &scope)
-            })
-            .await;
-        }
-    }
-    if path == "/v1/messages/count_tokens" {
-        if req.method() != Method::POST {
-            return err(405, "invalid_request_error", Some("method_not_allowed"), format!("{path} takes POST"));
-        }
-        return count_tokens(state, &snap, req).await;
+    // What a client API answers itself (stored responses, count_tokens).
+    if let Some((api, own)) = ClientApi::own(&path) {
+        return own_request(state, &snap, api, own, req).await;
     }
     if snap.has_route_path(&path) {
         if req.method() != Method::POST {
             return err(405, "invalid_request_error", Some("method_not_allowed"), format!("{path} takes POST"));
         }
-        return chat(state, snap.clone(), req, rid).await;
+        return pipeline_request(state, snap.clone(), req, rid).await;
     }
     // A forwarded body streams on: its slot is taken before (and given back at its deadline).
     let _slot = match admit(state, &snap) {
@@ -457,28 +427,6 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// `GET` / `DELETE /v1/responses/{id}`: a stored response (kept with `store`, the default),
-/// within the client's key scope.
-fn stored_response(method: &Method, id: &str, store: &dyn harmony_filters::stages::reasoning_memory::ReasoningStore, scope: &str) -> Response<RespBody> {
-    let stored = store.get(scope, id).and_then(|v| serde_json::from_str::<harmony_filters::api::responses::Stored>(&v).ok());
-    let Some(stored) = stored else {
-        return err(
-            404,
-            "invalid_request_error",
-            Some("not_found"),
-            format!("no stored response {id:?} (unknown, expired, deleted, or stored with another key)"),
-        );
-    };
-    match *method {
-        Method::GET => json_response(200, &stored.response),
-        Method::DELETE => {
-            store.delete(scope, id);
-            json_response(200, &serde_json::json!({"id": id, "object": "response.deleted", "deleted": true}))
-        }
-        _ => err(405, "invalid_request_error", Some("method_not_allowed"), "use GET or DELETE"),
-    }
-}
-
 /// The concurrency limit: a guard while under it, a 503 beyond it.
 #[allow(clippy::result_large_err)] // the error is the response itself, built once
 fn admit(state: &Arc<AppState>, snap: &Snapshot) -> Result<Slot, Response<RespBody>> {
@@ -513,8 +461,9 @@ async fn read_body(snap: &Snapshot, req: Request<Incoming>) -> Result<Bytes, Res
     crate::request_body::read(&parts.headers, body, server.max_body_bytes, server.body_read_timeout.0).await.map_err(|e| error_response(&e))
 }
 
-/// `POST` on a routed path: the request phase, the upstream call, the response pipeline.
-async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>, rid: &str) -> Response<RespBody> {
+/// `POST` on a routed path, whatever its client API: the API's edge decodes it, then the
+/// request phase, the upstream call, the response pipeline (which ends in the API's encoder).
+async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>, rid: &str) -> Response<RespBody> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let auth_scope = auth_scope(&snap, req.headers());
@@ -609,18 +558,12 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     let info = RouteInfo { route: route.label.clone(), model: model.clone(), attempts: retries + 1 };
     let (resp, lease) = match outcome {
         Outcome::Stream(r, lease) => (r, lease),
-        Outcome::Passthrough(r, lease) if api == ClientApi::Messages => {
-            // The upstream's refusal (a 4xx), said in Anthropic's shape.
+        Outcome::Passthrough(r, lease) if api.reshapes_refusals() => {
+            // The upstream's refusal (a 4xx), said in the client API's shape.
             let status = r.status().as_u16();
             let body = http_body_util::Limited::new(r.into_body(), 1 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             drop(lease);
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let msg = v
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(2000).collect());
-            let mut r = error_response(&ApiError::new(status, "upstream_error", None, format!("the model server answered {status}: {msg}")));
+            let mut r = error_response(&api.refusal(status, &body));
             r.extensions_mut().insert(info);
             return r;
         }
@@ -666,43 +609,42 @@ async fn chat(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incoming>
     r
 }
 
-/// `POST /v1/messages/count_tokens`: the exact length of the Harmony prompt the request
-/// renders to (the official renderer, as `harmony-render` sends it).
-async fn count_tokens(state: &Arc<AppState>, snap: &Snapshot, req: Request<Incoming>) -> Response<RespBody> {
-    let auth_scope = auth_scope(snap, req.headers());
-    let raw = match read_body(snap, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
+/// A request a client API answers itself ([`harmony_filters::api::Own`]): its body read
+/// (a `POST`), a slot taken, then the API's answer, off the workers (it may tokenize a whole
+/// prompt, or wait on the store).
+async fn own_request(state: &Arc<AppState>, snap: &Snapshot, api: ClientApi, own: harmony_filters::api::Own, req: Request<Incoming>) -> Response<RespBody> {
+    let method = req.method().as_str().to_owned();
+    if !own.methods().contains(&method.as_str()) {
+        return err(405, "invalid_request_error", Some("method_not_allowed"), format!("{} takes {}", req.uri().path(), own.methods().join(" or ")));
+    }
+    let scope = auth_scope(snap, req.headers()).unwrap_or_default();
+    let body = if method == "POST" {
+        let raw = match read_body(snap, req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        match serde_json::from_slice(&raw) {
+            Ok(v @ Value::Object(_)) => Some(v),
+            Ok(_) => return err(400, "invalid_request_error", Some("invalid_json"), "request body must be a JSON object"),
+            Err(e) => return err(400, "invalid_request_error", Some("invalid_json"), format!("request body is not valid JSON: {e}")),
+        }
+    } else {
+        None
     };
     let slot = match admit(state, snap) {
         Ok(g) => g,
         Err(r) => return r,
     };
-    let mut body: Value = match serde_json::from_slice(&raw) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return err(400, "invalid_request_error", Some("invalid_json"), "request body must be a JSON object"),
-        Err(e) => return err(400, "invalid_request_error", Some("invalid_json"), format!("request body is not valid JSON: {e}")),
-    };
-    // count_tokens takes no max_tokens; the decoder wants one.
-    if body.get("max_tokens").is_none() {
-        body["max_tokens"] = Value::from(1);
-    }
-    let env = EdgeEnv {
-        store: harmony_filters::stages::reasoning_memory::process_store_as_is(),
-        scope: auth_scope.unwrap_or_default(),
-        sealer: snap.sealer.clone(),
-        max_conversation_bytes: snap.config.server.max_body_bytes,
-    };
-    // Rendering tokenizes the whole prompt: off the workers.
+    let env = EdgeEnv { store: snap.store_for_api(api), scope, sealer: snap.sealer.clone(), max_conversation_bytes: snap.config.server.max_body_bytes };
     let enc = state.encoding.clone();
-    let counted = off_worker(Some(&state.heavy), move || {
+    let permits = own.is_cpu_work().then_some(&state.heavy);
+    let answered = off_worker(permits, move || {
         let _slot = slot;
-        let decoded = ClientApi::Messages.decode(body, &env)?;
-        harmony_filters::stages::harmony_render::prompt_tokens(&enc, &decoded.chat)
+        api.answer(&own, &method, body, &env, &enc)
     })
     .await;
-    match counted {
-        Ok(n) => json_response(200, &serde_json::json!({"input_tokens": n})),
+    match answered {
+        Ok(v) => json_response(200, &v),
         Err(e) => error_response(&e),
     }
 }

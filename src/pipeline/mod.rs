@@ -125,9 +125,12 @@ impl Snapshot {
         route.pipeline.store.clone().unwrap_or_else(|| harmony_filters::stages::reasoning_memory::process_store_as_is())
     }
 
-    /// The store stored responses are read from (`GET`/`DELETE /v1/responses/{id}`): the first
-    /// `/v1/responses` route's.
-    pub fn responses_store(&self) -> Option<Arc<dyn harmony_filters::stages::reasoning_memory::ReasoningStore>> {
-        self.routes.iter().find(|r| r.path == harmony_filters::ClientApi::Responses.path()).map(Self::store_of)
+    /// The store a client API's own requests read (`GET`/`DELETE /v1/responses/{id}`): the
+    /// store of the first route on the API's path, else this process's memory.
+    pub fn store_for_api(&self, api: harmony_filters::ClientApi) -> Arc<dyn harmony_filters::stages::reasoning_memory::ReasoningStore> {
+        match self.routes.iter().find(|r| r.path == api.path()) {
+            Some(r) => Self::store_of(r),
+            None => harmony_filters::stages::reasoning_memory::process_store_as_is(),
+        }
     }
 }

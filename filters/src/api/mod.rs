@@ -10,6 +10,11 @@
 //! a wire format: the request stages see a chat request whatever the client sent, and the
 //! response stages emit [`Event`](crate::Event)s that each encoder renders.
 //!
+//! Each API owns its whole surface: its route's path, the requests it answers itself
+//! ([`Own`]: stored responses, `count_tokens`), the shape of its errors (every path under its
+//! own, see [`ClientApi::for_errors`]), how an upstream's refusal is said to its clients
+//! ([`ClientApi::refusal`]), and its encoder. The server asks; it never names an API.
+//!
 //! Adding an API: one folder, one variant in [`ClientApi`] (its path and name below) and in
 //! [`ApiContext`]. Nothing else dispatches on the API.
 
@@ -103,6 +108,43 @@ impl ClientApi {
         Self::ALL.into_iter().find(|a| a.path() == path).unwrap_or(Self::Chat)
     }
 
+    /// The API whose error shape answers on `path` take: every path at or under an API's
+    /// own (`/v1/messages/count_tokens` is Anthropic's); any other, OpenAI's.
+    pub fn for_errors(path: &str) -> Self {
+        Self::ALL.into_iter().find(|a| path.strip_prefix(a.path()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))).unwrap_or(Self::Chat)
+    }
+
+    /// The request on `path` that an API answers itself, if it is one.
+    pub fn own(path: &str) -> Option<(Self, Own)> {
+        if let Some(id) = path.strip_prefix("/v1/responses/").filter(|id| !id.is_empty() && !id.contains('/')) {
+            return Some((Self::Responses, Own::StoredResponse { id: id.to_owned() }));
+        }
+        (path == "/v1/messages/count_tokens").then_some((Self::Messages, Own::CountTokens))
+    }
+
+    /// Answers a request of its own (`body`: the JSON object of a `POST`).
+    pub fn answer(self, own: &Own, method: &str, body: Option<Value>, env: &EdgeEnv, enc: &openai_harmony::HarmonyEncoding) -> Result<Value, ApiError> {
+        match own {
+            Own::StoredResponse { id } => responses::stored::answer(method, id, env),
+            Own::CountTokens => messages::count_tokens::answer(body.unwrap_or_else(|| Value::Object(Default::default())), env, enc),
+        }
+    }
+
+    /// Whether an upstream's refusal (a 4xx before the stream) is said again in this API's
+    /// shape ([`ClientApi::refusal`]); else it is passed on as the server said it (the
+    /// servers speak OpenAI's shape, as Chat and Responses clients do).
+    pub fn reshapes_refusals(self) -> bool {
+        matches!(self, Self::Messages)
+    }
+
+    /// An upstream's refusal said in this API's shape (`body`: its first MiB).
+    pub fn refusal(self, status: u16, body: &[u8]) -> ApiError {
+        match self {
+            Self::Messages => messages::refusal(status, body),
+            Self::Chat | Self::Responses => ApiError::new(status, "upstream_error", None, String::from_utf8_lossy(body).chars().take(2000).collect::<String>()),
+        }
+    }
+
     /// The client's request (a JSON object) into the conversation the stages work on.
     pub fn decode(self, body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         match self {
@@ -119,6 +161,30 @@ impl ClientApi {
             Self::Chat | Self::Responses => e.to_json(),
             Self::Messages => messages::error_json(e),
         }
+    }
+}
+
+/// A request an API answers itself, with no pipeline and no upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Own {
+    /// `GET` / `DELETE /v1/responses/{id}`.
+    StoredResponse { id: String },
+    /// `POST /v1/messages/count_tokens`.
+    CountTokens,
+}
+
+impl Own {
+    /// The methods it takes (the first is what a 405 names).
+    pub fn methods(&self) -> &'static [&'static str] {
+        match self {
+            Self::StoredResponse { .. } => &["GET", "DELETE"],
+            Self::CountTokens => &["POST"],
+        }
+    }
+
+    /// Whether it tokenizes (CPU in proportion to the request) rather than waits on a store.
+    pub fn is_cpu_work(&self) -> bool {
+        matches!(self, Self::CountTokens)
     }
 }
 

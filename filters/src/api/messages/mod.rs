@@ -6,8 +6,11 @@
 //!   system messages into the instructions, thinking blocks into the turn's reasoning,
 //!   `tool_use` / `tool_result` blocks into calls and tool messages), and the [`Context`].
 //! - `encode`: the events into Messages SSE events (`message_start` … `message_stop`) or one
-//!   `message` object; errors in Anthropic's shape ([`error_json`]).
+//!   `message` object; errors in Anthropic's shape ([`error_json`]), an upstream's refusal
+//!   said again in it ([`refusal`]).
+//! - `stops`: the stop-sequence automaton; `count_tokens`: `POST /v1/messages/count_tokens`.
 
+pub mod count_tokens;
 pub mod decode;
 pub mod encode;
 pub mod stops;
@@ -46,6 +49,15 @@ pub fn error_type(e: &ApiError) -> &'static str {
         503 | 529 => "overloaded_error",
         _ => "api_error",
     }
+}
+
+/// An upstream's refusal (a 4xx before the stream; `body` its first MiB), as an error of
+/// this API's: Anthropic clients read only Anthropic's shape.
+pub fn refusal(status: u16, body: &[u8]) -> ApiError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let msg =
+        v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(2000).collect());
+    ApiError::new(status, "upstream_error", None, format!("the model server answered {status}: {msg}"))
 }
 
 /// The error as Anthropic shapes it: `{"type":"error","error":{"type","message"}}`.

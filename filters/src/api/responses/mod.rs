@@ -7,9 +7,11 @@
 //!   to functions), and the [`Context`] the encoder needs.
 //! - `encode`: the events into Responses SSE events (`response.created` … `response.completed`)
 //!   or one Response object.
+//! - `stored`: `GET` / `DELETE /v1/responses/{id}`.
 
 pub mod decode;
 pub mod encode;
+pub mod stored;
 pub mod types;
 
 use std::collections::HashMap;
