@@ -98,20 +98,8 @@ impl StopScan {
         order.sort_unstable_by_key(|&n| s.depth[n as usize]);
         for c in order {
             let (p, b) = (parent[c as usize], via[c as usize]);
-            let link = if p == 0 {
-                0
-            } else {
-                let mut f = s.fail[p as usize];
-                loop {
-                    if let Some(&n) = s.next.get(&edge(f, b)) {
-                        break n;
-                    }
-                    if f == 0 {
-                        break 0;
-                    }
-                    f = s.fail[f as usize];
-                }
-            };
+            // The parent's link, stepped by the byte (as the text would move the automaton).
+            let link = if p == 0 { 0 } else { s.step(s.fail[p as usize], b) };
             s.fail[c as usize] = link;
             if s.out[c as usize].is_none() {
                 s.out[c as usize] = s.out[link as usize];
