@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use harmony_filters::upstream::{decode_completion, SseDecoder};
-use harmony_filters::{ApiError, Chain, Compiled, Event, RequestMeta};
+use harmony_filters::{ApiError, Chain, ClientRequest, Compiled, Event, Responder};
 use http::header;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
@@ -70,9 +70,10 @@ pub struct Summary {
 pub struct PipelineBody {
     phase: Phase,
     decoder: Decoder,
-    chain: Chain,
+    /// The pipeline's response stages, then the client API's encoder.
+    chain: Responder,
     pipeline: Arc<Compiled>,
-    meta: RequestMeta,
+    meta: ClientRequest,
     call: Arc<Call>,
     /// The hold on the server streaming to us (its `outstanding` count), until the end.
     lease: Option<Lease>,
@@ -108,7 +109,7 @@ impl PipelineBody {
         lease: Lease,
         chain: Chain,
         pipeline: Arc<Compiled>,
-        meta: RequestMeta,
+        meta: ClientRequest,
         call: Arc<Call>,
         retries: u32,
         summary: Summary,
@@ -122,7 +123,7 @@ impl PipelineBody {
         let mut body = Self {
             phase: Phase::Streaming(resp.into_body()),
             decoder,
-            chain,
+            chain: Responder::new(chain, &meta),
             pipeline,
             meta,
             call,
@@ -270,7 +271,7 @@ impl PipelineBody {
         }
         self.events.clear();
         self.out.clear();
-        self.chain = self.pipeline.new_chain(&self.meta);
+        self.chain = Responder::new(self.pipeline.new_chain(&self.meta), &self.meta);
         let wait = self.call.policy.delay(self.retries, None);
         self.retries += 1;
         self.metrics.upstream_retries.increment(1);

@@ -211,8 +211,7 @@ fn agent_apis(streamed: &str) -> Vec<(harmony_filters::ClientApi, Result<String,
     apis.into_iter()
         .map(|(api, request)| {
             let result = api.decode(request, &env).map_err(|e| e.message).and_then(|d| {
-                let mut meta = harmony_filters::RequestMeta::new("doctor", true, true);
-                meta.api = d.ctx;
+                let meta = harmony_filters::ClientRequest { meta: harmony_filters::RequestMeta::new("doctor", true, true), api: d.ctx };
                 let wire = run_sse(&compiled, &meta, &[streamed.as_bytes()]);
                 let a = if api == ClientApi::Messages { assemble_messages(&wire)? } else { assemble_responses(&wire)? };
                 let kinds = [(!a.reasoning.is_empty()).then_some("reasoning"), (!a.content.is_empty()).then_some("an answer")];

@@ -245,7 +245,7 @@ fn check(path: Option<&Path>) -> ExitCode {
     };
     let (routes, pipelines) = (cfg.routes.len(), cfg.pipelines.len());
     let warnings = cfg.warnings();
-    match Snapshot::build(cfg, &enc, 0) {
+    match Snapshot::build(cfg, &enc, 0, Default::default()) {
         Ok(snap) => {
             let at = path.map(|p| p.display().to_string()).unwrap_or_else(|| "embedded proxy.toml".into());
             println!("{at}: ok ({routes} routes, {pipelines} pipelines)");
@@ -256,7 +256,7 @@ fn check(path: Option<&Path>) -> ExitCode {
             // store, naming the routes that share it.
             let mut stores: Vec<(String, Vec<&str>)> = Vec::new();
             for r in snap.routes.iter().filter(|r| r.pipeline.store.is_some() || r.path != harmony_filters::ClientApi::Chat.path()) {
-                let what = Snapshot::store_of(r).describe();
+                let what = snap.store_of(Some(r)).describe();
                 match stores.iter_mut().find(|(w, _)| *w == what) {
                     Some((_, routes)) => routes.push(&r.label),
                     None => stores.push((what, vec![&r.label])),
@@ -358,7 +358,8 @@ fn serve(args: ServeArgs, path: Option<PathBuf>, mock: Option<(std::net::TcpList
             },
             None => None,
         };
-        let snapshot = match Snapshot::build(cfg, &enc, 1) {
+        // The server's stores: every config generation keeps its state in them.
+        let snapshot = match Snapshot::build(cfg, &enc, 1, Default::default()) {
             Ok(s) => s,
             Err(e) => return fail(e),
         };

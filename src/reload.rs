@@ -22,7 +22,8 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Loads and builds the config at `path`; swaps it in when it is valid.
 pub fn reload(state: &AppState, path: Option<&Path>) -> Result<u64, config::ConfigErrors> {
-    let result = config::load(path).and_then(|cfg| Snapshot::build(cfg, &state.encoding, GENERATION.fetch_add(1, Ordering::Relaxed) + 1));
+    let stores = state.snapshot.load().stores.clone();
+    let result = config::load(path).and_then(|cfg| Snapshot::build(cfg, &state.encoding, GENERATION.fetch_add(1, Ordering::Relaxed) + 1, stores));
     match result {
         Ok(snap) => {
             let old = state.snapshot.load();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use harmony_filters::api::EdgeEnv;
-use harmony_filters::{ApiError, ClientApi, RequestMeta};
+use harmony_filters::{ApiError, ClientApi, ClientRequest, RequestMeta};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -489,7 +489,7 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
         _ => None,
     };
     let env = EdgeEnv {
-        store: found.map(Snapshot::store_of).unwrap_or_else(|| harmony_filters::stages::reasoning_memory::process_store_as_is()),
+        store: snap.store_of(found),
         scope: auth_scope.clone().unwrap_or_default(),
         sealer: snap.sealer.clone(),
         max_conversation_bytes: snap.config.server.max_body_bytes,
@@ -511,38 +511,34 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     for note in &decoded.notes {
         tracing::debug!(request_id = rid, api = api.name(), "{note}");
     }
-    let (body, stream) = (decoded.chat, decoded.stream);
-    let mut meta = RequestMeta::new(&model, stream, decoded.include_usage);
+    let (conversation, stream) = (decoded.conversation, decoded.stream);
+    let mut meta = RequestMeta::new(&model, stream, conversation.controls.include_usage);
     meta.request_id = rid.to_owned();
     meta.auth_scope = auth_scope;
-    meta.api = decoded.ctx;
+    let api_ctx = decoded.ctx;
     state.metrics.request(&route.label, route.pipeline.mode, stream, api.name());
 
     // The request phase renders prompts and reads stores (Redis included): off the workers,
     // so that no request's size or store latency stalls the streams they drive.
     let chain = route.pipeline.new_chain(&meta);
-    let up = harmony_filters::UpstreamRequest::chat(body);
     let slot = guard.clone();
-    let (chain, up, phase) = off_worker(Some(&state.heavy), move || {
+    let (chain, phase) = off_worker(Some(&state.heavy), move || {
         let _slot = slot;
-        let (mut chain, mut up) = (chain, up);
-        let phase = chain.on_request(&mut up);
-        (chain, up, phase)
+        let mut chain = chain;
+        let phase = chain.on_request(conversation);
+        (chain, phase)
     })
     .await;
-    if let Err(e) = phase {
-        let mut r = error_response(&e);
-        r.extensions_mut().insert(RouteInfo { route: route.label.clone(), model: model.clone(), attempts: 0 });
-        return r;
-    }
-    let (mut body, endpoint) = (up.body, up.endpoint);
-    // Upstream always streams (retry, watchdog and true streaming need it); usage is always
-    // asked for, and shown to the client only when it asked (llama.cpp's native endpoint
-    // puts it on its last chunk unasked).
-    body["stream"] = Value::Bool(true);
-    if endpoint != harmony_filters::Endpoint::LlamaCompletion {
-        body["stream_options"] = serde_json::json!({"include_usage": true});
-    }
+    // What goes upstream always streams (retry, watchdog and true streaming need it) and
+    // asks for usage, shown to the client only when it asked: the upstream edges say so.
+    let (body, endpoint) = match phase {
+        Ok(up) => (up.body, up.endpoint),
+        Err(e) => {
+            let mut r = error_response(&e);
+            r.extensions_mut().insert(RouteInfo { route: route.label.clone(), model: model.clone(), attempts: 0 });
+            return r;
+        }
+    };
     let call = Arc::new(Call {
         upstream: route.upstream.clone(),
         endpoint,
@@ -581,7 +577,8 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     };
     let summary = Summary { route: route.label.clone(), mode: route.pipeline.mode, model, started };
     let trace_dir = snap.config.server.trace_dir.clone();
-    let mut pbody = PipelineBody::new(resp, lease, chain, route.pipeline.clone(), meta, call, retries, summary, trace_dir, Some(guard));
+    let mut pbody =
+        PipelineBody::new(resp, lease, chain, route.pipeline.clone(), ClientRequest { meta, api: api_ctx }, call, retries, summary, trace_dir, Some(guard));
     if stream {
         let mut r = Response::new(pbody.map_err(|e| match e {}).boxed_unsync());
         let h = r.headers_mut();

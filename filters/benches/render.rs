@@ -33,11 +33,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     let enc = harmony_filters::vocab::encoding().expect("vocabulary");
-    let body = conversation(22);
+    let chat = conversation(22);
+    let body = harmony_filters::api::chat::decode::conversation(chat.clone());
     let tokens = render_request(&enc, &RenderCache::default(), &body, Effort::Medium, "2026-11-22").unwrap().len();
     // The previous turn: everything but the newest tool result.
     let mut previous = body.clone();
-    previous["messages"].as_array_mut().unwrap().pop();
+    previous.messages.pop();
 
     let cold: Vec<Duration> = (0..7)
         .map(|_| {
@@ -56,7 +57,7 @@ fn main() {
             t.elapsed()
         })
         .collect();
-    println!("render: {tokens} prompt tokens ({} messages)", body["messages"].as_array().unwrap().len());
+    println!("render: {tokens} prompt tokens ({} messages)", chat["messages"].as_array().unwrap().len());
     println!("  cold (nothing cached):        {:>8.2} ms   (target <= 60 ms)", median(cold).as_secs_f64() * 1e3);
     println!("  only the newest turn is new:  {:>8.2} ms   (target <= 5 ms)", median(warm).as_secs_f64() * 1e3);
 }

@@ -85,8 +85,7 @@ pub fn request(data: &[u8]) {
     };
     let p = pipeline(r#"[{ type = "stop-injection", extra = ["X"] }, { type = "history-clean" }, { type = "sse-encode" }]"#);
     let mut chain = p.new_chain(&RequestMeta::new("fuzz", true, false));
-    let mut up = crate::stage::UpstreamRequest::chat(v);
-    chain.on_request(&mut up).expect("these stages never refuse");
+    let up = chain.on_request(crate::api::chat::decode::conversation(v)).expect("these stages never refuse");
     let v = up.body;
     if !v.is_object() {
         return;
@@ -126,7 +125,8 @@ pub fn responses_request(data: &[u8]) {
         }
         Ok(d) => {
             assert!(!d.model.is_empty());
-            let msgs = d.chat["messages"].as_array().expect("messages is a list");
+            let chat = d.chat();
+            let msgs = chat["messages"].as_array().expect("messages is a list");
             let mut calls = std::collections::HashSet::new();
             for m in msgs {
                 let role = m["role"].as_str().expect("a role");
@@ -139,12 +139,11 @@ pub fn responses_request(data: &[u8]) {
                     assert!(m["tool_call_id"].is_string() && m["content"].is_string());
                 }
             }
-            for t in d.chat["tools"].as_array().into_iter().flatten() {
+            for t in chat["tools"].as_array().into_iter().flatten() {
                 assert_eq!(t["type"], "function");
                 assert!(t["function"]["name"].is_string() && t["function"]["parameters"].is_object());
             }
-            let mut meta = RequestMeta::new(&d.model, true, true);
-            meta.api = d.ctx;
+            let meta = crate::api::ClientRequest { meta: RequestMeta::new(&d.model, true, true), api: d.ctx };
             let p = &pipelines()[2];
             let out = run_sse(p, &meta, &[&llama_sse(&["<|channel|>final<|message|>ok"], "stop")]);
             crate::testing::assemble_responses(&out).unwrap_or_else(|e| panic!("{e}"));
@@ -168,19 +167,19 @@ pub fn messages_request(data: &[u8]) {
             assert!(e.param.is_some(), "a refusal names its field: {}", e.message);
         }
         Ok(d) => {
-            assert!(!d.model.is_empty() && d.chat["max_tokens"].is_u64());
-            for m in d.chat["messages"].as_array().expect("messages is a list") {
+            let chat = d.chat();
+            assert!(!d.model.is_empty() && chat["max_tokens"].is_u64());
+            for m in chat["messages"].as_array().expect("messages is a list") {
                 let role = m["role"].as_str().expect("a role");
                 assert!(["system", "user", "assistant", "tool"].contains(&role), "role {role}");
                 for c in m["tool_calls"].as_array().into_iter().flatten() {
                     assert!(c["id"].is_string() && c["function"]["arguments"].is_string());
                 }
             }
-            for t in d.chat["tools"].as_array().into_iter().flatten() {
+            for t in chat["tools"].as_array().into_iter().flatten() {
                 assert!(t["function"]["name"].is_string() && t["function"]["parameters"].is_object());
             }
-            let mut meta = RequestMeta::new(&d.model, true, true);
-            meta.api = d.ctx;
+            let meta = crate::api::ClientRequest { meta: RequestMeta::new(&d.model, true, true), api: d.ctx };
             let out = run_sse(&pipelines()[2], &meta, &[&llama_sse(&["<|channel|>final<|message|>ok"], "stop")]);
             crate::testing::assemble_messages(&out).unwrap_or_else(|e| panic!("{e}"));
         }

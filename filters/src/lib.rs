@@ -13,22 +13,24 @@
 //! the response body, with no task or channel between them.
 
 pub mod api;
+pub mod conversation;
 pub mod event;
 pub mod fuzz_targets;
 pub mod json_end;
 pub mod markup;
 pub mod pipeline;
-pub mod redis_store;
 pub mod seal;
 pub mod stage;
 pub mod stages;
+pub mod store;
 pub mod testing;
 pub mod tokens;
 pub mod upstream;
 pub mod values;
 pub mod vocab;
 
-pub use api::{ApiContext, ClientApi, Decoded};
+pub use api::{ApiContext, ClientApi, ClientRequest, Decoded, Responder};
+pub use conversation::Conversation;
 pub use event::{ApiError, Channel, Event, FinishReason};
-pub use pipeline::{compile, validate, Compiled, StageSpec};
+pub use pipeline::{compile, compile_with, validate, Compiled, StageSpec};
 pub use stage::{Chain, Endpoint, RequestMeta, Stage, StageFactory, Stats, UpstreamRequest};

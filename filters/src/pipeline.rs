@@ -14,51 +14,19 @@ use openai_harmony::HarmonyEncoding;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{Chain, RequestMeta, StageFactory};
+pub use crate::stage::config::{Builder, StageConfig};
+use crate::stage::{Chain, RequestMeta, RetryPolicy, StageFactory};
 use crate::stages::fallback::FallbackConfig;
-use crate::stages::harmony_parse::{HarmonyParseConfig, HarmonyParseFactory};
+use crate::stages::harmony_parse::HarmonyParseConfig;
 use crate::stages::harmony_render::HarmonyRenderConfig;
 use crate::stages::history_clean::HistoryCleanConfig;
-use crate::stages::reasoning_memory::{ReasoningMemoryConfig, ReasoningStore};
-use crate::stages::retry::{RetryConfig, RetryPolicy};
+use crate::stages::reasoning_memory::ReasoningMemoryConfig;
+use crate::stages::retry::RetryConfig;
 use crate::stages::sse_encode::SseEncodeConfig;
 use crate::stages::stop_injection::StopInjectionConfig;
 use crate::stages::tool_bridge::{Mode, ToolBridgeConfig};
 use crate::stages::watchdog::WatchdogConfig;
-
-/// What a stage's config says about itself. Implemented in each stage's file.
-pub trait StageConfig {
-    /// Problems with the options, each without its location (the caller adds it).
-    fn validate(&self) -> Vec<String> {
-        Vec::new()
-    }
-    /// Adds what this stage contributes to the pipeline being compiled: usually a factory,
-    /// for `retry` the call's policy.
-    fn build(&self, b: &mut Builder<'_>);
-}
-
-/// A pipeline being compiled (see [`StageConfig::build`]).
-pub struct Builder<'a> {
-    pub enc: &'a HarmonyEncoding,
-    pub factories: Vec<Arc<dyn StageFactory>>,
-    pub retry: RetryPolicy,
-    /// The tool-bridge mode (the `mode` metric label).
-    pub mode: Option<&'static str>,
-    /// The `reasoning-memory` store (see [`Compiled::store`]).
-    pub store: Option<Arc<dyn ReasoningStore>>,
-    history_parse: Option<Arc<HarmonyParseFactory>>,
-}
-
-impl Builder<'_> {
-    pub fn push(&mut self, f: impl StageFactory) {
-        self.factories.push(Arc::new(f));
-    }
-    /// A default `harmony-parse`, shared by every request stage that reads Harmony in history.
-    pub fn history_parser(&mut self) -> Arc<HarmonyParseFactory> {
-        let enc = self.enc;
-        self.history_parse.get_or_insert_with(|| Arc::new(HarmonyParseFactory::new(&HarmonyParseConfig::default(), enc.clone()))).clone()
-    }
-}
+use crate::store::{StateStore, Stores};
 
 /// Where a stage's options failed to deserialize.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +106,7 @@ pub struct Compiled {
     pub mode: &'static str,
     /// The store of its `reasoning-memory`, if it has one: client APIs that keep state
     /// between requests (stored responses) keep it there too.
-    pub store: Option<Arc<dyn ReasoningStore>>,
+    pub store: Option<Arc<dyn StateStore>>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -199,9 +167,15 @@ pub fn validate(specs: &[StageSpec]) -> Vec<String> {
     errors
 }
 
-/// Builds the factories. `specs` must have passed [`validate`].
+/// Builds the factories, with stores of their own (tools, tests: a pipeline alone).
+/// `specs` must have passed [`validate`].
 pub fn compile(specs: &[StageSpec], enc: &HarmonyEncoding) -> Compiled {
-    let mut b = Builder { enc, factories: Vec::new(), retry: RetryPolicy::NONE, mode: None, store: None, history_parse: None };
+    compile_with(specs, enc, &Stores::default())
+}
+
+/// Builds the factories; stages that keep state get it from `stores` (the server's).
+pub fn compile_with(specs: &[StageSpec], enc: &HarmonyEncoding, stores: &Stores) -> Compiled {
+    let mut b = Builder::new(enc, stores);
     for spec in specs {
         spec.config().build(&mut b);
     }

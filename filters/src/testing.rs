@@ -53,8 +53,9 @@ pub fn pipeline(stages_toml: &str) -> Compiled {
 }
 
 /// Runs a whole upstream SSE body (cut into `parts`) through a pipeline; returns the client's bytes.
-pub fn run_sse(p: &Compiled, meta: &RequestMeta, parts: &[&[u8]]) -> Vec<u8> {
-    let mut chain = p.new_chain(meta);
+pub fn run_sse<R: Into<crate::api::ClientRequest> + Clone>(p: &Compiled, req: &R, parts: &[&[u8]]) -> Vec<u8> {
+    let req: crate::api::ClientRequest = req.clone().into();
+    let mut chain = crate::api::Responder::new(p.new_chain(&req), &req);
     let mut dec = SseDecoder::new();
     let mut evs = Vec::new();
     let mut out = Vec::new();
@@ -315,13 +316,11 @@ pub fn check_fixture(mode: &str, stream: bool, exp: &serde_json::Value, a: &Asse
 }
 
 /// A request meta for the Responses API (`stream` or not), as the server makes it.
-pub fn responses_meta(stream: bool) -> RequestMeta {
+pub fn responses_meta(stream: bool) -> crate::api::ClientRequest {
     let d = crate::api::ClientApi::Responses
         .decode(serde_json::json!({"model": "m", "input": "x", "stream": stream, "store": false}), &crate::api::EdgeEnv::standalone())
         .expect("a minimal request decodes");
-    let mut meta = RequestMeta::new("m", stream, true);
-    meta.api = d.ctx;
-    meta
+    crate::api::ClientRequest { meta: RequestMeta::new("m", stream, true), api: d.ctx }
 }
 
 /// Parses a Responses SSE stream and checks its contract: every event's `event:` name is
@@ -463,16 +462,14 @@ pub fn response_view(r: &serde_json::Value) -> Result<Assembled, String> {
 }
 
 /// A request meta for the Messages API (`stream` or not), as the server makes it.
-pub fn messages_meta(stream: bool) -> RequestMeta {
+pub fn messages_meta(stream: bool) -> crate::api::ClientRequest {
     let d = crate::api::ClientApi::Messages
         .decode(
             serde_json::json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "x"}], "stream": stream}),
             &crate::api::EdgeEnv::standalone(),
         )
         .expect("a minimal request decodes");
-    let mut meta = RequestMeta::new("m", stream, true);
-    meta.api = d.ctx;
-    meta
+    crate::api::ClientRequest { meta: RequestMeta::new("m", stream, true), api: d.ctx }
 }
 
 /// Parses a Messages SSE stream and checks its contract: every event's `event:` name is its

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use harmony_filters::store::{StateStore, Stores};
 use harmony_filters::Compiled;
 use openai_harmony::HarmonyEncoding;
 
@@ -31,6 +32,8 @@ pub struct Snapshot {
     pub pipelines: BTreeMap<String, Arc<Compiled>>,
     /// Seals reasoning handed to clients (`server.reasoning_key`, else the process's key).
     pub sealer: Arc<harmony_filters::seal::Sealer>,
+    /// Where state between requests lives; the next generation is built with the same.
+    pub stores: Arc<Stores>,
 }
 
 pub enum RouteMatch<'a> {
@@ -42,7 +45,9 @@ pub enum RouteMatch<'a> {
 }
 
 impl Snapshot {
-    pub fn build(config: Config, enc: &HarmonyEncoding, generation: u64) -> Result<Self, ConfigErrors> {
+    /// Builds a generation; its pipelines keep state in `stores` (the server's, the same
+    /// for every generation, so a reload keeps what the stores hold).
+    pub fn build(config: Config, enc: &HarmonyEncoding, generation: u64, stores: Arc<Stores>) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut upstreams = BTreeMap::new();
         for (name, u) in &config.upstreams {
@@ -56,7 +61,7 @@ impl Snapshot {
             }
         }
         let pipelines: BTreeMap<String, Arc<Compiled>> =
-            config.pipelines.iter().map(|(name, (def, _))| (name.clone(), Arc::new(harmony_filters::compile(&def.stages, enc)))).collect();
+            config.pipelines.iter().map(|(name, (def, _))| (name.clone(), Arc::new(harmony_filters::compile_with(&def.stages, enc, &stores)))).collect();
         let mut routes = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
             let mut set = GlobSetBuilder::new();
@@ -87,7 +92,7 @@ impl Snapshot {
                     Some(secret) => Arc::new(harmony_filters::seal::Sealer::from_secret(secret)),
                     None => harmony_filters::seal::Sealer::process_random(),
                 };
-                Ok(Self { generation, config, routes, upstreams, default_upstream, pipelines, sealer })
+                Ok(Self { generation, config, routes, upstreams, default_upstream, pipelines, sealer, stores })
             }
             _ => {
                 if errors.is_empty() {
@@ -120,17 +125,17 @@ impl Snapshot {
     }
 
     /// Where a route keeps state between requests: its pipeline's `reasoning-memory` store,
-    /// else this process's memory (default limits).
-    pub fn store_of(route: &Route) -> Arc<dyn harmony_filters::stages::reasoning_memory::ReasoningStore> {
-        route.pipeline.store.clone().unwrap_or_else(|| harmony_filters::stages::reasoning_memory::process_store_as_is())
+    /// else the server's fallback store (memory, default limits); with no route, the fallback.
+    pub fn store_of(&self, route: Option<&Route>) -> Arc<dyn StateStore> {
+        match route.and_then(|r| r.pipeline.store.clone()) {
+            Some(s) => s,
+            None => self.stores.fallback(),
+        }
     }
 
     /// The store a client API's own requests read (`GET`/`DELETE /v1/responses/{id}`): the
-    /// store of the first route on the API's path, else this process's memory.
-    pub fn store_for_api(&self, api: harmony_filters::ClientApi) -> Arc<dyn harmony_filters::stages::reasoning_memory::ReasoningStore> {
-        match self.routes.iter().find(|r| r.path == api.path()) {
-            Some(r) => Self::store_of(r),
-            None => harmony_filters::stages::reasoning_memory::process_store_as_is(),
-        }
+    /// store of the first route on the API's path, else the fallback.
+    pub fn store_for_api(&self, api: harmony_filters::ClientApi) -> Arc<dyn StateStore> {
+        self.store_of(self.routes.iter().find(|r| r.path == api.path()))
     }
 }

@@ -116,7 +116,7 @@ fn count_tokens_is_the_exact_length_of_the_rendered_prompt() {
     let n = r.json()["input_tokens"].as_u64().unwrap();
     let enc = harmony_filters::testing::encoding();
     let chat = json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the weather in Oslo?"}]});
-    assert_eq!(n as usize, harmony_filters::stages::harmony_render::prompt_tokens(&enc, &chat).unwrap());
+    assert_eq!(n as usize, harmony_filters::stages::harmony_render::prompt_tokens(&enc, &harmony_filters::api::chat::decode::conversation(chat)).unwrap());
     assert!(n > 20, "{n}");
 }
 

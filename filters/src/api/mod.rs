@@ -1,9 +1,10 @@
 //! The client APIs: the wire formats agents speak, each an edge around the one pipeline.
 //!
 //! ```text
-//! client request ─► ClientApi::decode ─► chat request (the conversation the stages work on)
+//! client request ─► ClientApi::decode ─► Conversation (what the request stages work on)
 //!                                        + ApiContext (what the encoder must know)
-//! events ─► sse-encode ─► ApiContext::encoder ─► the API's SSE events or JSON object
+//! events ─► Chain (response stages) ─► Responder: ApiContext::encoder ─► the API's SSE
+//!                                      events or JSON object
 //! ```
 //! Each API is a folder: `types` (its wire types, serde), `decode` (its request into the
 //! conversation), `encode` (the typed events into its wire format). No stage reads or writes
@@ -26,17 +27,18 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::conversation::Conversation;
 use crate::event::{ApiError, Event, FinishReason};
 use crate::seal::Sealer;
-use crate::stage::{RequestMeta, Stage};
-use crate::stages::reasoning_memory::{MemoryStore, ReasoningStore};
+use crate::stage::{Chain, RequestMeta, Stage, Stats};
+use crate::store::{MemoryStore, StateStore};
 
 /// What an edge may use beyond the request itself, the same for every API.
 #[derive(Clone)]
 pub struct EdgeEnv {
     /// Where state between requests is kept (stored responses): the route's
     /// `reasoning-memory` store (this process's memory, or the Redis replicas share).
-    pub store: Arc<dyn ReasoningStore>,
+    pub store: Arc<dyn StateStore>,
     /// The client's key scope: state and sealed reasoning never cross it.
     pub scope: String,
     /// Seals reasoning for clients that keep it (`encrypted_content`, `signature`).
@@ -191,15 +193,21 @@ impl Own {
 /// A request decoded for the pipeline.
 #[derive(Debug)]
 pub struct Decoded {
-    /// The chat request the request stages work on and the upstream gets.
-    pub chat: Value,
+    /// The conversation the request stages work on and the upstream edge sends.
+    pub conversation: Conversation,
     pub model: String,
     pub stream: bool,
-    /// Chat only: the client asked for a usage chunk.
-    pub include_usage: bool,
     pub ctx: ApiContext,
     /// What the decoder left out and the operator may want to know (debug log).
     pub notes: Vec<String>,
+}
+
+impl Decoded {
+    /// The conversation as a chat request (what a chat client would have sent): for tests,
+    /// the fuzz targets and tools.
+    pub fn chat(&self) -> Value {
+        crate::upstream::chat_request::as_a_client_sends_it(self.conversation.clone())
+    }
 }
 
 /// What an API's encoder needs to know about its request; rides in [`RequestMeta`].
@@ -220,13 +228,109 @@ impl ApiContext {
         }
     }
 
-    /// The encoder for this request (`sse-encode` makes it).
+    /// The encoder for this request (the [`Responder`] makes it).
     pub fn encoder(&self, meta: &RequestMeta) -> Box<dyn Stage> {
         match self {
             Self::Chat => Box::new(chat::encode::ChatEncoder::new(meta)),
             Self::Responses(ctx) => Box::new(responses::encode::ResponsesEncoder::new(meta, ctx.clone())),
             Self::Messages(ctx) => Box::new(messages::encode::MessagesEncoder::new(meta, ctx.clone())),
         }
+    }
+}
+
+/// What answering a request needs to know: the meta every stage gets, and the context of
+/// its client API, which only the encoder reads.
+#[derive(Debug, Clone)]
+pub struct ClientRequest {
+    pub meta: RequestMeta,
+    pub api: ApiContext,
+}
+
+impl std::ops::Deref for ClientRequest {
+    type Target = RequestMeta;
+    fn deref(&self) -> &RequestMeta {
+        &self.meta
+    }
+}
+
+impl std::ops::DerefMut for ClientRequest {
+    fn deref_mut(&mut self) -> &mut RequestMeta {
+        &mut self.meta
+    }
+}
+
+impl From<RequestMeta> for ClientRequest {
+    /// A chat client's request.
+    fn from(meta: RequestMeta) -> Self {
+        Self { meta, api: ApiContext::Chat }
+    }
+}
+
+/// A response being made: the pipeline's response stages, then the encoder of the client's
+/// API. The response body owns one (and makes a fresh one for a retry).
+///
+/// ```text
+/// events ─► Chain (the pipeline's stages, typed events out) ─► encoder ─► Event::Wire bytes
+/// ```
+/// Invariant: the encoder sees every event the chain lets out, in order, and its `on_end`
+/// runs once, after every stage flushed; nothing is accepted after `end`.
+pub struct Responder {
+    chain: Chain,
+    encoder: Box<dyn Stage>,
+    between: Vec<Event>,
+    ended: bool,
+}
+
+impl Responder {
+    pub fn new(chain: Chain, req: &ClientRequest) -> Self {
+        Self { chain, encoder: req.api.encoder(&req.meta), between: Vec::with_capacity(8), ended: false }
+    }
+
+    fn encode(&mut self, out: &mut Vec<Event>) {
+        for ev in self.between.drain(..) {
+            self.encoder.on_event(ev, out);
+        }
+    }
+
+    /// Push several events (drained from `input`).
+    pub fn push_all(&mut self, input: &mut Vec<Event>, out: &mut Vec<Event>) {
+        if self.ended {
+            input.clear();
+            return;
+        }
+        self.chain.push_all(input, &mut self.between);
+        self.encode(out);
+    }
+
+    /// The upstream is done: flush every stage, then the encoder.
+    pub fn end(&mut self, out: &mut Vec<Event>) {
+        if self.ended {
+            return;
+        }
+        self.chain.end(&mut self.between);
+        self.encode(out);
+        self.encoder.on_end(out);
+        self.ended = true;
+    }
+
+    /// The earliest deadline any stage asked for.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.chain.deadline()
+    }
+
+    /// Fire every stage whose deadline has passed.
+    pub fn fire_deadlines(&mut self, now: std::time::Instant, out: &mut Vec<Event>) {
+        if self.ended {
+            return;
+        }
+        self.chain.fire_deadlines(now, &mut self.between);
+        self.encode(out);
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut st = self.chain.stats();
+        self.encoder.stats(&mut st);
+        st
     }
 }
 

@@ -125,8 +125,8 @@ fn last_final_block(raw: &str) -> Option<String> {
     blocks.into_iter().rev().find(|(ch, _)| matches!(ch, Some("final") | None)).map(|(_, text)| text).filter(|t| !t.trim().is_empty())
 }
 
-impl crate::pipeline::StageConfig for FallbackConfig {
-    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+impl crate::stage::StageConfig for FallbackConfig {
+    fn build(&self, b: &mut crate::stage::Builder<'_>) {
         b.push(FallbackFactory);
     }
 }

@@ -21,12 +21,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use openai_harmony::chat::{Author, Conversation, DeveloperContent, Message, ReasoningEffort, Role, SystemContent, ToolDescription};
+use openai_harmony::chat::{
+    Author, Conversation as HarmonyConversation, DeveloperContent, Message, ReasoningEffort, Role as HarmonyRole, SystemContent, ToolDescription,
+};
 use openai_harmony::HarmonyEncoding;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::conversation::{Content, Controls, Conversation, Limit, ResponseFormat, Role, Stop, Tool, ToolChoice};
 use crate::event::{ApiError, Event};
 use crate::stage::{Endpoint, RequestMeta, Stage, StageFactory, UpstreamRequest};
 
@@ -123,8 +126,8 @@ impl StageFactory for HarmonyRenderFactory {
     }
 }
 
-impl crate::pipeline::StageConfig for HarmonyRenderConfig {
-    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+impl crate::stage::StageConfig for HarmonyRenderConfig {
+    fn build(&self, b: &mut crate::stage::Builder<'_>) {
         let f = HarmonyRenderFactory::new(self, b.enc.clone());
         b.push(f);
     }
@@ -144,25 +147,24 @@ fn bad(param: &str, message: impl Into<String>) -> ApiError {
     e
 }
 
-/// The text of a content value: a string, or text parts (an image part is refused).
-fn text_of(content: Option<&Value>, at: &str) -> Result<String, ApiError> {
+/// The text of a message's content: a string, or text parts (an image part is refused).
+fn text_of(content: &Content, at: &str) -> Result<String, ApiError> {
     match content {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
+        Content::Absent | Content::Null => Ok(String::new()),
+        Content::Text(s) => Ok(s.clone()),
+        Content::Parts(parts) => {
             let mut s = String::new();
             for (j, p) in parts.iter().enumerate() {
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") | None if p.get("text").is_some() => s.push_str(p["text"].as_str().unwrap_or("")),
-                    Some(t @ ("image_url" | "input_image" | "image" | "input_audio" | "file")) => {
+                match (p.kind.as_str(), p.text.as_deref()) {
+                    ("text", Some(t)) => s.push_str(t),
+                    (t @ ("image_url" | "input_image" | "image" | "input_audio" | "file"), _) => {
                         return Err(bad(&format!("{at}.content[{j}]"), format!("gpt-oss reads text only; a `{t}` part cannot be rendered")));
                     }
-                    other => return Err(bad(&format!("{at}.content[{j}]"), format!("unsupported content part {other:?}"))),
+                    (other, _) => return Err(bad(&format!("{at}.content[{j}]"), format!("unsupported content part {:?}", Some(other)))),
                 }
             }
             Ok(s)
         }
-        Some(other) => Err(bad(&format!("{at}.content"), format!("expected a string or text parts, got {other}"))),
     }
 }
 
@@ -183,94 +185,90 @@ fn today() -> String {
 }
 
 /// The request's conversation as Harmony messages: (system + developer, the rest).
-pub fn conversation(body: &Value, default_effort: Effort, date: &str) -> Result<(Vec<Message>, Vec<Message>), ApiError> {
-    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+pub fn conversation(conv: &Conversation, default_effort: Effort, date: &str) -> Result<(Vec<Message>, Vec<Message>), ApiError> {
+    let c = &conv.controls;
+    if c.n.as_ref().and_then(|n| n.as_u64()).is_some_and(|n| n > 1) {
         return Err(bad("n", "only one choice can be generated (n = 1)"));
     }
-    if body.get("functions").is_some() || body.get("function_call").is_some() {
+    if conv.extra.contains_key("functions") || conv.extra.contains_key("function_call") {
         return Err(bad("functions", "the legacy `functions` API is not supported; send `tools`"));
     }
-    if body.get("logprobs").and_then(Value::as_bool) == Some(true) {
+    if c.logprobs == Some(true) {
         return Err(bad("logprobs", "log probabilities are not available through harmony-render"));
     }
-    let effort = match body.get("reasoning_effort").and_then(Value::as_str) {
+    let effort = match c.reasoning_effort.as_deref() {
         None => default_effort,
         Some("low" | "minimal") => Effort::Low,
         Some("medium") => Effort::Medium,
         Some("high") => Effort::High,
         Some(other) => return Err(bad("reasoning_effort", format!("{other:?} is not low, medium or high"))),
     };
-    let messages = body.get("messages").and_then(Value::as_array).ok_or_else(|| bad("messages", "a list of messages is required"))?;
 
     let mut instructions: Vec<String> = Vec::new();
     let mut rest = Vec::new();
     // Tool call id → function name, for the tool results that follow.
     let mut call_names: HashMap<String, String> = HashMap::new();
-    for (i, m) in messages.iter().enumerate() {
+    for (i, m) in conv.messages.iter().enumerate() {
         let at = format!("messages[{i}]");
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-        match role {
-            "system" | "developer" => {
-                let t = text_of(m.get("content"), &at)?;
+        match &m.role {
+            Role::System | Role::Developer => {
+                let t = text_of(&m.content, &at)?;
                 if !t.trim().is_empty() {
                     instructions.push(t);
                 }
             }
-            "user" => rest.push(Message::from_role_and_content(Role::User, text_of(m.get("content"), &at)?)),
-            "assistant" => {
-                let reasoning =
-                    ["reasoning_content", "reasoning", "thinking"].iter().find_map(|f| m.get(*f).and_then(Value::as_str).filter(|r| !r.trim().is_empty()));
-                if let Some(r) = reasoning {
-                    rest.push(Message::from_role_and_content(Role::Assistant, r).with_channel("analysis"));
+            Role::User => rest.push(Message::from_role_and_content(HarmonyRole::User, text_of(&m.content, &at)?)),
+            Role::Assistant => {
+                if let Some(r) = m.reasoning_text() {
+                    rest.push(Message::from_role_and_content(HarmonyRole::Assistant, r).with_channel("analysis"));
                 }
-                let calls = m.get("tool_calls").and_then(Value::as_array).filter(|c| !c.is_empty());
-                let content = text_of(m.get("content"), &at)?;
+                let calls = m.tool_calls.as_ref().filter(|c| !c.is_empty());
+                let content = text_of(&m.content, &at)?;
                 if !content.trim().is_empty() {
                     // Beside calls, text is a preamble: commentary the model said before calling.
                     let channel = if calls.is_some() { "commentary" } else { "final" };
-                    rest.push(Message::from_role_and_content(Role::Assistant, content).with_channel(channel));
+                    rest.push(Message::from_role_and_content(HarmonyRole::Assistant, content).with_channel(channel));
                 }
                 for (j, c) in calls.into_iter().flatten().enumerate() {
-                    let name = c.pointer("/function/name").and_then(Value::as_str).filter(|n| !n.is_empty());
-                    let Some(name) = name else {
+                    let Some(name) = c.name.as_deref().filter(|n| !n.is_empty()) else {
                         return Err(bad(&format!("{at}.tool_calls[{j}]"), "a tool call needs function.name"));
                     };
-                    let args = match c.pointer("/function/arguments") {
+                    let args = match &c.arguments {
                         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
                         Some(Value::String(_)) | None | Some(Value::Null) => "{}".to_owned(),
                         Some(other) => other.to_string(),
                     };
-                    if let Some(id) = c.get("id").and_then(Value::as_str) {
-                        call_names.insert(id.to_owned(), name.to_owned());
+                    if let Some(id) = &c.id {
+                        call_names.insert(id.clone(), name.to_owned());
                     }
                     rest.push(
-                        Message::from_role_and_content(Role::Assistant, args)
+                        Message::from_role_and_content(HarmonyRole::Assistant, args)
                             .with_channel("commentary")
                             .with_recipient(format!("functions.{name}"))
                             .with_content_type("<|constrain|>json"),
                     );
                 }
             }
-            "tool" => {
-                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
-                let Some(name) = call_names.get(id).cloned().or_else(|| m.get("name").and_then(Value::as_str).map(str::to_owned)) else {
+            Role::Tool => {
+                let id = m.tool_call_id.as_deref().unwrap_or("");
+                let Some(name) = call_names.get(id).cloned().or_else(|| m.name.clone()) else {
                     return Err(bad(&at, format!("tool result for call {id:?}, which no earlier assistant message made")));
                 };
-                let content = text_of(m.get("content"), &at)?;
+                let content = text_of(&m.content, &at)?;
                 rest.push(
-                    Message::from_author_and_content(Author::new(Role::Tool, format!("functions.{name}")), content)
+                    Message::from_author_and_content(Author::new(HarmonyRole::Tool, format!("functions.{name}")), content)
                         .with_channel("commentary")
                         .with_recipient("assistant"),
                 );
             }
-            other => return Err(bad(&format!("{at}.role"), format!("{other:?} cannot be rendered (system, developer, user, assistant, tool)"))),
+            Role::Other(other) => return Err(bad(&format!("{at}.role"), format!("{other:?} cannot be rendered (system, developer, user, assistant, tool)"))),
         }
     }
 
     // Harmony's rule: the analysis of turns before the last final answer is dropped.
-    let last_assistant_final = rest.iter().rev().find(|m| m.author.role == Role::Assistant).is_some_and(|m| m.channel.as_deref() == Some("final"));
+    let last_assistant_final = rest.iter().rev().find(|m| m.author.role == HarmonyRole::Assistant).is_some_and(|m| m.channel.as_deref() == Some("final"));
     if last_assistant_final {
-        if let Some(last_final) = rest.iter().rposition(|m| m.author.role == Role::Assistant && m.channel.as_deref() == Some("final")) {
+        if let Some(last_final) = rest.iter().rposition(|m| m.author.role == HarmonyRole::Assistant && m.channel.as_deref() == Some("final")) {
             let mut i = 0;
             rest.retain(|m| {
                 let keep = !(i < last_final && m.channel.as_deref() == Some("analysis"));
@@ -281,21 +279,26 @@ pub fn conversation(body: &Value, default_effort: Effort, date: &str) -> Result<
     }
 
     let mut developer = DeveloperContent::new();
-    let tool_choice_none = body.get("tool_choice").and_then(Value::as_str) == Some("none");
-    if let Some(tools) = body.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty() && !tool_choice_none) {
+    let tool_choice_none = matches!(c.tool_choice, Some(ToolChoice::None));
+    if let Some(tools) = conv.tools.as_ref().filter(|t| !t.is_empty() && !tool_choice_none) {
         let mut descs = Vec::new();
         for (j, t) in tools.iter().enumerate() {
-            if t.get("type").and_then(Value::as_str).unwrap_or("function") != "function" {
-                return Err(bad(&format!("tools[{j}].type"), "only function tools can be rendered"));
-            }
-            let f = &t["function"];
-            let Some(name) = f.get("name").and_then(Value::as_str) else {
+            let (name, desc, parameters) = match t {
+                Tool::Function(f) => (Some(f.name.as_str()), f.description.as_deref(), f.parameters.as_ref()),
+                // A function tool of another shape is read as it stands.
+                Tool::Other(v) if v.get("type").and_then(Value::as_str).unwrap_or("function") == "function" => {
+                    let f = &v["function"];
+                    (f.get("name").and_then(Value::as_str), f.get("description").and_then(Value::as_str), f.get("parameters"))
+                }
+                Tool::Other(_) => return Err(bad(&format!("tools[{j}].type"), "only function tools can be rendered")),
+            };
+            let Some(name) = name else {
                 return Err(bad(&format!("tools[{j}].function.name"), "a tool needs a name"));
             };
-            let desc = f.get("description").and_then(Value::as_str).unwrap_or("");
+            let desc = desc.unwrap_or("");
             // The official renderer reshapes tool text into TypeScript and tokenizes it as it
             // is: a word in it is bounded, so that rendering stays linear (crate::tokens).
-            let params = f.get("parameters").map(crate::tokens::longest_piece_in).unwrap_or(0);
+            let params = parameters.map(crate::tokens::longest_piece_in).unwrap_or(0);
             for (what, n) in [
                 ("function.name", crate::tokens::longest_piece(name)),
                 ("function.description", crate::tokens::longest_piece(desc)),
@@ -308,51 +311,52 @@ pub fn conversation(body: &Value, default_effort: Effort, date: &str) -> Result<
                     ));
                 }
             }
-            descs.push(ToolDescription::new(name, desc, f.get("parameters").cloned()));
+            descs.push(ToolDescription::new(name, desc, parameters.cloned()));
         }
         developer = developer.with_function_tools(descs);
     }
-    match body.get("response_format") {
-        None | Some(Value::Null) => {}
-        Some(rf) => match rf.get("type").and_then(Value::as_str) {
-            Some("text") => {}
-            Some("json_object") => instructions.push("# Response Formats\n\nRespond with a single JSON object.".to_owned()),
-            Some("json_schema") => {
-                let js = &rf["json_schema"];
-                let name = js.get("name").and_then(Value::as_str).unwrap_or("response");
-                let schema = js.get("schema").cloned().unwrap_or(json!({}));
-                let mut section = format!("# Response Formats\n\n## {name}\n\n");
-                if let Some(d) = js.get("description").and_then(Value::as_str) {
-                    section.push_str(&format!("// {d}\n"));
-                }
-                section.push_str(&schema.to_string());
-                instructions.push(section);
+    match &c.response_format {
+        None | Some(ResponseFormat::Text) => {}
+        Some(ResponseFormat::JsonObject) => instructions.push("# Response Formats\n\nRespond with a single JSON object.".to_owned()),
+        Some(ResponseFormat::JsonSchema(js)) => {
+            let name = js.name.as_deref().unwrap_or("response");
+            let mut section = format!("# Response Formats\n\n## {name}\n\n");
+            if let Some(d) = &js.description {
+                section.push_str(&format!("// {d}\n"));
             }
-            other => return Err(bad("response_format.type", format!("{other:?} is not text, json_object or json_schema"))),
-        },
+            match &js.schema {
+                Some(schema) => section.push_str(&schema.to_string()),
+                None => section.push_str("{}"),
+            }
+            instructions.push(section);
+        }
+        Some(ResponseFormat::Other(v)) => {
+            let other = v.get("type").and_then(Value::as_str);
+            return Err(bad("response_format.type", format!("{other:?} is not text, json_object or json_schema")));
+        }
     }
     if !instructions.is_empty() {
         developer = developer.with_instructions(instructions.join("\n\n"));
     }
 
     let system = SystemContent::new().with_reasoning_effort(effort.harmony()).with_conversation_start_date(date);
-    let mut head = vec![Message::from_role_and_content(Role::System, system)];
+    let mut head = vec![Message::from_role_and_content(HarmonyRole::System, system)];
     if developer.instructions.is_some() || developer.tools.is_some() {
-        head.push(Message::from_role_and_content(Role::Developer, developer));
+        head.push(Message::from_role_and_content(HarmonyRole::Developer, developer));
     }
     Ok((head, rest))
 }
 
 /// How many tokens the prompt of a chat request is, rendered as this stage renders it (the
 /// request's `reasoning_effort`, else medium; today's date). For `count_tokens`.
-pub fn prompt_tokens(enc: &HarmonyEncoding, body: &Value) -> Result<usize, ApiError> {
-    Ok(render_request(enc, &process_cache(), body, Effort::default(), &today())?.len())
+pub fn prompt_tokens(enc: &HarmonyEncoding, conv: &Conversation) -> Result<usize, ApiError> {
+    Ok(render_request(enc, &process_cache(), conv, Effort::default(), &today())?.len())
 }
 
 /// The prompt a chat request renders to, as token ids (what the stage sends; public for the
 /// benchmark and tests). `date` is the conversation's date (`YYYY-MM-DD`).
-pub fn render_request(enc: &HarmonyEncoding, cache: &RenderCache, body: &Value, default_effort: Effort, date: &str) -> Result<Vec<u32>, ApiError> {
-    let (head, rest) = conversation(body, default_effort, date)?;
+pub fn render_request(enc: &HarmonyEncoding, cache: &RenderCache, conv: &Conversation, default_effort: Effort, date: &str) -> Result<Vec<u32>, ApiError> {
+    let (head, rest) = conversation(conv, default_effort, date)?;
     render_messages(enc, cache, &head, &rest)
 }
 
@@ -375,7 +379,7 @@ impl Renderer<'_> {
         let key = serde_json::to_string(head).unwrap_or_default();
         let head_tokens = self.cache.get_or_render(key, || {
             // As a conversation: the system message says the tools' channel when there are tools.
-            let conv = Conversation::from_messages(head.to_vec());
+            let conv = HarmonyConversation::from_messages(head.to_vec());
             crate::tokens::render_linear(self.enc, &conv.messages, |msgs| {
                 let mut t = Vec::new();
                 self.enc.render_conversation_into(msgs, &mut t, None).map_err(|e| e.to_string())?;
@@ -398,54 +402,59 @@ impl Renderer<'_> {
 
 /// Client stops that are plain text (never `<|end|>` and friends: they would end the reply
 /// early; the model's own stop tokens end it).
-fn client_stops(body: &Value) -> Vec<String> {
-    let stops: Vec<String> = match body.get("stop") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
-        _ => Vec::new(),
-    };
-    stops.into_iter().filter(|s| !s.is_empty() && !crate::markup::has_markup(s)).collect()
+fn client_stops(c: &Controls) -> Vec<String> {
+    c.stop.as_ref().map(Stop::as_slice).unwrap_or_default().iter().filter(|s| !s.is_empty() && !crate::markup::has_markup(s)).cloned().collect()
 }
 
 impl Stage for HarmonyRender {
     /// After every `on_request`: the history is repaired and remembered reasoning is back
-    /// (`reasoning-memory` puts it in the chat request; here it becomes the analysis message).
-    fn on_upstream_request(&mut self, up: &mut UpstreamRequest) -> Result<(), ApiError> {
-        let body = &up.body;
-        let prompt = render_request(&self.enc, &self.cache, body, self.cfg.reasoning_effort, &today())?;
+    /// (`reasoning-memory` puts it in the conversation; here it becomes the analysis message).
+    fn on_upstream_request(&mut self, conv: &Conversation) -> Result<Option<UpstreamRequest>, ApiError> {
+        let prompt = render_request(&self.enc, &self.cache, conv, self.cfg.reasoning_effort, &today())?;
         self.prompt_tokens = prompt.len();
+        let c = &conv.controls;
         let mut out = serde_json::Map::new();
-        out.insert("model".into(), body.get("model").cloned().unwrap_or(Value::Null));
+        out.insert("model".into(), if conv.model.is_empty() { Value::Null } else { conv.model.clone().into() });
         out.insert("prompt".into(), json!(prompt));
         out.insert("stream".into(), Value::Bool(true));
-        let max = body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).filter(|v| v.is_u64()).cloned();
-        for k in ["temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias"] {
-            if let Some(v) = body.get(k).filter(|v| !v.is_null()) {
-                out.insert(k.into(), v.clone());
+        let max = c.max_output_tokens.as_ref().and_then(Limit::count).map(Value::from);
+        let s = &c.sampling;
+        for (k, v) in [
+            ("temperature", &s.temperature),
+            ("top_p", &s.top_p),
+            ("seed", &s.seed),
+            ("presence_penalty", &s.presence_penalty),
+            ("frequency_penalty", &s.frequency_penalty),
+        ] {
+            if let Some(v) = v {
+                out.insert(k.into(), Value::Number(v.clone()));
             }
         }
-        let stops = client_stops(body);
+        if let Some(v) = &s.logit_bias {
+            out.insert("logit_bias".into(), v.clone());
+        }
+        let stops = client_stops(c);
         if !stops.is_empty() {
             out.insert("stop".into(), json!(stops));
         }
-        match self.cfg.endpoint {
+        let endpoint = match self.cfg.endpoint {
             RenderEndpoint::Completions => {
                 if let Some(m) = max {
                     out.insert("max_tokens".into(), m);
                 }
                 // vLLM strips special tokens from completion text unless told otherwise.
                 out.insert("skip_special_tokens".into(), Value::Bool(false));
-                up.endpoint = Endpoint::Completions;
+                out.insert("stream_options".into(), json!({"include_usage": true}));
+                Endpoint::Completions
             }
             RenderEndpoint::Llama => {
                 out.insert("n_predict".into(), max.unwrap_or(json!(-1)));
                 out.insert("return_tokens".into(), Value::Bool(true));
                 out.insert("cache_prompt".into(), Value::Bool(true));
-                up.endpoint = Endpoint::LlamaCompletion;
+                Endpoint::LlamaCompletion
             }
-        }
-        up.body = Value::Object(out);
-        Ok(())
+        };
+        Ok(Some(UpstreamRequest { body: Value::Object(out), endpoint }))
     }
 
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
@@ -469,7 +478,7 @@ mod tests {
     fn rendered(body: Value) -> String {
         let enc = crate::testing::encoding();
         let f = HarmonyRenderFactory { cfg: HarmonyRenderConfig::default(), enc: enc.clone(), cache: Arc::new(RenderCache::default()) };
-        let tokens = render_request(&enc, &f.cache, &body, Effort::Medium, "2026-11-22").unwrap();
+        let tokens = render_request(&enc, &f.cache, &crate::api::chat::decode::conversation(body), Effort::Medium, "2026-11-22").unwrap();
         enc.tokenizer().decode_utf8(&tokens).unwrap()
     }
 
@@ -517,7 +526,7 @@ mod tests {
 
     #[test]
     fn what_cannot_be_rendered_is_a_400_naming_the_place() {
-        let err = |body: Value| conversation(&body, Effort::Medium, "2026-11-22").unwrap_err();
+        let err = |body: Value| conversation(&crate::api::chat::decode::conversation(body), Effort::Medium, "2026-11-22").unwrap_err();
         let e = err(json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": "x"}}]}]}));
         assert_eq!((e.status, e.message.as_str()), (400, "messages[0].content[1]: gpt-oss reads text only; a `image_url` part cannot be rendered"));
         assert!(err(json!({"n": 2, "messages": []})).message.starts_with("n: "));
@@ -527,7 +536,7 @@ mod tests {
 
     #[test]
     fn special_tokens_are_never_client_stops() {
-        assert_eq!(client_stops(&json!({"stop": ["<|end|>", "END", "<|return|>", ""]})), ["END"]);
+        assert_eq!(client_stops(&crate::api::chat::decode::conversation(json!({"stop": ["<|end|>", "END", "<|return|>", ""]})).controls), ["END"]);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::conversation::{Content, Conversation, Message, Role};
 use crate::event::Event;
 use crate::markup;
 use crate::stage::{RequestMeta, Stage, StageFactory};
@@ -50,9 +51,6 @@ pub struct HistoryClean {
     parse: Arc<HarmonyParseFactory>,
 }
 
-/// The reasoning fields clients and servers use for an assistant turn's analysis.
-pub const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "reasoning", "thinking"];
-
 /// Text whose special tokens were stripped but whose words were kept.
 fn looks_glued(s: &str) -> bool {
     let t = s.trim_start();
@@ -63,18 +61,17 @@ fn needs_cleaning(s: &str) -> bool {
     markup::has_markup(s) || looks_glued(s)
 }
 
-/// Repairs every message of `req` in place (see the module header for what and why).
-pub fn clean(parse: &HarmonyParseFactory, req: &mut Value) {
-    let Some(messages) = req.get_mut("messages").and_then(Value::as_array_mut) else { return };
+/// Repairs every message of the conversation in place (see the module header for what and why).
+pub fn clean(parse: &HarmonyParseFactory, conv: &mut Conversation) {
     let mut call_ids: Vec<String> = Vec::new();
-    for m in messages {
-        match m.get("role").and_then(Value::as_str) {
-            Some("assistant") => {
-                clean_content(parse, m);
+    for m in &mut conv.messages {
+        match m.role {
+            Role::Assistant => {
+                clean_content(parse, &mut m.content);
                 repair_tool_turn(m, &mut call_ids);
             }
-            Some("tool") => {
-                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+            Role::Tool => {
+                let id = m.tool_call_id.as_deref().unwrap_or("");
                 if !call_ids.iter().any(|c| c == id) {
                     orphan_to_user(m);
                 }
@@ -84,15 +81,13 @@ pub fn clean(parse: &HarmonyParseFactory, req: &mut Value) {
     }
 }
 
-fn clean_content(parse: &HarmonyParseFactory, m: &mut Value) {
-    match m.get_mut("content") {
-        Some(Value::String(s)) if needs_cleaning(s) => *s = final_text(parse, s),
-        Some(Value::Array(parts)) => {
-            for p in parts {
-                if let Some(Value::String(s)) = p.get_mut("text") {
-                    if needs_cleaning(s) {
-                        *s = final_text(parse, s);
-                    }
+fn clean_content(parse: &HarmonyParseFactory, content: &mut Content) {
+    match content {
+        Content::Text(s) if needs_cleaning(s) => *s = final_text(parse, s),
+        Content::Parts(parts) => {
+            for s in parts.iter_mut().filter_map(|p| p.text.as_mut()) {
+                if needs_cleaning(s) {
+                    *s = final_text(parse, s);
                 }
             }
         }
@@ -100,22 +95,13 @@ fn clean_content(parse: &HarmonyParseFactory, m: &mut Value) {
     }
 }
 
-/// The text of a content value (a string, or text parts).
-fn content_text(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
-        _ => String::new(),
-    }
-}
-
-fn repair_tool_turn(m: &mut Value, call_ids: &mut Vec<String>) {
-    let Some(calls) = m.get_mut("tool_calls").and_then(Value::as_array_mut).filter(|c| !c.is_empty()) else { return };
+fn repair_tool_turn(m: &mut Message, call_ids: &mut Vec<String>) {
+    let Some(calls) = m.tool_calls.as_mut().filter(|c| !c.is_empty()) else { return };
     for call in calls.iter_mut() {
-        if let Some(id) = call.get("id").and_then(Value::as_str) {
-            call_ids.push(id.to_owned());
+        if let Some(id) = &call.id {
+            call_ids.push(id.clone());
         }
-        if let Some(args) = call.pointer_mut("/function/arguments") {
+        if let Some(args) = call.arguments.as_mut() {
             normalise_arguments(args);
         }
     }
@@ -124,16 +110,14 @@ fn repair_tool_turn(m: &mut Value, call_ids: &mut Vec<String>) {
 
 /// An assistant tool-call turn carrying both content and reasoning: the content (a preamble
 /// said after the reasoning) is appended to the reasoning and the content emptied.
-pub fn merge_content_into_reasoning(m: &mut Value) {
-    let content = content_text(m.get("content"));
+pub fn merge_content_into_reasoning(m: &mut Message) {
+    let content = m.content.text();
     if content.trim().is_empty() {
         return;
     }
-    let Some(field) = REASONING_FIELDS.iter().find(|f| m.get(**f).and_then(Value::as_str).is_some_and(|r| !r.trim().is_empty())) else { return };
-    let reasoning = m[*field].as_str().unwrap_or_default();
-    let merged = format!("{}\n\n{}", reasoning.trim_end(), content.trim());
-    m[*field] = Value::String(merged);
-    m["content"] = Value::Null;
+    let Some(r) = m.reasoning.as_mut().filter(|r| !r.text.trim().is_empty()) else { return };
+    r.text = format!("{}\n\n{}", r.text.trim_end(), content.trim());
+    m.content = Content::Null;
 }
 
 /// Arguments the template can parse as JSON, as a JSON string (the OpenAI shape).
@@ -158,16 +142,16 @@ fn normalise_arguments(args: &mut Value) {
     *args = Value::String(fixed);
 }
 
-fn orphan_to_user(m: &mut Value) {
-    let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("").to_owned();
-    let name = m.get("name").and_then(Value::as_str).map(|n| format!(" {n}")).unwrap_or_default();
-    let text = content_text(m.get("content"));
-    *m = serde_json::json!({"role": "user", "content": format!("(result of tool call{name} {id}, whose call is not in this conversation)\n{text}")});
+fn orphan_to_user(m: &mut Message) {
+    let id = m.tool_call_id.as_deref().unwrap_or("");
+    let name = m.name.as_deref().map(|n| format!(" {n}")).unwrap_or_default();
+    let text = m.content.text();
+    *m = Message::text(Role::User, format!("(result of tool call{name} {id}, whose call is not in this conversation)\n{text}"));
 }
 
 impl Stage for HistoryClean {
-    fn on_request(&mut self, up: &mut crate::stage::UpstreamRequest) -> Result<(), crate::event::ApiError> {
-        clean(&self.parse, &mut up.body);
+    fn on_request(&mut self, conv: &mut Conversation) -> Result<(), crate::event::ApiError> {
+        clean(&self.parse, conv);
         Ok(())
     }
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
@@ -175,9 +159,10 @@ impl Stage for HistoryClean {
     }
 }
 
-impl crate::pipeline::StageConfig for HistoryCleanConfig {
-    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
-        let parse = b.history_parser();
+impl crate::stage::StageConfig for HistoryCleanConfig {
+    fn build(&self, b: &mut crate::stage::Builder<'_>) {
+        // One default parser for every request stage that reads Harmony in history.
+        let parse = b.shared(|enc| HarmonyParseFactory::new(&crate::stages::harmony_parse::HarmonyParseConfig::default(), enc.clone()));
         b.push(HistoryCleanFactory::new(parse));
     }
 }
@@ -192,8 +177,11 @@ mod regressions {
     #[test]
     fn cleaned_history_has_no_markup_even_when_removal_forms_it() {
         let parse = HarmonyParseFactory::new(&HarmonyParseConfig::default(), crate::testing::encoding());
-        let mut req = serde_json::json!({"messages": [{"role": "assistant", "content": "<|channe:|>analysis<|message|>x<|end<|reserved_200898|>|><|se|>y"}]});
-        clean(&parse, &mut req);
+        let mut conv = crate::api::chat::decode::conversation(
+            serde_json::json!({"messages": [{"role": "assistant", "content": "<|channe:|>analysis<|message|>x<|end<|reserved_200898|>|><|se|>y"}]}),
+        );
+        clean(&parse, &mut conv);
+        let req = crate::upstream::chat_request::request(conv);
         let c = req["messages"][0]["content"].as_str().unwrap();
         assert!(!crate::markup::has_markup(c), "{c:?}");
     }
@@ -207,9 +195,9 @@ mod tests {
 
     fn cleaned(messages: Value) -> Value {
         let parse = HarmonyParseFactory::new(&HarmonyParseConfig::default(), crate::testing::encoding());
-        let mut req = json!({ "messages": messages });
-        clean(&parse, &mut req);
-        req["messages"].clone()
+        let mut conv = crate::api::chat::decode::conversation(json!({ "messages": messages }));
+        clean(&parse, &mut conv);
+        crate::upstream::chat_request::request(conv)["messages"].clone()
     }
 
     fn call(id: &str, args: &str) -> Value {
@@ -219,7 +207,7 @@ mod tests {
     /// llama.cpp answers 500 to this turn, exactly as the OpenAI SDK hands it to an agent.
     #[test]
     fn a_tool_turn_with_content_and_reasoning_keeps_both_as_reasoning_in_order() {
-        for field in REASONING_FIELDS {
+        for field in crate::conversation::ReasoningField::ALL.map(|f| f.as_str()) {
             let m = cleaned(json!([{"role": "assistant", "content": "Checking now.", field: "Need the weather.", "tool_calls": [call("c1", "{}")]}]));
             assert_eq!(m[0][field], "Need the weather.\n\nChecking now.", "{field}");
             assert!(m[0]["content"].is_null());

@@ -17,17 +17,18 @@
 //! it survives config reloads and every pipeline has the limits it set; a shared store for
 //! replicas goes behind the same [`ReasoningStore`] trait.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
+use crate::conversation::{Conversation, Reasoning, ReasoningField, Role};
 use crate::event::{Channel, Event};
 use crate::stage::{random_id, RequestMeta, Stage, StageFactory};
-use crate::stages::history_clean::{merge_content_into_reasoning, REASONING_FIELDS};
+use crate::stages::history_clean::merge_content_into_reasoning;
+use crate::store::Stores;
+pub use crate::store::{MemoryStore, StateStore as ReasoningStore};
 use crate::values::Dur;
 
 /// The most reasoning kept for one turn; longer reasoning keeps its end (the part nearest the call).
@@ -45,9 +46,13 @@ pub enum Field {
 
 impl Field {
     pub fn as_str(self) -> &'static str {
+        self.wire().as_str()
+    }
+    /// The conversation's name for the field.
+    pub fn wire(self) -> ReasoningField {
         match self {
-            Self::ReasoningContent => "reasoning_content",
-            Self::Reasoning => "reasoning",
+            Self::ReasoningContent => ReasoningField::ReasoningContent,
+            Self::Reasoning => ReasoningField::Reasoning,
         }
     }
 }
@@ -73,10 +78,10 @@ pub struct ReasoningMemoryConfig {
 }
 
 fn default_max_bytes() -> u64 {
-    64 << 20
+    crate::store::DEFAULT_MAX_BYTES
 }
 fn default_ttl() -> Dur {
-    Dur(Duration::from_secs(3600))
+    Dur(crate::store::DEFAULT_TTL)
 }
 fn default_store() -> String {
     "memory".into()
@@ -96,7 +101,7 @@ impl ReasoningMemoryConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut e = Vec::new();
         if self.store != "memory" {
-            if let Err(why) = crate::redis_store::check_url(&self.store) {
+            if let Err(why) = crate::store::redis::check_url(&self.store) {
                 e.push(format!("store: {why}"));
             }
         }
@@ -110,202 +115,23 @@ impl ReasoningMemoryConfig {
     }
 }
 
-/// Where reasoning is kept between requests. Called once at the start and once at the end of
-/// a request, never per token.
-pub trait ReasoningStore: Send + Sync {
-    /// Remembers `reasoning` under each of `ids`, within `scope`.
-    fn put(&self, scope: &str, ids: &[String], reasoning: &str);
-    /// The reasoning remembered under `id` within `scope`.
-    fn get(&self, scope: &str, id: &str) -> Option<Arc<str>>;
-    /// Forgets what is remembered under `id` within `scope`.
-    fn delete(&self, scope: &str, id: &str);
-    /// What it is and who shares it, for `check`.
-    fn describe(&self) -> String {
-        "a store of the caller's".into()
-    }
-}
-
-struct Entry {
-    value: Arc<str>,
-    expires: Instant,
-    /// Position in its scope's `order` (least recently used first).
-    tick: u64,
-}
-
-/// What one key scope holds: its bytes and its entries, least recently used first.
-#[derive(Default)]
-struct ScopeUse {
-    bytes: u64,
-    order: BTreeMap<u64, String>,
-}
-
-struct Lru {
-    map: HashMap<(String, String), Entry>,
-    scopes: HashMap<String, ScopeUse>,
-    tick: u64,
-    bytes: u64,
-    max_bytes: u64,
-    ttl: Duration,
-}
-
-/// The in-process store: bounded in bytes, entries expire. When it is full, the scope that
-/// holds the most gives up its least recently used entry first: one key filling the store
-/// evicts its own state, never that of a key holding less (a fair share per key scope).
-pub struct MemoryStore {
-    inner: Mutex<Lru>,
-}
-
-impl MemoryStore {
-    pub fn new(max_bytes: u64, ttl: Duration) -> Self {
-        Self { inner: Mutex::new(Lru { map: HashMap::new(), scopes: HashMap::new(), tick: 0, bytes: 0, max_bytes, ttl }) }
-    }
-
-    /// Bytes of reasoning held (for tests and metrics).
-    pub fn bytes(&self) -> u64 {
-        self.lock().bytes
-    }
-
-    /// The limits it was made with: `(max_bytes, ttl)`.
-    pub fn limits(&self) -> (u64, Duration) {
-        let l = self.lock();
-        (l.max_bytes, l.ttl)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn entry_cost(key: &(String, String), value: &str) -> u64 {
-    (key.0.len() + key.1.len() + value.len()) as u64
-}
-
-impl Lru {
-    fn remove(&mut self, key: &(String, String)) {
-        if let Some(e) = self.map.remove(key) {
-            let cost = entry_cost(key, &e.value);
-            self.bytes -= cost;
-            if let Some(u) = self.scopes.get_mut(&key.0) {
-                u.order.remove(&e.tick);
-                u.bytes -= cost;
-                if u.order.is_empty() {
-                    self.scopes.remove(&key.0);
-                }
-            }
-        }
-    }
-
-    fn evict_to_fit(&mut self) {
-        while self.bytes > self.max_bytes {
-            // The scope holding the most pays (scopes are few: one per API key).
-            let Some(scope) = self.scopes.iter().max_by_key(|(_, u)| u.bytes).map(|(s, _)| s.clone()) else { break };
-            let Some(id) = self.scopes.get(&scope).and_then(|u| u.order.first_key_value()).map(|(_, id)| id.clone()) else {
-                self.scopes.remove(&scope);
-                continue;
-            };
-            self.remove(&(scope, id));
-        }
-    }
-}
-
-impl ReasoningStore for MemoryStore {
-    fn describe(&self) -> String {
-        let (max, ttl) = self.limits();
-        format!("this process's memory (max_bytes {max}, ttl {ttl:?}; when full, the key holding the most gives up its oldest entry)")
-    }
-
-    fn put(&self, scope: &str, ids: &[String], reasoning: &str) {
-        let value: Arc<str> = Arc::from(reasoning);
-        let mut l = self.lock();
-        let expires = Instant::now() + l.ttl;
-        for id in ids {
-            let key = (scope.to_owned(), id.clone());
-            l.remove(&key);
-            let cost = entry_cost(&key, &value);
-            if cost > l.max_bytes {
-                tracing::warn!(bytes = cost, max_bytes = l.max_bytes, "reasoning-memory: an entry larger than the store's max_bytes was not kept");
-                continue;
-            }
-            l.tick += 1;
-            let tick = l.tick;
-            let u = l.scopes.entry(scope.to_owned()).or_default();
-            u.order.insert(tick, id.clone());
-            u.bytes += cost;
-            l.bytes += cost;
-            l.map.insert(key, Entry { value: value.clone(), expires, tick });
-        }
-        l.evict_to_fit();
-    }
-
-    fn get(&self, scope: &str, id: &str) -> Option<Arc<str>> {
-        let mut l = self.lock();
-        let key = (scope.to_owned(), id.to_owned());
-        let (expired, old_tick) = match l.map.get(&key) {
-            None => return None,
-            Some(e) => (e.expires <= Instant::now(), e.tick),
-        };
-        if expired {
-            l.remove(&key);
-            return None;
-        }
-        l.tick += 1;
-        let tick = l.tick;
-        if let Some(u) = l.scopes.get_mut(scope) {
-            u.order.remove(&old_tick);
-            u.order.insert(tick, id.to_owned());
-        }
-        let e = l.map.get_mut(&key)?;
-        e.tick = tick;
-        Some(e.value.clone())
-    }
-
-    fn delete(&self, scope: &str, id: &str) {
-        self.lock().remove(&(scope.to_owned(), id.to_owned()));
-    }
-}
-
-/// The process's in-memory stores, one per pair of limits (`max_bytes`, `ttl`): a pipeline
-/// gets the limits it sets, whatever other pipelines (the built-in ones are compiled too)
-/// set; pipelines with the same limits share one, and a reload that keeps the limits keeps
-/// the memory. A store no config generation uses any more is freed.
-static PROCESS_STORES: OnceLock<Mutex<StoresByLimits>> = OnceLock::new();
-
-type StoresByLimits = HashMap<(u64, Duration), std::sync::Weak<MemoryStore>>;
-
-/// The process's in-memory store with these limits.
-pub fn process_store(max_bytes: u64, ttl: Duration) -> Arc<MemoryStore> {
-    let mut stores = PROCESS_STORES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    stores.retain(|_, w| w.strong_count() > 0);
-    if let Some(s) = stores.get(&(max_bytes, ttl)).and_then(std::sync::Weak::upgrade) {
-        return s;
-    }
-    let s = Arc::new(MemoryStore::new(max_bytes, ttl));
-    stores.insert((max_bytes, ttl), Arc::downgrade(&s));
-    s
-}
-
-/// The process's in-memory store with the default limits (for requests with no route).
-pub fn process_store_as_is() -> Arc<MemoryStore> {
-    static DEFAULT: OnceLock<Arc<MemoryStore>> = OnceLock::new();
-    DEFAULT.get_or_init(|| process_store(default_max_bytes(), default_ttl().0)).clone()
-}
-
 pub struct ReasoningMemoryFactory {
     field: Field,
     store: Arc<dyn ReasoningStore>,
 }
 
 impl ReasoningMemoryFactory {
-    pub fn new(cfg: &ReasoningMemoryConfig) -> Self {
+    /// With the store `cfg` names, from the server's stores.
+    pub fn new(cfg: &ReasoningMemoryConfig, stores: &Stores) -> Self {
         if cfg.store == "memory" {
-            return Self { field: cfg.field, store: process_store(cfg.max_bytes, cfg.ttl.0) };
+            return Self { field: cfg.field, store: stores.memory(cfg.max_bytes, cfg.ttl.0) };
         }
-        match crate::redis_store::process_redis_store(&cfg.store, cfg.ttl.0, cfg.store_timeout.0) {
+        match stores.redis(&cfg.store, cfg.ttl.0, cfg.store_timeout.0) {
             Ok(s) => Self { field: cfg.field, store: s },
             Err(e) => {
                 // Validation checked the URL; this is a failure to start a thread.
                 tracing::error!(error = %e, "reasoning-memory: the Redis store cannot start; using this process's memory");
-                Self { field: cfg.field, store: process_store(cfg.max_bytes, cfg.ttl.0) }
+                Self { field: cfg.field, store: stores.memory(cfg.max_bytes, cfg.ttl.0) }
             }
         }
     }
@@ -371,38 +197,38 @@ impl ReasoningMemory {
     }
 }
 
-/// Puts remembered reasoning back into the assistant tool-call turns of `req` that lack it
-/// (or carry only its last piece), after the last final answer. Returns how many turns got
-/// theirs back.
-pub fn restore(req: &mut Value, field: Field, scope: &str, store: &dyn ReasoningStore) -> usize {
-    let Some(messages) = req.get_mut("messages").and_then(Value::as_array_mut) else { return 0 };
-    let is_tool_turn =
-        |m: &Value| m.get("role").and_then(Value::as_str) == Some("assistant") && m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+/// Puts remembered reasoning back into the assistant tool-call turns of the conversation
+/// that lack it (or carry only its last piece), after the last final answer. Returns how
+/// many turns got theirs back.
+pub fn restore(conv: &mut Conversation, field: Field, scope: &str, store: &dyn ReasoningStore) -> usize {
+    let messages = &mut conv.messages;
     // Harmony drops the analysis of turns before the last final answer itself.
-    let first = messages.iter().rposition(|m| m.get("role").and_then(Value::as_str) == Some("assistant") && !is_tool_turn(m)).map_or(0, |i| i + 1);
+    let first = messages.iter().rposition(|m| m.role == Role::Assistant && !m.is_tool_turn()).map_or(0, |i| i + 1);
     let mut restored = 0;
     for m in &mut messages[first..] {
-        if !is_tool_turn(m) {
+        if !m.is_tool_turn() {
             continue;
         }
-        let given = REASONING_FIELDS.iter().find_map(|f| m.get(*f).and_then(Value::as_str).filter(|r| !r.trim().is_empty()).map(|r| (*f, r.trim().to_owned())));
-        let found = m["tool_calls"].as_array().into_iter().flatten().filter_map(|c| c.get("id").and_then(Value::as_str)).find_map(|id| store.get(scope, id));
+        let given = m.reasoning_text().map(|r| r.trim().to_owned());
+        let found = m.tool_calls.iter().flatten().filter_map(|c| c.id.as_deref()).find_map(|id| store.get(scope, id));
         let Some(r) = found else { continue };
         // The client's own reasoning stands, unless it is only the end of what was said: the
         // OpenAI Node SDK's stream helper keeps just the last reasoning delta of a stream.
-        let (target, value) = match given {
-            None => (field.as_str(), r.to_string()),
-            Some((f, g)) => match made_whole(&r, &g) {
-                Some(whole) => (f, whole),
+        let text = match given {
+            None => r.to_string(),
+            Some(ref g) => match made_whole(&r, g) {
+                Some(whole) => whole,
                 None => continue,
             },
         };
-        {
-            m[target] = Value::String(value);
-            // A preamble the client kept as content must not stand beside it (llama.cpp 500).
-            merge_content_into_reasoning(m);
-            restored += 1;
+        match m.reasoning.as_mut() {
+            // The client's field keeps it, made whole.
+            Some(had) if given.is_some() => had.text = text,
+            _ => m.reasoning = Some(Reasoning { text, field: field.wire() }),
         }
+        // A preamble the client kept as content must not stand beside it (llama.cpp 500).
+        merge_content_into_reasoning(m);
+        restored += 1;
     }
     restored
 }
@@ -423,8 +249,8 @@ fn made_whole(remembered: &str, given: &str) -> Option<String> {
 }
 
 impl Stage for ReasoningMemory {
-    fn on_request(&mut self, up: &mut crate::stage::UpstreamRequest) -> Result<(), crate::event::ApiError> {
-        restore(&mut up.body, self.field, &self.scope, &*self.store);
+    fn on_request(&mut self, conv: &mut Conversation) -> Result<(), crate::event::ApiError> {
+        restore(conv, self.field, &self.scope, &*self.store);
         Ok(())
     }
 
@@ -468,12 +294,12 @@ impl Stage for ReasoningMemory {
     }
 }
 
-impl crate::pipeline::StageConfig for ReasoningMemoryConfig {
+impl crate::stage::StageConfig for ReasoningMemoryConfig {
     fn validate(&self) -> Vec<String> {
         ReasoningMemoryConfig::validate(self)
     }
-    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
-        let f = ReasoningMemoryFactory::new(self);
+    fn build(&self, b: &mut crate::stage::Builder<'_>) {
+        let f = ReasoningMemoryFactory::new(self, b.stores);
         b.store = Some(f.store.clone());
         b.push(f);
     }
@@ -482,7 +308,7 @@ impl crate::pipeline::StageConfig for ReasoningMemoryConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn turn(ids: &[&str], reasoning: Option<&str>) -> Value {
         let calls: Vec<Value> = ids.iter().map(|id| json!({"id": id, "type": "function", "function": {"name": "f", "arguments": "{}"}})).collect();
@@ -494,9 +320,17 @@ mod tests {
     }
 
     fn on_request(s: &mut Box<dyn Stage>, req: &mut Value) {
-        let mut up = crate::stage::UpstreamRequest::chat(std::mem::take(req));
-        s.on_request(&mut up).unwrap();
-        *req = up.body;
+        let mut conv = crate::api::chat::decode::conversation(std::mem::take(req));
+        s.on_request(&mut conv).unwrap();
+        *req = crate::upstream::chat_request::request(conv);
+    }
+
+    /// [`super::restore`] on a chat request.
+    fn restore(req: &mut Value, field: Field, scope: &str, store: &dyn ReasoningStore) -> usize {
+        let mut conv = crate::api::chat::decode::conversation(std::mem::take(req));
+        let n = super::restore(&mut conv, field, scope, store);
+        *req = crate::upstream::chat_request::request(conv);
+        n
     }
 
     fn run_turn(f: &ReasoningMemoryFactory, meta: &RequestMeta, events: Vec<Event>) -> Vec<Event> {

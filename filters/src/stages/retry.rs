@@ -32,30 +32,11 @@ fn default_max_backoff() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_retries: u32,
-    pub backoff: Duration,
-    pub max_backoff: Duration,
-}
+pub use crate::stage::RetryPolicy;
 
 impl From<&RetryConfig> for RetryPolicy {
     fn from(c: &RetryConfig) -> Self {
         Self { max_retries: c.max_retries, backoff: c.backoff.0, max_backoff: c.max_backoff.0 }
-    }
-}
-
-impl RetryPolicy {
-    pub const NONE: RetryPolicy = RetryPolicy { max_retries: 0, backoff: Duration::ZERO, max_backoff: Duration::ZERO };
-
-    /// The wait before retry number `retry` (0-based): `backoff · 2^retry`, jittered to
-    /// 50–100 % and capped; the upstream's `Retry-After` wins when it gave one.
-    pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(ra) = retry_after {
-            return ra.min(self.max_backoff);
-        }
-        let base = self.backoff.saturating_mul(1u32.checked_shl(retry.min(20)).unwrap_or(u32::MAX));
-        base.min(self.max_backoff).mul_f64(0.5 + fastrand::f64() * 0.5)
     }
 }
 
@@ -69,9 +50,9 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(|s| Duration::from_secs_f64(s.min(3600.0)))
 }
 
-impl crate::pipeline::StageConfig for RetryConfig {
+impl crate::stage::StageConfig for RetryConfig {
     /// Retry is the upstream call's policy, not a stage of the chain.
-    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+    fn build(&self, b: &mut crate::stage::Builder<'_>) {
         b.retry = RetryPolicy::from(self);
     }
 }

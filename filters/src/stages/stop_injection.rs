@@ -1,13 +1,12 @@
 //! `stop-injection` (request phase): make sure generation stops at `<|return|>` and
 //! `<|call|>` (and any `extra` sequences), keeping the client's own stops, without duplicates.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
+use crate::conversation::{Controls, Conversation, Stop};
 use crate::event::Event;
 use crate::stage::{RequestMeta, Stage, StageFactory};
 use crate::values::{Flag, StringList};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -47,28 +46,27 @@ pub struct StopInjection {
     stops: std::sync::Arc<[String]>,
 }
 
-/// Adds `stops` to the request's `stop`, keeping what the client sent (string or list).
-pub fn inject(req: &mut Value, stops: &[String]) {
-    let Some(obj) = req.as_object_mut() else { return };
+/// Adds `stops` to the request's stops, keeping the client's own (string or list) first.
+pub fn inject(c: &mut Controls, stops: &[String]) {
     if stops.is_empty() {
         return;
     }
-    let mut list: Vec<Value> = match obj.remove("stop") {
-        Some(Value::String(s)) => vec![Value::String(s)],
-        Some(Value::Array(a)) => a.into_iter().filter(|v| v.is_string()).collect(),
-        _ => Vec::new(),
+    let mut list = match c.stop.take() {
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+        None => Vec::new(),
     };
     for s in stops {
-        if !list.iter().any(|v| v.as_str() == Some(s)) {
-            list.push(Value::String(s.clone()));
+        if !list.contains(s) {
+            list.push(s.clone());
         }
     }
-    obj.insert("stop".into(), Value::Array(list));
+    c.stop = Some(Stop::Many(list));
 }
 
 impl Stage for StopInjection {
-    fn on_request(&mut self, up: &mut crate::stage::UpstreamRequest) -> Result<(), crate::event::ApiError> {
-        inject(&mut up.body, &self.stops);
+    fn on_request(&mut self, conv: &mut Conversation) -> Result<(), crate::event::ApiError> {
+        inject(&mut conv.controls, &self.stops);
         Ok(())
     }
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
@@ -76,8 +74,8 @@ impl Stage for StopInjection {
     }
 }
 
-impl crate::pipeline::StageConfig for StopInjectionConfig {
-    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+impl crate::stage::StageConfig for StopInjectionConfig {
+    fn build(&self, b: &mut crate::stage::Builder<'_>) {
         b.push(StopInjectionFactory::new(self));
     }
 }
@@ -85,19 +83,22 @@ impl crate::pipeline::StageConfig for StopInjectionConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn injected(r: Value, stops: &[String]) -> Value {
+        let mut conv = crate::api::chat::decode::conversation(r);
+        inject(&mut conv.controls, stops);
+        crate::upstream::chat_request::request(conv)
+    }
 
     #[test]
     fn keeps_client_stops_without_duplicates() {
         let stops = ["<|return|>".to_owned(), "<|call|>".to_owned(), "END".to_owned()];
-        let mut r = json!({"stop": "END"});
-        inject(&mut r, &stops);
+        let r = injected(json!({"stop": "END"}), &stops);
         assert_eq!(r["stop"], json!(["END", "<|return|>", "<|call|>"]));
-        let mut r = json!({"stop": ["<|call|>", "x"]});
-        inject(&mut r, &stops);
+        let r = injected(json!({"stop": ["<|call|>", "x"]}), &stops);
         assert_eq!(r["stop"], json!(["<|call|>", "x", "<|return|>", "END"]));
-        let mut r = json!({});
-        inject(&mut r, &stops[..2]);
+        let r = injected(json!({}), &stops[..2]);
         assert_eq!(r["stop"], json!(["<|return|>", "<|call|>"]));
     }
 }

@@ -402,8 +402,8 @@ impl Stage for ToolBridge {
     }
 }
 
-impl crate::pipeline::StageConfig for ToolBridgeConfig {
-    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+impl crate::stage::StageConfig for ToolBridgeConfig {
+    fn build(&self, b: &mut crate::stage::Builder<'_>) {
         b.mode = Some(self.mode.as_str());
         b.push(ToolBridgeFactory(self.clone()));
     }

@@ -60,8 +60,8 @@ impl Stage for Watchdog {
     }
 }
 
-impl crate::pipeline::StageConfig for WatchdogConfig {
-    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+impl crate::stage::StageConfig for WatchdogConfig {
+    fn build(&self, b: &mut crate::stage::Builder<'_>) {
         b.push(WatchdogFactory(self.no_final_timeout.0));
     }
 }

@@ -14,6 +14,6 @@ pub fn answer(mut body: Value, env: &EdgeEnv, enc: &HarmonyEncoding) -> Result<V
         body["max_tokens"] = Value::from(1);
     }
     let decoded = super::decode::decode(body, env)?;
-    let n = crate::stages::harmony_render::prompt_tokens(enc, &decoded.chat)?;
+    let n = crate::stages::harmony_render::prompt_tokens(enc, &decoded.conversation)?;
     Ok(json!({"input_tokens": n}))
 }

@@ -1,4 +1,4 @@
-//! A Messages request → the chat request the stages work on.
+//! A Messages request → the conversation the stages work on.
 //!
 //! - `system` (a string or text blocks) and `system` messages inside `messages` (Claude Code
 //!   sends one) become one system message first. Claude Code's billing header block
@@ -21,11 +21,14 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::types::{Content, MessageParam, Request, Thinking, Tool, ToolChoice};
 use super::Context;
 use crate::api::{typed, ApiContext, Decoded, EdgeEnv};
+use crate::conversation::{
+    self, Content as MessageContent, Conversation, FunctionTool, Limit, Message, Reasoning, ReasoningField, Role, ToolCall, ToolChoice as Choice,
+};
 use crate::event::ApiError;
 use crate::stage::random_id;
 
@@ -71,18 +74,19 @@ fn text_blocks(content: Content, at: &str) -> Result<String, ApiError> {
     }
 }
 
+/// Builds the conversation's messages, one message at a time.
 #[derive(Default)]
-struct Conversation {
+struct Turns {
     instructions: Vec<String>,
-    messages: Vec<Value>,
+    messages: Vec<Message>,
     unopened: u64,
 }
 
-impl Conversation {
+impl Turns {
     fn user(&mut self, m: MessageParam, at: &str) -> Result<(), ApiError> {
         let blocks = match m.content {
             Content::Text(s) => {
-                self.messages.push(json!({"role": "user", "content": s}));
+                self.messages.push(Message::text(Role::User, s));
                 return Ok(());
             }
             Content::Blocks(b) => b,
@@ -105,7 +109,7 @@ impl Conversation {
                     if b.get("is_error").and_then(Value::as_bool) == Some(true) {
                         out = format!("The tool reported an error:\n{out}");
                     }
-                    self.messages.push(json!({"role": "tool", "tool_call_id": call_id(id), "content": out}));
+                    self.messages.push(Message::tool_result(call_id(id), out));
                 }
                 t @ ("image" | "document" | "search_result") => {
                     return Err(invalid(at, format!("gpt-oss reads text only; a `{t}` block cannot be sent to it")))
@@ -114,7 +118,7 @@ impl Conversation {
             }
         }
         if !text.is_empty() {
-            self.messages.push(json!({"role": "user", "content": text.join("\n")}));
+            self.messages.push(Message::text(Role::User, text.join("\n")));
         }
         Ok(())
     }
@@ -122,7 +126,7 @@ impl Conversation {
     fn assistant(&mut self, m: MessageParam, at: &str, env: &EdgeEnv) -> Result<(), ApiError> {
         let blocks = match m.content {
             Content::Text(s) => {
-                self.messages.push(json!({"role": "assistant", "content": s}));
+                self.messages.push(Message::text(Role::Assistant, s));
                 return Ok(());
             }
             Content::Blocks(b) => b,
@@ -155,22 +159,19 @@ impl Conversation {
                         return Err(invalid(at, "a tool_use block needs id and name"));
                     };
                     let input = b.get("input").cloned().filter(|i| !i.is_null()).unwrap_or_else(|| json!({}));
-                    calls.push(json!({"id": call_id(id), "type": "function", "function": {"name": name, "arguments": input.to_string()}}));
+                    calls.push(ToolCall::function(call_id(id), name, input.to_string()));
                 }
                 t @ ("image" | "document") => return Err(invalid(at, format!("gpt-oss reads text only; a `{t}` block cannot be sent to it"))),
                 other => return Err(invalid(format!("{at}.type"), format!("unknown block type {other:?} in an assistant message"))),
             }
         }
-        let mut msg = Map::new();
-        msg.insert("role".into(), "assistant".into());
-        msg.insert("content".into(), if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) });
-        if !reasoning.trim().is_empty() {
-            msg.insert("reasoning_content".into(), reasoning.into());
-        }
-        if !calls.is_empty() {
-            msg.insert("tool_calls".into(), Value::Array(calls));
-        }
-        self.messages.push(Value::Object(msg));
+        let content = if text.is_empty() && !calls.is_empty() { MessageContent::Null } else { MessageContent::Text(text) };
+        self.messages.push(Message {
+            content,
+            reasoning: (!reasoning.trim().is_empty()).then_some(Reasoning { text: reasoning, field: ReasoningField::ReasoningContent }),
+            tool_calls: (!calls.is_empty()).then_some(calls),
+            ..Message::text(Role::Assistant, "")
+        });
         Ok(())
     }
 }
@@ -218,7 +219,7 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         return Err(invalid("messages", "at least one message is required"));
     }
     check_stop_sequences(&req.stop_sequences)?;
-    let mut conv = Conversation::default();
+    let mut conv = Turns::default();
     match req.system {
         None => {}
         Some(Content::Text(s)) => conv.instructions.push(s),
@@ -260,14 +261,13 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         notes.push(format!("{} thinking signature(s) did not open", conv.unopened));
     }
 
-    let mut chat = Map::new();
-    chat.insert("model".into(), model.clone().into());
     let mut messages = Vec::with_capacity(conv.messages.len() + 1);
     if !conv.instructions.is_empty() {
-        messages.push(json!({"role": "system", "content": conv.instructions.join("\n\n")}));
+        messages.push(Message::text(Role::System, conv.instructions.join("\n\n")));
     }
     messages.append(&mut conv.messages);
-    chat.insert("messages".into(), Value::Array(messages));
+    let mut conversation = Conversation { model: model.clone(), messages, ..Conversation::default() };
+    let c = &mut conversation.controls;
 
     let mut functions = Vec::new();
     let mut left_out = Vec::new();
@@ -282,33 +282,24 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
             left_out.push(tool.name);
             continue;
         }
-        let mut f = Map::new();
-        f.insert("name".into(), tool.name.into());
-        if let Some(d) = tool.description.filter(|d| !d.is_empty()) {
-            f.insert("description".into(), d.into());
-        }
-        f.insert("parameters".into(), tool.input_schema.filter(Value::is_object).unwrap_or_else(|| json!({"type": "object", "properties": {}})));
-        functions.push(json!({"type": "function", "function": f}));
+        let parameters = tool.input_schema.filter(Value::is_object).unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+        functions.push(conversation::Tool::Function(FunctionTool::new(tool.name, tool.description.filter(|d| !d.is_empty()), parameters)));
     }
     if !left_out.is_empty() {
         notes.push(format!("tools the proxy cannot run left out of the prompt: {}", left_out.join(", ")));
     }
-    let mut parallel = None;
     if !functions.is_empty() {
-        chat.insert("tools".into(), Value::Array(functions));
+        conversation.tools = Some(functions);
         if let Some(tc) = &req.tool_choice {
             let (choice, no_parallel) = match tc {
-                ToolChoice::Auto { disable_parallel_tool_use } => (json!("auto"), *disable_parallel_tool_use),
-                ToolChoice::Any { disable_parallel_tool_use } => (json!("required"), *disable_parallel_tool_use),
-                ToolChoice::Tool { name, disable_parallel_tool_use } => (json!({"type": "function", "function": {"name": name}}), *disable_parallel_tool_use),
-                ToolChoice::None => (json!("none"), None),
+                ToolChoice::Auto { disable_parallel_tool_use } => (Choice::Auto, *disable_parallel_tool_use),
+                ToolChoice::Any { disable_parallel_tool_use } => (Choice::Required, *disable_parallel_tool_use),
+                ToolChoice::Tool { name, disable_parallel_tool_use } => (Choice::Function(name.clone()), *disable_parallel_tool_use),
+                ToolChoice::None => (Choice::None, None),
             };
-            chat.insert("tool_choice".into(), choice);
-            parallel = no_parallel.map(|d| !d);
+            c.tool_choice = Some(choice);
+            c.parallel_tool_calls = no_parallel.map(|d| !d);
         }
-    }
-    if let Some(p) = parallel {
-        chat.insert("parallel_tool_calls".into(), p.into());
     }
     let mut effort = match &req.thinking {
         None => None,
@@ -323,25 +314,21 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     if let Some(e) = req.output_config.as_ref().and_then(|o| o.effort.as_deref()) {
         effort = Some(effort_of(e, "output_config.effort")?);
     }
-    if let Some(e) = effort {
-        chat.insert("reasoning_effort".into(), e.into());
-    }
-    chat.insert("max_tokens".into(), max_tokens.into());
-    if let Some(t) = req.temperature {
-        chat.insert("temperature".into(), t.into());
-    }
-    if let Some(p) = req.top_p {
-        chat.insert("top_p".into(), p.into());
-    }
+    c.reasoning_effort = effort.map(str::to_owned);
+    c.max_output_tokens = Some(Limit::tokens(max_tokens));
+    c.sampling.temperature = req.temperature.and_then(serde_json::Number::from_f64);
+    c.sampling.top_p = req.top_p.and_then(serde_json::Number::from_f64);
     if let Some(k) = req.top_k {
-        chat.insert("top_k".into(), k.into());
+        // A server's own option (llama.cpp, vLLM): the chat endpoint gets it as is.
+        conversation.extra.insert("top_k".into(), k.into());
     }
     // `stop_sequences` are the encoder's to apply: it alone can say which one ended the
     // answer (`stop_reason: "stop_sequence"`); the upstream cannot.
     let stream = req.stream.unwrap_or(false);
-    chat.insert("stream".into(), stream.into());
+    c.stream = stream;
+    c.include_usage = true;
     let ctx = Context { message_id: random_id("msg_", 24), sealer: env.sealer.clone(), scope: env.scope.clone(), stop_sequences: req.stop_sequences };
-    Ok(Decoded { chat: Value::Object(chat), model, stream, include_usage: true, ctx: ApiContext::Messages(Arc::new(ctx)), notes })
+    Ok(Decoded { conversation, model, stream, ctx: ApiContext::Messages(Arc::new(ctx)), notes })
 }
 
 #[cfg(test)]
@@ -349,7 +336,7 @@ mod tests {
     use super::*;
 
     fn chat(v: Value) -> Value {
-        decode(v, &EdgeEnv::standalone()).unwrap_or_else(|e| panic!("{}", e.message)).chat
+        decode(v, &EdgeEnv::standalone()).unwrap_or_else(|e| panic!("{}", e.message)).chat()
     }
 
     fn err(v: Value) -> ApiError {
@@ -398,10 +385,10 @@ mod tests {
             ]})
         };
         let d = decode(body(&sig), &env).unwrap();
-        assert_eq!(d.chat["messages"][1]["reasoning_content"], "Sealed thought.");
-        assert_eq!(d.chat["messages"][2]["content"], "The tool reported an error:\nboom");
+        assert_eq!(d.chat()["messages"][1]["reasoning_content"], "Sealed thought.");
+        assert_eq!(d.chat()["messages"][2]["content"], "The tool reported an error:\nboom");
         let d = decode(body("EqQBCkgIBxABGAIqQPmKf"), &env).unwrap();
-        assert!(d.chat["messages"][1].get("reasoning_content").is_none());
+        assert!(d.chat()["messages"][1].get("reasoning_content").is_none());
         assert_eq!(d.notes.len(), 1);
     }
 

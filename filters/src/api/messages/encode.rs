@@ -396,10 +396,9 @@ mod tests {
                 &crate::api::EdgeEnv::standalone(),
             )
             .unwrap();
-        assert!(d.chat.get("stop").is_none(), "the encoder applies them, so it knows which one");
-        let mut meta = RequestMeta::new("m", true, true);
-        meta.api = d.ctx;
-        let crate::api::ApiContext::Messages(ctx) = meta.api.clone() else { panic!() };
+        assert!(d.chat().get("stop").is_none(), "the encoder applies them, so it knows which one");
+        let meta = RequestMeta::new("m", true, true);
+        let crate::api::ApiContext::Messages(ctx) = d.ctx else { panic!() };
         let mut enc = MessagesEncoder::new(&meta, ctx);
         let mut out = Vec::new();
         for t in ["Hello E", "N", "ding soon. E", "ND and more", " ignored"] {

@@ -1,4 +1,4 @@
-//! A Responses request → the chat request the stages work on.
+//! A Responses request → the conversation the stages work on.
 //!
 //! - `instructions`, and `system` / `developer` messages wherever they stand, become one
 //!   system message first (servers' gpt-oss templates read one; `harmony-render` joins them
@@ -25,11 +25,14 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::types::{
-    CallOutputItem, Content, CustomTool, CustomToolCallItem, FunctionCallItem, FunctionTool, Input, MessageItem, NamespaceTool, ReasoningItem, Request,
-    TextFormat,
+    CallOutputItem, Content, CustomTool, CustomToolCallItem, FunctionCallItem, FunctionTool as FunctionTool_, Input, MessageItem, NamespaceTool, ReasoningItem,
+    Request, TextFormat,
 };
 use super::{Context, Stored, Storing, ToolOrigin, NAMESPACE_SEPARATOR};
 use crate::api::{typed, ApiContext, Decoded, EdgeEnv};
+use crate::conversation::{
+    Conversation, FunctionTool, JsonSchemaFormat, Limit, Message, Reasoning, ReasoningField, ResponseFormat, Role, Tool, ToolCall, ToolChoice,
+};
 use crate::event::ApiError;
 use crate::stage::random_id;
 
@@ -62,74 +65,55 @@ fn text_of(content: Content, at: &str) -> Result<String, ApiError> {
     }
 }
 
-/// Builds the chat messages, one input item at a time.
+/// Builds the conversation's messages, one input item at a time.
 #[derive(Default)]
-struct Conversation {
+struct Turns {
     instructions: Vec<String>,
-    messages: Vec<Value>,
+    messages: Vec<Message>,
     /// Reasoning items waiting for the assistant turn they belong to.
     reasoning: String,
 }
 
-impl Conversation {
-    fn take_reasoning(&mut self, m: &mut Map<String, Value>) {
-        if !self.reasoning.trim().is_empty() {
-            m.insert("reasoning_content".into(), Value::String(std::mem::take(&mut self.reasoning)));
-        }
-        self.reasoning.clear();
+impl Turns {
+    fn take_reasoning(&mut self) -> Option<Reasoning> {
+        let r = std::mem::take(&mut self.reasoning);
+        (!r.trim().is_empty()).then_some(Reasoning { text: r, field: ReasoningField::ReasoningContent })
     }
 
     fn user(&mut self, text: String) {
         self.reasoning.clear(); // reasoning of no assistant turn: nothing to give back
-        self.messages.push(json!({"role": "user", "content": text}));
+        self.messages.push(Message::text(Role::User, text));
     }
 
     fn assistant_text(&mut self, text: String) {
-        let mut m = Map::new();
-        m.insert("role".into(), "assistant".into());
-        m.insert("content".into(), Value::String(text));
-        self.take_reasoning(&mut m);
-        self.messages.push(Value::Object(m));
+        let reasoning = self.take_reasoning();
+        self.messages.push(Message { reasoning, ..Message::text(Role::Assistant, text) });
     }
 
     /// A call joins the assistant message just before it (a preamble, or the calls before it
     /// in the same turn); after a tool result or a user turn it opens a new one.
     fn call(&mut self, call_id: String, name: String, arguments: String) {
-        let call = json!({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}});
-        if let Some(Value::Object(last)) = self.messages.last_mut() {
-            if last.get("role").and_then(Value::as_str) == Some("assistant") && self.reasoning.trim().is_empty() {
-                match last.get_mut("tool_calls") {
-                    Some(Value::Array(calls)) => calls.push(call),
-                    _ => {
-                        last.insert("tool_calls".into(), Value::Array(vec![call]));
-                    }
-                }
+        let call = ToolCall::function(call_id, name, arguments);
+        if let Some(last) = self.messages.last_mut().filter(|m| m.role == Role::Assistant) {
+            if self.reasoning.trim().is_empty() {
+                last.tool_calls.get_or_insert_with(Vec::new).push(call);
                 return;
             }
         }
-        let mut m = Map::new();
-        m.insert("role".into(), "assistant".into());
-        m.insert("content".into(), Value::Null);
-        self.take_reasoning(&mut m);
-        m.insert("tool_calls".into(), Value::Array(vec![call]));
-        self.messages.push(Value::Object(m));
+        let reasoning = self.take_reasoning();
+        self.messages.push(Message { reasoning, ..Message::calls(vec![call]) });
     }
 
     fn tool_result(&mut self, call_id: String, text: String) {
-        self.messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": text}));
+        self.messages.push(Message::tool_result(call_id, text));
     }
 }
 
-/// The tools as chat functions, what goes back in another shape, and what was left out.
-fn tools(tools: &[Value], origins: &mut HashMap<String, ToolOrigin>, notes: &mut Vec<String>) -> Result<Vec<Value>, ApiError> {
+/// The tools as functions, what goes back in another shape, and what was left out.
+fn tools(tools: &[Value], origins: &mut HashMap<String, ToolOrigin>, notes: &mut Vec<String>) -> Result<Vec<Tool>, ApiError> {
     let function = |name: &str, description: Option<&str>, parameters: Option<Value>| {
-        let mut f = Map::new();
-        f.insert("name".into(), name.into());
-        if let Some(d) = description.filter(|d| !d.is_empty()) {
-            f.insert("description".into(), d.into());
-        }
-        f.insert("parameters".into(), parameters.filter(|p| p.is_object()).unwrap_or_else(|| json!({"type": "object", "properties": {}})));
-        json!({"type": "function", "function": f})
+        let parameters = parameters.filter(|p| p.is_object()).unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+        Tool::Function(FunctionTool::new(name, description.filter(|d| !d.is_empty()).map(str::to_owned), parameters))
     };
     let mut out = Vec::new();
     let mut left_out = Vec::new();
@@ -137,7 +121,7 @@ fn tools(tools: &[Value], origins: &mut HashMap<String, ToolOrigin>, notes: &mut
         let at = format!("tools[{j}]");
         match t.get("type").and_then(Value::as_str).unwrap_or("function") {
             "function" => {
-                let f: FunctionTool = typed(t.clone(), &at)?;
+                let f: FunctionTool_ = typed(t.clone(), &at)?;
                 out.push(function(&f.name, f.description.as_deref(), f.parameters));
             }
             "namespace" => {
@@ -148,7 +132,7 @@ fn tools(tools: &[Value], origins: &mut HashMap<String, ToolOrigin>, notes: &mut
                         left_out.push(format!("{}.{}", ns.name, inner.get("name").and_then(Value::as_str).unwrap_or("?")));
                         continue;
                     }
-                    let f: FunctionTool = typed(inner.clone(), &at)?;
+                    let f: FunctionTool_ = typed(inner.clone(), &at)?;
                     let flat = format!("{}{NAMESPACE_SEPARATOR}{}", ns.name, f.name);
                     let description = match (ns.description.as_deref().filter(|d| !d.is_empty()), f.description.as_deref()) {
                         (Some(n), Some(d)) => Some(format!("{n}\n\n{d}")),
@@ -180,20 +164,22 @@ fn tools(tools: &[Value], origins: &mut HashMap<String, ToolOrigin>, notes: &mut
     Ok(out)
 }
 
-/// `tool_choice` in chat's shape.
-fn tool_choice(v: &Value) -> Result<Value, ApiError> {
+/// `tool_choice` as the conversation's.
+fn tool_choice(v: &Value) -> Result<ToolChoice, ApiError> {
     Ok(match v {
-        Value::String(s) if matches!(s.as_str(), "auto" | "none" | "required") => v.clone(),
+        Value::String(s) if s == "auto" => ToolChoice::Auto,
+        Value::String(s) if s == "none" => ToolChoice::None,
+        Value::String(s) if s == "required" => ToolChoice::Required,
         Value::String(s) => return Err(invalid("tool_choice", format!("{s:?} is not auto, none or required"))),
         Value::Object(o) => match o.get("type").and_then(Value::as_str) {
             Some("function" | "custom") => match o.get("name").and_then(Value::as_str) {
-                Some(name) => json!({"type": "function", "function": {"name": name}}),
+                Some(name) => ToolChoice::Function(name.to_owned()),
                 None => return Err(invalid("tool_choice.name", "a function choice needs a name")),
             },
-            Some("allowed_tools") => o.get("mode").cloned().filter(|m| m == "required").unwrap_or_else(|| "auto".into()),
-            _ => "auto".into(), // a hosted tool: none of those is run here
+            Some("allowed_tools") if o.get("mode").is_some_and(|m| m == "required") => ToolChoice::Required,
+            _ => ToolChoice::Auto, // a hosted tool, or allowed_tools without a requirement: none of those is run here
         },
-        Value::Null => "auto".into(),
+        Value::Null => ToolChoice::Auto,
         other => return Err(invalid("tool_choice", format!("expected a string or an object, got {other}"))),
     })
 }
@@ -256,7 +242,7 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         }
     }
 
-    let mut conv = Conversation::default();
+    let mut conv = Turns::default();
     if let Some(i) = req.instructions.as_ref().filter(|i| !i.trim().is_empty()) {
         conv.instructions.push(i.clone());
     }
@@ -340,27 +326,22 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         notes.push(format!("{unopened} encrypted reasoning item(s) did not open"));
     }
 
-    let mut chat = Map::new();
-    chat.insert("model".into(), model.clone().into());
     let mut messages = Vec::with_capacity(conv.messages.len() + 1);
     if !conv.instructions.is_empty() {
-        messages.push(json!({"role": "system", "content": conv.instructions.join("\n\n")}));
+        messages.push(Message::text(Role::System, conv.instructions.join("\n\n")));
     }
     messages.append(&mut conv.messages);
-    chat.insert("messages".into(), Value::Array(messages));
+    let mut conversation = Conversation { model: model.clone(), messages, ..Conversation::default() };
+    let c = &mut conversation.controls;
 
     // Checked even with no tools to choose from: a malformed choice is the client's mistake.
-    let chat_tool_choice = req.tool_choice.as_ref().map(tool_choice).transpose()?;
+    let choice = req.tool_choice.as_ref().map(tool_choice).transpose()?;
     let mut origins = HashMap::new();
-    let chat_tools = tools(&req.tools, &mut origins, &mut notes)?;
-    if !chat_tools.is_empty() {
-        chat.insert("tools".into(), Value::Array(chat_tools));
-        if let Some(tc) = chat_tool_choice {
-            chat.insert("tool_choice".into(), tc);
-        }
-        if let Some(p) = req.parallel_tool_calls {
-            chat.insert("parallel_tool_calls".into(), p.into());
-        }
+    let functions = tools(&req.tools, &mut origins, &mut notes)?;
+    if !functions.is_empty() {
+        conversation.tools = Some(functions);
+        c.tool_choice = choice;
+        c.parallel_tool_calls = req.parallel_tool_calls;
     }
     let effort = match req.reasoning.as_ref().and_then(|r| r.effort.as_deref()) {
         None => None,
@@ -369,38 +350,36 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         Some("high" | "xhigh") => Some("high"),
         Some(other) => return Err(invalid("reasoning.effort", format!("{other:?} is not low, medium or high"))),
     };
-    if let Some(e) = effort {
-        chat.insert("reasoning_effort".into(), e.into());
-    }
-    if let Some(n) = req.max_output_tokens {
-        chat.insert("max_tokens".into(), n.into());
-    }
-    if let Some(t) = req.temperature {
-        chat.insert("temperature".into(), t.into());
-    }
-    if let Some(p) = req.top_p {
-        chat.insert("top_p".into(), p.into());
-    }
+    c.reasoning_effort = effort.map(str::to_owned);
+    c.max_output_tokens = req.max_output_tokens.map(Limit::tokens);
+    c.sampling.temperature = req.temperature.and_then(serde_json::Number::from_f64);
+    c.sampling.top_p = req.top_p.and_then(serde_json::Number::from_f64);
     let text_echo = match req.text.as_ref().and_then(|t| t.format.as_ref()) {
         None | Some(TextFormat::Text) => json!({"format": {"type": "text"}}),
         Some(TextFormat::JsonObject) => {
-            chat.insert("response_format".into(), json!({"type": "json_object"}));
+            c.response_format = Some(ResponseFormat::JsonObject);
             json!({"format": {"type": "json_object"}})
         }
         Some(TextFormat::JsonSchema { name, schema, strict, description }) => {
             let name = name.clone().unwrap_or_else(|| "response".into());
-            let mut js = json!({"name": name, "schema": schema.clone().unwrap_or_else(|| json!({})), "strict": strict.unwrap_or(false)});
+            let schema = schema.clone().unwrap_or_else(|| json!({}));
+            let mut echo = json!({"type": "json_schema", "name": name, "schema": schema, "strict": strict.unwrap_or(false)});
             if let Some(d) = description {
-                js["description"] = d.clone().into();
+                echo["description"] = d.clone().into();
             }
-            chat.insert("response_format".into(), json!({"type": "json_schema", "json_schema": js}));
-            let mut echo = js;
-            echo["type"] = "json_schema".into();
+            c.response_format = Some(ResponseFormat::JsonSchema(JsonSchemaFormat {
+                name: Some(name),
+                description: description.clone(),
+                schema: Some(schema),
+                strict: Some(strict.unwrap_or(false)),
+                extra: Map::new(),
+            }));
             json!({"format": echo})
         }
     };
     let stream = req.stream.unwrap_or(false);
-    chat.insert("stream".into(), stream.into());
+    c.stream = stream;
+    c.include_usage = true;
 
     let include_encrypted = req.include.iter().flatten().any(|i| i == "reasoning.encrypted_content");
     let store = req.store.unwrap_or(true);
@@ -427,7 +406,7 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         storing: store.then(|| Storing { store: env.store.clone(), input: items }),
         echo,
     };
-    Ok(Decoded { chat: Value::Object(chat), model, stream, include_usage: true, ctx: ApiContext::Responses(Arc::new(ctx)), notes })
+    Ok(Decoded { conversation, model, stream, ctx: ApiContext::Responses(Arc::new(ctx)), notes })
 }
 
 #[cfg(test)]
@@ -435,7 +414,7 @@ mod tests {
     use super::*;
 
     fn chat(v: Value) -> Value {
-        decode(v, &EdgeEnv::standalone()).unwrap_or_else(|e| panic!("{}", e.message)).chat
+        decode(v, &EdgeEnv::standalone()).unwrap_or_else(|e| panic!("{}", e.message)).chat()
     }
 
     fn err(v: Value) -> ApiError {
@@ -494,9 +473,10 @@ mod tests {
             {"type": "custom", "name": "apply_patch", "description": "Patch files.", "format": {"type": "grammar", "syntax": "lark", "definition": "start: x"}}
         ]}), &EdgeEnv::standalone())
         .unwrap();
-        let names: Vec<&str> = d.chat["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+        let c = d.chat();
+        let names: Vec<&str> = c["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["multi_agent_v1__spawn", "apply_patch"]);
-        assert_eq!(d.chat["tools"][1]["function"]["parameters"]["required"], json!(["input"]));
+        assert_eq!(c["tools"][1]["function"]["parameters"]["required"], json!(["input"]));
         let ApiContext::Responses(ctx) = &d.ctx else { panic!() };
         assert_eq!(ctx.tools["multi_agent_v1__spawn"], ToolOrigin::Namespaced { namespace: "multi_agent_v1".into(), name: "spawn".into() });
         assert_eq!(ctx.tools["apply_patch"], ToolOrigin::Custom);

@@ -460,9 +460,8 @@ mod tests {
                 &crate::api::EdgeEnv::standalone(),
             )
             .unwrap();
-        let mut meta = RequestMeta::new("m", false, true);
-        meta.api = d.ctx;
-        let crate::api::ApiContext::Responses(ctx) = meta.api.clone() else { panic!() };
+        let meta = RequestMeta::new("m", false, true);
+        let crate::api::ApiContext::Responses(ctx) = d.ctx else { panic!() };
         let mut enc = ResponsesEncoder::new(&meta, ctx);
         let mut out = Vec::new();
         for ev in [

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::seal::Sealer;
-use crate::stages::reasoning_memory::ReasoningStore;
+use crate::store::StateStore;
 
 /// How a function the model sees goes back to the client, when not as a plain function call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub const NAMESPACE_SEPARATOR: &str = "__";
 
 /// Where a stored response goes, and what is kept with it.
 pub struct Storing {
-    pub store: Arc<dyn ReasoningStore>,
+    pub store: Arc<dyn StateStore>,
     /// Every input item of the conversation so far (earlier stored turns included), kept
     /// with the response so that `previous_response_id` can continue it.
     pub input: Vec<Value>,

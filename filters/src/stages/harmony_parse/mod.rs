@@ -385,11 +385,11 @@ pub fn final_text(factory: &HarmonyParseFactory, text: &str) -> String {
     crate::markup::strip_all(&answer)
 }
 
-impl crate::pipeline::StageConfig for HarmonyParseConfig {
+impl crate::stage::StageConfig for HarmonyParseConfig {
     fn validate(&self) -> Vec<String> {
         crate::vocab::check_encoding_name(&self.encoding).err().map(|e| format!("encoding: {e}")).into_iter().collect()
     }
-    fn build(&self, b: &mut crate::pipeline::Builder<'_>) {
+    fn build(&self, b: &mut crate::stage::Builder<'_>) {
         let f = HarmonyParseFactory::new(self, b.enc.clone());
         b.push(f);
     }

@@ -1,8 +1,16 @@
-//! The stage model: a factory built once per config generation, a stage per request,
-//! and the chain that pushes events through the stages in order.
+//! The stage model: a factory built once per config generation ([`config`]: what a stage's
+//! config builds), a stage per request, and the chain that pushes events through the
+//! stages in order ([`chain`]).
+
+pub mod chain;
+pub mod config;
 
 use std::time::Instant;
 
+pub use chain::Chain;
+pub use config::{Builder, RetryPolicy, StageConfig};
+
+use crate::conversation::Conversation;
 use crate::event::{ApiError, Event};
 
 /// What a stage may know about the request it serves.
@@ -20,8 +28,6 @@ pub struct RequestMeta {
     /// Who the request is from, when the server checks API keys (a digest of the key):
     /// state kept between requests (`reasoning-memory`) is never shared across scopes.
     pub auth_scope: Option<String>,
-    /// The client API the request came in (its path), with what its encoder needs.
-    pub api: crate::api::ApiContext,
 }
 
 impl RequestMeta {
@@ -35,7 +41,6 @@ impl RequestMeta {
             stream,
             include_usage,
             auth_scope: None,
-            api: crate::api::ApiContext::Chat,
         }
     }
 }
@@ -102,7 +107,10 @@ pub enum Endpoint {
     LlamaCompletion,
 }
 
-/// What the request phase works on: the body that will go upstream, and where it goes.
+/// What goes upstream: the body, and the endpoint it goes to. The upstream edge makes it
+/// from the finished conversation: the chat endpoint's request
+/// ([`crate::upstream::chat_request`]), unless a stage renders the prompt itself
+/// (`harmony-render`).
 #[derive(Debug)]
 pub struct UpstreamRequest {
     pub body: serde_json::Value,
@@ -110,8 +118,9 @@ pub struct UpstreamRequest {
 }
 
 impl UpstreamRequest {
-    pub fn chat(body: serde_json::Value) -> Self {
-        Self { body, endpoint: Endpoint::Chat }
+    /// The chat endpoint's request for `conv`.
+    pub fn chat(conv: Conversation) -> Self {
+        Self { body: crate::upstream::chat_request::request(conv), endpoint: Endpoint::Chat }
     }
 }
 
@@ -119,14 +128,14 @@ impl UpstreamRequest {
 ///
 /// The phases, in the order they run for one request:
 /// - [`on_request`](Stage::on_request) runs once, in pipeline order, before the upstream is
-///   called, on the client's chat request: it may rewrite it (stops, history repair,
+///   called, on the client's conversation: it may edit it (stops, history repair,
 ///   reasoning put back) or refuse it with an error the client gets as is (a 400 that names
 ///   what is wrong); a refusal stops the request phase and nothing goes upstream.
-/// - [`on_upstream_request`](Stage::on_upstream_request) then runs once per stage, in
-///   pipeline order, when every `on_request` is done: it turns the finished chat request
-///   into what goes upstream (`harmony-render` renders the prompt and chooses the
-///   endpoint). A retry re-sends the same upstream request: the request phase does not run
-///   again.
+/// - [`on_upstream_request`](Stage::on_upstream_request) then runs in pipeline order, when
+///   every `on_request` is done, until one stage answers: that stage writes what goes
+///   upstream from the finished conversation (`harmony-render` renders the prompt and
+///   chooses the endpoint). When none does, the chat endpoint gets the conversation. A
+///   retry re-sends the same upstream request: the request phase does not run again.
 /// - [`on_event`](Stage::on_event) runs for each event, inline in the response body. A stage
 ///   that holds state flushes what it held *before* pushing on a terminal event (`Finish`,
 ///   `Error`, `Abort`), so nothing is emitted after the response's end. A retry before any
@@ -137,13 +146,14 @@ impl UpstreamRequest {
 ///   polls (watchdog); `on_deadline` may end the response with `Abort`.
 /// - [`stats`](Stage::stats) is read once, when the response body is dropped.
 pub trait Stage: Send {
-    /// Request phase: rewrite the client's chat request, or refuse it.
-    fn on_request(&mut self, _req: &mut UpstreamRequest) -> Result<(), ApiError> {
+    /// Request phase: edit the client's conversation, or refuse it.
+    fn on_request(&mut self, _conv: &mut Conversation) -> Result<(), ApiError> {
         Ok(())
     }
-    /// Request phase, after every `on_request`: turn the chat request into the upstream's.
-    fn on_upstream_request(&mut self, _req: &mut UpstreamRequest) -> Result<(), ApiError> {
-        Ok(())
+    /// Request phase, after every `on_request`: what goes upstream, if this stage writes it
+    /// (`None`: it does not, the next stage or the chat endpoint does).
+    fn on_upstream_request(&mut self, _conv: &Conversation) -> Result<Option<UpstreamRequest>, ApiError> {
+        Ok(None)
     }
     /// Push zero or more events for one input event.
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>);
@@ -169,100 +179,4 @@ pub struct Stats {
     pub fallback: u64,
     pub parser_errors: u64,
     pub watchdog_aborts: u64,
-}
-
-/// The per-request stages of one pipeline, in order, with reusable buffers.
-///
-/// Invariant: events leave the last stage in the order they were produced; after `end`
-/// no further input is accepted.
-pub struct Chain {
-    stages: Vec<Box<dyn Stage>>,
-    a: Vec<Event>,
-    b: Vec<Event>,
-    ended: bool,
-}
-
-impl Chain {
-    pub fn new(stages: Vec<Box<dyn Stage>>) -> Self {
-        Self { stages, a: Vec::with_capacity(8), b: Vec::with_capacity(8), ended: false }
-    }
-
-    /// The request phase, stage by stage (`on_request`, then `on_upstream_request`); the
-    /// first refusal ends it.
-    pub fn on_request(&mut self, req: &mut UpstreamRequest) -> Result<(), ApiError> {
-        for s in &mut self.stages {
-            s.on_request(req)?;
-        }
-        for s in &mut self.stages {
-            s.on_upstream_request(req)?;
-        }
-        Ok(())
-    }
-
-    /// Push several events (drained from `input`).
-    pub fn push_all(&mut self, input: &mut Vec<Event>, out: &mut Vec<Event>) {
-        if self.ended {
-            input.clear();
-            return;
-        }
-        std::mem::swap(&mut self.a, input);
-        input.clear();
-        self.run_from(0, out);
-    }
-
-    /// Runs the events in `self.a` through the stages from `first` on.
-    fn run_from(&mut self, first: usize, out: &mut Vec<Event>) {
-        for i in first..self.stages.len() {
-            if self.a.is_empty() {
-                return;
-            }
-            self.b.clear();
-            let stage = &mut self.stages[i];
-            for ev in self.a.drain(..) {
-                stage.on_event(ev, &mut self.b);
-            }
-            std::mem::swap(&mut self.a, &mut self.b);
-        }
-        out.append(&mut self.a);
-    }
-
-    /// The upstream is done: flush every stage in order, each flush flowing through the rest.
-    pub fn end(&mut self, out: &mut Vec<Event>) {
-        if self.ended {
-            return;
-        }
-        for i in 0..self.stages.len() {
-            self.a.clear();
-            self.stages[i].on_end(&mut self.a);
-            self.run_from(i + 1, out);
-        }
-        self.ended = true;
-    }
-
-    /// The earliest deadline any stage asked for.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.stages.iter().filter_map(|s| s.deadline()).min()
-    }
-
-    /// Fire every stage whose deadline has passed.
-    pub fn fire_deadlines(&mut self, now: Instant, out: &mut Vec<Event>) {
-        if self.ended {
-            return;
-        }
-        for i in 0..self.stages.len() {
-            if self.stages[i].deadline().is_some_and(|d| d <= now) {
-                self.a.clear();
-                self.stages[i].on_deadline(&mut self.a);
-                self.run_from(i + 1, out);
-            }
-        }
-    }
-
-    pub fn stats(&self) -> Stats {
-        let mut st = Stats { first_output: None, ..Stats::default() };
-        for s in &self.stages {
-            s.stats(&mut st);
-        }
-        st
-    }
 }

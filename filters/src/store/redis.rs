@@ -19,12 +19,12 @@
 //! async request phase for the same result.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, Counter};
 
-use crate::stages::reasoning_memory::ReasoningStore;
+use super::StateStore;
 
 /// Keys of this store start with this.
 pub const KEY_PREFIX: &str = "harmony-proxy:reasoning:";
@@ -53,7 +53,7 @@ struct Shared {
     put_errors: Counter,
 }
 
-/// A Redis-backed [`ReasoningStore`]; one per URL per process (see [`process_redis_store`]).
+/// A Redis-backed [`StateStore`]; one per URL, ttl and timeout per server (see [`super::Stores::redis`]).
 pub struct RedisStore {
     shared: Arc<Shared>,
     idle: Mutex<Vec<redis::Connection>>,
@@ -72,23 +72,12 @@ pub fn check_url(url: &str) -> Result<(), String> {
     redis::Client::open(url).map(|_| ()).map_err(|e| format!("{:?}: {e}", redact(url)))
 }
 
-/// The process's store for `url` (kept across config reloads; new `ttl` and `timeout` apply).
-pub fn process_redis_store(url: &str, ttl: Duration, timeout: Duration) -> Result<Arc<RedisStore>, String> {
-    static STORES: OnceLock<Mutex<Vec<Arc<RedisStore>>>> = OnceLock::new();
-    let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    // One per URL, timeout and ttl: every pipeline gets the ttl it set, whatever other
-    // pipelines sharing the server set.
-    let ttl_ms = ttl.as_millis().max(1) as u64;
-    if let Some(s) = stores.iter().find(|s| s.shared.url == url && s.shared.timeout == timeout && *s.ttl_ms.lock().unwrap_or_else(|p| p.into_inner()) == ttl_ms)
-    {
-        return Ok(s.clone());
-    }
-    let s = Arc::new(RedisStore::new(url, ttl, timeout)?);
-    stores.push(s.clone());
-    Ok(s)
-}
-
 impl RedisStore {
+    /// Whether it is the store for `url` with this `ttl` and `timeout`.
+    pub(super) fn is(&self, url: &str, ttl: Duration, timeout: Duration) -> bool {
+        self.shared.url == url && self.shared.timeout == timeout && *self.ttl_ms.lock().unwrap_or_else(|p| p.into_inner()) == ttl.as_millis().max(1) as u64
+    }
+
     /// A store on `url`; connects lazily (a Redis that is down at start is not an error).
     pub fn new(url: &str, ttl: Duration, timeout: Duration) -> Result<Self, String> {
         check_url(url)?;
@@ -192,7 +181,7 @@ impl RedisStore {
     }
 }
 
-impl ReasoningStore for RedisStore {
+impl StateStore for RedisStore {
     fn describe(&self) -> String {
         let ttl = *self.ttl_ms.lock().unwrap_or_else(|p| p.into_inner());
         format!("Redis at {} (ttl {ttl} ms, shared with the replicas)", redact(&self.shared.url))

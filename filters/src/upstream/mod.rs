@@ -6,6 +6,8 @@
 //! skipped, an undecodable chunk becomes an error event, and a stream that ends without a
 //! finish reason or `[DONE]` ends with an error event, never silently.
 
+pub mod chat_request;
+
 use std::borrow::Cow;
 
 use serde::Deserialize;

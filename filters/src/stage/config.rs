@@ -1,0 +1,78 @@
+//! What a stage's config builds into a pipeline: its factory, or (retry) the call's policy.
+//! Implemented in each stage's own file; [`crate::pipeline`] lists the stages.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openai_harmony::HarmonyEncoding;
+
+use super::StageFactory;
+use crate::store::{StateStore, Stores};
+
+/// What a stage's config says about itself. Implemented in each stage's file.
+pub trait StageConfig {
+    /// Problems with the options, each without its location (the caller adds it).
+    fn validate(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Adds what this stage contributes to the pipeline being compiled: usually a factory,
+    /// for `retry` the call's policy.
+    fn build(&self, b: &mut Builder<'_>);
+}
+
+/// A pipeline being compiled (see [`StageConfig::build`]).
+pub struct Builder<'a> {
+    pub enc: &'a HarmonyEncoding,
+    /// Where stages that keep state between requests get their store.
+    pub stores: &'a Stores,
+    pub factories: Vec<Arc<dyn StageFactory>>,
+    pub retry: RetryPolicy,
+    /// The tool-bridge mode (the `mode` metric label).
+    pub mode: Option<&'static str>,
+    /// The `reasoning-memory` store (see [`Compiled::store`]).
+    pub store: Option<Arc<dyn StateStore>>,
+    /// What stages of one pipeline share, one of each type (see [`Builder::shared`]).
+    shared: Vec<Arc<dyn Any + Send + Sync>>,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(enc: &'a HarmonyEncoding, stores: &'a Stores) -> Self {
+        Self { enc, stores, factories: Vec::new(), retry: RetryPolicy::NONE, mode: None, store: None, shared: Vec::new() }
+    }
+    pub fn push(&mut self, f: impl StageFactory) {
+        self.factories.push(Arc::new(f));
+    }
+    /// The pipeline's one `T`, made by `make` the first time a stage asks (a parser every
+    /// request stage that reads Harmony in history shares).
+    pub fn shared<T: Any + Send + Sync>(&mut self, make: impl FnOnce(&HarmonyEncoding) -> T) -> Arc<T> {
+        if let Some(t) = self.shared.iter().find_map(|s| s.clone().downcast::<T>().ok()) {
+            return t;
+        }
+        let t = Arc::new(make(self.enc));
+        self.shared.push(t.clone());
+        t
+    }
+}
+
+/// How the upstream call is retried (the `retry` stage's options; none without one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    pub const NONE: RetryPolicy = RetryPolicy { max_retries: 0, backoff: Duration::ZERO, max_backoff: Duration::ZERO };
+
+    /// The wait before retry number `retry` (0-based): `backoff · 2^retry`, jittered to
+    /// 50–100 % and capped; the upstream's `Retry-After` wins when it gave one.
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.min(self.max_backoff);
+        }
+        let base = self.backoff.saturating_mul(1u32.checked_shl(retry.min(20)).unwrap_or(u32::MAX));
+        base.min(self.max_backoff).mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
