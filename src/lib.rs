@@ -6,27 +6,22 @@
 //!
 //! - [`config`]: the `proxy.toml` model, env interpolation, loading with located errors;
 //! - [`pipeline`]: a config generation compiled and ready to serve ([`pipeline::Snapshot`]);
-//! - [`server`]: the hyper server, routing and handlers;
-//! - [`http_errors`]: hyper's own error answers (400, 414, 431) in the client API's shape;
-//! - [`upstream`]: the HTTP client per upstream and the call with retries;
-//! - [`body`]: the response body that drives the stages inline;
-//! - [`request_body`]: request bodies under `max_body_bytes` and `body_read_timeout`;
-//! - [`reload`]: file watching and SIGHUP → validated swap;
+//! - [`server`]: the hyper server, routing and handlers; in it, [`server::body`] (the
+//!   response body that drives the stages inline), [`server::request_body`] (bodies under
+//!   `max_body_bytes` and `body_read_timeout`), [`server::http_errors`] (hyper's own error
+//!   answers in the client API's shape), [`server::reload`] (file watching and SIGHUP →
+//!   validated swap);
+//! - [`upstream`]: the call with retries; [`upstream::pool`] (servers of an upstream, health,
+//!   `max_outstanding`), [`upstream::conn`] (one call's connection, polled by the body);
 //! - [`metrics`]: Prometheus handles;
-//! - [`mock_upstream`]: the simulated gpt-oss server for demo and tests.
+//! - [`tools`]: the operator's commands besides `serve`: `bench`, `doctor`, `init`;
+//! - [`mock`]: the simulated gpt-oss server for demo and tests (server, scripts, turns,
+//!   answers).
 
-pub mod bench;
-pub mod body;
 pub mod config;
-pub mod doctor;
-pub mod http_errors;
-pub mod init;
 pub mod metrics;
-pub mod mock_upstream;
+pub mod mock;
 pub mod pipeline;
-pub mod pool;
-pub mod reload;
-pub mod request_body;
 pub mod server;
+pub mod tools;
 pub mod upstream;
-pub mod upstream_conn;

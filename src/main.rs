@@ -11,9 +11,9 @@ use arc_swap::ArcSwap;
 use clap::{Args, Parser, Subcommand};
 use harmony_proxy::config::{self, Config, LogFormat};
 use harmony_proxy::metrics::{self, Metrics};
-use harmony_proxy::mock_upstream::{self, MockState};
+use harmony_proxy::mock::{self as mock_upstream, MockState};
 use harmony_proxy::pipeline::Snapshot;
-use harmony_proxy::reload;
+use harmony_proxy::server::reload;
 use harmony_proxy::server::{self, AppState};
 
 #[derive(Parser)]
@@ -72,7 +72,7 @@ enum Cmd {
         upstream: String,
         /// The client that will talk to the proxy.
         #[arg(long = "for", value_enum)]
-        client: harmony_proxy::init::ClientKind,
+        client: harmony_proxy::tools::init::ClientKind,
         /// Where to write it (`-`: standard output).
         #[arg(long, default_value = "proxy.toml")]
         output: PathBuf,
@@ -181,7 +181,7 @@ fn main() -> ExitCode {
             mock(&host, port, parsed, tls_cert.as_deref().zip(tls_key.as_deref()), idle_close_ms.map(std::time::Duration::from_millis))
         }
         Cmd::Bench { json, short, streams, tokens, paced_streams, paced_tokens, pace_ms, memory_streams, concurrency } => {
-            let mut o = if short { harmony_proxy::bench::Options::short() } else { harmony_proxy::bench::Options::full() };
+            let mut o = if short { harmony_proxy::tools::bench::Options::short() } else { harmony_proxy::tools::bench::Options::full() };
             o.streams = streams.unwrap_or(o.streams).max(1);
             o.tokens = tokens.unwrap_or(o.tokens).max(1);
             o.paced_streams = paced_streams.unwrap_or(o.paced_streams).max(1);
@@ -189,13 +189,13 @@ fn main() -> ExitCode {
             o.pace_ms = pace_ms.unwrap_or(o.pace_ms).max(1);
             o.memory_streams = memory_streams.unwrap_or(o.memory_streams).max(1);
             o.concurrency = concurrency.unwrap_or(o.concurrency).max(1);
-            match harmony_proxy::bench::run(&o) {
+            match harmony_proxy::tools::bench::run(&o) {
                 Ok(r) if json => {
                     println!("{r}");
                     ExitCode::SUCCESS
                 }
                 Ok(r) => {
-                    print!("{}", harmony_proxy::bench::text(&r));
+                    print!("{}", harmony_proxy::tools::bench::text(&r));
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(format!("bench: {e}")),
@@ -413,12 +413,12 @@ async fn shutdown_signal() {
     }
 }
 
-fn init(upstream: &str, client: harmony_proxy::init::ClientKind, output: &Path, force: bool) -> ExitCode {
+fn init(upstream: &str, client: harmony_proxy::tools::init::ClientKind, output: &Path, force: bool) -> ExitCode {
     match upstream.parse::<http::Uri>() {
         Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
         _ => return fail(format!("--upstream: invalid URL {upstream:?} (expected http(s)://host:port/v1)")),
     }
-    let text = harmony_proxy::init::config(upstream, client);
+    let text = harmony_proxy::tools::init::config(upstream, client);
     if output == Path::new("-") {
         print!("{text}");
         return ExitCode::SUCCESS;
@@ -464,7 +464,7 @@ fn doctor(url: Option<&str>, cfg_path: Option<&Path>, model: Option<&str>) -> Ex
             Ok(u) => u,
             Err(e) => return fail(e),
         };
-        let report = harmony_proxy::doctor::run(&up, model).await;
+        let report = harmony_proxy::tools::doctor::run(&up, model).await;
         for line in &report.lines {
             println!("{line}");
         }

@@ -252,11 +252,12 @@ pub fn load_str(text: &str, pipelines_dir: Option<&Path>, lookup: impl Fn(&str) 
         for url in u.server_urls() {
             match url.parse::<http::Uri>() {
                 Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
-                _ => errors.push(format!("upstreams.{name}: {field}: invalid URL {:?} (expected http(s)://host:port/v1)", crate::pool::redact_url(url))),
+                _ => errors
+                    .push(format!("upstreams.{name}: {field}: invalid URL {:?} (expected http(s)://host:port/v1)", crate::upstream::pool::redact_url(url))),
             }
             let canonical = url.trim_end_matches('/');
             if seen.contains(&canonical) {
-                errors.push(format!("upstreams.{name}: urls: {:?} is listed twice", crate::pool::redact_url(url)));
+                errors.push(format!("upstreams.{name}: urls: {:?} is listed twice", crate::upstream::pool::redact_url(url)));
             }
             seen.push(canonical);
         }

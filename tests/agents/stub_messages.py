@@ -3,7 +3,7 @@
 tests/agents/claude.sh.
 
 Stdlib only. It answers the `agent-shell` scenario the way the proxy's mock upstream does
-(src/mock_upstream.rs): a user prompt containing `scenario:agent-shell` gets a `thinking`
+(src/mock/): a user prompt containing `scenario:agent-shell` gets a `thinking`
 block (with a `signature`) and a `tool_use` block calling the client's shell tool; a request
 whose last user message holds a `tool_result` gets the final answer, which says what the
 command printed and whether the thinking block of the first turn came back in the history.

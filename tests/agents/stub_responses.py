@@ -2,7 +2,7 @@
 """A stand-in for the proxy's `POST /v1/responses`, enough for tests/agents/codex.sh.
 
 Stdlib only. It answers the `agent-shell` scenario the way the proxy's mock upstream does
-(src/mock_upstream.rs): a user prompt containing `scenario:agent-shell` gets a reasoning item
+(src/mock/): a user prompt containing `scenario:agent-shell` gets a reasoning item
 and a call to the client's shell tool; a request whose input ends with a
 `function_call_output` gets the final answer, which says what the command printed and whether
 the reasoning of the first turn came back in the input. Every request is appended to --log as

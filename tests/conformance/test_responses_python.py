@@ -20,7 +20,7 @@ TOOLS = [
                     "required": ["city", "unit"], "additionalProperties": False}},
 ]
 
-# What the mock's scenarios say (src/mock_upstream.rs).
+# What the mock's scenarios say (src/mock/).
 HELLO_REASONING = "The user says hello. Reply briefly and warmly."
 HELLO = "Hello! How can I help you today?"
 WEATHER_REASONING = "Need the weather tool for Paris."

@@ -68,7 +68,7 @@ def exported_metrics():
     """{name: kind} for every metric src/metrics.rs registers, plus the histogram suffix
     matchers that get buckets (the others render as summaries: _sum and _count only)."""
     # Registered in src/metrics.rs, and where labels are known only later (per pool server in
-    # src/pool.rs, per store in filters/src/redis_store.rs): every Rust source is read.
+    # src/upstream/pool.rs, per store in filters/src/store/redis.rs): every Rust source is read.
     src = strip_rust_comments("\n".join(read(f) for f in rust_sources()))
     kinds = {}
     # `counter!("name"`, `gauge!("name"`, `histogram!("name"` register (and emit) a series;

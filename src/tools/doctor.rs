@@ -92,7 +92,7 @@ pub async fn run(up: &Upstream, model: Option<&str>) -> Report {
 }
 
 async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
-    let mut r = Report { lines: vec![format!("doctor: upstream {}", crate::pool::redact_url(base))], ok: true };
+    let mut r = Report { lines: vec![format!("doctor: upstream {}", crate::upstream::pool::redact_url(base))], ok: true };
 
     // 1. Reachable, and which models.
     let started = Instant::now();

@@ -3,6 +3,11 @@
 //! A request takes one config snapshot when it starts and keeps it to its end, so a reload
 //! never changes a response in flight.
 
+pub mod body;
+pub mod http_errors;
+pub mod reload;
+pub mod request_body;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,10 +29,10 @@ use openai_harmony::HarmonyEncoding;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::body::{PipelineBody, Summary};
 use crate::metrics::Metrics;
 use crate::pipeline::{RouteMatch, Snapshot};
-use crate::pool::Lease;
+use crate::server::body::{PipelineBody, Summary};
+use crate::upstream::pool::Lease;
 use crate::upstream::Upstream;
 use crate::upstream::{BoxError, Call, Outcome};
 
@@ -178,7 +183,7 @@ pub async fn serve(
         };
         match &tls {
             None => {
-                let conn = builder.serve_connection(TokioIo::new(crate::http_errors::ShapedErrors::new(stream, served)), svc);
+                let conn = builder.serve_connection(TokioIo::new(crate::server::http_errors::ShapedErrors::new(stream, served)), svc);
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = fut.await;
@@ -190,7 +195,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let conn = builder.serve_connection(TokioIo::new(crate::http_errors::ShapedErrors::new(tls_stream, served)), svc);
+                            let conn = builder.serve_connection(TokioIo::new(crate::server::http_errors::ShapedErrors::new(tls_stream, served)), svc);
                             let _ = watcher.watch(conn).await;
                         }
                         _ => tracing::debug!(%peer, "TLS handshake failed"),
@@ -458,7 +463,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn read_body(snap: &Snapshot, req: Request<Incoming>) -> Result<Bytes, Response<RespBody>> {
     let server = &snap.config.server;
     let (parts, body) = req.into_parts();
-    crate::request_body::read(&parts.headers, body, server.max_body_bytes, server.body_read_timeout.0).await.map_err(|e| error_response(&e))
+    crate::server::request_body::read(&parts.headers, body, server.max_body_bytes, server.body_read_timeout.0).await.map_err(|e| error_response(&e))
 }
 
 /// `POST` on a routed path, whatever its client API: the API's edge decodes it, then the
@@ -647,7 +652,7 @@ async fn own_request(state: &Arc<AppState>, snap: &Snapshot, api: ClientApi, own
 }
 
 /// An upstream answer the client should see as is (status, content type, body streamed).
-fn passthrough(up: Response<crate::upstream_conn::UpstreamBody>, lease: Lease) -> Response<RespBody> {
+fn passthrough(up: Response<crate::upstream::conn::UpstreamBody>, lease: Lease) -> Response<RespBody> {
     let (parts, body) = up.into_parts();
     let mut r = Response::new(Leased { body, _lease: lease }.boxed_unsync());
     *r.status_mut() = parts.status;
@@ -684,11 +689,11 @@ async fn forward(snap: &Snapshot, req: Request<Incoming>, rid: &str) -> Response
         Err(e) => return error_response(&e),
     };
     let server_cfg = &snap.config.server;
-    if let Some(e) = crate::request_body::declared_too_large(&parts.headers, server_cfg.max_body_bytes) {
+    if let Some(e) = crate::server::request_body::declared_too_large(&parts.headers, server_cfg.max_body_bytes) {
         return error_response(&e);
     }
     let max = server_cfg.max_body_bytes.min(usize::MAX as u64) as usize;
-    let body = crate::request_body::Deadline::new(Limited::new(body, max), server_cfg.body_read_timeout.0).boxed_unsync();
+    let body = crate::server::request_body::Deadline::new(Limited::new(body, max), server_cfg.body_read_timeout.0).boxed_unsync();
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;

@@ -1,5 +1,8 @@
 //! Talking to a model server: one pooled HTTP(S) client per upstream per config generation,
-//! its pool of servers ([`crate::pool`]), and the call with its retry policy.
+//! its pool of servers ([`crate::upstream::pool`]), and the call with its retry policy.
+
+pub mod conn;
+pub mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +21,8 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
-use crate::pool::{Lease, Pool, Server};
-use crate::upstream_conn::{ConnError, Conns, UpstreamBody};
+use crate::upstream::conn::{ConnError, Conns, UpstreamBody};
+use crate::upstream::pool::{Lease, Pool, Server};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -33,7 +36,7 @@ pub struct Upstream {
     health_interval: Option<Duration>,
     auth: Option<HeaderValue>,
     client: Client<HttpsConnector<HttpConnector>, ReqBody>,
-    /// Pipeline calls: connections driven from the response body ([`crate::upstream_conn`]).
+    /// Pipeline calls: connections driven from the response body ([`crate::upstream::conn`]).
     conns: Conns,
 }
 

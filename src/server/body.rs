@@ -27,9 +27,9 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
 use crate::metrics::Metrics;
-use crate::pool::Lease;
+use crate::upstream::conn::UpstreamBody;
+use crate::upstream::pool::Lease;
 use crate::upstream::{Call, Outcome};
-use crate::upstream_conn::UpstreamBody;
 
 /// Most a non-streamed upstream JSON answer may hold.
 const MAX_JSON_BODY: usize = 64 << 20;

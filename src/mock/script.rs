@@ -1,0 +1,218 @@
+//! Scripts: what the mock answers, chosen by the user's text (`scenario:NAME`, a `{"mock": …}` script), one step per tool result.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::turn::*;
+use super::*;
+
+/// A scripted answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Script {
+    /// Deltas: a string is `{"content": s}`; an object is sent as the delta itself.
+    #[serde(default)]
+    pub deltas: Vec<Value>,
+    /// Raw model output, split the way llama.cpp streams it (one token-ish piece per delta).
+    pub text: Option<String>,
+    /// `null`: no finish chunk.
+    #[serde(default = "stop")]
+    pub finish: Option<String>,
+    #[serde(default = "yes")]
+    pub done: bool,
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Counts attempts across requests, for `faults`.
+    pub key: Option<String>,
+    /// `faults[n]` applies to attempt n of this key.
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+    /// Answer one non-streamed `chat.completion` JSON even when asked to stream.
+    #[serde(default)]
+    pub json: bool,
+    /// A recorded upstream SSE body, sent verbatim one event per write (faults count events).
+    pub raw: Option<String>,
+    /// Answers for the turns of an agent's tool loop: when not empty, the answer is
+    /// `steps[n]` (the last step when n is past the end), n being the number of `tool`
+    /// messages after the last user message. The step is the whole script: its own `text`,
+    /// `deltas`, `finish`, `delay_ms`, `key`, `faults`… count, this script's others do not.
+    #[serde(default)]
+    pub steps: Vec<Script>,
+}
+
+pub(super) fn stop() -> Option<String> {
+    Some("stop".into())
+}
+pub(super) fn yes() -> bool {
+    true
+}
+
+impl Script {
+    pub(super) fn from_text(text: &str) -> Self {
+        Script {
+            deltas: Vec::new(),
+            text: Some(text.into()),
+            finish: stop(),
+            done: true,
+            delay_ms: 0,
+            key: None,
+            faults: Vec::new(),
+            json: false,
+            raw: None,
+            steps: Vec::new(),
+        }
+    }
+}
+
+/// A built-in scenario, as answered to a request that tells it nothing more (`agent-shell`
+/// then sees no shell tool; requests get theirs through the turn, see `named_scenario`).
+pub fn scenario(name: &str) -> Option<Script> {
+    Some(match name {
+        "hello" => Script::from_text(
+            "<|channel|>analysis<|message|>The user says hello. Reply briefly and warmly.<|end|><|start|>assistant<|channel|>final<|message|>Hello! How can I help you today?",
+        ),
+        "weather" => Script::from_text(
+            "<|channel|>analysis<|message|>Need the weather tool for Paris.<|end|><|start|>assistant<|channel|>commentary<|message|>I'll check the weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\",\"unit\":\"celsius\"}",
+        ),
+        "two-tools" => Script::from_text(
+            "<|channel|>analysis<|message|>Read both files.<|end|><|start|>assistant<|channel|>commentary to=functions.read_file <|constrain|>json<|message|>{\"path\":\"a.txt\"}<|call|><|start|>assistant to=functions.read_file<|channel|>commentary json<|message|>{\"path\":\"b.txt\"}",
+        ),
+        "slow" => {
+            let mut s = scenario("hello")?;
+            s.delay_ms = 100;
+            s
+        }
+        "agent-shell" => agent_shell(&Turn::default()),
+        _ => return None,
+    })
+}
+
+/// Splits model output like llama.cpp streams it: every special token alone, words with
+/// their leading space.
+pub fn llama_pieces(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    harmony_filters::markup::split(text, true, |p| match p {
+        harmony_filters::markup::Piece::Special(s) => out.push(s.literal().to_owned()),
+        harmony_filters::markup::Piece::Text(t) => {
+            let mut cur = String::new();
+            for c in t.chars() {
+                if (c == ' ' || c == '\n') && !cur.trim().is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                cur.push(c);
+            }
+            if !cur.is_empty() {
+                out.push(cur);
+            }
+        }
+    });
+    out
+}
+
+/// `agent-shell`: the tool call with no tool result yet, the answer after one.
+pub(super) fn agent_shell(turn: &Turn) -> Script {
+    if turn.tool_results > 0 {
+        // Codex heads a command's output with its own lines (`Chunk ID: …`, …, `Output:`);
+        // Qwen Code frames it as `Command: …`, `Directory: …`, `Output: OUT`, `Error: …`, ….
+        let all = turn.last_tool_output.as_str();
+        // Cline's `run_commands` answers a JSON list of `{query, result, success}`, one a command.
+        let listed = serde_json::from_str::<Value>(all)
+            .ok()
+            .and_then(|v| v.as_array().and_then(|rs| rs.iter().find_map(|r| r.get("result").and_then(Value::as_str).map(str::to_owned))));
+        let all = listed.as_deref().unwrap_or(all);
+        let output = all
+            .split_once("\nOutput:\n")
+            .map(|(_, o)| o)
+            .or_else(|| all.lines().find_map(|l| l.strip_prefix("Output: ")).filter(|_| all.starts_with("Command: ")))
+            .unwrap_or(all);
+        let out: String = output.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").chars().take(80).collect();
+        let back = if turn.reasoning_back { "yes" } else { "no" };
+        return Script::from_text(&format!(
+            "<|channel|>analysis<|message|>The command ran. Report what it printed.<|end|><|start|>assistant<|channel|>final<|message|>Done. The command printed: {out}. Turn-1 reasoning came back: {back}."
+        ));
+    }
+    let Some(tool) = shell_tool(&turn.tools) else {
+        return Script::from_text("<|channel|>analysis<|message|>No shell tool among the declared tools.<|end|><|start|>assistant<|channel|>final<|message|>No shell tool was declared.");
+    };
+    let cmd = format!("echo harmony-proxy-was-here > {} && echo marker-written", marker_file(&turn.user));
+    let args = shell_args(tool, &cmd);
+    // Like the other scenarios, no closing <|call|>: llama.cpp does not stream the stop token
+    // it ends on (the raw completion endpoints add it).
+    Script::from_text(&format!(
+        "<|channel|>analysis<|message|>{AGENT_SHELL_REASONING}<|end|><|start|>assistant<|channel|>commentary to=functions.{} <|constrain|>json<|message|>{args}",
+        tool.name
+    ))
+}
+
+/// A built-in scenario for this turn (`agent-shell` reads the request).
+pub(super) fn named_scenario(name: &str, turn: &Turn) -> Option<Script> {
+    if name == "agent-shell" {
+        Some(agent_shell(turn))
+    } else {
+        scenario(name)
+    }
+}
+
+/// The first `scenario:NAME` in `text` naming a known scenario: where it stands, and NAME.
+pub(super) fn find_scenario(text: &str) -> Option<(usize, &str)> {
+    text.match_indices("scenario:").find_map(move |(at, _)| {
+        let rest = &text[at + "scenario:".len()..];
+        let end = rest.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')).unwrap_or(rest.len());
+        let name = &rest[..end];
+        scenario(name).map(|_| (at, name))
+    })
+}
+
+/// The first `{"mock": …}` JSON value in `text`: where it stands, and its `mock` member.
+pub(super) fn find_mock(text: &str) -> Option<(usize, Value)> {
+    text.match_indices("{\"mock\"").find_map(move |(at, _)| {
+        // Reads one value and ignores what follows it.
+        let v = serde_json::Deserializer::from_str(&text[at..]).into_iter::<Value>().next()?.ok()?;
+        v.get("mock").cloned().map(|m| (at, m))
+    })
+}
+
+pub(super) fn mock_script(m: &Value) -> Script {
+    serde_json::from_value::<Script>(m.clone()).unwrap_or_else(|e| Script::from_text(&format!("<|channel|>final<|message|>mock script error: {e}")))
+}
+
+/// The step of `script` for a turn with `tool_results` tool results (see [`Script::steps`]).
+pub(super) fn step(mut script: Script, tool_results: usize) -> Script {
+    if script.steps.is_empty() {
+        return script;
+    }
+    let i = tool_results.min(script.steps.len() - 1);
+    script.steps.swap_remove(i)
+}
+
+/// The script the user's text asks for, if it asks for one.
+pub(super) fn requested(turn: &Turn) -> Option<Script> {
+    let text = turn.user.as_str();
+    // The exact forms, read as they always were.
+    if let Some(name) = text.trim().strip_prefix("scenario:") {
+        if let Some(s) = named_scenario(name.trim(), turn) {
+            return Some(s);
+        }
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        if let Some(m) = v.get("mock") {
+            return Some(mock_script(m));
+        }
+    }
+    // Anywhere in the text: whichever comes first.
+    match (find_scenario(text), find_mock(text)) {
+        (Some((s_at, _)), Some((m_at, m))) if m_at < s_at => Some(mock_script(&m)),
+        (Some((_, name)), _) => named_scenario(name, turn),
+        (None, Some((_, m))) => Some(mock_script(&m)),
+        (None, None) => None,
+    }
+}
+
+pub(super) fn script_for_turn(turn: &Turn) -> Script {
+    let script = requested(turn).unwrap_or_else(|| scenario("hello").unwrap_or_else(|| Script::from_text("Hello")));
+    step(script, turn.tool_results)
+}
+
+pub(super) fn script_for(req: &Value) -> Script {
+    script_for_turn(&turn_from_chat(req))
+}
