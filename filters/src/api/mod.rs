@@ -16,8 +16,9 @@
 //! own, see [`ClientApi::for_errors`]), how an upstream's refusal is said to its clients
 //! ([`ClientApi::refusal`]), and its encoder. The server asks; it never names an API.
 //!
-//! Adding an API: one folder, one variant in [`ClientApi`] (its path and name below) and in
-//! [`ApiContext`]. Nothing else dispatches on the API.
+//! Adding an API: one folder (its `mod.rs` implements [`Api`]) and one line in
+//! [`client_apis!`]; [`ClientApi`] and [`ApiContext`] derive from that list. Nothing else
+//! dispatches on the API.
 
 pub mod chat;
 pub mod messages;
@@ -61,132 +62,162 @@ impl EdgeEnv {
     }
 }
 
-/// A client API, picked by the route's path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum ClientApi {
+/// One client API: everything the server and the pipeline need of it. Implemented by a unit
+/// type in the API's own folder (`api/chat/mod.rs`, …); [`client_apis!`] below lists them,
+/// and [`ClientApi`] and [`ApiContext`] are generated from that list.
+pub trait Api: 'static {
+    /// What its encoder needs to know about one request, made by its decoder.
+    type Context: std::fmt::Debug + Send + Sync + 'static;
+    /// The path a route serves it on.
+    const PATH: &'static str;
+    /// The `api` metric label and the summary line's name.
+    const NAME: &'static str;
+    /// The built-in pipeline a config without a route for its path gets.
+    const BUILTIN_PIPELINE: &'static str;
+    /// Whether an upstream's refusal (a 4xx before the stream) is said again in its shape
+    /// ([`Api::refusal`]); else it is passed on as the server said it (servers speak OpenAI's
+    /// shape).
+    const RESHAPES_REFUSALS: bool = false;
+
+    /// The client's request (a JSON object) into the conversation the stages work on.
+    fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError>;
+    /// The encoder of one response: the chain's events into its wire format.
+    fn encoder(meta: &RequestMeta, ctx: &Arc<Self::Context>) -> Box<dyn Stage>;
+    /// An error as its clients read it (OpenAI's `{"error":{…}}` unless it says otherwise).
+    fn error_json(e: &ApiError) -> Value {
+        e.to_json()
+    }
+    /// An upstream's refusal said in its shape (`body`: its first MiB).
+    fn refusal(status: u16, body: &[u8]) -> ApiError {
+        ApiError::new(status, "upstream_error", None, String::from_utf8_lossy(body).chars().take(2000).collect::<String>())
+    }
+    /// The request on `path` (under its own) that it answers itself, if it is one.
+    fn own(_path: &str) -> Option<Own> {
+        None
+    }
+    /// Answers a request of its own (`body`: the JSON object of a `POST`).
+    fn answer(own: &Own, _method: &str, _body: Option<Value>, _env: &EdgeEnv, _enc: &openai_harmony::HarmonyEncoding) -> Result<Value, ApiError> {
+        Err(ApiError::new(404, "invalid_request_error", Some("not_found"), format!("no such endpoint: {}", own.path)))
+    }
+}
+
+/// The one list of client APIs: for each, its variant and the type implementing [`Api`].
+/// Everything that dispatches on the API derives from it: adding an API is its folder and
+/// one line here.
+macro_rules! client_apis {
+    ($( $(#[$doc:meta])* $variant:ident => $api:ty, )*) => {
+        /// A client API, picked by the route's path.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ClientApi {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl ClientApi {
+            /// Every API, in the order of the list (the first is the default).
+            pub const ALL: &'static [ClientApi] = &[$(ClientApi::$variant),*];
+
+            /// The path a route serves this API on.
+            pub fn path(self) -> &'static str {
+                match self { $(Self::$variant => <$api as Api>::PATH,)* }
+            }
+            /// The `api` metric label and the summary line's name.
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$variant => <$api as Api>::NAME,)* }
+            }
+            /// The built-in pipeline a config without a route for this API's path gets.
+            pub fn builtin_pipeline(self) -> &'static str {
+                match self { $(Self::$variant => <$api as Api>::BUILTIN_PIPELINE,)* }
+            }
+            /// See [`Api::RESHAPES_REFUSALS`].
+            pub fn reshapes_refusals(self) -> bool {
+                match self { $(Self::$variant => <$api as Api>::RESHAPES_REFUSALS,)* }
+            }
+            /// An upstream's refusal said in this API's shape (`body`: its first MiB).
+            pub fn refusal(self, status: u16, body: &[u8]) -> ApiError {
+                match self { $(Self::$variant => <$api as Api>::refusal(status, body),)* }
+            }
+            /// The client's request (a JSON object) into the conversation the stages work on.
+            pub fn decode(self, body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
+                match self { $(Self::$variant => <$api as Api>::decode(body, env),)* }
+            }
+            /// An error as this API's clients read it.
+            pub fn error_json(self, e: &ApiError) -> Value {
+                match self { $(Self::$variant => <$api as Api>::error_json(e),)* }
+            }
+            /// The request on `path` that an API answers itself, if it is one.
+            pub fn own(path: &str) -> Option<(Self, Own)> {
+                $( if let Some(own) = <$api as Api>::own(path) { return Some((Self::$variant, own)); } )*
+                None
+            }
+            /// Answers a request of its own (`body`: the JSON object of a `POST`).
+            pub fn answer(self, own: &Own, method: &str, body: Option<Value>, env: &EdgeEnv, enc: &openai_harmony::HarmonyEncoding) -> Result<Value, ApiError> {
+                match self { $(Self::$variant => <$api as Api>::answer(own, method, body, env, enc),)* }
+            }
+        }
+
+        /// What an API's encoder needs to know about its request: its decoder makes it.
+        #[derive(Debug, Clone)]
+        pub enum ApiContext {
+            $( $variant(Arc<<$api as Api>::Context>), )*
+        }
+
+        impl ApiContext {
+            pub fn api(&self) -> ClientApi {
+                match self { $(Self::$variant(_) => ClientApi::$variant,)* }
+            }
+            /// The encoder for this request (the [`Responder`] makes it).
+            pub fn encoder(&self, meta: &RequestMeta) -> Box<dyn Stage> {
+                match self { $(Self::$variant(ctx) => <$api as Api>::encoder(meta, ctx),)* }
+            }
+        }
+    };
+}
+
+client_apis! {
     /// OpenAI Chat Completions: IDE agents, the SDKs' `chat.completions`.
-    #[default]
-    Chat,
+    Chat => chat::Chat,
     /// OpenAI Responses: Codex CLI, the Agents SDK.
-    Responses,
+    Responses => responses::Responses,
     /// Anthropic Messages: Claude Code, the Anthropic SDKs.
-    Messages,
+    Messages => messages::Messages,
+}
+
+impl Default for ClientApi {
+    fn default() -> Self {
+        Self::ALL[0]
+    }
 }
 
 impl ClientApi {
-    /// Every API, the one list: path, name, decoder and encoder hang off these.
-    pub const ALL: [ClientApi; 3] = [ClientApi::Chat, ClientApi::Responses, ClientApi::Messages];
-
-    /// The path a route serves this API on.
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::Chat => "/v1/chat/completions",
-            Self::Responses => "/v1/responses",
-            Self::Messages => "/v1/messages",
-        }
-    }
-
-    /// The `api` metric label and the summary line's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Chat => "chat",
-            Self::Responses => "responses",
-            Self::Messages => "messages",
-        }
-    }
-
-    /// The built-in pipeline a config without a route for this API's path gets: the chat
-    /// path keeps `PROXY_MODE`'s answer-only default; Responses and Messages clients all declare tools
-    /// and run the calls, so they get reasoning, calls and preambles as items.
-    pub fn builtin_pipeline(self) -> &'static str {
-        match self {
-            Self::Chat => "harmony",
-            Self::Responses | Self::Messages => "ide-tools",
-        }
-    }
-
     /// The API a route's path serves; a path that is none of them (a custom route) is chat.
     pub fn for_path(path: &str) -> Self {
-        Self::ALL.into_iter().find(|a| a.path() == path).unwrap_or(Self::Chat)
+        Self::ALL.iter().copied().find(|a| a.path() == path).unwrap_or_default()
     }
 
     /// The API whose error shape answers on `path` take: every path at or under an API's
     /// own (`/v1/messages/count_tokens` is Anthropic's); any other, OpenAI's.
     pub fn for_errors(path: &str) -> Self {
-        Self::ALL.into_iter().find(|a| path.strip_prefix(a.path()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))).unwrap_or(Self::Chat)
-    }
-
-    /// The request on `path` that an API answers itself, if it is one.
-    pub fn own(path: &str) -> Option<(Self, Own)> {
-        if let Some(id) = path.strip_prefix("/v1/responses/").filter(|id| !id.is_empty() && !id.contains('/')) {
-            return Some((Self::Responses, Own::StoredResponse { id: id.to_owned() }));
-        }
-        (path == "/v1/messages/count_tokens").then_some((Self::Messages, Own::CountTokens))
-    }
-
-    /// Answers a request of its own (`body`: the JSON object of a `POST`).
-    pub fn answer(self, own: &Own, method: &str, body: Option<Value>, env: &EdgeEnv, enc: &openai_harmony::HarmonyEncoding) -> Result<Value, ApiError> {
-        match own {
-            Own::StoredResponse { id } => responses::stored::answer(method, id, env),
-            Own::CountTokens => messages::count_tokens::answer(body.unwrap_or_else(|| Value::Object(Default::default())), env, enc),
-        }
-    }
-
-    /// Whether an upstream's refusal (a 4xx before the stream) is said again in this API's
-    /// shape ([`ClientApi::refusal`]); else it is passed on as the server said it (the
-    /// servers speak OpenAI's shape, as Chat and Responses clients do).
-    pub fn reshapes_refusals(self) -> bool {
-        matches!(self, Self::Messages)
-    }
-
-    /// An upstream's refusal said in this API's shape (`body`: its first MiB).
-    pub fn refusal(self, status: u16, body: &[u8]) -> ApiError {
-        match self {
-            Self::Messages => messages::refusal(status, body),
-            Self::Chat | Self::Responses => ApiError::new(status, "upstream_error", None, String::from_utf8_lossy(body).chars().take(2000).collect::<String>()),
-        }
-    }
-
-    /// The client's request (a JSON object) into the conversation the stages work on.
-    pub fn decode(self, body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
-        match self {
-            Self::Chat => chat::decode(body),
-            Self::Responses => responses::decode::decode(body, env),
-            Self::Messages => messages::decode::decode(body, env),
-        }
-    }
-
-    /// An error as this API's clients read it: OpenAI's `{"error":{…}}` or Anthropic's
-    /// `{"type":"error","error":{…}}`.
-    pub fn error_json(self, e: &ApiError) -> Value {
-        match self {
-            Self::Chat | Self::Responses => e.to_json(),
-            Self::Messages => messages::error_json(e),
-        }
+        Self::ALL.iter().copied().find(|a| path.strip_prefix(a.path()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))).unwrap_or_default()
     }
 }
 
 /// A request an API answers itself, with no pipeline and no upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Own {
-    /// `GET` / `DELETE /v1/responses/{id}`.
-    StoredResponse { id: String },
-    /// `POST /v1/messages/count_tokens`.
-    CountTokens,
+pub struct Own {
+    /// The request's path (the API reads what it names from it).
+    pub path: String,
+    /// The methods it takes (the first is what a 405 names).
+    pub methods: &'static [&'static str],
+    /// Whether it tokenizes (CPU in proportion to the request) rather than waits on a store.
+    pub cpu_work: bool,
 }
 
 impl Own {
-    /// The methods it takes (the first is what a 405 names).
     pub fn methods(&self) -> &'static [&'static str] {
-        match self {
-            Self::StoredResponse { .. } => &["GET", "DELETE"],
-            Self::CountTokens => &["POST"],
-        }
+        self.methods
     }
-
-    /// Whether it tokenizes (CPU in proportion to the request) rather than waits on a store.
     pub fn is_cpu_work(&self) -> bool {
-        matches!(self, Self::CountTokens)
+        self.cpu_work
     }
 }
 
@@ -207,34 +238,6 @@ impl Decoded {
     /// the fuzz targets and tools.
     pub fn chat(&self) -> Value {
         crate::upstream::chat_request::as_a_client_sends_it(self.conversation.clone())
-    }
-}
-
-/// What an API's encoder needs to know about its request; rides in [`RequestMeta`].
-#[derive(Debug, Clone, Default)]
-pub enum ApiContext {
-    #[default]
-    Chat,
-    Responses(Arc<responses::Context>),
-    Messages(Arc<messages::Context>),
-}
-
-impl ApiContext {
-    pub fn api(&self) -> ClientApi {
-        match self {
-            Self::Chat => ClientApi::Chat,
-            Self::Responses(_) => ClientApi::Responses,
-            Self::Messages(_) => ClientApi::Messages,
-        }
-    }
-
-    /// The encoder for this request (the [`Responder`] makes it).
-    pub fn encoder(&self, meta: &RequestMeta) -> Box<dyn Stage> {
-        match self {
-            Self::Chat => Box::new(chat::encode::ChatEncoder::new(meta)),
-            Self::Responses(ctx) => Box::new(responses::encode::ResponsesEncoder::new(meta, ctx.clone())),
-            Self::Messages(ctx) => Box::new(messages::encode::MessagesEncoder::new(meta, ctx.clone())),
-        }
     }
 }
 
@@ -262,7 +265,7 @@ impl std::ops::DerefMut for ClientRequest {
 impl From<RequestMeta> for ClientRequest {
     /// A chat client's request.
     fn from(meta: RequestMeta) -> Self {
-        Self { meta, api: ApiContext::Chat }
+        Self { meta, api: ApiContext::Chat(Default::default()) }
     }
 }
 

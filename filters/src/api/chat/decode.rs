@@ -21,7 +21,13 @@ use crate::event::ApiError;
 pub fn decode(body: Value) -> Result<Decoded, ApiError> {
     let _checked: types::Request = typed_ref(&body, "")?;
     let conversation = conversation(body);
-    Ok(Decoded { model: conversation.model.clone(), stream: conversation.controls.stream, conversation, ctx: ApiContext::Chat, notes: Vec::new() })
+    Ok(Decoded {
+        model: conversation.model.clone(),
+        stream: conversation.controls.stream,
+        conversation,
+        ctx: ApiContext::Chat(Default::default()),
+        notes: Vec::new(),
+    })
 }
 
 /// Removes `key` from `o` when `f` takes its value; a value `f` gives back stays.

@@ -20,8 +20,43 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::api::{Api, Decoded, EdgeEnv, Own};
 use crate::event::ApiError;
 use crate::seal::Sealer;
+use crate::stage::{RequestMeta, Stage};
+
+/// The Anthropic Messages API.
+pub struct Messages;
+
+impl Api for Messages {
+    type Context = Context;
+    const PATH: &'static str = "/v1/messages";
+    const NAME: &'static str = "messages";
+    /// Its clients declare tools and run the calls: reasoning, calls and preambles as blocks.
+    const BUILTIN_PIPELINE: &'static str = "ide-tools";
+    /// Anthropic's clients read only Anthropic's error shape.
+    const RESHAPES_REFUSALS: bool = true;
+
+    fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
+        decode::decode(body, env)
+    }
+    fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Stage> {
+        Box::new(encode::MessagesEncoder::new(meta, ctx.clone()))
+    }
+    fn error_json(e: &ApiError) -> Value {
+        error_json(e)
+    }
+    fn refusal(status: u16, body: &[u8]) -> ApiError {
+        refusal(status, body)
+    }
+    /// `POST /v1/messages/count_tokens`.
+    fn own(path: &str) -> Option<Own> {
+        (path == "/v1/messages/count_tokens").then(|| Own { path: path.to_owned(), methods: &["POST"], cpu_work: true })
+    }
+    fn answer(_own: &Own, _method: &str, body: Option<Value>, env: &EdgeEnv, enc: &openai_harmony::HarmonyEncoding) -> Result<Value, ApiError> {
+        count_tokens::answer(body.unwrap_or_else(|| Value::Object(Default::default())), env, enc)
+    }
+}
 
 /// What the encoder needs to know about one request.
 #[derive(Debug)]

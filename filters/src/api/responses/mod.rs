@@ -19,8 +19,39 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::api::{Api, Decoded, EdgeEnv, Own};
+use crate::event::ApiError;
 use crate::seal::Sealer;
+use crate::stage::{RequestMeta, Stage};
 use crate::store::StateStore;
+
+/// The Responses API.
+pub struct Responses;
+
+const STORED: &str = "/v1/responses/";
+
+impl Api for Responses {
+    type Context = Context;
+    const PATH: &'static str = "/v1/responses";
+    const NAME: &'static str = "responses";
+    /// Its clients declare tools and run the calls: reasoning, calls and preambles as items.
+    const BUILTIN_PIPELINE: &'static str = "ide-tools";
+
+    fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
+        decode::decode(body, env)
+    }
+    fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Stage> {
+        Box::new(encode::ResponsesEncoder::new(meta, ctx.clone()))
+    }
+    /// `GET` / `DELETE /v1/responses/{id}`.
+    fn own(path: &str) -> Option<Own> {
+        path.strip_prefix(STORED).filter(|id| !id.is_empty() && !id.contains('/'))?;
+        Some(Own { path: path.to_owned(), methods: &["GET", "DELETE"], cpu_work: false })
+    }
+    fn answer(own: &Own, method: &str, _body: Option<Value>, env: &EdgeEnv, _enc: &openai_harmony::HarmonyEncoding) -> Result<Value, ApiError> {
+        stored::answer(method, own.path.strip_prefix(STORED).unwrap_or_default(), env)
+    }
+}
 
 /// How a function the model sees goes back to the client, when not as a plain function call.
 #[derive(Debug, Clone, PartialEq, Eq)]
