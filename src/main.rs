@@ -549,7 +549,7 @@ fn replay(file: &Path, cfg_path: Option<&Path>, pipeline: Option<&str>, json: bo
     };
     let compiled = harmony_filters::compile(&def.stages, &enc);
     let meta = harmony_filters::RequestMeta::new("replay", !json, true);
-    let out = harmony_filters::testing::run_sse(&compiled, &meta, &[&data]);
+    let out = harmony_filters::replay::run(&compiled, &meta.into(), &[&data]);
     use std::io::Write as _;
     let _ = std::io::stdout().write_all(&out);
     if json {

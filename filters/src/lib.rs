@@ -13,16 +13,20 @@
 //! the response body, with no task or channel between them.
 
 pub mod api;
+pub mod client_view;
 pub mod conversation;
 pub mod event;
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzz_targets;
 pub mod json_end;
 pub mod markup;
 pub mod pipeline;
+pub mod replay;
 pub mod seal;
 pub mod stage;
 pub mod stages;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokens;
 pub mod upstream;

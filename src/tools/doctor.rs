@@ -196,7 +196,8 @@ async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
 
 /// A streamed upstream answer through each agent API's edge: what its client would get.
 fn agent_apis(streamed: &str) -> Vec<(harmony_filters::ClientApi, Result<String, String>)> {
-    use harmony_filters::testing::{assemble_messages, assemble_responses, run_sse};
+    use harmony_filters::client_view::{assemble_messages, assemble_responses};
+    use harmony_filters::replay::run as run_sse;
     use harmony_filters::ClientApi;
     let Ok(enc) = harmony_filters::vocab::encoding() else { return Vec::new() };
     let Some((_, text)) = crate::config::BUILTIN_PIPELINES.iter().find(|(n, _)| *n == "ide-tools") else { return Vec::new() };
