@@ -84,8 +84,7 @@ pub fn request(data: &[u8]) {
         _ => Vec::new(),
     };
     let p = pipeline(r#"[{ type = "stop-injection", extra = ["X"] }, { type = "history-clean" }, { type = "sse-encode" }]"#);
-    let mut chain = p.new_chain(&RequestMeta::new("fuzz", true, false));
-    let up = chain.on_request(crate::api::chat::decode::conversation(v)).expect("these stages never refuse");
+    let up = p.request_phase(&RequestMeta::new("fuzz", true, false), crate::api::chat::decode::conversation(v)).expect("these stages never refuse");
     let v = up.body;
     if !v.is_object() {
         return;

@@ -14,8 +14,10 @@ use openai_harmony::HarmonyEncoding;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::conversation::Conversation;
+use crate::event::ApiError;
 pub use crate::stage::config::{Builder, StageConfig};
-use crate::stage::{Chain, RequestMeta, RetryPolicy, StageFactory};
+use crate::stage::{Chain, RequestMeta, RequestStageFactory, RetryPolicy, StageFactory, UpstreamRequest};
 use crate::stages::fallback::FallbackConfig;
 use crate::stages::harmony_parse::HarmonyParseConfig;
 use crate::stages::harmony_render::HarmonyRenderConfig;
@@ -100,7 +102,10 @@ stages! {
 /// A pipeline ready to serve: factories built once, shared by every request.
 pub struct Compiled {
     pub specs: Vec<StageSpec>,
+    /// The response stages' factories.
     pub factories: Vec<Arc<dyn StageFactory>>,
+    /// The request stages' factories.
+    pub request_factories: Vec<Arc<dyn RequestStageFactory>>,
     pub retry: RetryPolicy,
     /// The tool-bridge mode, for the `mode` metric label (`passthrough` without one).
     pub mode: &'static str,
@@ -181,12 +186,18 @@ pub fn compile_with(specs: &[StageSpec], enc: &HarmonyEncoding, stores: &Stores)
     }
     let parses = specs.iter().any(|s| matches!(s, StageSpec::HarmonyParse(_)));
     let mode = b.mode.unwrap_or(if parses { Mode::FinalOnly.as_str() } else { "passthrough" });
-    Compiled { specs: specs.to_vec(), factories: b.factories, retry: b.retry, mode, store: b.store }
+    Compiled { specs: specs.to_vec(), factories: b.factories, request_factories: b.request_factories, retry: b.retry, mode, store: b.store }
 }
 
 impl Compiled {
-    /// The per-request stages.
+    /// The per-request response stages.
     pub fn new_chain(&self, meta: &RequestMeta) -> Chain {
         Chain::new(self.factories.iter().map(|f| f.new_stage(meta)).collect())
+    }
+
+    /// Runs the request phase for `meta`'s request: what goes upstream, or the refusal.
+    pub fn request_phase(&self, meta: &RequestMeta, conv: Conversation) -> Result<UpstreamRequest, ApiError> {
+        let mut stages: Vec<_> = self.request_factories.iter().map(|f| f.new_request_stage(meta)).collect();
+        crate::stage::request_phase(&mut stages, conv)
     }
 }

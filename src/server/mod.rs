@@ -525,19 +525,20 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
 
     // The request phase renders prompts and reads stores (Redis included): off the workers,
     // so that no request's size or store latency stalls the streams they drive.
-    let chain = route.pipeline.new_chain(&meta);
     let slot = guard.clone();
-    let (chain, phase) = off_worker(Some(&state.heavy), move || {
+    let (pipeline, phase_meta) = (route.pipeline.clone(), meta.clone());
+    let phase = off_worker(Some(&state.heavy), move || {
         let _slot = slot;
-        let mut chain = chain;
-        let phase = chain.on_request(conversation);
-        (chain, phase)
+        pipeline.request_phase(&phase_meta, conversation)
     })
     .await;
     // What goes upstream always streams (retry, watchdog and true streaming need it) and
     // asks for usage, shown to the client only when it asked: the upstream edges say so.
     let (body, endpoint) = match phase {
-        Ok(up) => (up.body, up.endpoint),
+        Ok(up) => {
+            meta.prompt_tokens = up.prompt_tokens;
+            (up.body, up.endpoint)
+        }
         Err(e) => {
             let mut r = error_response(&e);
             r.extensions_mut().insert(RouteInfo { route: route.label.clone(), model: model.clone(), attempts: 0 });
@@ -582,8 +583,18 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     };
     let summary = Summary { route: route.label.clone(), mode: route.pipeline.mode, model, started };
     let trace_dir = snap.config.server.trace_dir.clone();
-    let mut pbody =
-        PipelineBody::new(resp, lease, chain, route.pipeline.clone(), ClientRequest { meta, api: api_ctx }, call, retries, summary, trace_dir, Some(guard));
+    let mut pbody = PipelineBody::new(
+        resp,
+        lease,
+        route.pipeline.new_chain(&meta),
+        route.pipeline.clone(),
+        ClientRequest { meta, api: api_ctx },
+        call,
+        retries,
+        summary,
+        trace_dir,
+        Some(guard),
+    );
     if stream {
         let mut r = Response::new(pbody.map_err(|e| match e {}).boxed_unsync());
         let h = r.headers_mut();

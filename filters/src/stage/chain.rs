@@ -2,9 +2,8 @@
 
 use std::time::Instant;
 
-use super::{Stage, Stats, UpstreamRequest};
-use crate::conversation::Conversation;
-use crate::event::{ApiError, Event};
+use super::{Stage, Stats};
+use crate::event::Event;
 
 /// The per-request stages of one pipeline, in order, with reusable buffers.
 ///
@@ -20,20 +19,6 @@ pub struct Chain {
 impl Chain {
     pub fn new(stages: Vec<Box<dyn Stage>>) -> Self {
         Self { stages, a: Vec::with_capacity(8), b: Vec::with_capacity(8), ended: false }
-    }
-
-    /// The request phase, stage by stage (`on_request`, then `on_upstream_request`); the
-    /// first refusal ends it. What goes upstream.
-    pub fn on_request(&mut self, mut conv: Conversation) -> Result<UpstreamRequest, ApiError> {
-        for s in &mut self.stages {
-            s.on_request(&mut conv)?;
-        }
-        for s in &mut self.stages {
-            if let Some(up) = s.on_upstream_request(&conv)? {
-                return Ok(up);
-            }
-        }
-        Ok(UpstreamRequest::chat(conv))
     }
 
     /// Push several events (drained from `input`).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use openai_harmony::HarmonyEncoding;
 
-use super::StageFactory;
+use super::{RequestStageFactory, StageFactory};
 use crate::store::{StateStore, Stores};
 
 /// What a stage's config says about itself. Implemented in each stage's file.
@@ -26,7 +26,10 @@ pub struct Builder<'a> {
     pub enc: &'a HarmonyEncoding,
     /// Where stages that keep state between requests get their store.
     pub stores: &'a Stores,
+    /// The response stages' factories, in pipeline order.
     pub factories: Vec<Arc<dyn StageFactory>>,
+    /// The request stages' factories, in pipeline order.
+    pub request_factories: Vec<Arc<dyn RequestStageFactory>>,
     pub retry: RetryPolicy,
     /// The tool-bridge mode (the `mode` metric label).
     pub mode: Option<&'static str>,
@@ -38,10 +41,15 @@ pub struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     pub fn new(enc: &'a HarmonyEncoding, stores: &'a Stores) -> Self {
-        Self { enc, stores, factories: Vec::new(), retry: RetryPolicy::NONE, mode: None, store: None, shared: Vec::new() }
+        Self { enc, stores, factories: Vec::new(), request_factories: Vec::new(), retry: RetryPolicy::NONE, mode: None, store: None, shared: Vec::new() }
     }
+    /// Adds a response stage.
     pub fn push(&mut self, f: impl StageFactory) {
         self.factories.push(Arc::new(f));
+    }
+    /// Adds a request stage.
+    pub fn push_request(&mut self, f: impl RequestStageFactory) {
+        self.request_factories.push(Arc::new(f));
     }
     /// The pipeline's one `T`, made by `make` the first time a stage asks (a parser every
     /// request stage that reads Harmony in history shares).

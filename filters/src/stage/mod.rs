@@ -1,6 +1,7 @@
-//! The stage model: a factory built once per config generation ([`config`]: what a stage's
-//! config builds), a stage per request, and the chain that pushes events through the
-//! stages in order ([`chain`]).
+//! The stage model: factories built once per config generation ([`config`]: what a stage's
+//! config builds), and per request the stages of each phase: [`RequestStage`]s edit the
+//! conversation and say what goes upstream ([`request_phase`]); response [`Stage`]s turn the
+//! upstream's events into the client's, pushed through them in order by the [`chain`].
 
 pub mod chain;
 pub mod config;
@@ -28,6 +29,9 @@ pub struct RequestMeta {
     /// Who the request is from, when the server checks API keys (a digest of the key):
     /// state kept between requests (`reasoning-memory`) is never shared across scopes.
     pub auth_scope: Option<String>,
+    /// The length of the prompt the proxy rendered (`harmony-render`), known once the request
+    /// phase is done: the usage the client sees says exactly this, retries included.
+    pub prompt_tokens: Option<u64>,
 }
 
 impl RequestMeta {
@@ -41,6 +45,7 @@ impl RequestMeta {
             stream,
             include_usage,
             auth_scope: None,
+            prompt_tokens: None,
         }
     }
 }
@@ -87,9 +92,15 @@ pub fn key_scope(api_key: &str) -> String {
     s
 }
 
-/// Built once per config generation from the stage's TOML table; shared by all requests.
+/// Built once per config generation from the stage's TOML table; shared by all requests:
+/// makes a response stage per request.
 pub trait StageFactory: Send + Sync + 'static {
     fn new_stage(&self, req: &RequestMeta) -> Box<dyn Stage>;
+}
+
+/// The same, for a request stage.
+pub trait RequestStageFactory: Send + Sync + 'static {
+    fn new_request_stage(&self, req: &RequestMeta) -> Box<dyn RequestStage>;
 }
 
 /// Which upstream endpoint a request goes to, and how its answer is read. The request phase
@@ -115,46 +126,71 @@ pub enum Endpoint {
 pub struct UpstreamRequest {
     pub body: serde_json::Value,
     pub endpoint: Endpoint,
+    /// The rendered prompt's length, when the proxy rendered it.
+    pub prompt_tokens: Option<u64>,
 }
 
 impl UpstreamRequest {
     /// The chat endpoint's request for `conv`.
     pub fn chat(conv: Conversation) -> Self {
-        Self { body: crate::upstream::chat_request::request(conv), endpoint: Endpoint::Chat }
+        Self { body: crate::upstream::chat_request::request(conv), endpoint: Endpoint::Chat, prompt_tokens: None }
     }
 }
 
-/// Per-request state machine. Nothing here awaits: the chain runs inline in the response body.
+/// A stage of the request phase: it runs once per request, before the upstream is called,
+/// and never sees a token. Nothing here awaits: the phase runs on a blocking thread (see the
+/// server's `off_worker`), so a stage may read a store or render a long prompt.
 ///
-/// The phases, in the order they run for one request:
-/// - [`on_request`](Stage::on_request) runs once, in pipeline order, before the upstream is
-///   called, on the client's conversation: it may edit it (stops, history repair,
-///   reasoning put back) or refuse it with an error the client gets as is (a 400 that names
-///   what is wrong); a refusal stops the request phase and nothing goes upstream.
-/// - [`on_upstream_request`](Stage::on_upstream_request) then runs in pipeline order, when
-///   every `on_request` is done, until one stage answers: that stage writes what goes
+/// - [`on_request`](RequestStage::on_request) runs in pipeline order on the client's
+///   conversation: it may edit it (stops, history repair, reasoning put back) or refuse it
+///   with an error the client gets as is (a 400 that names what is wrong); a refusal stops
+///   the request phase and nothing goes upstream.
+/// - [`on_upstream_request`](RequestStage::on_upstream_request) then runs in pipeline order,
+///   when every `on_request` is done, until one stage answers: that stage writes what goes
 ///   upstream from the finished conversation (`harmony-render` renders the prompt and
-///   chooses the endpoint). When none does, the chat endpoint gets the conversation. A
-///   retry re-sends the same upstream request: the request phase does not run again.
+///   chooses the endpoint). When none does, the chat endpoint gets the conversation. A retry
+///   re-sends the same upstream request: the request phase does not run again.
+pub trait RequestStage: Send {
+    /// Edit the client's conversation, or refuse it.
+    fn on_request(&mut self, _conv: &mut Conversation) -> Result<(), ApiError> {
+        Ok(())
+    }
+    /// After every `on_request`: what goes upstream, if this stage writes it (`None`: it
+    /// does not, the next stage or the chat endpoint does).
+    fn on_upstream_request(&mut self, _conv: &Conversation) -> Result<Option<UpstreamRequest>, ApiError> {
+        Ok(None)
+    }
+}
+
+/// Runs a request phase: every stage's `on_request`, then `on_upstream_request` until one
+/// answers, else the chat endpoint's request; the first refusal ends it.
+pub fn request_phase(stages: &mut [Box<dyn RequestStage>], mut conv: Conversation) -> Result<UpstreamRequest, ApiError> {
+    for s in stages.iter_mut() {
+        s.on_request(&mut conv)?;
+    }
+    for s in stages.iter_mut() {
+        if let Some(up) = s.on_upstream_request(&conv)? {
+            return Ok(up);
+        }
+    }
+    Ok(UpstreamRequest::chat(conv))
+}
+
+/// A stage of the response phase: a per-request state machine over the response's events.
+/// Nothing here awaits: the chain runs inline in the response body. What the request phase
+/// learnt reaches it through the [`RequestMeta`] it is made with (`prompt_tokens`).
+///
+/// The calls, in the order they come for one response:
 /// - [`on_event`](Stage::on_event) runs for each event, inline in the response body. A stage
 ///   that holds state flushes what it held *before* pushing on a terminal event (`Finish`,
 ///   `Error`, `Abort`), so nothing is emitted after the response's end. A retry before any
-///   client-visible byte rebuilds the response stages from their factories (fresh state);
-///   the request-phase state (what `on_request` learnt) of those new stages is not rebuilt.
+///   client-visible byte rebuilds the response stages from their factories (fresh state,
+///   the same meta).
 /// - [`on_end`](Stage::on_end) runs once when the upstream is done (cleanly or not): flush.
 /// - [`deadline`](Stage::deadline) / [`on_deadline`](Stage::on_deadline): a timer the body
 ///   polls (watchdog); `on_deadline` may end the response with `Abort`.
 /// - [`stats`](Stage::stats) is read once, when the response body is dropped.
 pub trait Stage: Send {
-    /// Request phase: edit the client's conversation, or refuse it.
-    fn on_request(&mut self, _conv: &mut Conversation) -> Result<(), ApiError> {
-        Ok(())
-    }
-    /// Request phase, after every `on_request`: what goes upstream, if this stage writes it
-    /// (`None`: it does not, the next stage or the chat endpoint does).
-    fn on_upstream_request(&mut self, _conv: &Conversation) -> Result<Option<UpstreamRequest>, ApiError> {
-        Ok(None)
-    }
     /// Push zero or more events for one input event.
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>);
     /// The upstream is done: flush held state.

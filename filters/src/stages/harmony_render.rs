@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 
 use crate::conversation::{Content, Controls, Conversation, Limit, ResponseFormat, Role, Stop, Tool, ToolChoice};
 use crate::event::{ApiError, Event};
-use crate::stage::{Endpoint, RequestMeta, Stage, StageFactory, UpstreamRequest};
+use crate::stage::{Endpoint, RequestMeta, RequestStage, RequestStageFactory, Stage, StageFactory, UpstreamRequest};
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -120,16 +120,44 @@ impl HarmonyRenderFactory {
     }
 }
 
-impl StageFactory for HarmonyRenderFactory {
-    fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
-        Box::new(HarmonyRender { cfg: self.cfg.clone(), enc: self.enc.clone(), cache: self.cache.clone(), prompt_tokens: 0 })
+impl RequestStageFactory for HarmonyRenderFactory {
+    fn new_request_stage(&self, _req: &RequestMeta) -> Box<dyn RequestStage> {
+        Box::new(HarmonyRender { cfg: self.cfg.clone(), enc: self.enc.clone(), cache: self.cache.clone() })
+    }
+}
+
+/// The response side of `harmony-render`: the client's usage counts the prompt the proxy
+/// rendered, exactly (the request phase put its length in the meta).
+pub struct PromptUsageFactory;
+
+impl StageFactory for PromptUsageFactory {
+    fn new_stage(&self, req: &RequestMeta) -> Box<dyn Stage> {
+        Box::new(PromptUsage { prompt_tokens: req.prompt_tokens.unwrap_or(0) })
+    }
+}
+
+pub struct PromptUsage {
+    prompt_tokens: u64,
+}
+
+impl Stage for PromptUsage {
+    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
+        match ev {
+            Event::Usage(mut u) if self.prompt_tokens > 0 => {
+                let completion = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+                u["prompt_tokens"] = json!(self.prompt_tokens);
+                u["total_tokens"] = json!(self.prompt_tokens + completion);
+                out.push(Event::Usage(u));
+            }
+            other => out.push(other),
+        }
     }
 }
 
 impl crate::stage::StageConfig for HarmonyRenderConfig {
     fn build(&self, b: &mut crate::stage::Builder<'_>) {
-        let f = HarmonyRenderFactory::new(self, b.enc.clone());
-        b.push(f);
+        b.push_request(HarmonyRenderFactory::new(self, b.enc.clone()));
+        b.push(PromptUsageFactory);
     }
 }
 
@@ -137,8 +165,6 @@ pub struct HarmonyRender {
     cfg: HarmonyRenderConfig,
     enc: HarmonyEncoding,
     cache: Arc<RenderCache>,
-    /// The rendered prompt's length: the usage the client sees says exactly this.
-    prompt_tokens: usize,
 }
 
 fn bad(param: &str, message: impl Into<String>) -> ApiError {
@@ -406,12 +432,12 @@ fn client_stops(c: &Controls) -> Vec<String> {
     c.stop.as_ref().map(Stop::as_slice).unwrap_or_default().iter().filter(|s| !s.is_empty() && !crate::markup::has_markup(s)).cloned().collect()
 }
 
-impl Stage for HarmonyRender {
+impl RequestStage for HarmonyRender {
     /// After every `on_request`: the history is repaired and remembered reasoning is back
     /// (`reasoning-memory` puts it in the conversation; here it becomes the analysis message).
     fn on_upstream_request(&mut self, conv: &Conversation) -> Result<Option<UpstreamRequest>, ApiError> {
         let prompt = render_request(&self.enc, &self.cache, conv, self.cfg.reasoning_effort, &today())?;
-        self.prompt_tokens = prompt.len();
+        let prompt_tokens = Some(prompt.len() as u64);
         let c = &conv.controls;
         let mut out = serde_json::Map::new();
         out.insert("model".into(), if conv.model.is_empty() { Value::Null } else { conv.model.clone().into() });
@@ -454,20 +480,7 @@ impl Stage for HarmonyRender {
                 Endpoint::LlamaCompletion
             }
         };
-        Ok(Some(UpstreamRequest { body: Value::Object(out), endpoint }))
-    }
-
-    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
-        match ev {
-            // The client's usage counts the prompt the proxy rendered, exactly.
-            Event::Usage(mut u) if self.prompt_tokens > 0 => {
-                let completion = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
-                u["prompt_tokens"] = json!(self.prompt_tokens);
-                u["total_tokens"] = json!(self.prompt_tokens as u64 + completion);
-                out.push(Event::Usage(u));
-            }
-            other => out.push(other),
-        }
+        Ok(Some(UpstreamRequest { body: Value::Object(out), endpoint, prompt_tokens }))
     }
 }
 

@@ -22,9 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::conversation::{Content, Conversation, Message, Role};
-use crate::event::Event;
 use crate::markup;
-use crate::stage::{RequestMeta, Stage, StageFactory};
+use crate::stage::{RequestMeta, RequestStage, RequestStageFactory};
 use crate::stages::harmony_parse::{final_text, HarmonyParseFactory};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -41,8 +40,8 @@ impl HistoryCleanFactory {
     }
 }
 
-impl StageFactory for HistoryCleanFactory {
-    fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
+impl RequestStageFactory for HistoryCleanFactory {
+    fn new_request_stage(&self, _req: &RequestMeta) -> Box<dyn RequestStage> {
         Box::new(HistoryClean { parse: self.parse.clone() })
     }
 }
@@ -149,13 +148,10 @@ fn orphan_to_user(m: &mut Message) {
     *m = Message::text(Role::User, format!("(result of tool call{name} {id}, whose call is not in this conversation)\n{text}"));
 }
 
-impl Stage for HistoryClean {
+impl RequestStage for HistoryClean {
     fn on_request(&mut self, conv: &mut Conversation) -> Result<(), crate::event::ApiError> {
         clean(&self.parse, conv);
         Ok(())
-    }
-    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
-        out.push(ev);
     }
 }
 
@@ -163,7 +159,7 @@ impl crate::stage::StageConfig for HistoryCleanConfig {
     fn build(&self, b: &mut crate::stage::Builder<'_>) {
         // One default parser for every request stage that reads Harmony in history.
         let parse = b.shared(|enc| HarmonyParseFactory::new(&crate::stages::harmony_parse::HarmonyParseConfig::default(), enc.clone()));
-        b.push(HistoryCleanFactory::new(parse));
+        b.push_request(HistoryCleanFactory::new(parse));
     }
 }
 

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::conversation::{Conversation, Reasoning, ReasoningField, Role};
 use crate::event::{Channel, Event};
-use crate::stage::{random_id, RequestMeta, Stage, StageFactory};
+use crate::stage::{random_id, RequestMeta, RequestStage, RequestStageFactory, Stage, StageFactory};
 use crate::stages::history_clean::merge_content_into_reasoning;
 use crate::store::Stores;
 pub use crate::store::{MemoryStore, StateStore as ReasoningStore};
@@ -115,6 +115,7 @@ impl ReasoningMemoryConfig {
     }
 }
 
+#[derive(Clone)]
 pub struct ReasoningMemoryFactory {
     field: Field,
     store: Arc<dyn ReasoningStore>,
@@ -141,10 +142,29 @@ impl ReasoningMemoryFactory {
     }
 }
 
+impl RequestStageFactory for ReasoningMemoryFactory {
+    fn new_request_stage(&self, req: &RequestMeta) -> Box<dyn RequestStage> {
+        Box::new(Restore { field: self.field, store: self.store.clone(), scope: req.auth_scope.clone().unwrap_or_default() })
+    }
+}
+
+/// The request side: remembered reasoning put back into the turns that lack it.
+pub struct Restore {
+    field: Field,
+    store: Arc<dyn ReasoningStore>,
+    scope: String,
+}
+
+impl RequestStage for Restore {
+    fn on_request(&mut self, conv: &mut Conversation) -> Result<(), crate::event::ApiError> {
+        restore(conv, self.field, &self.scope, &*self.store);
+        Ok(())
+    }
+}
+
 impl StageFactory for ReasoningMemoryFactory {
     fn new_stage(&self, req: &RequestMeta) -> Box<dyn Stage> {
         Box::new(ReasoningMemory {
-            field: self.field,
             store: self.store.clone(),
             scope: req.auth_scope.clone().unwrap_or_default(),
             reasoning: String::new(),
@@ -155,8 +175,8 @@ impl StageFactory for ReasoningMemoryFactory {
     }
 }
 
+/// The response side: the turn's reasoning collected, and stored under its calls' ids.
 pub struct ReasoningMemory {
-    field: Field,
     store: Arc<dyn ReasoningStore>,
     scope: String,
     /// This turn's analysis so far (its last `MAX_ENTRY_BYTES`).
@@ -249,11 +269,6 @@ fn made_whole(remembered: &str, given: &str) -> Option<String> {
 }
 
 impl Stage for ReasoningMemory {
-    fn on_request(&mut self, conv: &mut Conversation) -> Result<(), crate::event::ApiError> {
-        restore(conv, self.field, &self.scope, &*self.store);
-        Ok(())
-    }
-
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
         match ev {
             Event::Text(Channel::Analysis, ref t) | Event::UpstreamReasoning(ref t) => {
@@ -301,6 +316,7 @@ impl crate::stage::StageConfig for ReasoningMemoryConfig {
     fn build(&self, b: &mut crate::stage::Builder<'_>) {
         let f = ReasoningMemoryFactory::new(self, b.stores);
         b.store = Some(f.store.clone());
+        b.push_request(f.clone());
         b.push(f);
     }
 }
@@ -319,7 +335,7 @@ mod tests {
         m
     }
 
-    fn on_request(s: &mut Box<dyn Stage>, req: &mut Value) {
+    fn on_request(s: &mut Box<dyn RequestStage>, req: &mut Value) {
         let mut conv = crate::api::chat::decode::conversation(std::mem::take(req));
         s.on_request(&mut conv).unwrap();
         *req = crate::upstream::chat_request::request(conv);
@@ -361,11 +377,11 @@ mod tests {
         assert!(id.starts_with("call_"));
         let mut req =
             json!({"messages": [{"role": "user", "content": "weather?"}, turn(&[id], None), {"role": "tool", "tool_call_id": id, "content": "sunny"}]});
-        on_request(&mut f.new_stage(&meta), &mut req);
+        on_request(&mut f.new_request_stage(&meta), &mut req);
         assert_eq!(req["messages"][1]["reasoning_content"], "Need the weather.");
         // Reasoning the client sent itself is left alone; other ids get nothing.
         let mut req = json!({"messages": [turn(&[id], Some("mine")), turn(&["call_other"], None)]});
-        on_request(&mut f.new_stage(&meta), &mut req);
+        on_request(&mut f.new_request_stage(&meta), &mut req);
         assert_eq!(req["messages"][0]["reasoning_content"], "mine");
         assert!(req["messages"][1].get("reasoning_content").is_none());
     }
@@ -454,9 +470,9 @@ mod tests {
         let out = run_turn(&f, &alice, vec![Event::Text(Channel::Analysis, "secret plan".into()), Event::ToolCallStart { name: "f".into(), id: None }]);
         let Some(Event::ToolCallStart { id: Some(id), .. }) = out.iter().find(|e| matches!(e, Event::ToolCallStart { .. })).cloned() else { panic!("{out:?}") };
         let mut req = json!({"messages": [turn(&[&id], None)]});
-        on_request(&mut f.new_stage(&bob), &mut req);
+        on_request(&mut f.new_request_stage(&bob), &mut req);
         assert!(req["messages"][0].get("reasoning_content").is_none(), "bob must not see alice's reasoning");
-        on_request(&mut f.new_stage(&alice), &mut req);
+        on_request(&mut f.new_request_stage(&alice), &mut req);
         assert_eq!(req["messages"][0]["reasoning_content"], "secret plan");
     }
 }

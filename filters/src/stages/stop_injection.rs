@@ -2,8 +2,7 @@
 //! `<|call|>` (and any `extra` sequences), keeping the client's own stops, without duplicates.
 
 use crate::conversation::{Controls, Conversation, Stop};
-use crate::event::Event;
-use crate::stage::{RequestMeta, Stage, StageFactory};
+use crate::stage::{RequestMeta, RequestStage, RequestStageFactory};
 use crate::values::{Flag, StringList};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -36,8 +35,8 @@ impl StopInjectionFactory {
     }
 }
 
-impl StageFactory for StopInjectionFactory {
-    fn new_stage(&self, _req: &RequestMeta) -> Box<dyn Stage> {
+impl RequestStageFactory for StopInjectionFactory {
+    fn new_request_stage(&self, _req: &RequestMeta) -> Box<dyn RequestStage> {
         Box::new(StopInjection { stops: self.stops.clone() })
     }
 }
@@ -64,19 +63,16 @@ pub fn inject(c: &mut Controls, stops: &[String]) {
     c.stop = Some(Stop::Many(list));
 }
 
-impl Stage for StopInjection {
+impl RequestStage for StopInjection {
     fn on_request(&mut self, conv: &mut Conversation) -> Result<(), crate::event::ApiError> {
         inject(&mut conv.controls, &self.stops);
         Ok(())
-    }
-    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
-        out.push(ev);
     }
 }
 
 impl crate::stage::StageConfig for StopInjectionConfig {
     fn build(&self, b: &mut crate::stage::Builder<'_>) {
-        b.push(StopInjectionFactory::new(self));
+        b.push_request(StopInjectionFactory::new(self));
     }
 }
 
