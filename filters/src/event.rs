@@ -3,9 +3,8 @@
 //! The upstream decoder produces `Upstream*`, `Finish`, `Usage` and `Error`;
 //! `harmony-parse` turns upstream text into `Text` and `ToolCall*`;
 //! `tool-bridge` turns those into what the client sees (`Content`, `Reasoning`,
-//! `ClientToolCall`, `ClientToolArgs`); `sse-encode` turns everything into `Wire` bytes.
-
-use bytes::Bytes;
+//! `ClientToolCall`, `ClientToolArgs`); the client API's encoder (`api::Encoder`) turns them
+//! into the client's bytes.
 
 /// Which Harmony channel a piece of text belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +147,4 @@ pub enum Event {
     Error(ApiError),
     /// A stage decided the response is over (watchdog): stop reading the upstream.
     Abort,
-
-    /// Bytes for the client.
-    Wire(Bytes),
 }

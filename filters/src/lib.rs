@@ -6,7 +6,7 @@
 //! Data flow for one response:
 //! ```text
 //! upstream bytes ─► upstream::SseDecoder ─► Event::Upstream* / Finish / Usage / Error
-//!                ─► Chain (stages in config order) ─► Event::Wire bytes for the client
+//!                ─► Chain (stages in config order) ─► the client API's encoder ─► bytes for the client
 //! ```
 //! Stages are built by a [`StageFactory`](stage::StageFactory) once per config generation
 //! ([`pipeline::compile`]) and instantiated per request; they run synchronously, inline in
@@ -33,7 +33,7 @@ pub mod upstream;
 pub mod values;
 pub mod vocab;
 
-pub use api::{ApiContext, ClientApi, ClientRequest, Decoded, Responder};
+pub use api::{ApiContext, ClientApi, ClientRequest, Decoded, Encoder, Output, Responder};
 pub use conversation::Conversation;
 pub use event::{ApiError, Channel, Event, FinishReason};
 pub use pipeline::{compile, compile_with, validate, Compiled, StageSpec};

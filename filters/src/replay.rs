@@ -1,8 +1,7 @@
 //! A recorded upstream answer (a trace) through a pipeline, with no server and no sockets:
 //! `replay` and `doctor` show what a client gets from it; tests use it the same way.
 
-use crate::api::{ClientRequest, Responder};
-use crate::event::Event;
+use crate::api::{ClientRequest, Output, Responder};
 use crate::pipeline::Compiled;
 use crate::upstream::SseDecoder;
 
@@ -14,9 +13,9 @@ pub fn run(p: &Compiled, req: &ClientRequest, parts: &[&[u8]]) -> Vec<u8> {
     let mut evs = Vec::new();
     let mut out = Vec::new();
     let mut wire = Vec::new();
-    let collect = |out: &mut Vec<Event>, wire: &mut Vec<u8>| {
+    let collect = |out: &mut Vec<Output>, wire: &mut Vec<u8>| {
         for e in out.drain(..) {
-            if let Event::Wire(b) = e {
+            if let Output::Bytes(b) = e {
                 wire.extend_from_slice(&b);
             }
         }

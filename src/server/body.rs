@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use harmony_filters::upstream::{decode_completion, SseDecoder};
-use harmony_filters::{ApiError, Chain, ClientRequest, Compiled, Event, Responder};
+use harmony_filters::{ApiError, Chain, ClientRequest, Compiled, Event, Output, Responder};
 use http::header;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
@@ -79,7 +79,7 @@ pub struct PipelineBody {
     lease: Option<Lease>,
     retries: u32,
     events: Vec<Event>,
-    out: Vec<Event>,
+    out: Vec<Output>,
     pending: VecDeque<Bytes>,
     /// Bytes in `pending`.
     pending_bytes: usize,
@@ -156,21 +156,21 @@ impl PipelineBody {
         self.first_error.as_ref()
     }
 
-    /// Moves the chain's wire output to `pending`; notes errors and aborts.
+    /// Moves the encoder's bytes to `pending`; notes errors and aborts.
     fn collect(&mut self) -> bool {
         let mut abort = false;
-        for ev in self.out.drain(..) {
-            match ev {
-                Event::Wire(b) if !b.is_empty() => {
+        for out in self.out.drain(..) {
+            match out {
+                Output::Bytes(b) if !b.is_empty() => {
                     self.wire_sent = true;
                     self.pending_bytes += b.len();
                     self.pending.push_back(b);
                 }
-                Event::Error(e) => {
+                Output::Bytes(_) => {}
+                Output::Error(e) => {
                     self.first_error.get_or_insert(e);
                 }
-                Event::Abort => abort = true,
-                _ => {}
+                Output::Abort => abort = true,
             }
         }
         abort

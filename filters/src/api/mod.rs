@@ -31,7 +31,7 @@ use serde_json::Value;
 use crate::conversation::Conversation;
 use crate::event::{ApiError, Event, FinishReason};
 use crate::seal::Sealer;
-use crate::stage::{Chain, RequestMeta, Stage, Stats};
+use crate::stage::{Chain, RequestMeta, Stats};
 use crate::store::{MemoryStore, StateStore};
 
 /// What an edge may use beyond the request itself, the same for every API.
@@ -82,7 +82,7 @@ pub trait Api: 'static {
     /// The client's request (a JSON object) into the conversation the stages work on.
     fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError>;
     /// The encoder of one response: the chain's events into its wire format.
-    fn encoder(meta: &RequestMeta, ctx: &Arc<Self::Context>) -> Box<dyn Stage>;
+    fn encoder(meta: &RequestMeta, ctx: &Arc<Self::Context>) -> Box<dyn Encoder>;
     /// An error as its clients read it (OpenAI's `{"error":{…}}` unless it says otherwise).
     fn error_json(e: &ApiError) -> Value {
         e.to_json()
@@ -166,7 +166,7 @@ macro_rules! client_apis {
                 match self { $(Self::$variant(_) => ClientApi::$variant,)* }
             }
             /// The encoder for this request (the [`Responder`] makes it).
-            pub fn encoder(&self, meta: &RequestMeta) -> Box<dyn Stage> {
+            pub fn encoder(&self, meta: &RequestMeta) -> Box<dyn Encoder> {
                 match self { $(Self::$variant(ctx) => <$api as Api>::encoder(meta, ctx),)* }
             }
         }
@@ -273,13 +273,14 @@ impl From<RequestMeta> for ClientRequest {
 /// API. The response body owns one (and makes a fresh one for a retry).
 ///
 /// ```text
-/// events ─► Chain (the pipeline's stages, typed events out) ─► encoder ─► Event::Wire bytes
+/// upstream events ─► Chain (the pipeline's stages: typed events in, typed events out)
+///                 ─► Encoder (the client API's) ─► Output: bytes, an error, the end
 /// ```
 /// Invariant: the encoder sees every event the chain lets out, in order, and its `on_end`
 /// runs once, after every stage flushed; nothing is accepted after `end`.
 pub struct Responder {
     chain: Chain,
-    encoder: Box<dyn Stage>,
+    encoder: Box<dyn Encoder>,
     between: Vec<Event>,
     ended: bool,
 }
@@ -289,14 +290,14 @@ impl Responder {
         Self { chain, encoder: req.api.encoder(&req.meta), between: Vec::with_capacity(8), ended: false }
     }
 
-    fn encode(&mut self, out: &mut Vec<Event>) {
+    fn encode(&mut self, out: &mut Vec<Output>) {
         for ev in self.between.drain(..) {
             self.encoder.on_event(ev, out);
         }
     }
 
     /// Push several events (drained from `input`).
-    pub fn push_all(&mut self, input: &mut Vec<Event>, out: &mut Vec<Event>) {
+    pub fn push_all(&mut self, input: &mut Vec<Event>, out: &mut Vec<Output>) {
         if self.ended {
             input.clear();
             return;
@@ -306,7 +307,7 @@ impl Responder {
     }
 
     /// The upstream is done: flush every stage, then the encoder.
-    pub fn end(&mut self, out: &mut Vec<Event>) {
+    pub fn end(&mut self, out: &mut Vec<Output>) {
         if self.ended {
             return;
         }
@@ -316,18 +317,24 @@ impl Responder {
         self.ended = true;
     }
 
-    /// The earliest deadline any stage asked for.
+    /// The earliest deadline a stage or the encoder asked for.
     pub fn deadline(&self) -> Option<std::time::Instant> {
-        self.chain.deadline()
+        match (self.chain.deadline(), self.encoder.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Fire every stage whose deadline has passed.
-    pub fn fire_deadlines(&mut self, now: std::time::Instant, out: &mut Vec<Event>) {
+    /// Fire every stage, then the encoder, whose deadline has passed.
+    pub fn fire_deadlines(&mut self, now: std::time::Instant, out: &mut Vec<Output>) {
         if self.ended {
             return;
         }
         self.chain.fire_deadlines(now, &mut self.between);
         self.encode(out);
+        if self.encoder.deadline().is_some_and(|d| d <= now) {
+            self.encoder.on_deadline(out);
+        }
     }
 
     pub fn stats(&self) -> Stats {
@@ -335,6 +342,32 @@ impl Responder {
         self.encoder.stats(&mut st);
         st
     }
+}
+
+/// What an encoder hands the response body: bytes for the client, and the two facts the
+/// body acts on (the response failed: its status, metrics and retry; it is over: read no
+/// more of the upstream).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Bytes(bytes::Bytes),
+    Error(ApiError),
+    Abort,
+}
+
+/// A client API's encoder: the chain's typed events into its wire format, for one response.
+/// Its calls come in the order of the response stages' ([`crate::stage::Stage`]), which it ends.
+pub trait Encoder: Send {
+    /// Encode one event.
+    fn on_event(&mut self, ev: Event, out: &mut Vec<Output>);
+    /// The upstream is done and every stage flushed: end the answer.
+    fn on_end(&mut self, out: &mut Vec<Output>);
+    /// When it wants `on_deadline` called (a keep-alive ping), if nothing else happens first.
+    fn deadline(&self) -> Option<std::time::Instant> {
+        None
+    }
+    fn on_deadline(&mut self, _out: &mut Vec<Output>) {}
+    /// What it adds to the request's counters (time to first output).
+    fn stats(&self, _stats: &mut Stats) {}
 }
 
 /// What every encoder notes about a response besides its content, the same way: how the
@@ -350,9 +383,9 @@ pub(crate) struct Ending {
 
 impl Ending {
     /// Notes the events every encoder treats alike (an error is also passed on: the body
-    /// watches errors for the status, metrics and retry; `Abort` and `Wire` pass through);
-    /// gives back the others for the encoder's own wire format.
-    pub fn note(&mut self, ev: Event, out: &mut Vec<Event>) -> Option<Event> {
+    /// watches errors for the status, metrics and retry; `Abort` passes through); gives back
+    /// the others for the encoder's own wire format.
+    pub fn note(&mut self, ev: Event, out: &mut Vec<Output>) -> Option<Event> {
         if self.first_output.is_none() && matches!(ev, Event::Content(_) | Event::ClientToolCall { .. }) {
             self.first_output = Some(std::time::Instant::now());
         }
@@ -363,9 +396,9 @@ impl Ending {
                 if self.error.is_none() {
                     self.error = Some(e.clone());
                 }
-                out.push(Event::Error(e));
+                out.push(Output::Error(e));
             }
-            ev @ (Event::Abort | Event::Wire(_)) => out.push(ev),
+            Event::Abort => out.push(Output::Abort),
             ev => return Some(ev),
         }
         None
@@ -394,5 +427,26 @@ fn located(e: serde_path_to_error::Error<serde_json::Error>, at: &str) -> ApiErr
             format!("{at}.{inner}")
         };
         ApiError::invalid(place, e.inner())
+    }
+}
+
+#[cfg(test)]
+mod regressions {
+    use super::*;
+
+    /// Found when the encoder left the chain: its keep-alive (Messages' `ping`, Responses'
+    /// `response.in_progress`) is a deadline of the whole response, or a long think sends
+    /// nothing for minutes and proxies in between cut the stream.
+    #[test]
+    fn a_streamed_answer_still_pings_while_the_model_thinks() {
+        let p = crate::testing::pipeline(r#"[{ type = "harmony-parse" }, { type = "tool-bridge", mode = "final_only" }, { type = "sse-encode" }]"#);
+        for (req, says) in [(crate::testing::messages_meta(true), "event: ping"), (crate::testing::responses_meta(true), "event: response.in_progress")] {
+            let mut r = Responder::new(p.new_chain(&req), &req);
+            let due = r.deadline().expect("a streamed answer keeps itself alive");
+            let mut out = Vec::new();
+            r.fire_deadlines(due, &mut out);
+            let wire: Vec<u8> = out.iter().flat_map(|o| if let Output::Bytes(b) = o { b.to_vec() } else { Vec::new() }).collect();
+            assert!(String::from_utf8_lossy(&wire).contains(says), "{says}: {}", String::from_utf8_lossy(&wire));
+        }
     }
 }

@@ -15,9 +15,9 @@ use std::io::Write as _;
 use bytes::{BufMut as _, BytesMut};
 use serde_json::Value;
 
-use crate::api::Ending;
+use crate::api::{Encoder, Ending, Output};
 use crate::event::{Event, FinishReason, ReasoningField};
-use crate::stage::{RequestMeta, Stage, Stats};
+use crate::stage::{RequestMeta, Stats};
 
 struct ToolCall {
     id: String,
@@ -76,7 +76,7 @@ impl ChatEncoder {
         self.buf.extend_from_slice(&self.prefix);
     }
 
-    fn end_chunk(&mut self, finish: Option<FinishReason>, out: &mut Vec<Event>) {
+    fn end_chunk(&mut self, finish: Option<FinishReason>, out: &mut Vec<Output>) {
         self.buf.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
         match finish {
             Some(f) => {
@@ -92,8 +92,8 @@ impl ChatEncoder {
 
     /// Hands the buffered bytes on. A burst can grow the buffer while earlier frames are
     /// still unsent; don't keep a large one for the rest of the stream.
-    fn emit(&mut self, out: &mut Vec<Event>) {
-        out.push(Event::Wire(self.buf.split().freeze()));
+    fn emit(&mut self, out: &mut Vec<Output>) {
+        out.push(Output::Bytes(self.buf.split().freeze()));
         if self.buf.capacity() > 16 << 10 {
             self.buf = BytesMut::with_capacity(512);
         }
@@ -103,7 +103,7 @@ impl ChatEncoder {
         let _ = serde_json::to_writer((&mut self.buf).writer(), s);
     }
 
-    fn ensure_role(&mut self, out: &mut Vec<Event>) {
+    fn ensure_role(&mut self, out: &mut Vec<Output>) {
         if !self.role_sent {
             self.role_sent = true;
             self.begin_chunk();
@@ -113,7 +113,7 @@ impl ChatEncoder {
     }
 
     /// A chunk whose delta is `{"<field>": <text>}`.
-    fn text_chunk(&mut self, field: &str, text: &str, out: &mut Vec<Event>) {
+    fn text_chunk(&mut self, field: &str, text: &str, out: &mut Vec<Output>) {
         self.ensure_role(out);
         self.begin_chunk();
         self.buf.extend_from_slice(b"{\"");
@@ -133,7 +133,7 @@ impl ChatEncoder {
         }
     }
 
-    fn finish_stream(&mut self, out: &mut Vec<Event>) {
+    fn finish_stream(&mut self, out: &mut Vec<Output>) {
         if let Some(err) = &self.ending.error {
             let body = err.to_json();
             self.buf.extend_from_slice(b"data: ");
@@ -162,7 +162,7 @@ impl ChatEncoder {
         self.emit(out);
     }
 
-    fn finish_json(&mut self, out: &mut Vec<Event>) {
+    fn finish_json(&mut self, out: &mut Vec<Output>) {
         let body = if let Some(err) = &self.ending.error {
             err.to_json()
         } else {
@@ -200,8 +200,8 @@ impl ChatEncoder {
     }
 }
 
-impl Stage for ChatEncoder {
-    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
+impl Encoder for ChatEncoder {
+    fn on_event(&mut self, ev: Event, out: &mut Vec<Output>) {
         if self.done {
             return;
         }
@@ -258,7 +258,7 @@ impl Stage for ChatEncoder {
         st.first_output = st.first_output.or(self.ending.first_output);
     }
 
-    fn on_end(&mut self, out: &mut Vec<Event>) {
+    fn on_end(&mut self, out: &mut Vec<Output>) {
         if self.done {
             return;
         }

@@ -11,9 +11,9 @@ use serde_json::Value;
 
 pub use decode::decode;
 
-use crate::api::{Api, Decoded, EdgeEnv};
+use crate::api::{Api, Decoded, EdgeEnv, Encoder};
 use crate::event::ApiError;
-use crate::stage::{RequestMeta, Stage};
+use crate::stage::RequestMeta;
 
 /// The Chat Completions API.
 pub struct Chat;
@@ -33,7 +33,7 @@ impl Api for Chat {
     fn decode(body: Value, _env: &EdgeEnv) -> Result<Decoded, ApiError> {
         decode::decode(body)
     }
-    fn encoder(meta: &RequestMeta, _ctx: &Arc<Context>) -> Box<dyn Stage> {
+    fn encoder(meta: &RequestMeta, _ctx: &Arc<Context>) -> Box<dyn Encoder> {
         Box::new(encode::ChatEncoder::new(meta))
     }
 }

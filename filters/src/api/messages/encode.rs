@@ -32,9 +32,9 @@ use serde_json::{json, Value};
 use super::decode::tool_use_id;
 use super::stops::StopScan;
 use super::{error_json, Context};
-use crate::api::Ending;
+use crate::api::{Encoder, Ending, Output};
 use crate::event::{Event, FinishReason};
-use crate::stage::{RequestMeta, Stage, Stats};
+use crate::stage::{RequestMeta, Stats};
 
 /// Longest silence on a stream before a `ping`.
 pub const PING: Duration = Duration::from_secs(15);
@@ -95,9 +95,9 @@ impl MessagesEncoder {
         self.buf.put_u8(b'"');
     }
 
-    fn end_event(&mut self, out: &mut Vec<Event>) {
+    fn end_event(&mut self, out: &mut Vec<Output>) {
         self.buf.extend_from_slice(b"}\n\n");
-        out.push(Event::Wire(self.buf.split().freeze()));
+        out.push(Output::Bytes(self.buf.split().freeze()));
         if self.buf.capacity() > 16 << 10 {
             self.buf = BytesMut::with_capacity(512);
         }
@@ -105,14 +105,14 @@ impl MessagesEncoder {
     }
 
     /// An event with one more field, `key: value`.
-    fn event(&mut self, name: &str, key: &str, value: &Value, out: &mut Vec<Event>) {
+    fn event(&mut self, name: &str, key: &str, value: &Value, out: &mut Vec<Output>) {
         self.begin_event(name);
         let _ = write!((&mut self.buf).writer(), ",\"{key}\":");
         let _ = serde_json::to_writer((&mut self.buf).writer(), value);
         self.end_event(out);
     }
 
-    fn ensure_started(&mut self, out: &mut Vec<Event>) {
+    fn ensure_started(&mut self, out: &mut Vec<Output>) {
         if self.started || !self.stream {
             return;
         }
@@ -126,7 +126,7 @@ impl MessagesEncoder {
         self.content.len()
     }
 
-    fn start(&mut self, block: Block, out: &mut Vec<Event>) {
+    fn start(&mut self, block: Block, out: &mut Vec<Output>) {
         self.stop(out);
         if self.stream {
             self.ensure_started(out);
@@ -145,7 +145,7 @@ impl MessagesEncoder {
     }
 
     /// A `content_block_delta` of the open block: `{"type": kind, field: text}`.
-    fn delta(&mut self, kind: &str, field: &str, text: &str, out: &mut Vec<Event>) {
+    fn delta(&mut self, kind: &str, field: &str, text: &str, out: &mut Vec<Output>) {
         self.begin_event("content_block_delta");
         let index = self.index();
         let _ = write!((&mut self.buf).writer(), ",\"index\":{index},\"delta\":{{\"type\":\"{kind}\",\"{field}\":");
@@ -155,7 +155,7 @@ impl MessagesEncoder {
     }
 
     /// Stops the open block: a thinking block gets its signature first.
-    fn stop(&mut self, out: &mut Vec<Event>) {
+    fn stop(&mut self, out: &mut Vec<Output>) {
         let Some(block) = self.open.take() else { return };
         let value = match block {
             Block::Thinking { text } => {
@@ -198,7 +198,7 @@ impl MessagesEncoder {
                "cache_creation_input_tokens": 0, "cache_read_input_tokens": n("/prompt_tokens_details/cached_tokens")})
     }
 
-    fn finish(&mut self, out: &mut Vec<Event>) {
+    fn finish(&mut self, out: &mut Vec<Output>) {
         // Text held back as a possible stop sequence's start was answer after all.
         let held = self.stops.take_held();
         if !held.is_empty() && self.stopped_by.is_none() {
@@ -214,7 +214,7 @@ impl MessagesEncoder {
                 self.end_event(out);
             } else {
                 let _ = serde_json::to_writer((&mut self.buf).writer(), &body);
-                out.push(Event::Wire(self.buf.split().freeze()));
+                out.push(Output::Bytes(self.buf.split().freeze()));
             }
             return;
         }
@@ -234,14 +234,14 @@ impl MessagesEncoder {
             let m = json!({"id": self.ctx.message_id, "type": "message", "role": "assistant", "model": self.model,
                            "content": std::mem::take(&mut self.content), "stop_reason": reason, "stop_sequence": self.stopped_by, "usage": self.usage()});
             let _ = serde_json::to_writer((&mut self.buf).writer(), &m);
-            out.push(Event::Wire(self.buf.split().freeze()));
+            out.push(Output::Bytes(self.buf.split().freeze()));
         }
     }
 }
 
 impl MessagesEncoder {
     /// Answer text: into the open text block, or a new one.
-    fn text(&mut self, t: String, out: &mut Vec<Event>) {
+    fn text(&mut self, t: String, out: &mut Vec<Output>) {
         match &mut self.open {
             Some(Block::Text { text }) => text.push_str(&t),
             _ => self.start(Block::Text { text: t.clone() }, out),
@@ -252,8 +252,8 @@ impl MessagesEncoder {
     }
 }
 
-impl Stage for MessagesEncoder {
-    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
+impl Encoder for MessagesEncoder {
+    fn on_event(&mut self, ev: Event, out: &mut Vec<Output>) {
         if self.done {
             return;
         }
@@ -283,7 +283,7 @@ impl Stage for MessagesEncoder {
                         self.text(pass, out);
                     }
                     self.stopped_by = Some(stop);
-                    out.push(Event::Abort); // read no more of the upstream: the answer is over
+                    out.push(Output::Abort); // read no more of the upstream: the answer is over
                 }
             },
             Event::ClientToolCall { id, name, .. } => {
@@ -303,7 +303,7 @@ impl Stage for MessagesEncoder {
         }
     }
 
-    fn on_end(&mut self, out: &mut Vec<Event>) {
+    fn on_end(&mut self, out: &mut Vec<Output>) {
         if self.done {
             return;
         }
@@ -315,7 +315,7 @@ impl Stage for MessagesEncoder {
         (self.stream && !self.done).then(|| self.last_write + PING)
     }
 
-    fn on_deadline(&mut self, out: &mut Vec<Event>) {
+    fn on_deadline(&mut self, out: &mut Vec<Output>) {
         self.ensure_started(out);
         self.begin_event("ping");
         self.end_event(out);
@@ -338,8 +338,8 @@ mod tests {
         MessagesEncoder::new(&meta, ctx)
     }
 
-    fn wire(out: &[Event]) -> Vec<u8> {
-        out.iter().flat_map(|e| if let Event::Wire(b) = e { b.to_vec() } else { Vec::new() }).collect()
+    fn wire(out: &[Output]) -> Vec<u8> {
+        out.iter().flat_map(|e| if let Output::Bytes(b) = e { b.to_vec() } else { Vec::new() }).collect()
     }
 
     #[test]
@@ -404,7 +404,7 @@ mod tests {
         for t in ["Hello E", "N", "ding soon. E", "ND and more", " ignored"] {
             enc.on_event(Event::Content(t.into()), &mut out);
         }
-        assert!(out.iter().any(|e| matches!(e, Event::Abort)));
+        assert!(out.iter().any(|e| matches!(e, Output::Abort)));
         enc.on_end(&mut out);
         let body = wire(&out);
         let a = assemble_messages(&body).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&body)));

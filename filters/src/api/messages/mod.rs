@@ -20,10 +20,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::api::{Api, Decoded, EdgeEnv, Own};
+use crate::api::{Api, Decoded, EdgeEnv, Encoder, Own};
 use crate::event::ApiError;
 use crate::seal::Sealer;
-use crate::stage::{RequestMeta, Stage};
+use crate::stage::RequestMeta;
 
 /// The Anthropic Messages API.
 pub struct Messages;
@@ -40,7 +40,7 @@ impl Api for Messages {
     fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         decode::decode(body, env)
     }
-    fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Stage> {
+    fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Encoder> {
         Box::new(encode::MessagesEncoder::new(meta, ctx.clone()))
     }
     fn error_json(e: &ApiError) -> Value {

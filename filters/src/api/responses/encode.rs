@@ -30,9 +30,9 @@ use bytes::{BufMut as _, BytesMut};
 use serde_json::{json, Map, Value};
 
 use super::{Context, ToolOrigin};
-use crate::api::Ending;
+use crate::api::{Encoder, Ending, Output};
 use crate::event::{ApiError, Event, FinishReason};
-use crate::stage::{random_id, RequestMeta, Stage, Stats};
+use crate::stage::{random_id, RequestMeta, Stats};
 
 /// Longest silence on a started stream before a `response.in_progress` heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -95,9 +95,9 @@ impl ResponsesEncoder {
         self.seq += 1;
     }
 
-    fn end_event(&mut self, out: &mut Vec<Event>) {
+    fn end_event(&mut self, out: &mut Vec<Output>) {
         self.buf.extend_from_slice(b"}\n\n");
-        out.push(Event::Wire(self.buf.split().freeze()));
+        out.push(Output::Bytes(self.buf.split().freeze()));
         if self.buf.capacity() > 16 << 10 {
             self.buf = BytesMut::with_capacity(512);
         }
@@ -105,7 +105,7 @@ impl ResponsesEncoder {
     }
 
     /// An event whose other fields are `key: value` pairs.
-    fn event(&mut self, ty: &str, fields: &[(&str, &Value)], out: &mut Vec<Event>) {
+    fn event(&mut self, ty: &str, fields: &[(&str, &Value)], out: &mut Vec<Output>) {
         self.begin_event(ty);
         for (k, v) in fields {
             self.buf.put_u8(b',');
@@ -134,7 +134,7 @@ impl ResponsesEncoder {
         Value::Object(r)
     }
 
-    fn ensure_started(&mut self, out: &mut Vec<Event>) {
+    fn ensure_started(&mut self, out: &mut Vec<Output>) {
         if self.started || !self.stream {
             return;
         }
@@ -158,7 +158,7 @@ impl ResponsesEncoder {
         }
     }
 
-    fn open_item(&mut self, item: Item, out: &mut Vec<Event>) {
+    fn open_item(&mut self, item: Item, out: &mut Vec<Output>) {
         self.close(out);
         if self.stream {
             self.ensure_started(out);
@@ -211,7 +211,7 @@ impl ResponsesEncoder {
     }
 
     /// Closes the open item: its `.done` events, and it joins `output`.
-    fn close(&mut self, out: &mut Vec<Event>) {
+    fn close(&mut self, out: &mut Vec<Output>) {
         let Some(item) = self.open.take() else { return };
         let done = self.item_json(&item, "completed", true);
         if self.stream {
@@ -247,7 +247,7 @@ impl ResponsesEncoder {
     }
 
     /// A text delta of the open reasoning or message item.
-    fn delta(&mut self, ty: &str, t: &str, out: &mut Vec<Event>) {
+    fn delta(&mut self, ty: &str, t: &str, out: &mut Vec<Output>) {
         let id = match &self.open {
             Some(Item::Reasoning { id, .. } | Item::Message { id, .. }) => id.clone(),
             _ => return,
@@ -276,12 +276,12 @@ impl ResponsesEncoder {
         })
     }
 
-    fn finish(&mut self, out: &mut Vec<Event>) {
+    fn finish(&mut self, out: &mut Vec<Output>) {
         self.close(out);
         if let Some(e) = self.ending.error.clone() {
             if !self.stream {
                 let _ = serde_json::to_writer((&mut self.buf).writer(), &e.to_json());
-                out.push(Event::Wire(self.buf.split().freeze()));
+                out.push(Output::Bytes(self.buf.split().freeze()));
                 return;
             }
             self.ensure_started(out);
@@ -303,7 +303,7 @@ impl ResponsesEncoder {
             self.event(if cut { "response.incomplete" } else { "response.completed" }, &[("response", &r)], out);
         } else {
             let _ = serde_json::to_writer((&mut self.buf).writer(), &r);
-            out.push(Event::Wire(self.buf.split().freeze()));
+            out.push(Output::Bytes(self.buf.split().freeze()));
         }
     }
 }
@@ -340,8 +340,8 @@ fn error_code(e: &ApiError) -> &'static str {
     }
 }
 
-impl Stage for ResponsesEncoder {
-    fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
+impl Encoder for ResponsesEncoder {
+    fn on_event(&mut self, ev: Event, out: &mut Vec<Output>) {
         if self.done {
             return;
         }
@@ -384,7 +384,7 @@ impl Stage for ResponsesEncoder {
         }
     }
 
-    fn on_end(&mut self, out: &mut Vec<Event>) {
+    fn on_end(&mut self, out: &mut Vec<Output>) {
         if self.done {
             return;
         }
@@ -396,7 +396,7 @@ impl Stage for ResponsesEncoder {
         (self.stream && !self.done).then(|| self.last_write + HEARTBEAT)
     }
 
-    fn on_deadline(&mut self, out: &mut Vec<Event>) {
+    fn on_deadline(&mut self, out: &mut Vec<Output>) {
         if !self.started {
             self.ensure_started(out);
             return;
@@ -426,8 +426,8 @@ mod tests {
         ResponsesEncoder::new(&meta, ctx)
     }
 
-    fn wire(out: &[Event]) -> Vec<u8> {
-        out.iter().flat_map(|e| if let Event::Wire(b) = e { b.to_vec() } else { Vec::new() }).collect()
+    fn wire(out: &[Output]) -> Vec<u8> {
+        out.iter().flat_map(|e| if let Output::Bytes(b) = e { b.to_vec() } else { Vec::new() }).collect()
     }
 
     #[test]

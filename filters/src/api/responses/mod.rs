@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::api::{Api, Decoded, EdgeEnv, Own};
+use crate::api::{Api, Decoded, EdgeEnv, Encoder, Own};
 use crate::event::ApiError;
 use crate::seal::Sealer;
-use crate::stage::{RequestMeta, Stage};
+use crate::stage::RequestMeta;
 use crate::store::StateStore;
 
 /// The Responses API.
@@ -40,7 +40,7 @@ impl Api for Responses {
     fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         decode::decode(body, env)
     }
-    fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Stage> {
+    fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Encoder> {
         Box::new(encode::ResponsesEncoder::new(meta, ctx.clone()))
     }
     /// `GET` / `DELETE /v1/responses/{id}`.
