@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::conversation::Conversation;
 use crate::event::ApiError;
-pub use crate::stage::config::{Builder, StageConfig};
+pub use crate::stage::config::{Builder, Order, Other, Place, StageConfig};
 use crate::stage::{Chain, RequestMeta, RequestStageFactory, RetryPolicy, StageFactory, UpstreamRequest};
 use crate::stages::fallback::FallbackConfig;
 use crate::stages::harmony_parse::HarmonyParseConfig;
@@ -62,6 +62,13 @@ macro_rules! stages {
             }
             fn config(&self) -> &dyn StageConfig {
                 match self { $(Self::$variant(c) => c,)* }
+            }
+            /// Where a stage of type `kind` may stand (see [`Place`]).
+            pub fn place_of(kind: &str) -> Place {
+                match kind {
+                    $($name => <$config as StageConfig>::place(),)*
+                    _ => Place::ANYWHERE,
+                }
             }
             /// The stage of type `kind` with the options `v` (the table without `type`);
             /// `None` when no stage has that type. Each stage is read straight into its typed
@@ -120,50 +127,27 @@ impl std::fmt::Debug for Compiled {
     }
 }
 
-/// Checks the order rules (errors are messages without the location, which the caller adds).
+/// Checks every stage's [`Place`] (errors are messages without the location, which the
+/// caller adds): what must be last, what may appear once, what is required, then each
+/// stage's order rules, in the registry's order; then each stage's options.
 pub fn validate(specs: &[StageSpec]) -> Vec<String> {
     let mut errors = Vec::new();
-    match specs.last() {
-        Some(StageSpec::SseEncode(_)) => {}
-        _ => errors.push("the last stage must be `sse-encode`".to_owned()),
+    let pos = |kind: &str| specs.iter().position(|s| s.type_name() == kind);
+    for kind in STAGE_TYPES.iter().filter(|k| StageSpec::place_of(k).last) {
+        if specs.last().is_none_or(|s| s.type_name() != *kind) {
+            errors.push(format!("the last stage must be `{kind}`"));
+        }
     }
-    let encoders = specs.iter().filter(|s| matches!(s, StageSpec::SseEncode(_))).count();
-    if encoders > 1 {
-        errors.push("`sse-encode` may appear only once".to_owned());
-    }
-    for kind in ["harmony-render", "retry", "harmony-parse", "fallback", "reasoning-memory", "tool-bridge", "watchdog"] {
-        if specs.iter().filter(|s| s.type_name() == kind).count() > 1 {
+    for kind in STAGE_TYPES.iter().filter(|k| StageSpec::place_of(k).once) {
+        if specs.iter().filter(|s| s.type_name() == *kind).count() > 1 {
             errors.push(format!("`{kind}` may appear only once"));
         }
     }
-    // The response stages only make sense in one order.
-    let pos = |kind: &str| specs.iter().position(|s| s.type_name() == kind);
-    let (parse, fallback, bridge, watchdog) = (pos("harmony-parse"), pos("fallback"), pos("tool-bridge"), pos("watchdog"));
-    match (parse, bridge) {
-        (_, None) => {
-            errors.push("a pipeline needs a `tool-bridge` to decide what the client sees (e.g. { type = \"tool-bridge\", mode = \"final_only\" })".to_owned())
-        }
-        (Some(p), Some(b)) if b < p => errors.push("`tool-bridge` must come after `harmony-parse`".to_owned()),
-        _ => {}
-    }
-    if let Some(f) = fallback {
-        if parse.is_none_or(|p| f < p) || bridge.is_some_and(|b| b < f) {
-            errors.push("`fallback` must come after `harmony-parse` and before `tool-bridge`".to_owned());
-        }
-    }
-    if let (Some(w), Some(b)) = (watchdog, bridge) {
-        if w < b {
-            errors.push("`watchdog` must come after `tool-bridge` (it watches what the client gets)".to_owned());
-        }
-    }
-    if let Some(r) = pos("harmony-render") {
-        if parse.is_none_or(|p| p < r) {
-            errors.push("`harmony-render` needs a `harmony-parse` after it: the raw completion it asks for is Harmony text or token ids".to_owned());
-        }
-    }
-    if let Some(m) = pos("reasoning-memory") {
-        if bridge.is_none_or(|b| m > b) || parse.is_some_and(|p| m < p) || fallback.is_some_and(|f| m < f) {
-            errors.push("`reasoning-memory` must come after `harmony-parse` (and `fallback`) and before `tool-bridge`: it must see the reasoning before the bridge drops it".to_owned());
+    for kind in STAGE_TYPES {
+        let place = StageSpec::place_of(kind);
+        match pos(kind) {
+            None => errors.extend(place.required.map(str::to_owned)),
+            Some(at) => errors.extend(place.rules.iter().filter(|r| !r.holds(at, pos)).map(|r| r.message.to_owned())),
         }
     }
     for s in specs {

@@ -19,6 +19,63 @@ pub trait StageConfig {
     /// Adds what this stage contributes to the pipeline being compiled: usually a factory,
     /// for `retry` the call's policy.
     fn build(&self, b: &mut Builder<'_>);
+    /// Where in a pipeline it may stand ([`crate::pipeline::validate`] checks every stage's).
+    fn place() -> Place
+    where
+        Self: Sized,
+    {
+        Place::ANYWHERE
+    }
+}
+
+/// Where a stage may stand in a pipeline: said by its config, checked for every pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Place {
+    /// At most once in a pipeline.
+    pub once: bool,
+    /// It must be the pipeline's last stage.
+    pub last: bool,
+    /// It must be in every pipeline; the message says why.
+    pub required: Option<&'static str>,
+    /// Order rules, each with the message a pipeline breaking it gets.
+    pub rules: &'static [Order],
+}
+
+impl Place {
+    /// Any number of times, anywhere.
+    pub const ANYWHERE: Place = Place { once: false, last: false, required: None, rules: &[] };
+    /// Once, anywhere.
+    pub const ONCE: Place = Place { once: true, ..Place::ANYWHERE };
+}
+
+/// One order rule: the stages that must come before this one and after it.
+#[derive(Debug, Clone, Copy)]
+pub struct Order {
+    pub after: &'static [Other],
+    pub before: &'static [Other],
+    pub message: &'static str,
+}
+
+/// Another stage an order rule names, by its `type`.
+#[derive(Debug, Clone, Copy)]
+pub enum Other {
+    /// It must be there, on that side.
+    Required(&'static str),
+    /// When it is there, it is on that side.
+    IfPresent(&'static str),
+}
+
+impl Order {
+    /// Whether a stage at `at` keeps the rule, `pos` giving where each other stage stands.
+    pub fn holds(&self, at: usize, pos: impl Fn(&str) -> Option<usize>) -> bool {
+        let side = |others: &[Other], ok: &dyn Fn(usize) -> bool| {
+            others.iter().all(|o| match *o {
+                Other::Required(k) => pos(k).is_some_and(ok),
+                Other::IfPresent(k) => pos(k).is_none_or(ok),
+            })
+        };
+        side(self.after, &|p| p < at) && side(self.before, &|p| p > at)
+    }
 }
 
 /// A pipeline being compiled (see [`StageConfig::build`]).

@@ -126,6 +126,18 @@ fn last_final_block(raw: &str) -> Option<String> {
 }
 
 impl crate::stage::StageConfig for FallbackConfig {
+    /// Between the parser and the bridge: it recovers what the parser could not frame.
+    fn place() -> crate::stage::config::Place {
+        use crate::stage::config::{Order, Other::*, Place};
+        Place {
+            rules: &[Order {
+                after: &[Required("harmony-parse")],
+                before: &[IfPresent("tool-bridge")],
+                message: "`fallback` must come after `harmony-parse` and before `tool-bridge`",
+            }],
+            ..Place::ONCE
+        }
+    }
     fn build(&self, b: &mut crate::stage::Builder<'_>) {
         b.push(FallbackFactory);
     }

@@ -155,6 +155,18 @@ impl Stage for PromptUsage {
 }
 
 impl crate::stage::StageConfig for HarmonyRenderConfig {
+    /// The raw completion it asks for is Harmony: a parser must read it.
+    fn place() -> crate::stage::config::Place {
+        use crate::stage::config::{Order, Other::*, Place};
+        Place {
+            rules: &[Order {
+                after: &[],
+                before: &[Required("harmony-parse")],
+                message: "`harmony-render` needs a `harmony-parse` after it: the raw completion it asks for is Harmony text or token ids",
+            }],
+            ..Place::ONCE
+        }
+    }
     fn build(&self, b: &mut crate::stage::Builder<'_>) {
         b.push_request(HarmonyRenderFactory::new(self, b.enc.clone()));
         b.push(PromptUsageFactory);

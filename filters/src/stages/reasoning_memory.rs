@@ -310,6 +310,18 @@ impl Stage for ReasoningMemory {
 }
 
 impl crate::stage::StageConfig for ReasoningMemoryConfig {
+    /// It must see the reasoning the parser found before the bridge drops it.
+    fn place() -> crate::stage::config::Place {
+        use crate::stage::config::{Order, Other::*, Place};
+        Place {
+            rules: &[Order {
+                after: &[IfPresent("harmony-parse"), IfPresent("fallback")],
+                before: &[Required("tool-bridge")],
+                message: "`reasoning-memory` must come after `harmony-parse` (and `fallback`) and before `tool-bridge`: it must see the reasoning before the bridge drops it",
+            }],
+            ..Place::ONCE
+        }
+    }
     fn validate(&self) -> Vec<String> {
         ReasoningMemoryConfig::validate(self)
     }

@@ -51,6 +51,9 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 }
 
 impl crate::stage::StageConfig for RetryConfig {
+    fn place() -> crate::stage::config::Place {
+        crate::stage::config::Place::ONCE
+    }
     /// Retry is the upstream call's policy, not a stage of the chain.
     fn build(&self, b: &mut crate::stage::Builder<'_>) {
         b.retry = RetryPolicy::from(self);

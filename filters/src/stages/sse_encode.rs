@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 pub struct SseEncodeConfig {}
 
 impl crate::stage::StageConfig for SseEncodeConfig {
+    /// Where the pipeline's events become the client's: last.
+    fn place() -> crate::stage::config::Place {
+        crate::stage::config::Place { last: true, ..crate::stage::config::Place::ONCE }
+    }
     /// Nothing to build: the encoder is the client API's, made per request.
     fn build(&self, _b: &mut crate::stage::Builder<'_>) {}
 }

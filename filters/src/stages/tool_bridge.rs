@@ -403,6 +403,15 @@ impl Stage for ToolBridge {
 }
 
 impl crate::stage::StageConfig for ToolBridgeConfig {
+    /// Every pipeline decides what the client sees, from what the parser found.
+    fn place() -> crate::stage::config::Place {
+        use crate::stage::config::{Order, Other::*, Place};
+        Place {
+            required: Some("a pipeline needs a `tool-bridge` to decide what the client sees (e.g. { type = \"tool-bridge\", mode = \"final_only\" })"),
+            rules: &[Order { after: &[IfPresent("harmony-parse")], before: &[], message: "`tool-bridge` must come after `harmony-parse`" }],
+            ..Place::ONCE
+        }
+    }
     fn build(&self, b: &mut crate::stage::Builder<'_>) {
         b.mode = Some(self.mode.as_str());
         b.push(ToolBridgeFactory(self.clone()));

@@ -61,6 +61,18 @@ impl Stage for Watchdog {
 }
 
 impl crate::stage::StageConfig for WatchdogConfig {
+    /// It watches what the client gets.
+    fn place() -> crate::stage::config::Place {
+        use crate::stage::config::{Order, Other::*, Place};
+        Place {
+            rules: &[Order {
+                after: &[IfPresent("tool-bridge")],
+                before: &[],
+                message: "`watchdog` must come after `tool-bridge` (it watches what the client gets)",
+            }],
+            ..Place::ONCE
+        }
+    }
     fn build(&self, b: &mut crate::stage::Builder<'_>) {
         b.push(WatchdogFactory(self.no_final_timeout.0));
     }

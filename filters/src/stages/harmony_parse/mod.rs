@@ -386,6 +386,9 @@ pub fn final_text(factory: &HarmonyParseFactory, text: &str) -> String {
 }
 
 impl crate::stage::StageConfig for HarmonyParseConfig {
+    fn place() -> crate::stage::config::Place {
+        crate::stage::config::Place::ONCE
+    }
     fn validate(&self) -> Vec<String> {
         crate::vocab::check_encoding_name(&self.encoding).err().map(|e| format!("encoding: {e}")).into_iter().collect()
     }
