@@ -97,4 +97,13 @@ mod tests {
         let r = injected(json!({}), &stops[..2]);
         assert_eq!(r["stop"], json!(["<|return|>", "<|call|>"]));
     }
+
+    /// Found by the `request` fuzz target once stops were typed: a list with a number in it
+    /// was left out of the conversation whole, and the client's string stops with it.
+    #[test]
+    fn a_list_of_stops_with_a_number_in_it_keeps_its_strings() {
+        let stops = ["<|return|>".to_owned()];
+        let r = injected(json!({"stop": ["<|c;all|>", 1]}), &stops);
+        assert_eq!(r["stop"], json!(["<|c;all|>", "<|return|>"]));
+    }
 }
