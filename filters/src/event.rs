@@ -44,21 +44,8 @@ impl FinishReason {
     }
 }
 
-/// The delta field reasoning is streamed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReasoningField {
-    ReasoningContent,
-    Reasoning,
-}
-
-impl ReasoningField {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ReasoningContent => "reasoning_content",
-            Self::Reasoning => "reasoning",
-        }
-    }
-}
+/// The field reasoning is streamed in: the same fields the conversation reads it from.
+pub use crate::conversation::ReasoningField;
 
 /// An OpenAI-shaped error (`{"error":{"message","type","param","code"}}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
