@@ -343,8 +343,12 @@ impl PipelineBody {
             let path = dir.join(format!("{name}.sse"));
             let _ = std::thread::Builder::new().name("trace-writer".into()).spawn(move || {
                 let _ = std::fs::create_dir_all(&dir);
-                if let Err(e) = std::fs::write(&path, data) {
+                // Written aside, then renamed: a trace is seen whole or not at all (a reader
+                // that found a half-written file replayed half an answer).
+                let partial = path.with_extension("sse.partial");
+                if let Err(e) = std::fs::write(&partial, data).and_then(|()| std::fs::rename(&partial, &path)) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot write trace");
+                    let _ = std::fs::remove_file(&partial);
                 }
             });
         }
