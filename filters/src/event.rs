@@ -57,11 +57,42 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     /// The request field the error is about (`input[2].type`), when it is about one.
     pub param: Option<String>,
+    /// The prompt did not fit in the model's context (`code` is `context_length_exceeded`):
+    /// what the server said of it, for the APIs that word it with numbers.
+    pub overflow: Option<ContextOverflow>,
+}
+
+/// A prompt that does not fit in the model's context: what the server said of it, as far as
+/// it said (see `upstream::overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContextOverflow {
+    /// The prompt's length in tokens.
+    pub prompt_tokens: Option<u64>,
+    /// The server's context size in tokens.
+    pub context_tokens: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: u16, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, code, param: None }
+        Self { status, message: message.into(), kind, code, param: None, overflow: None }
+    }
+    /// The prompt does not fit in the model's context: a 400 `context_length_exceeded`, worded
+    /// as OpenAI words it (`param`: the request field holding the conversation). Messages
+    /// words it as Anthropic does, from the numbers.
+    pub fn context_overflow(o: ContextOverflow, param: &str) -> Self {
+        let message = match (o.context_tokens, o.prompt_tokens) {
+            (Some(ctx), Some(n)) => format!(
+                "This model's maximum context length is {ctx} tokens. However, your messages resulted in {n} tokens. Please reduce the length of the messages."
+            ),
+            (Some(ctx), None) => {
+                format!("This model's maximum context length is {ctx} tokens, and your messages exceed it. Please reduce the length of the messages.")
+            }
+            (None, Some(n)) => {
+                format!("Your messages resulted in {n} tokens, more than this model's context length. Please reduce the length of the messages.")
+            }
+            (None, None) => "Your messages exceed this model's context length. Please reduce the length of the messages.".to_owned(),
+        };
+        Self { param: Some(param.to_owned()), overflow: Some(o), ..Self::new(400, "invalid_request_error", Some("context_length_exceeded"), message) }
     }
     /// A 400 about request field `param`; the message names it too.
     pub fn invalid(param: impl Into<String>, message: impl std::fmt::Display) -> Self {

@@ -41,7 +41,9 @@ pub(super) async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<B
         return Err(CloseConnection);
     }
     if let Some(status) = fault.status {
-        let mut r = json_resp(status, &json!({"error": {"message": format!("mock failure {status}"), "type": "server_error", "code": status}}));
+        let body =
+            fault.body.clone().unwrap_or_else(|| json!({"error": {"message": format!("mock failure {status}"), "type": "server_error", "code": status}}));
+        let mut r = json_resp(status, &body);
         if let Some(ra) = fault.retry_after {
             r.headers_mut().insert(header::RETRY_AFTER, ra.into());
         }
@@ -104,7 +106,8 @@ pub(super) async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<B
                 return cancelled();
             }
             if fault.error_after == Some(i) {
-                let _ = send(Bytes::from("data: {\"error\":{\"code\":500,\"message\":\"mock in-band failure\",\"type\":\"server_error\"}}\n\n")).await;
+                let error = fault.error.clone().unwrap_or_else(|| json!({"code": 500, "message": "mock in-band failure", "type": "server_error"}));
+                let _ = send(Bytes::from(format!("data: {}\n\n", json!({ "error": error })))).await;
                 return;
             }
             if fault.truncate_after == Some(i) {

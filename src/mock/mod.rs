@@ -90,6 +90,8 @@ pub struct MockState {
 pub struct Fault {
     /// Answer this HTTP status with an error body.
     pub status: Option<u16>,
+    /// The error body `status` is answered with (default: a mock failure, OpenAI-shaped).
+    pub body: Option<Value>,
     pub retry_after: Option<u64>,
     /// Close the connection without answering.
     #[serde(default)]
@@ -102,6 +104,8 @@ pub struct Fault {
     pub stall_after: Option<usize>,
     /// After this many deltas: send an in-band `data: {"error":…}` and close, no `[DONE]`.
     pub error_after: Option<usize>,
+    /// The in-band error object `error_after` sends (default: a mock server error).
+    pub error: Option<Value>,
     /// After this many deltas: end the body cleanly with no finish and no `[DONE]`.
     pub truncate_after: Option<usize>,
     /// After this many deltas: send a chunk that is not JSON.

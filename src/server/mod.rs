@@ -560,17 +560,27 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     let info = RouteInfo { route: route.label.clone(), model: model.clone(), attempts: retries + 1 };
     let (resp, lease) = match outcome {
         Outcome::Stream(r, lease) => (r, lease),
-        Outcome::Passthrough(r, lease) if api.reshapes_refusals() => {
-            // The upstream's refusal (a 4xx), said in the client API's shape.
-            let status = r.status().as_u16();
-            let body = http_body_util::Limited::new(r.into_body(), 1 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            drop(lease);
-            let mut r = error_response(&api.refusal(status, &body));
-            r.extensions_mut().insert(info);
-            return r;
-        }
         Outcome::Passthrough(r, lease) => {
-            let mut r = passthrough(r, lease);
+            // The upstream's refusal (a 4xx, its first MiB read): a prompt that does not fit
+            // is said as the client's API says it; any other refusal is passed on, or said
+            // again in the API's shape where its clients read no other.
+            let (parts, body) = r.into_parts();
+            let body = http_body_util::Limited::new(body, 1 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            drop(lease);
+            let status = parts.status.as_u16();
+            let mut r = if let Some(o) = harmony_filters::upstream::overflow::in_body(&body) {
+                let e = ApiError::context_overflow(o, api.conversation_field());
+                tracing::debug!(request_id = rid, upstream_status = status, "the prompt does not fit in the model's context");
+                if stream && api.fails_in_stream() {
+                    failed_stream(&ClientRequest { meta, api: api_ctx }, e)
+                } else {
+                    error_response(&e)
+                }
+            } else if api.reshapes_refusals() {
+                error_response(&api.refusal(status, &body))
+            } else {
+                refusal_as_sent(parts, body)
+            };
             r.extensions_mut().insert(info);
             return r;
         }
@@ -663,15 +673,36 @@ async fn own_request(state: &Arc<AppState>, snap: &Snapshot, api: ClientApi, own
 }
 
 /// An upstream answer the client should see as is (status, content type, body streamed).
-fn passthrough(up: Response<crate::upstream::conn::UpstreamBody>, lease: Lease) -> Response<RespBody> {
-    let (parts, body) = up.into_parts();
-    let mut r = Response::new(Leased { body, _lease: lease }.boxed_unsync());
+/// An upstream's refusal, read whole, passed on with its status, type and `Retry-After`.
+fn refusal_as_sent(parts: http::response::Parts, body: Bytes) -> Response<RespBody> {
+    let mut r = Response::new(body_of(body));
     *r.status_mut() = parts.status;
     for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
         if let Some(v) = parts.headers.get(&name) {
             r.headers_mut().insert(name, v.clone());
         }
     }
+    r
+}
+
+/// A streamed answer that is only its failure, as the client's API streams one (Responses:
+/// `response.created`, then `response.failed`), for the APIs whose clients read a failure
+/// before any output in the stream ([`ClientApi::fails_in_stream`]).
+fn failed_stream(req: &ClientRequest, e: ApiError) -> Response<RespBody> {
+    let mut enc = req.api.encoder(&req.meta);
+    let mut out = Vec::new();
+    enc.on_event(harmony_filters::Event::Error(e), &mut out);
+    enc.on_end(&mut out);
+    let mut bytes = Vec::new();
+    for o in out {
+        if let harmony_filters::api::Output::Bytes(b) = o {
+            bytes.extend_from_slice(&b);
+        }
+    }
+    let mut r = Response::new(body_of(bytes));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 

@@ -3,6 +3,7 @@
 
 mod common;
 mod config;
+mod controls;
 mod core;
 mod harness;
 mod hostile;

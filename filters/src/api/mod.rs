@@ -78,6 +78,11 @@ pub trait Api: 'static {
     /// ([`Api::refusal`]); else it is passed on as the server said it (servers speak OpenAI's
     /// shape).
     const RESHAPES_REFUSALS: bool = false;
+    /// The request field that holds the conversation (what an error about its length names).
+    const CONVERSATION_FIELD: &'static str = "messages";
+    /// Whether a streamed request's failure before any output is said in the stream (its
+    /// clients read it there: Responses' `response.failed`), rather than as an HTTP status.
+    const FAILS_IN_STREAM: bool = false;
 
     /// The client's request (a JSON object) into the conversation the stages work on.
     fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError>;
@@ -131,6 +136,14 @@ macro_rules! client_apis {
             /// See [`Api::RESHAPES_REFUSALS`].
             pub fn reshapes_refusals(self) -> bool {
                 match self { $(Self::$variant => <$api as Api>::RESHAPES_REFUSALS,)* }
+            }
+            /// See [`Api::CONVERSATION_FIELD`].
+            pub fn conversation_field(self) -> &'static str {
+                match self { $(Self::$variant => <$api as Api>::CONVERSATION_FIELD,)* }
+            }
+            /// See [`Api::FAILS_IN_STREAM`].
+            pub fn fails_in_stream(self) -> bool {
+                match self { $(Self::$variant => <$api as Api>::FAILS_IN_STREAM,)* }
             }
             /// An upstream's refusal said in this API's shape (`body`: its first MiB).
             pub fn refusal(self, status: u16, body: &[u8]) -> ApiError {

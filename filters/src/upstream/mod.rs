@@ -7,6 +7,7 @@
 //! finish reason or `[DONE]` ends with an error event, never silently.
 
 pub mod chat_request;
+pub mod overflow;
 
 use std::borrow::Cow;
 
@@ -87,6 +88,11 @@ struct FunctionChunk {
 /// Turns one decoded chunk (or whole completion) into events.
 fn chunk_events(chunk: Chunk<'_>, out: &mut Vec<Event>, saw_finish: &mut bool) {
     if let Some(err) = chunk.error {
+        // A prompt that does not fit is the client's to shorten: said as each API says it.
+        if let Some(o) = overflow::in_error(&err) {
+            out.push(Event::Error(ApiError::context_overflow(o, "messages")));
+            return;
+        }
         let msg = err.get("message").and_then(|m| m.as_str()).map(str::to_owned).unwrap_or_else(|| err.to_string());
         out.push(Event::Error(ApiError::upstream(format!("upstream error: {msg}"))));
         return;

@@ -96,6 +96,22 @@ pub fn refusal(status: u16, body: &[u8]) -> ApiError {
 }
 
 /// The error as Anthropic shapes it: `{"type":"error","error":{"type","message"}}`.
+/// A prompt that does not fit is said as Anthropic says it ("prompt is too long: N tokens > M
+/// maximum"), the words Claude Code compacts on.
 pub fn error_json(e: &ApiError) -> Value {
-    json!({"type": "error", "error": {"type": error_type(e), "message": e.message}})
+    let message = match e.overflow {
+        Some(o) => too_long(o),
+        None => e.message.clone(),
+    };
+    json!({"type": "error", "error": {"type": error_type(e), "message": message}})
+}
+
+/// Anthropic's words for a prompt that does not fit, with the numbers the server gave.
+fn too_long(o: crate::event::ContextOverflow) -> String {
+    match (o.prompt_tokens, o.context_tokens) {
+        (Some(n), Some(max)) => format!("prompt is too long: {n} tokens > {max} maximum"),
+        (Some(n), None) => format!("prompt is too long: {n} tokens"),
+        (None, Some(max)) => format!("prompt is too long: more than {max} maximum"),
+        (None, None) => "prompt is too long for the model's context".to_owned(),
+    }
 }

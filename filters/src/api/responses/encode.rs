@@ -330,6 +330,9 @@ fn item_id(item: &Item) -> Option<&str> {
 /// The Responses error code of a failure: Codex gives up on `context_length_exceeded` and
 /// retries the others.
 fn error_code(e: &ApiError) -> &'static str {
+    if e.overflow.is_some() {
+        return "context_length_exceeded";
+    }
     let m = e.message.to_ascii_lowercase();
     if m.contains("context") && (m.contains("exceed") || m.contains("too long") || m.contains("length")) {
         "context_length_exceeded"

@@ -36,6 +36,8 @@ impl Api for Responses {
     const NAME: &'static str = "responses";
     /// Its clients declare tools and run the calls: reasoning, calls and preambles as items.
     const BUILTIN_PIPELINE: &'static str = "ide-tools";
+    const CONVERSATION_FIELD: &'static str = "input";
+    const FAILS_IN_STREAM: bool = true;
 
     fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         decode::decode(body, env)

@@ -1,0 +1,128 @@
+//! Recognising a model server's "the prompt does not fit in the context" answer, whatever
+//! server said it, so that each client API can say it the way its agents recognise (Codex
+//! gives up on `context_length_exceeded`, Claude Code compacts on "prompt is too long").
+//!
+//! What servers send (see UPSTREAMS.md and `../shared/real-servers/`):
+//! - llama.cpp `llama-server`: HTTP 400 `{"error":{"code":400,"type":"exceed_context_size_error",
+//!   "n_prompt_tokens":N,"n_ctx":M,"message":"the request exceeds the available context size…"}}`
+//!   (older builds: the message alone, sometimes in-band in the stream);
+//! - vLLM: HTTP 400 `{"error":{"message":"This model's maximum context length is M tokens.
+//!   However, your request has N input tokens…","type":"BadRequestError",…}}` (older: "you
+//!   requested N tokens", "your messages resulted in N tokens");
+//! - OpenAI-shaped servers: `code: "context_length_exceeded"`;
+//! - LM Studio: "…the model is loaded with context length of only M tokens…".
+//!
+//! Only the error's own object is read, never the prompt: this runs once per refusal.
+
+use serde_json::Value;
+
+pub use crate::event::ContextOverflow;
+
+/// The overflow an upstream's error body says, if it says one (`body`: an HTTP error's body,
+/// or an in-band `{"error":…}` chunk).
+pub fn in_body(body: &[u8]) -> Option<ContextOverflow> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    in_error(v.get("error").unwrap_or(&v))
+}
+
+/// The overflow an upstream's error object (the value of `"error"`, or a bare message) says.
+pub fn in_error(err: &Value) -> Option<ContextOverflow> {
+    let text = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or_default();
+    let count = |k: &str| err.get(k).and_then(Value::as_u64);
+    let message = match err {
+        Value::String(s) => s.as_str(),
+        _ => text("message"),
+    };
+    let by_type = text("type") == "exceed_context_size_error" || text("code") == "context_length_exceeded";
+    let said = in_message(message);
+    if !by_type && said.is_none() {
+        return None;
+    }
+    let said = said.unwrap_or_default();
+    Some(ContextOverflow { prompt_tokens: count("n_prompt_tokens").or(said.prompt_tokens), context_tokens: count("n_ctx").or(said.context_tokens) })
+}
+
+/// The overflow a message says in words, with the numbers it gives.
+pub fn in_message(message: &str) -> Option<ContextOverflow> {
+    let m = message.to_ascii_lowercase();
+    let context_tokens = number_after(&m, "maximum context length is ")
+        .or_else(|| number_after(&m, "context length of only "))
+        .or_else(|| number_after(&m, "context window of "))
+        .or_else(|| number_after(&m, "n_ctx = "));
+    let said = context_tokens.is_some()
+        || m.contains("exceeds the available context size")
+        || m.contains("exceed_context_size")
+        || m.contains("context_length_exceeded")
+        || m.contains("context length exceeded")
+        || m.contains("exceeds the context window")
+        || m.contains("prompt is too long");
+    if !said {
+        return None;
+    }
+    let prompt_tokens = number_after(&m, "your request has ")
+        .or_else(|| number_after(&m, "your messages resulted in "))
+        .or_else(|| number_after(&m, "you requested "))
+        .or_else(|| number_after(&m, "n_prompt_tokens = "))
+        .or_else(|| number_after(&m, "prompt is too long: "));
+    Some(ContextOverflow { prompt_tokens, context_tokens })
+}
+
+/// The number that starts right after `prefix`'s first occurrence in `s`.
+fn number_after(s: &str, prefix: &str) -> Option<u64> {
+    let at = s.find(prefix)? + prefix.len();
+    let digits: String = s[at..].chars().take_while(char::is_ascii_digit).take(19).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(body: &str) -> Option<ContextOverflow> {
+        in_body(body.as_bytes())
+    }
+
+    #[test]
+    fn llama_servers_refusal_gives_both_numbers() {
+        let body = r#"{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":5000,"n_ctx":4096}}"#;
+        assert_eq!(of(body), Some(ContextOverflow { prompt_tokens: Some(5000), context_tokens: Some(4096) }));
+    }
+
+    #[test]
+    fn an_older_llama_server_says_it_in_words_only() {
+        let body = r#"{"error":{"code":500,"message":"the request exceeds the available context size. try increasing the context size or enable context shift","type":"server_error"}}"#;
+        assert_eq!(of(body), Some(ContextOverflow::default()));
+    }
+
+    #[test]
+    fn vllms_refusal_gives_the_numbers_in_its_message() {
+        let body = r#"{"error":{"message":"This model's maximum context length is 2048 tokens. However, your request has 3012 input tokens. Please reduce the length of the input messages.","type":"BadRequestError","param":null,"code":400}}"#;
+        assert_eq!(of(body), Some(ContextOverflow { prompt_tokens: Some(3012), context_tokens: Some(2048) }));
+        let older = r#"{"object":"error","message":"This model's maximum context length is 1024 tokens. However, you requested 1500 tokens (1400 in the messages, 100 in the completion).","type":"BadRequestError","code":400}"#;
+        assert_eq!(of(older), Some(ContextOverflow { prompt_tokens: Some(1500), context_tokens: Some(1024) }));
+    }
+
+    #[test]
+    fn an_openai_shaped_code_is_an_overflow_whatever_the_words() {
+        let body = r#"{"error":{"message":"too much","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
+        assert_eq!(of(body), Some(ContextOverflow::default()));
+    }
+
+    #[test]
+    fn lm_studios_words_give_the_context_size() {
+        let body = r#"{"error":"Trying to keep the first 9000 tokens when context the overflows. However, the model is loaded with context length of only 4096 tokens, which is not enough."}"#;
+        assert_eq!(of(body).and_then(|o| o.context_tokens), Some(4096));
+    }
+
+    #[test]
+    fn other_refusals_are_not_overflows() {
+        for body in [
+            r#"{"error":{"message":"The model `claude-x` does not exist.","type":"NotFoundError","code":404}}"#,
+            r#"{"error":{"message":"'messages' is a required property","type":"invalid_request_error"}}"#,
+            "not json",
+            r#"{"error":{"message":"max_tokens must be at most 4096 for this context length","type":"invalid_request_error"}}"#,
+        ] {
+            assert_eq!(of(body), None, "{body}");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Issue: the controls agents send that gpt-oss servers do not honour, and the errors agents
+//! act on. Each test drives the real binary against the mock and asserts what the client of
+//! each API receives.
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const LLAMA_OVERFLOW: &str = "the request exceeds the available context size, try increasing it";
+
+/// llama-server's refusal of a prompt longer than its context (`-c 4096`, 5000 tokens).
+fn llama_overflow() -> Value {
+    json!({"error": {"code": 400, "message": LLAMA_OVERFLOW, "type": "exceed_context_size_error", "n_prompt_tokens": 5000, "n_ctx": 4096}})
+}
+
+/// The user text that makes the mock refuse with `body` (HTTP 400) before any byte.
+fn refused_with(body: Value) -> String {
+    script(json!({"text": "unused", "faults": [{"status": 400, "body": body}]}))
+}
+
+/// The user text that makes the mock break off after two pieces with the in-band `error`.
+fn broken_with(error: Value) -> String {
+    script(json!({"text": "<|channel|>final<|message|>Partial answer here.", "faults": [{"error_after": 2, "error": error}]}))
+}
+
+fn responses_body(user: &str, stream: bool) -> Value {
+    json!({"model": "gpt-oss", "stream": stream, "input": user})
+}
+
+fn messages_body(user: &str, stream: bool) -> Value {
+    json!({"model": "gpt-oss", "stream": stream, "max_tokens": 512, "messages": [{"role": "user", "content": user}]})
+}
+
+/// The `data:` JSON of every SSE event in `body`.
+fn events(body: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(body).lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect()
+}
+
+#[test]
+fn a_prompt_too_long_for_llama_server_is_context_length_exceeded_on_chat_streamed_or_not() {
+    let env = shared();
+    for stream in [false, true] {
+        let r = post(&env.url("/v1/chat/completions"), &chat_body("gpt-oss", stream, &refused_with(llama_overflow())));
+        assert_eq!(r.status, 400, "stream={stream}: {}", r.text());
+        let e = &r.json()["error"];
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str(), e["param"].as_str()),
+            (Some("invalid_request_error"), Some("context_length_exceeded"), Some("messages"))
+        );
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains("maximum context length is 4096 tokens") && msg.contains("5000 tokens"), "{msg}");
+    }
+}
+
+#[test]
+fn a_prompt_too_long_is_prompt_is_too_long_on_messages_streamed_or_not() {
+    let env = shared();
+    for stream in [false, true] {
+        let r = post(&env.url("/v1/messages"), &messages_body(&refused_with(llama_overflow()), stream));
+        assert_eq!(r.status, 400, "stream={stream}: {}", r.text());
+        assert_eq!(r.json(), json!({"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 5000 tokens > 4096 maximum"}}));
+    }
+}
+
+#[test]
+fn a_prompt_too_long_is_response_failed_with_context_length_exceeded_when_streamed_and_a_400_when_not() {
+    let env = shared();
+    let r = post(&env.url("/v1/responses"), &responses_body(&refused_with(llama_overflow()), true));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let evs = events(&r.body);
+    let types: Vec<&str> = evs.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["response.created", "response.in_progress", "response.failed"], "{}", r.text());
+    let failed = &evs[2]["response"];
+    assert_eq!((failed["status"].as_str(), failed["error"]["code"].as_str()), (Some("failed"), Some("context_length_exceeded")));
+
+    let r = post(&env.url("/v1/responses"), &responses_body(&refused_with(llama_overflow()), false));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e = &r.json()["error"];
+    assert_eq!((e["code"].as_str(), e["param"].as_str()), (Some("context_length_exceeded"), Some("input")));
+}
+
+#[test]
+fn vllms_maximum_context_length_refusal_is_recognised_with_its_numbers() {
+    let env = shared();
+    let vllm = json!({"error": {"message": "This model's maximum context length is 2048 tokens. However, your request has 3012 input tokens. Please reduce the length of the input messages.", "type": "BadRequestError", "param": null, "code": 400}});
+    let r = post(&env.url("/v1/messages"), &messages_body(&refused_with(vllm.clone()), false));
+    assert_eq!(r.json()["error"]["message"], "prompt is too long: 3012 tokens > 2048 maximum");
+    let r = post(&env.url("/v1/chat/completions"), &chat_body("gpt-oss", false, &refused_with(vllm)));
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+}
+
+#[test]
+fn other_refusals_still_pass_through_as_the_server_said_them() {
+    let env = shared();
+    let other = json!({"error": {"message": "The model `claude-x` does not exist.", "type": "NotFoundError", "param": null, "code": 404}});
+    let r = post(&env.url("/v1/chat/completions"), &chat_body("gpt-oss", false, &script(json!({"text": "x", "faults": [{"status": 404, "body": other}]}))));
+    assert_eq!((r.status, r.json()), (404, other));
+}
+
+#[test]
+fn an_overflow_the_server_says_after_the_stream_began_is_each_apis_error_event() {
+    let env = shared();
+    let overflow = llama_overflow()["error"].clone();
+    // Chat: an error chunk with the canonical code, then [DONE].
+    let r = post(&env.url("/v1/chat/completions"), &chat_body("gpt-oss", true, &broken_with(overflow.clone())));
+    let text = r.text();
+    let err = events(&r.body).into_iter().find(|e| e.get("error").is_some()).unwrap_or_else(|| panic!("no error event: {text}"));
+    assert_eq!(err["error"]["code"], "context_length_exceeded", "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // Responses: response.failed with the code Codex stops on.
+    let r = post(&env.url("/v1/responses"), &responses_body(&broken_with(overflow.clone()), true));
+    let last = events(&r.body).pop().unwrap();
+    assert_eq!((last["type"].as_str(), last["response"]["error"]["code"].as_str()), (Some("response.failed"), Some("context_length_exceeded")), "{}", r.text());
+    // Messages: an `error` event in Anthropic's words.
+    let r = post(&env.url("/v1/messages"), &messages_body(&broken_with(overflow), true));
+    let last = events(&r.body).pop().unwrap();
+    assert_eq!(
+        last,
+        json!({"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 5000 tokens > 4096 maximum"}}),
+        "{}",
+        r.text()
+    );
+}
