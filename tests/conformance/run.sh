@@ -48,6 +48,8 @@ echo "conformance: proxy $PROXY_URL, mock $MOCK_URL"
 status=0
 echo "== OpenAI Python SDK (chat completions, responses), OpenAI Agents SDK, Anthropic Python SDK (messages)"
 python3 -m pytest -q -p no:cacheprovider "$here/test_openai_python.py" "$here/test_responses_python.py" "$here/test_anthropic_python.py" || status=1
+echo "== every answer against the published schemas (tests/schemas/: OpenAI Chat and Responses, Open Responses, Anthropic SDK types)"
+python3 -m pytest -q -p no:cacheprovider "$here/test_schemas.py" || status=1
 echo "== OpenAI Node SDK (chat completions, responses)"
 # One file at a time: the tests share one mock, and some read its last request.
 (cd "$here" && node --test --test-concurrency=1 openai_node.test.mjs responses_node.test.mjs) || status=1

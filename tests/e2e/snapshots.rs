@@ -82,8 +82,27 @@ fn shipped_pipeline_for(path: &str) -> harmony_filters::Compiled {
     compile(&cfg.pipelines[&route.pipeline].0.stages, &enc)
 }
 
-/// Every random id (`resp_`, `rs_`, `msg_`, `fc_`, `call_`, `toolu_`) replaced.
+/// Every random id (`resp_`, `rs_`, `msg_`, `fc_`, `call_`, `toolu_`) and the time an
+/// answer completed (`completed_at`) replaced.
 fn redact_ids(s: &str) -> String {
+    redact_times(&redact_random_ids(s))
+}
+
+fn redact_times(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("\"completed_at\":") {
+        let (head, tail) = rest.split_at(i + "\"completed_at\":".len());
+        out.push_str(head);
+        let n = tail.bytes().take_while(u8::is_ascii_digit).count();
+        out.push_str(if n > 0 { "[time]" } else { "" });
+        rest = &tail[n..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_random_ids(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     'outer: while !rest.is_empty() {

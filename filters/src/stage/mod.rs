@@ -40,7 +40,7 @@ impl RequestMeta {
         Self {
             request_id: random_id("req_", 16),
             completion_id: random_id("chatcmpl-", 24),
-            created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            created: unix_now(),
             model: model.to_owned(),
             stream,
             include_usage,
@@ -215,4 +215,9 @@ pub struct Stats {
     pub fallback: u64,
     pub parser_errors: u64,
     pub watchdog_aborts: u64,
+}
+
+/// Seconds since the Unix epoch (0 if the clock says otherwise).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -146,7 +146,7 @@ impl ChatEncoder {
             let reason = self.finish_reason();
             self.end_chunk(Some(reason), out);
             if self.include_usage {
-                if let Some(usage) = self.ending.usage.take() {
+                if let Some(usage) = self.ending.usage.take().map(usage_json) {
                     let _ = write!(
                         (&mut self.buf).writer(),
                         "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[],\"usage\":{}}}\n\n",
@@ -168,6 +168,8 @@ impl ChatEncoder {
         } else {
             let mut message = serde_json::Map::new();
             message.insert("role".into(), "assistant".into());
+            // OpenAI's schema requires it (null: no refusal).
+            message.insert("refusal".into(), Value::Null);
             let content = std::mem::take(&mut self.content);
             // Beside tool_calls, no content is null; a preamble the bridge kept (`preambles =
             // "content"`) is the content.
@@ -191,7 +193,7 @@ impl ChatEncoder {
                 "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": self.finish_reason().as_str()}],
             });
             if let Some(u) = self.ending.usage.take() {
-                body["usage"] = u;
+                body["usage"] = usage_json(u);
             }
             body
         };
@@ -269,4 +271,18 @@ impl Encoder for ChatEncoder {
             self.finish_json(out)
         }
     }
+}
+
+/// The upstream's usage as OpenAI's schema has it: the three counts always integers, and
+/// the details objects kept only when they are objects (servers send `null`). Once per answer.
+fn usage_json(mut u: Value) -> Value {
+    let Some(o) = u.as_object_mut() else { return serde_json::json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}) };
+    let n = |o: &serde_json::Map<String, Value>, k: &str| o.get(k).and_then(Value::as_u64);
+    let (prompt, completion) = (n(o, "prompt_tokens").unwrap_or(0), n(o, "completion_tokens").unwrap_or(0));
+    let total = n(o, "total_tokens").unwrap_or(prompt + completion);
+    o.insert("prompt_tokens".into(), prompt.into());
+    o.insert("completion_tokens".into(), completion.into());
+    o.insert("total_tokens".into(), total.into());
+    o.retain(|k, v| !k.ends_with("_details") || v.is_object());
+    u
 }

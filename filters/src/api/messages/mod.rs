@@ -75,12 +75,15 @@ pub struct Context {
 /// Anthropic's error type for an error's status.
 pub fn error_type(e: &ApiError) -> &'static str {
     match e.status {
-        400 | 405 | 422 => "invalid_request_error",
+        // The error types of the Anthropic SDK's `ErrorObject` (2.14): a 413 is an invalid
+        // request there (the API's docs name a `request_too_large` the SDK types do not have).
+        400 | 405 | 408 | 413 | 414 | 422 | 431 => "invalid_request_error",
         401 => "authentication_error",
+        402 => "billing_error",
         403 => "permission_error",
         404 => "not_found_error",
-        413 => "request_too_large",
         429 => "rate_limit_error",
+        504 => "timeout_error",
         503 | 529 => "overloaded_error",
         _ => "api_error",
     }

@@ -393,11 +393,24 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     echo.insert("temperature".into(), req.temperature.unwrap_or(1.0).into());
     echo.insert("text".into(), text_echo);
     echo.insert("tool_choice".into(), req.tool_choice.unwrap_or_else(|| "auto".into()));
-    echo.insert("tools".into(), Value::Array(req.tools));
+    echo.insert("tools".into(), Value::Array(req.tools.into_iter().map(tool_echo).collect()));
     echo.insert("top_p".into(), req.top_p.unwrap_or(1.0).into());
     echo.insert("truncation".into(), "disabled".into());
-    echo.insert("user".into(), req.user.unwrap_or(Value::Null));
+    // `user` is a string when said: left out, not null (OpenAI's schema has no null for it).
+    if let Some(user) = req.user.filter(Value::is_string) {
+        echo.insert("user".into(), user);
+    }
     echo.insert("metadata".into(), req.metadata.map(Value::Object).unwrap_or_else(|| json!({})));
+    // What the Open Responses schema requires of every response, said as the proxy serves it:
+    // no sampling penalties, no logprobs, no background mode, the default tier.
+    echo.insert("presence_penalty".into(), 0.0.into());
+    echo.insert("frequency_penalty".into(), 0.0.into());
+    echo.insert("top_logprobs".into(), 0.into());
+    echo.insert("max_tool_calls".into(), req.max_tool_calls.filter(Value::is_u64).unwrap_or(Value::Null));
+    echo.insert("background".into(), false.into());
+    echo.insert("service_tier".into(), "default".into());
+    echo.insert("safety_identifier".into(), req.safety_identifier.filter(Value::is_string).unwrap_or(Value::Null));
+    echo.insert("prompt_cache_key".into(), req.prompt_cache_key.filter(Value::is_string).unwrap_or(Value::Null));
     let ctx = Context {
         response_id: random_id("resp_", 32),
         tools: origins,
@@ -407,6 +420,18 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         echo,
     };
     Ok(Decoded { conversation, model, stream, ctx: ApiContext::Responses(Arc::new(ctx)), notes })
+}
+
+/// A tool as the response echoes it: a function tool with every field the schemas require
+/// (`description`, `parameters` and `strict` null when the request left them out); any other
+/// tool as sent.
+fn tool_echo(mut tool: Value) -> Value {
+    if let Some(o) = tool.as_object_mut().filter(|o| o.get("type").and_then(Value::as_str) == Some("function")) {
+        for k in ["description", "parameters", "strict"] {
+            o.entry(k).or_insert(Value::Null);
+        }
+    }
+    tool
 }
 
 #[cfg(test)]

@@ -130,7 +130,10 @@ impl ResponsesEncoder {
         for (k, v) in &self.ctx.echo {
             r.insert(k.clone(), v.clone());
         }
-        r.insert("usage".into(), Value::Null);
+        r.insert("completed_at".into(), Value::Null);
+        // Zeros until the answer ends: both schemas want a usage object (neither a null nor
+        // its absence satisfies both).
+        r.insert("usage".into(), usage_json(0, 0, 0, 0, 0));
         Value::Object(r)
     }
 
@@ -188,7 +191,10 @@ impl ResponsesEncoder {
                 let mut v = json!({"type": "reasoning", "id": id, "summary": [], "content": content});
                 if let Some(sealer) = &self.ctx.seal {
                     // Sealed once, when the item is done; `added` says null, as OpenAI does.
-                    v["encrypted_content"] = if with_content && status == "completed" { sealer.seal(&self.ctx.scope, text).into() } else { Value::Null };
+                    // Open Responses has no null for it: left out until it is sealed.
+                    if with_content && status == "completed" {
+                        v["encrypted_content"] = sealer.seal(&self.ctx.scope, text).into();
+                    }
                 }
                 v
             }
@@ -235,9 +241,18 @@ impl ResponsesEncoder {
                     self.event("response.content_part.done", &[("item_id", &id), ("output_index", &idx), ("content_index", &zero), ("part", &part)], out);
                 }
                 Item::Call { id, args, .. } => {
-                    if !matches!(done["type"].as_str(), Some("custom_tool_call")) {
-                        let (id, args) = (Value::from(id.as_str()), Value::from(args.as_str()));
-                        self.event("response.function_call_arguments.done", &[("item_id", &id), ("output_index", &idx), ("arguments", &args)], out);
+                    let id = Value::from(id.as_str());
+                    if matches!(done["type"].as_str(), Some("custom_tool_call")) {
+                        // Its input is whole only here (the model writes it as JSON): no deltas.
+                        let input = done.get("input").cloned().unwrap_or_default();
+                        self.event("response.custom_tool_call_input.done", &[("item_id", &id), ("output_index", &idx), ("input", &input)], out);
+                    } else {
+                        let (args, name) = (Value::from(args.as_str()), done.get("name").cloned().unwrap_or_default());
+                        self.event(
+                            "response.function_call_arguments.done",
+                            &[("item_id", &id), ("output_index", &idx), ("name", &name), ("arguments", &args)],
+                            out,
+                        );
                     }
                 }
             }
@@ -267,13 +282,7 @@ impl ResponsesEncoder {
         let n = |p: &str| u.and_then(|u| u.pointer(p)).and_then(Value::as_u64).unwrap_or(0);
         let (input, output) = (n("/prompt_tokens"), n("/completion_tokens"));
         let total = u.and_then(|u| u.get("total_tokens")).and_then(Value::as_u64).unwrap_or(input + output);
-        json!({
-            "input_tokens": input,
-            "input_tokens_details": {"cached_tokens": n("/prompt_tokens_details/cached_tokens")},
-            "output_tokens": output,
-            "output_tokens_details": {"reasoning_tokens": n("/completion_tokens_details/reasoning_tokens")},
-            "total_tokens": total,
-        })
+        usage_json(input, n("/prompt_tokens_details/cached_tokens"), output, n("/completion_tokens_details/reasoning_tokens"), total)
     }
 
     fn finish(&mut self, out: &mut Vec<Output>) {
@@ -295,6 +304,8 @@ impl ResponsesEncoder {
         let mut r = self.response(if cut { "incomplete" } else { "completed" });
         if cut {
             r["incomplete_details"] = json!({"reason": "max_output_tokens"});
+        } else {
+            r["completed_at"] = crate::stage::unix_now().into();
         }
         r["usage"] = self.usage();
         self.store(&r);
@@ -318,6 +329,17 @@ impl ResponsesEncoder {
             storing.store.put(&self.ctx.scope, std::slice::from_ref(&self.ctx.response_id), &v);
         }
     }
+}
+
+/// A Response's `usage`, with every field OpenAI's and Open Responses' schemas require.
+fn usage_json(input: u64, cached: u64, output: u64, reasoning: u64, total: u64) -> Value {
+    json!({
+        "input_tokens": input,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": total,
+    })
 }
 
 fn item_id(item: &Item) -> Option<&str> {
