@@ -292,6 +292,12 @@ pub fn load_str(text: &str, pipelines_dir: Option<&Path>, lookup: impl Fn(&str) 
             if !r.path.starts_with('/') {
                 errors.push(format!("{at}: path: must start with `/`"));
             }
+            if let Some(e) = r.reasoning_effort.as_deref().filter(|e| !super::EFFORTS.contains(e)) {
+                errors.push(format!("{at}: reasoning_effort: {e:?} is not low, medium or high"));
+            }
+            if r.upstream_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+                errors.push(format!("{at}: upstream_model: must not be empty"));
+            }
             for m in &r.models {
                 if let Err(e) = globset::Glob::new(m) {
                     errors.push(format!("{at}: models: invalid glob {m:?}: {e}"));
@@ -316,7 +322,14 @@ pub fn load_str(text: &str, pipelines_dir: Option<&Path>, lookup: impl Fn(&str) 
             let default = if upstreams.contains_key("default") { Some("default") } else { upstreams.keys().next().map(String::as_str) };
             if let Some(up) = default {
                 implied_routes.push(routes.len());
-                routes.push(RouteConfig { path: api.path().into(), models: any_model(), upstream: up.to_owned(), pipeline: api.builtin_pipeline().into() });
+                routes.push(RouteConfig {
+                    path: api.path().into(),
+                    models: any_model(),
+                    upstream: up.to_owned(),
+                    pipeline: api.builtin_pipeline().into(),
+                    upstream_model: None,
+                    reasoning_effort: None,
+                });
             }
         }
     }

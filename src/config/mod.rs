@@ -251,7 +251,17 @@ pub struct RouteConfig {
     pub models: Vec<String>,
     pub upstream: String,
     pub pipeline: String,
+    /// The model name sent upstream instead of the client's (the client's answer still names
+    /// its own): serves other names, such as Claude Code's own, with the model the server has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_model: Option<String>,
+    /// Reasoning effort (`low`, `medium`, `high`) when the request does not say one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
 }
+
+/// The reasoning efforts gpt-oss knows.
+pub const EFFORTS: [&str; 3] = ["low", "medium", "high"];
 
 pub(crate) fn any_model() -> Vec<String> {
     vec!["*".into()]

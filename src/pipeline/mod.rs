@@ -21,6 +21,10 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     pub pipeline: Arc<Compiled>,
     pub pipeline_name: String,
+    /// `upstream_model`: the name sent upstream instead of the client's.
+    pub upstream_model: Option<String>,
+    /// `reasoning_effort`: the effort of a request that says none.
+    pub reasoning_effort: Option<String>,
 }
 
 pub struct Snapshot {
@@ -83,6 +87,8 @@ impl Snapshot {
                 upstream: upstream.clone(),
                 pipeline: pipeline.clone(),
                 pipeline_name: r.pipeline.clone(),
+                upstream_model: r.upstream_model.clone(),
+                reasoning_effort: r.reasoning_effort.clone(),
             });
         }
         let default_upstream = config.default_upstream().and_then(|n| upstreams.get(n)).cloned();

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod http_errors;
+mod models;
 pub mod reload;
 pub mod request_body;
 
@@ -373,6 +374,9 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
         Ok(g) => g,
         Err(r) => return r,
     };
+    if path == "/v1/models" && req.method() == Method::GET {
+        return models::answer(&snap, req, rid.to_owned()).await;
+    }
     forward(&snap, req, rid).await
 }
 
@@ -516,7 +520,14 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     for note in &decoded.notes {
         tracing::debug!(request_id = rid, api = api.name(), "{note}");
     }
-    let (conversation, stream) = (decoded.conversation, decoded.stream);
+    let (mut conversation, stream) = (decoded.conversation, decoded.stream);
+    // The route's say: the name its server serves, the effort of a request that says none.
+    if let Some(m) = &route.upstream_model {
+        conversation.model = m.clone();
+    }
+    if conversation.controls.reasoning_effort.is_none() {
+        conversation.controls.reasoning_effort = route.reasoning_effort.clone();
+    }
     let mut meta = RequestMeta::new(&model, stream, conversation.controls.include_usage);
     meta.request_id = rid.to_owned();
     meta.auth_scope = auth_scope;

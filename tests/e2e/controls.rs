@@ -121,3 +121,102 @@ fn an_overflow_the_server_says_after_the_stream_began_is_each_apis_error_event()
         r.text()
     );
 }
+
+/// A proxy whose routes rename Claude Code's model names and set a default effort.
+fn renaming() -> Env {
+    Env::with_config(|mock| {
+        format!(
+            r#"
+[upstreams.default]
+url = "{mock}/v1"
+[[routes]]
+path = "/v1/messages"
+models = ["claude-*", "sonnet"]
+upstream = "default"
+pipeline = "ide-tools"
+upstream_model = "gpt-oss-20b"
+reasoning_effort = "low"
+[[routes]]
+path = "/v1/chat/completions"
+models = ["gpt-oss-high"]
+upstream = "default"
+pipeline = "ide-tools"
+upstream_model = "gpt-oss-20b"
+reasoning_effort = "high"
+[[routes]]
+path = "/v1/chat/completions"
+upstream = "default"
+pipeline = "harmony"
+"#
+        )
+    })
+}
+
+#[test]
+fn a_route_sends_its_upstream_model_and_the_client_still_sees_its_own_name() {
+    let env = renaming();
+    let r = post(&env.url("/v1/messages"), &json!({"model": "claude-sonnet-4-5-20250929", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "claude-sonnet-4-5-20250929");
+    let sent = &env.mock_stats()["last_request"];
+    assert_eq!(sent["model"], "gpt-oss-20b");
+}
+
+#[test]
+fn a_routes_reasoning_effort_reaches_the_server_in_both_fields_unless_the_request_says_one() {
+    let env = renaming();
+    post(&env.url("/v1/chat/completions"), &chat_body("gpt-oss-high", false, "hi"));
+    let sent = env.mock_stats()["last_request"].clone();
+    assert_eq!((sent["reasoning_effort"].as_str(), sent["chat_template_kwargs"]["reasoning_effort"].as_str()), (Some("high"), Some("high")));
+    // The request's effort wins; a client's own template argument is kept as it sent it.
+    let mut body = chat_body("gpt-oss-high", false, "hi");
+    body["reasoning_effort"] = json!("low");
+    body["chat_template_kwargs"] = json!({"reasoning_effort": "medium", "x": 1});
+    post(&env.url("/v1/chat/completions"), &body);
+    let sent = env.mock_stats()["last_request"].clone();
+    assert_eq!(sent["reasoning_effort"], "low");
+    assert_eq!(sent["chat_template_kwargs"], json!({"reasoning_effort": "medium", "x": 1}));
+    // Messages' thinking budget maps to an effort; the route's default fills in when absent.
+    post(&env.url("/v1/messages"), &json!({"model": "claude-haiku-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(env.mock_stats()["last_request"]["reasoning_effort"], "low");
+    // A route without one sends none.
+    post(&env.url("/v1/chat/completions"), &chat_body("other", false, "hi"));
+    let sent = env.mock_stats()["last_request"].clone();
+    assert!(sent.get("reasoning_effort").is_none() && sent.get("chat_template_kwargs").is_none(), "{sent}");
+}
+
+#[test]
+fn models_lists_the_upstreams_models_and_the_names_routes_serve_in_either_apis_shape() {
+    let env = renaming();
+    let r = send(client().get(env.url("/v1/models")));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ids: Vec<String> = r.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, ["gpt-oss-20b", "sonnet", "gpt-oss-high"], "globs are not names");
+    assert_eq!(r.json()["object"], "list");
+    let r = send(client().get(env.url("/v1/models")).header("anthropic-version", "2023-06-01"));
+    let v = r.json();
+    assert_eq!((v["has_more"].as_bool(), v["first_id"].as_str(), v["last_id"].as_str()), (Some(false), Some("gpt-oss-20b"), Some("gpt-oss-high")));
+    assert_eq!(v["data"][1], json!({"type": "model", "id": "sonnet", "display_name": "sonnet", "created_at": "1970-01-01T00:00:00Z"}));
+}
+
+#[test]
+fn models_still_lists_the_routes_names_when_the_upstream_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = format!("[upstreams.default]\nurl = \"http://127.0.0.1:{port}/v1\"\nconnect_timeout = \"1s\"\n[[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"mine\"]\nupstream = \"default\"\npipeline = \"harmony\"\n");
+    std::fs::write(dir.path().join("proxy.toml"), cfg).unwrap();
+    let proxy = spawn(&["serve", "--config", "proxy.toml", "--port", "0"], dir.path(), &[]);
+    let r = send(client().get(format!("{}/v1/models", proxy.url)));
+    assert_eq!((r.status, r.json()["data"][0]["id"].as_str()), (200, Some("mine")), "{}", r.text());
+}
+
+#[test]
+fn a_routes_reasoning_effort_must_be_one_gpt_oss_knows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "[upstreams.default]\nurl = \"http://127.0.0.1:9/v1\"\n[[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"default\"\npipeline = \"harmony\"\nreasoning_effort = \"max\"\nupstream_model = \" \"\n";
+    std::fs::write(dir.path().join("proxy.toml"), cfg).unwrap();
+    let (ok, out) = check(&["--config", "proxy.toml"], dir.path());
+    assert!(!ok, "{out}");
+    assert!(out.contains("routes[0]: reasoning_effort: \"max\" is not low, medium or high"), "{out}");
+    assert!(out.contains("routes[0]: upstream_model: must not be empty"), "{out}");
+}

@@ -10,8 +10,36 @@ use serde_json::{json, Value};
 
 use crate::conversation::{Content, Conversation, FunctionTool, Message, ResponseFormat, Stop, Tool, ToolCall, ToolChoice};
 
-/// The chat request for `conv`.
+/// The chat request for `conv`: as a client would send it, and what every upstream request
+/// says besides: a stream with usage, and the reasoning effort where every server reads it
+/// (vLLM and llama-server read `reasoning_effort`; llama.cpp builds before it, and servers
+/// that run llama.cpp's gpt-oss template, read only the template's `reasoning_effort`
+/// argument). A client's own `chat_template_kwargs.reasoning_effort` is kept.
 pub fn request(conv: Conversation) -> Value {
+    let effort = conv.controls.reasoning_effort.clone();
+    let mut o = client_body(conv);
+    if let Some(effort) = effort {
+        let kwargs = o.entry("chat_template_kwargs").or_insert_with(|| json!({}));
+        if let Some(k) = kwargs.as_object_mut() {
+            k.entry("reasoning_effort").or_insert(effort.into());
+        }
+    }
+    o.insert("stream".into(), Value::Bool(true));
+    o.insert("stream_options".into(), json!({"include_usage": true}));
+    Value::Object(o)
+}
+
+/// The chat request a client would have sent for `conv` (its own `stream`, no
+/// `stream_options`): what tests and the fuzz targets compare against.
+pub fn as_a_client_sends_it(conv: Conversation) -> Value {
+    let stream = conv.controls.stream;
+    let mut o = client_body(conv);
+    o.insert("stream".into(), stream.into());
+    Value::Object(o)
+}
+
+/// Every field of the conversation, where a chat client says it (`stream` left to the caller).
+fn client_body(conv: Conversation) -> serde_json::Map<String, Value> {
     let Conversation { model, messages, tools, controls: c, extra } = conv;
     let mut o = extra;
     if !model.is_empty() {
@@ -55,21 +83,7 @@ pub fn request(conv: Conversation) -> Value {
     }
     put("logit_bias", s.logit_bias);
     put("logprobs", c.logprobs.map(Value::Bool));
-    o.insert("stream".into(), Value::Bool(true));
-    o.insert("stream_options".into(), json!({"include_usage": true}));
-    Value::Object(o)
-}
-
-/// The chat request a client would have sent for `conv` (its own `stream`, no
-/// `stream_options`): what tests and the fuzz targets compare against.
-pub fn as_a_client_sends_it(conv: Conversation) -> Value {
-    let stream = conv.controls.stream;
-    let mut v = request(conv);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("stream".into(), stream.into());
-        o.remove("stream_options");
-    }
-    v
+    o
 }
 
 pub fn tool_choice(tc: ToolChoice) -> Value {
@@ -195,12 +209,36 @@ mod tests {
     use serde_json::{json, Value};
 
     /// The request as the upstream edge writes it, but for what every upstream request says.
+    /// What the upstream gets of a chat request, but for what every upstream request adds
+    /// (the stream, usage, the effort for the template: see the next test).
     fn round_trip(v: Value) -> Value {
-        let mut out = super::request(crate::api::chat::decode::conversation(v));
-        let o = out.as_object_mut().unwrap();
+        let mut out = super::as_a_client_sends_it(crate::api::chat::decode::conversation(v.clone()));
+        out.as_object_mut().unwrap().remove("stream");
+        let mut sent = super::request(crate::api::chat::decode::conversation(v));
+        let o = sent.as_object_mut().unwrap();
         o.remove("stream");
         o.remove("stream_options");
+        if out.get("chat_template_kwargs").is_none() {
+            o.remove("chat_template_kwargs");
+        } else if let Some(k) = o.get_mut("chat_template_kwargs").and_then(Value::as_object_mut) {
+            if out["chat_template_kwargs"].get("reasoning_effort").is_none() {
+                k.remove("reasoning_effort");
+            }
+        }
+        assert_eq!(sent, out, "the upstream's request is the client's but for what every request adds");
         out
+    }
+
+    #[test]
+    fn the_effort_is_also_the_templates_argument_unless_the_client_gave_its_own() {
+        let sent = super::request(crate::api::chat::decode::conversation(json!({"model": "m", "messages": [], "reasoning_effort": "high"})));
+        assert_eq!((sent["reasoning_effort"].as_str(), sent["chat_template_kwargs"]["reasoning_effort"].as_str()), (Some("high"), Some("high")));
+        let sent = super::request(crate::api::chat::decode::conversation(
+            json!({"model": "m", "messages": [], "reasoning_effort": "high", "chat_template_kwargs": {"reasoning_effort": "low"}}),
+        ));
+        assert_eq!(sent["chat_template_kwargs"], json!({"reasoning_effort": "low"}));
+        let sent = super::request(crate::api::chat::decode::conversation(json!({"model": "m", "messages": []})));
+        assert!(sent.get("chat_template_kwargs").is_none());
     }
 
     #[test]
