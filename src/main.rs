@@ -111,6 +111,12 @@ enum Cmd {
         /// keep-alive timeout do).
         #[arg(long, value_name = "MS")]
         idle_close_ms: Option<u64>,
+        /// The context size `GET /props` says (as llama-server's `-c`; default 131072).
+        #[arg(long, value_name = "TOKENS")]
+        n_ctx: Option<u64>,
+        /// Answer only to this model name, as vLLM serves one (any other: 404).
+        #[arg(long, value_name = "NAME")]
+        served_model: Option<String>,
     },
     /// What the proxy costs: streams through it and straight to the built-in mock, side by
     /// side (CPU per token, added latency, memory per stream, concurrent streams, start-up).
@@ -177,8 +183,9 @@ fn main() -> ExitCode {
         Cmd::Replay { file, config, pipeline, json } => replay(&file, config.as_deref(), pipeline.as_deref(), json),
         Cmd::Init { upstream, client, output, force } => init(&upstream, client, &output, force),
         Cmd::Doctor { upstream, config, model } => doctor(upstream.as_deref(), config.as_deref(), model.as_deref()),
-        Cmd::MockUpstream { host, port, parsed, tls_cert, tls_key, idle_close_ms } => {
-            mock(&host, port, parsed, tls_cert.as_deref().zip(tls_key.as_deref()), idle_close_ms.map(std::time::Duration::from_millis))
+        Cmd::MockUpstream { host, port, parsed, tls_cert, tls_key, idle_close_ms, n_ctx, served_model } => {
+            let tls = tls_cert.as_deref().zip(tls_key.as_deref());
+            mock(&host, port, parsed, tls, idle_close_ms.map(std::time::Duration::from_millis), n_ctx, served_model)
         }
         Cmd::Bench { json, short, streams, tokens, paced_streams, paced_tokens, pace_ms, memory_streams, concurrency } => {
             let mut o = if short { harmony_proxy::tools::bench::Options::short() } else { harmony_proxy::tools::bench::Options::full() };
@@ -414,11 +421,26 @@ async fn shutdown_signal() {
 }
 
 fn init(upstream: &str, client: harmony_proxy::tools::init::ClientKind, output: &Path, force: bool) -> ExitCode {
+    use harmony_proxy::tools::init;
     match upstream.parse::<http::Uri>() {
         Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
         _ => return fail(format!("--upstream: invalid URL {upstream:?} (expected http(s)://host:port/v1)")),
     }
-    let text = harmony_proxy::tools::init::config(upstream, client);
+    // What the server serves, asked once (a server that does not answer gets the defaults).
+    let text = format!("[upstreams.default]\nurl = {}\nconnect_timeout = \"2s\"\n", toml::Value::String(upstream.to_owned()));
+    let discovered = match (config::load_str(&text, None, |_| None), runtime()) {
+        (Ok(mut c), Ok(rt)) => {
+            let u = c.upstreams.remove("default").expect("just written");
+            rt.block_on(async {
+                match harmony_proxy::upstream::Upstream::new("default", &u) {
+                    Ok(up) => init::discover(&up).await,
+                    Err(_) => init::Discovered::default(),
+                }
+            })
+        }
+        _ => init::Discovered::default(),
+    };
+    let text = init::config(upstream, client, &discovered);
     if output == Path::new("-") {
         print!("{text}");
         return ExitCode::SUCCESS;
@@ -430,7 +452,17 @@ fn init(upstream: &str, client: harmony_proxy::tools::init::ClientKind, output: 
         return fail(format!("{}: {e}", output.display()));
     }
     println!("wrote {}; check it with `harmony-proxy check --config {0}`, then run `harmony-proxy doctor --config {0}`", output.display());
-    if let Some(client) = client.client_config("127.0.0.1:8001") {
+    println!("{}", discovered.summary());
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let catalog = dir.join(init::CODEX_CATALOG);
+    if client == init::ClientKind::Codex {
+        if let Err(e) = std::fs::write(&catalog, init::codex_catalog(&discovered)) {
+            return fail(format!("{}: {e}", catalog.display()));
+        }
+        println!("wrote {}: Codex's model catalog for {}", catalog.display(), discovered.model());
+    }
+    let catalog = std::fs::canonicalize(&catalog).unwrap_or(catalog);
+    if let Some(client) = client.client_config("127.0.0.1:8001", &discovered, &catalog.display().to_string()) {
         println!("\n{client}");
     }
     ExitCode::SUCCESS
@@ -476,7 +508,15 @@ fn doctor(url: Option<&str>, cfg_path: Option<&Path>, model: Option<&str>) -> Ex
     })
 }
 
-fn mock(host: &str, port: u16, parsed: bool, tls: Option<(&Path, &Path)>, idle_close: Option<std::time::Duration>) -> ExitCode {
+fn mock(
+    host: &str,
+    port: u16,
+    parsed: bool,
+    tls: Option<(&Path, &Path)>,
+    idle_close: Option<std::time::Duration>,
+    n_ctx: Option<u64>,
+    served_model: Option<String>,
+) -> ExitCode {
     server::raise_fd_limit();
     let enc = match encoding() {
         Ok(e) => e,
@@ -499,7 +539,7 @@ fn mock(host: &str, port: u16, parsed: bool, tls: Option<(&Path, &Path)>, idle_c
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         println!("mock upstream listening on {scheme}://{local}/v1");
         tokio::select! {
-            _ = mock_upstream::run(listener, Arc::new(MockState::with_vocabulary(enc, parsed).idle_close(idle_close)), tls) => {}
+            _ = mock_upstream::run(listener, Arc::new(MockState::with_vocabulary(enc, parsed).idle_close(idle_close).n_ctx(n_ctx).served_model(served_model)), tls) => {}
             _ = shutdown_signal() => {}
         }
         ExitCode::SUCCESS

@@ -19,7 +19,20 @@ use super::script::*;
 use super::turn::*;
 use super::*;
 
+/// vLLM's 404 for a model name it does not serve, when the mock serves only one.
+pub(super) fn not_served(state: &MockState, req: &Value) -> Option<Response<Body>> {
+    let served = state.served_model.as_deref()?;
+    let asked = req.get("model").and_then(Value::as_str).unwrap_or("");
+    (asked != served).then(|| {
+        state.refused_models.fetch_add(1, Ordering::SeqCst);
+        json_resp(404, &json!({"error": {"message": format!("The model `{asked}` does not exist."), "type": "NotFoundError", "param": "model", "code": 404}}))
+    })
+}
+
 pub(super) async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, CloseConnection> {
+    if let Some(r) = not_served(&state, &req) {
+        return Ok(r);
+    }
     if let Some(msg) = template_error(&req) {
         return Ok(json_resp(500, &json!({"error": {"code": 500, "message": msg, "type": "server_error"}})));
     }

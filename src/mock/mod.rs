@@ -74,6 +74,14 @@ pub struct MockState {
     pub parsed: bool,
     /// Close connections idle this long (`mock-upstream --idle-close-ms`).
     pub idle_close: Option<std::time::Duration>,
+    /// The context size `GET /props` says, as llama-server does (`mock-upstream --n-ctx`;
+    /// 0: 131072, gpt-oss's).
+    pub n_ctx: u64,
+    /// The only model name it answers to, as vLLM serves one (`mock-upstream --served-model`):
+    /// any other is a 404 in vLLM's words. `None`: any name.
+    pub served_model: Option<String>,
+    /// Requests refused for their model name (see `served_model`).
+    pub refused_models: AtomicU64,
     pub requests: AtomicU64,
     pub completed: AtomicU64,
     pub cancelled: AtomicU64,
@@ -187,18 +195,42 @@ impl MockState {
     pub fn idle_close(self, after: Option<std::time::Duration>) -> Self {
         Self { idle_close: after, ..self }
     }
+
+    /// Answers only to `name` (see [`MockState::served_model`]).
+    pub fn served_model(self, name: Option<String>) -> Self {
+        Self { served_model: name, ..self }
+    }
+
+    /// Says `n_ctx` as its context size (see [`MockState::n_ctx`]).
+    pub fn n_ctx(self, n_ctx: Option<u64>) -> Self {
+        Self { n_ctx: n_ctx.unwrap_or(0), ..self }
+    }
 }
 
 async fn handle(state: Arc<MockState>, conn: u64, req: Request<Incoming>) -> Result<Response<Body>, CloseConnection> {
     let path = req.uri().path().to_owned();
     match (req.method().as_str(), path.as_str()) {
-        ("GET", "/v1/models") => Ok(json_resp(200, &json!({"object": "list", "data": [{"id": "gpt-oss-20b", "object": "model", "owned_by": "mock"}]}))),
+        ("GET", "/v1/models") => {
+            // Serving one name is vLLM's way: its list says the context size too.
+            let n_ctx = if state.n_ctx == 0 { 131_072 } else { state.n_ctx };
+            let model = match state.served_model.as_deref() {
+                Some(id) => json!({"id": id, "object": "model", "owned_by": "vllm", "max_model_len": n_ctx}),
+                None => json!({"id": "gpt-oss-20b", "object": "model", "owned_by": "mock"}),
+            };
+            Ok(json_resp(200, &json!({"object": "list", "data": [model]})))
+        }
+        // llama-server's: the context size each slot has.
+        ("GET", "/props") => {
+            let n_ctx = if state.n_ctx == 0 { 131_072 } else { state.n_ctx };
+            Ok(json_resp(200, &json!({"default_generation_settings": {"n_ctx": n_ctx}, "total_slots": 1, "model_path": "gpt-oss-20b.gguf"})))
+        }
         ("GET", "/mock/stats") => Ok(json_resp(
             200,
             &json!({
                 "requests": state.requests.load(Ordering::SeqCst),
                 "completed": state.completed.load(Ordering::SeqCst),
                 "cancelled": state.cancelled.load(Ordering::SeqCst),
+                "refused_models": state.refused_models.load(Ordering::SeqCst),
                 "connections": state.connections.load(Ordering::SeqCst),
                 "chat_connections": state.chat_connections.lock().unwrap_or_else(|e| e.into_inner()).len(),
                 "attempts": *state.attempts.lock().unwrap_or_else(|e| e.into_inner()),

@@ -83,6 +83,7 @@ pub fn scenario(name: &str) -> Option<Script> {
             s
         }
         "agent-shell" => agent_shell(&Turn::default()),
+        "agent-edit" => agent_edit(&Turn::default()),
         _ => return None,
     })
 }
@@ -144,12 +145,42 @@ pub(super) fn agent_shell(turn: &Turn) -> Script {
     ))
 }
 
-/// A built-in scenario for this turn (`agent-shell` reads the request).
-pub(super) fn named_scenario(name: &str, turn: &Turn) -> Option<Script> {
-    if name == "agent-shell" {
-        Some(agent_shell(turn))
+/// `agent-edit`: the agent's own edit tool writes the marker file (Codex's freeform
+/// `apply_patch` adds it as a patch, Claude Code's `Write` with its absolute path, from
+/// `dir:` in the prompt); after the tool's result, the answer says what the tool answered.
+pub(super) fn agent_edit(turn: &Turn) -> Script {
+    if turn.tool_results > 0 {
+        let out: String = turn.last_tool_output.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").chars().take(80).collect();
+        let back = if turn.reasoning_back { "yes" } else { "no" };
+        return Script::from_text(&format!(
+            "<|channel|>analysis<|message|>The edit tool answered. Report it.<|end|><|start|>assistant<|channel|>final<|message|>Done. The edit tool answered: {out}. Turn-1 reasoning came back: {back}."
+        ));
+    }
+    let Some(tool) = EDIT_TOOLS.iter().find_map(|n| turn.tools.iter().find(|t| t.name == *n)) else {
+        return Script::from_text("<|channel|>analysis<|message|>No edit tool among the declared tools.<|end|><|start|>assistant<|channel|>final<|message|>No edit tool was declared.");
+    };
+    let name = marker_file(&turn.user);
+    let args = if tool.name == "apply_patch" {
+        json!({"input": format!("*** Begin Patch\n*** Add File: {name}\n+harmony-proxy-was-here\n*** End Patch\n")})
     } else {
-        scenario(name)
+        let path = match marker_dir(&turn.user) {
+            Some(dir) => format!("{}/{name}", dir.trim_end_matches('/')),
+            None => name,
+        };
+        json!({"file_path": path, "content": "harmony-proxy-was-here\n"})
+    };
+    Script::from_text(&format!(
+        "<|channel|>analysis<|message|>{AGENT_EDIT_REASONING}<|end|><|start|>assistant<|channel|>commentary to=functions.{} <|constrain|>json<|message|>{args}",
+        tool.name
+    ))
+}
+
+/// A built-in scenario for this turn (`agent-shell` and `agent-edit` read the request).
+pub(super) fn named_scenario(name: &str, turn: &Turn) -> Option<Script> {
+    match name {
+        "agent-shell" => Some(agent_shell(turn)),
+        "agent-edit" => Some(agent_edit(turn)),
+        _ => scenario(name),
     }
 }
 

@@ -54,6 +54,24 @@ pub(super) const SHELL_TOOLS: [&str; 8] = ["exec_command", "shell", "Bash", "bas
 pub(super) const AGENT_SHELL_REASONING: &str = "I will run the shell tool to write the marker file.";
 /// What marks that reasoning when it comes back in the history.
 pub(super) const REASONING_MARK: &str = "I will run the shell tool";
+/// What `agent-edit` reasons before its tool call, and what marks it in the history.
+pub(super) const AGENT_EDIT_REASONING: &str = "I will use the edit tool to write the marker file.";
+pub(super) const EDIT_REASONING_MARK: &str = "I will use the edit tool";
+/// Edit tools, in the order `agent-edit` looks for them: Codex's `apply_patch` (freeform,
+/// sent upstream as a function of one `input` string), Claude Code's `Write`.
+pub(super) const EDIT_TOOLS: [&str; 2] = ["apply_patch", "Write"];
+
+/// Whether `reasoning` is one of the agent scenarios' turn-1 reasoning.
+pub(super) fn is_agent_reasoning(reasoning: &str) -> bool {
+    reasoning.contains(REASONING_MARK) || reasoning.contains(EDIT_REASONING_MARK)
+}
+
+/// The directory a user message names (`dir:/abs/path`), if it names one.
+pub(super) fn marker_dir(user: &str) -> Option<String> {
+    let at = user.find(" dir:")? + " dir:".len();
+    let dir: String = user[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+    (!dir.is_empty()).then_some(dir)
+}
 
 /// The text of a message's `content`: a string, or the text parts of an array joined by
 /// newlines.
@@ -84,7 +102,7 @@ pub(super) fn turn_from_chat(req: &Value) -> Turn {
         reasoning_back: messages.iter().any(|m| {
             role_of(m) == "assistant"
                 && m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty())
-                && ["reasoning_content", "reasoning", "thinking"].iter().any(|f| m.get(*f).and_then(Value::as_str).is_some_and(|r| r.contains(REASONING_MARK)))
+                && ["reasoning_content", "reasoning", "thinking"].iter().any(|f| m.get(*f).and_then(Value::as_str).is_some_and(is_agent_reasoning))
         }),
         tools: tools_of_request(req),
     }
@@ -138,7 +156,7 @@ pub(super) fn turn_from_prompt(prompt: &str) -> Turn {
         .and_then(|i| prompt[i..].split_once("<|message|>"))
         .map(|(_, body)| body.split("<|end|>").next().unwrap_or("").to_owned())
         .unwrap_or_default();
-    let reasoning_back = prompt.split("<|channel|>analysis<|message|>").skip(1).any(|m| m.split("<|end|>").next().unwrap_or("").contains(REASONING_MARK));
+    let reasoning_back = prompt.split("<|channel|>analysis<|message|>").skip(1).any(|m| is_agent_reasoning(m.split("<|end|>").next().unwrap_or("")));
     Turn { user, tool_results: tail.matches("<|start|>functions.").count(), last_tool_output, reasoning_back, tools: tools_of_prompt(prompt) }
 }
 

@@ -41,7 +41,7 @@ impl Report {
     }
 }
 
-async fn body_text(resp: http::Response<hyper::body::Incoming>, limit: usize, wait: Duration) -> Result<String, String> {
+pub(crate) async fn body_text(resp: http::Response<hyper::body::Incoming>, limit: usize, wait: Duration) -> Result<String, String> {
     match tokio::time::timeout(wait, http_body_util::Limited::new(resp.into_body(), limit).collect()).await {
         Ok(Ok(b)) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
         Ok(Err(e)) => Err(format!("reading the body failed: {e}")),

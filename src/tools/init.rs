@@ -1,5 +1,119 @@
 //! `harmony-proxy init`: a commented `proxy.toml` for one upstream and one kind of client,
 //! so an operator's first config is a working one (it passes `check`; a test proves it).
+//!
+//! It asks the model server what it serves first ([`discover`]): the model's name (`GET
+//! /models`) and its context size (llama-server's `GET /props`, vLLM's `max_model_len` in
+//! `/models`), so that the agents' settings say the server's window rather than a constant
+//! (Codex's model catalog and compaction limit, Claude Code's context), and Claude Code's own
+//! model names are served by the model the server has. An upstream that does not answer
+//! gets gpt-oss's defaults, and `init` says so.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use serde_json::{json, Value};
+
+use crate::upstream::{full, Upstream};
+
+/// gpt-oss's context size, when the server does not say its own.
+pub const DEFAULT_CONTEXT: u64 = 131_072;
+/// The model name, when the server does not list one.
+pub const DEFAULT_MODEL: &str = "gpt-oss-20b";
+
+/// What the model server said of itself (`None`: it did not say, or did not answer).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discovered {
+    pub model: Option<String>,
+    pub context: Option<u64>,
+}
+
+impl Discovered {
+    pub fn model(&self) -> &str {
+        self.model.as_deref().unwrap_or(DEFAULT_MODEL)
+    }
+    pub fn context(&self) -> u64 {
+        self.context.unwrap_or(DEFAULT_CONTEXT)
+    }
+    /// Where an agent compacts its history: 90% of the window, room left for the answer.
+    pub fn compact_at(&self) -> u64 {
+        self.context() / 10 * 9
+    }
+    /// One line saying what was learned, for the operator.
+    pub fn summary(&self) -> String {
+        match (&self.model, self.context) {
+            (Some(m), Some(c)) => format!("the server serves {m} with a context of {c} tokens"),
+            (Some(m), None) => format!("the server serves {m} and did not say its context size: {DEFAULT_CONTEXT} tokens assumed"),
+            (None, Some(c)) => format!("the server's context is {c} tokens; it lists no model: {DEFAULT_MODEL} assumed"),
+            (None, None) => format!("the server did not answer: {DEFAULT_MODEL} with {DEFAULT_CONTEXT} tokens of context assumed"),
+        }
+    }
+}
+
+/// Asks the first server of `up` what it serves (each question answered within 3 s or not).
+pub async fn discover(up: &Upstream) -> Discovered {
+    let Some(server) = up.pool.servers.first() else { return Discovered::default() };
+    let base = server.url.trim_end_matches('/').to_owned();
+    let get = |url: String| async move {
+        let req = Request::get(url).body(full(Bytes::new())).ok()?;
+        let resp = tokio::time::timeout(Duration::from_secs(3), up.send(req)).await.ok()?.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let text = super::doctor::body_text(resp, 1 << 20, Duration::from_secs(3)).await.ok()?;
+        serde_json::from_str::<Value>(&text).ok()
+    };
+    let mut d = Discovered::default();
+    if let Some(list) = get(format!("{base}/models")).await {
+        let first = list.pointer("/data/0");
+        d.model = first.and_then(|m| m.get("id")).and_then(Value::as_str).map(str::to_owned);
+        d.context = first.and_then(|m| m.get("max_model_len")).and_then(Value::as_u64);
+        // vLLM
+    }
+    if d.context.is_none() {
+        let root = base.strip_suffix("/v1").unwrap_or(&base);
+        if let Some(props) = get(format!("{root}/props")).await {
+            d.context = props.pointer("/default_generation_settings/n_ctx").and_then(Value::as_u64);
+            // llama-server
+        }
+    }
+    d
+}
+
+/// Codex's model catalog (`model_catalog_json`) for the served model: without an entry,
+/// Codex warns that it does not know the model and gives it a fallback tool set with no
+/// `apply_patch`; with this one it sends its freeform `apply_patch` (the proxy answers the
+/// call as a `custom_tool_call`), the server's window and where to compact.
+pub fn codex_catalog(d: &Discovered) -> String {
+    let levels: Vec<Value> = ["low", "medium", "high"].iter().map(|e| json!({"effort": e, "description": format!("{e} reasoning")})).collect();
+    let entry = json!({
+        "slug": d.model(),
+        "display_name": d.model(),
+        "description": "gpt-oss through harmony-proxy",
+        "base_instructions": "You are a coding agent working in the user's workspace through Codex CLI. Run commands with the shell tool, edit files with apply_patch, and answer concisely.",
+        "default_reasoning_level": "medium",
+        "supported_reasoning_levels": levels,
+        "shell_type": "shell_command",
+        "visibility": "list",
+        "supported_in_api": true,
+        "priority": 1,
+        "apply_patch_tool_type": "freeform",
+        "context_window": d.context(),
+        "max_context_window": d.context(),
+        "auto_compact_token_limit": d.compact_at(),
+        "truncation_policy": {"mode": "tokens", "limit": 10000},
+        "supports_parallel_tool_calls": false,
+        "support_verbosity": false,
+        "experimental_supported_tools": [],
+        "input_modalities": ["text"],
+    });
+    let mut text = serde_json::to_string_pretty(&json!({"models": [entry]})).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// The file name `init` writes Codex's catalog to, beside the proxy's config.
+pub const CODEX_CATALOG: &str = "codex-models.json";
 
 /// The clients `init` knows, and the pipeline each gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,12 +160,17 @@ impl ClientKind {
 
     /// What the client itself needs, printed beside the proxy's config (`None`: nothing
     /// beyond pointing it at http://LISTEN/v1).
-    pub fn client_config(self, listen: &str) -> Option<String> {
+    /// `catalog`: where Codex's model catalog was written; `d`: what the server said.
+    pub fn client_config(self, listen: &str, d: &Discovered, catalog: &str) -> Option<String> {
+        let (model, context, compact) = (d.model(), d.context(), d.compact_at());
         match self {
             Self::Codex => Some(format!(
                 r#"# ~/.codex/config.toml (or $CODEX_HOME/config.toml): Codex CLI through harmony-proxy
-model = "gpt-oss-20b"              # the model name your server answers to
+model = "{model}"
 model_provider = "harmony"
+model_catalog_json = "{catalog}"   # its apply_patch, window and reasoning levels for {model}
+model_context_window = {context}
+model_auto_compact_token_limit = {compact}
 
 [model_providers.harmony]
 name = "harmony-proxy"
@@ -65,10 +184,11 @@ wire_api = "responses"
                 r#"# Claude Code through harmony-proxy: set these, then run `claude` (or `claude -p "…"`)
 export ANTHROPIC_BASE_URL=http://{listen}
 export ANTHROPIC_API_KEY=unused                     # or a key of server.api_keys (sent as x-api-key)
-export ANTHROPIC_MODEL=gpt-oss-20b                  # the model name your server answers to
-export ANTHROPIC_SMALL_FAST_MODEL=gpt-oss-20b
+export ANTHROPIC_MODEL={model}
 export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1   # no telemetry, update or other calls out
-export CLAUDE_CODE_MAX_CONTEXT_TOKENS=131072        # gpt-oss's context (it cannot know it)
+export CLAUDE_CODE_MAX_CONTEXT_TOKENS={context}        # the server's context (it cannot know it)
+# Its own model names for background work (claude-haiku-…) are served by {model}: the
+# proxy.toml's `claude-*` route says so (`upstream_model`).
 "#
             )),
             Self::Opencode | Self::Kilo => {
@@ -91,7 +211,7 @@ export CLAUDE_CODE_MAX_CONTEXT_TOKENS=131072        # gpt-oss's context (it cann
       "name": "harmony-proxy",
       "options": {{ "baseURL": "http://{listen}/v1", "apiKey": "{{env:HARMONY_PROXY_API_KEY}}" }},
       "models": {{
-        "gpt-oss-20b": {{ "name": "gpt-oss-20b", "tool_call": true, "reasoning": true, "limit": {{ "context": 131072, "output": 32000 }} }}
+        "gpt-oss-20b": {{ "name": "gpt-oss-20b", "tool_call": true, "reasoning": true, "limit": {{ "context": {context}, "output": 32000 }} }}
       }}
     }}
   }},
@@ -108,7 +228,7 @@ export CLAUDE_CODE_MAX_CONTEXT_TOKENS=131072        # gpt-oss's context (it cann
 {{
   "$version": 4,
   "modelProviders": {{ "openai": [ {{ "id": "gpt-oss-20b", "name": "gpt-oss-20b", "baseUrl": "http://{listen}/v1",
-    "envKey": "HARMONY_PROXY_API_KEY", "generationConfig": {{ "contextWindowSize": 131072 }} }} ] }},
+    "envKey": "HARMONY_PROXY_API_KEY", "generationConfig": {{ "contextWindowSize": {context} }} }} ] }},
   "security": {{ "auth": {{ "selectedType": "openai" }} }},
   "model": {{ "name": "gpt-oss-20b" }}
 }}
@@ -117,7 +237,7 @@ export CLAUDE_CODE_MAX_CONTEXT_TOKENS=131072        # gpt-oss's context (it cann
             Self::Aider => Some(format!(
                 r#"# aider through harmony-proxy (it declares no tools: the `text-tools` pipeline shows calls as text)
 OPENAI_API_KEY=unused aider --openai-api-base http://{listen}/v1 --model openai/gpt-oss-20b
-# a --model-metadata-file with an "openai/gpt-oss-20b" entry (context 131072, zero prices) keeps it from fetching a price list
+# a --model-metadata-file with an "openai/gpt-oss-20b" entry (context {context}, zero prices) keeps it from fetching a price list
 "#
             )),
             _ => None,
@@ -126,7 +246,7 @@ OPENAI_API_KEY=unused aider --openai-api-base http://{listen}/v1 --model openai/
 }
 
 /// The config text.
-pub fn config(upstream: &str, kind: ClientKind) -> String {
+pub fn config(upstream: &str, kind: ClientKind, d: &Discovered) -> String {
     let (who, pipeline) = kind.describe();
     let url = upstream.trim_end_matches('/');
     let mut s = format!(
@@ -173,6 +293,25 @@ upstream = "default"
 pipeline = "ide-tools"
 "#
     );
+    if kind == ClientKind::ClaudeCode {
+        // First match wins: before the catch-all route above in effect, so it goes first.
+        let claude = format!(
+            r#"
+# Claude Code asks for its own model names for background work (claude-haiku-…, titles,
+# summaries) and its model picker offers them: the server has {model}, so that is what
+# they are sent as. The client's answer still names the model it asked for.
+[[routes]]
+path = "/v1/messages"
+models = ["claude-*"]
+upstream = "default"
+pipeline = "ide-tools"
+upstream_model = "{model}"
+"#,
+            model = d.model()
+        );
+        let at = s.find("\n# Anthropic Messages (Claude Code)").unwrap_or(s.len());
+        s.insert_str(at, &claude);
+    }
     match kind {
         ClientKind::Sdk => s.push_str(
             r#"

@@ -25,7 +25,9 @@
 # Environment: CLAUDE_VERSION (default below), CLAUDE_TIMEOUT (seconds, default 180),
 # CLAUDE_MODEL (default gpt-oss-20b), CLAUDE_CONTEXT_TOKENS (the model's window, default
 # 131072), HARMONY_PROXY_API_KEY (sent as x-api-key; default a dummy), CLAUDE_AUTH=bearer
-# (send it as Authorization: Bearer instead).
+# (send it as Authorization: Bearer instead), AGENT_TASK=edit (the marker is written with
+# its Write tool), CLAUDE_MINIMAL=1 (of its model settings only ANTHROPIC_MODEL: no --model,
+# no context size; its own model names for background work then reach the proxy).
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -63,8 +65,17 @@ agent_env=(
   # Fail on the first broken request or stream instead of hiding it: no retries (else 10,
   # with backoff), no silent fallback to a non-streaming request when a stream breaks.
   CLAUDE_CODE_MAX_RETRIES=0 CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK=1
+  )
+model_args=(--model "$model")
+if [ "${CLAUDE_MINIMAL:-}" = 1 ]; then
+  agent_env+=(ANTHROPIC_MODEL="$model")
+  model_args=()
+else
   # It does not know gpt-oss-20b and would assume a 1M-token window (and warn on stderr).
-  CLAUDE_CODE_MAX_CONTEXT_TOKENS="${CLAUDE_CONTEXT_TOKENS:-131072}")
+  agent_env+=(CLAUDE_CODE_MAX_CONTEXT_TOKENS="${CLAUDE_CONTEXT_TOKENS:-131072}")
+fi
+tools=Bash
+[ "$task" = edit ] && tools="Bash Write"
 agent_check_version "$CLAUDE_VERSION (Claude Code)" claude "$agent_bin"
 
 rm -f "$marker"
@@ -74,13 +85,17 @@ echo "claude $CLAUDE_VERSION: -p in $workdir against $base_url (timeout ${timeou
 # exits 0. stream-json (needs --verbose) prints the transcript, one JSON object a line, then
 # a `result` object holding the final answer.
 agent_run "$timeout_s" "$agent_bin" \
-  -p "$prompt" --model "$model" --allowedTools Bash --no-session-persistence \
+  -p "$prompt" "${model_args[@]}" --allowedTools "$tools" --no-session-persistence \
   --output-format stream-json --verbose
 
 agent_check_exit "claude -p"
 agent_check_marker "$marker"
 agent_check_result lines "Claude Code"
-agent_check_answer "$answer" "The command printed: marker-written" "reasoning came back: yes"
+if [ "$task" = edit ]; then
+  agent_check_answer "$answer" "The edit tool answered: File created successfully" "reasoning came back: yes"
+else
+  agent_check_answer "$answer" "The command printed: marker-written" "reasoning came back: yes"
+fi
 # A stream that ends with no message_delta (no stop_reason) after a text block: Claude Code
 # asks the model to resume (up to 3 times), which with the mock loops until the timeout.
 if grep -qF 'was cut off mid-stream' "$out" 2>/dev/null; then

@@ -19,7 +19,10 @@
 #   tests/agents/codex.sh http://127.0.0.1:PORT/v1 "$(mktemp -d)"
 #
 # Environment: CODEX_VERSION (default below), CODEX_TIMEOUT (seconds, default 180),
-# CODEX_MODEL (default gpt-oss-20b), HARMONY_PROXY_API_KEY (sent as Bearer; default a dummy).
+# CODEX_MODEL (default gpt-oss-20b), HARMONY_PROXY_API_KEY (sent as Bearer; default a dummy),
+# CODEX_MODEL_CATALOG (a model catalog, as `harmony-proxy init --for codex` writes it: Codex
+# then knows the model and sends its freeform apply_patch), AGENT_TASK=edit (the marker is
+# written with apply_patch, which needs the catalog).
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -32,9 +35,16 @@ agent_install_npm codex @openai/codex "$CODEX_VERSION" codex
 
 codex_home=$tmp/codex-home
 mkdir -p "$codex_home"
+catalog_line=
+if [ -n "${CODEX_MODEL_CATALOG:-}" ]; then
+  catalog_line="model_catalog_json = \"$CODEX_MODEL_CATALOG\""
+elif [ "$task" = edit ]; then
+  echo "AGENT_TASK=edit needs CODEX_MODEL_CATALOG (without it Codex sends no apply_patch)" >&2; exit 2
+fi
 cat > "$codex_home/config.toml" <<EOF
 model = "$model"
 model_provider = "harmony"
+$catalog_line
 approval_policy = "never"
 sandbox_mode = "danger-full-access"
 check_for_update_on_startup = false
@@ -89,6 +99,14 @@ agent_check_marker "$marker"
 # stdout holds only the final answer; -o writes the same message to a file.
 answer=$(cat "$out")
 [ -n "$answer" ] || answer=$(cat "$last" 2>/dev/null)
-agent_check_answer "$answer" "The command printed: marker-written" "reasoning came back: yes"
+if [ "$task" = edit ]; then
+  agent_check_answer "$answer" "The edit tool answered: Exit code: 0" "reasoning came back: yes"
+  # Codex's transcript (stderr) names the tool that wrote it: its patch, not a command.
+  if grep -q "^apply patch" "$err"; then agent_pass "Codex applied the patch itself (apply_patch)"
+  else agent_fail "Codex's transcript shows no apply_patch"; fi
+else
+  agent_check_answer "$answer" "The command printed: marker-written" "reasoning came back: yes"
+fi
+if grep -q "Model metadata for" "$err"; then agent_fail "Codex does not know the model: $(grep -m1 "Model metadata for" "$err")"; fi
 agent_check_no_markup "Codex's output" "$out" "$err" "$last"
 agent_finish

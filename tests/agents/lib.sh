@@ -62,7 +62,14 @@ agent_setup() {
   esac
   mkdir -p "$workdir" && workdir=$(cd "$workdir" && pwd) || exit 2
   marker=$workdir/$agent-marker.txt
-  prompt="Please use the shell. scenario:agent-shell file:$agent-marker.txt"
+  # AGENT_TASK=edit: the mock's scenario `agent-edit`, which writes the marker with the
+  # agent's own edit tool (Codex's apply_patch, Claude Code's Write) instead of the shell.
+  task=${AGENT_TASK:-shell}
+  case "$task" in
+    shell) prompt="Please use the shell. scenario:agent-shell file:$agent-marker.txt" ;;
+    edit) prompt="Please edit the file. scenario:agent-edit file:$agent-marker.txt dir:$workdir" ;;
+    *) echo "AGENT_TASK must be shell or edit: $task" >&2; exit 2 ;;
+  esac
   tmp=$(mktemp -d)
   home=$tmp/home
   mkdir -p "$home"
@@ -212,7 +219,7 @@ agent_check_marker() {
   local name
   name=$(basename "$1")
   if grep -q "harmony-proxy-was-here" "$1" 2>/dev/null; then
-    agent_pass "the shell tool ran: $name holds harmony-proxy-was-here"
+    agent_pass "the ${task} tool ran: $name holds harmony-proxy-was-here"
   else
     if [ -e "$1" ]; then agent_fail "$name lacks harmony-proxy-was-here: $(head -c 200 "$1")"
     else agent_fail "$name was not written"; fi

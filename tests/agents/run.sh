@@ -16,7 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${HARMONY_PROXY_BIN:-$root/target/debug/harmony-proxy}
 agents=("$@")
-[ ${#agents[@]} -gt 0 ] || agents=(codex claude qwen opencode kilo continue cline aider)
+[ ${#agents[@]} -gt 0 ] || agents=(codex claude qwen opencode kilo continue cline aider codex-edit claude-edit)
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -54,6 +54,19 @@ pids+=($!)
 chat_url=$(url_of chat-proxy) || exit 1
 echo "agents: proxy $proxy_url (embedded config: Responses, Messages), $chat_url (chat-proxy.toml: Chat Completions), mock $mock_url"
 
+# Claude Code as a new user sets it up: `init --for claude-code` in front of a server that
+# answers to one model name (as vLLM does; any other is a 404), only ANTHROPIC_BASE_URL and
+# ANTHROPIC_MODEL set, so its own model names for background work reach the proxy.
+start served-mock "$bin" mock-upstream --port 0 --served-model gpt-oss-20b
+served_url=$(url_of served-mock) || exit 1
+mkdir -p "$work/claude-init" "$work/codex-init"
+"$bin" init --upstream "$served_url" --for claude-code --output "$work/claude-init/proxy.toml" > "$work/claude-init.out" || exit 1
+(cd "$work" && exec "$bin" serve --config "$work/claude-init/proxy.toml" --port 0) > "$work/claude-proxy.out" 2> "$work/claude-proxy.err" &
+pids+=($!)
+claude_url=$(url_of claude-proxy) || exit 1
+# Codex as `init --for codex` sets it up: its model catalog, which gives it apply_patch.
+"$bin" init --upstream "$mock_url" --for codex --output "$work/codex-init/proxy.toml" > "$work/codex-init.out" || exit 1
+
 status=0
 for agent in "${agents[@]}"; do
   dir="$work/$agent-work"
@@ -63,6 +76,12 @@ for agent in "${agents[@]}"; do
   case "$agent" in
     codex) log=proxy; bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
     claude) log=proxy; bash "$here/claude.sh" "$proxy_url" "$dir" ;;
+    codex-edit) log=proxy; AGENT_TASK=edit CODEX_MODEL_CATALOG="$work/codex-init/codex-models.json" bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
+    claude-edit)
+      log=claude-proxy
+      AGENT_TASK=edit CLAUDE_MINIMAL=1 bash "$here/claude.sh" "$claude_url" "$dir" &&
+        refused=$(curl -s "${served_url%/v1}/mock/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["refused_models"])') &&
+        { [ "$refused" = 0 ] || { echo "FAIL claude-edit: the server refused $refused requests for their model name"; false; }; } ;;
     *) if [ -f "$here/$agent.sh" ]; then bash "$here/$agent.sh" "$chat_url/v1" "$dir"; else echo "unknown agent $agent"; false; fi ;;
   esac || { status=1; echo "agents: $agent FAILED; $log log tail:"; tail -n 20 "$work/$log.err"; }
   echo "agents: $agent took $(( $(date +%s) - start ))s"

@@ -318,3 +318,40 @@ fn running_out_of_file_descriptors_backs_off_and_recovers() {
     assert!(lines <= 4, "at most once a second ({lines} lines in ~2.5 s): {log}");
     assert!(log.contains("out_of_file_descriptors=true"), "{log}");
 }
+
+#[test]
+fn init_sets_the_agents_context_from_what_the_server_says_and_maps_claude_codes_names() {
+    // llama-server says its context in /props; vLLM in /models (max_model_len) beside the
+    // one name it serves.
+    for (mock_args, model) in
+        [(vec!["--n-ctx", "8192"], "gpt-oss-20b"), (vec!["--n-ctx", "8192", "--served-model", "openai/gpt-oss-120b"], "openai/gpt-oss-120b")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let mock = spawn(&[&["mock-upstream", "--port", "0"], &mock_args[..]].concat(), dir.path(), &[]);
+        let upstream = format!("{}/v1", mock.url);
+        let out = Command::new(BIN).args(["init", "--upstream", &upstream, "--for", "codex"]).current_dir(dir.path()).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(said.contains(&format!("the server serves {model} with a context of 8192 tokens")), "{said}");
+        assert!(said.contains("model_context_window = 8192\n") && said.contains("model_auto_compact_token_limit = 7371\n"), "{said}");
+        let catalog: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("codex-models.json")).unwrap()).unwrap();
+        let entry = &catalog["models"][0];
+        assert_eq!(
+            (entry["slug"].as_str(), entry["context_window"].as_u64(), entry["apply_patch_tool_type"].as_str()),
+            (Some(model), Some(8192), Some("freeform"))
+        );
+        let catalog_path = std::fs::canonicalize(dir.path().join("codex-models.json")).unwrap();
+        assert!(said.contains(&format!("model_catalog_json = \"{}\"", catalog_path.display())), "{said}");
+
+        std::fs::remove_file(dir.path().join("proxy.toml")).unwrap();
+        let out = Command::new(BIN).args(["init", "--upstream", &upstream, "--for", "claude-code"]).current_dir(dir.path()).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("export CLAUDE_CODE_MAX_CONTEXT_TOKENS=8192 ") && said.contains(&format!("export ANTHROPIC_MODEL={model}\n")), "{said}");
+        let text = std::fs::read_to_string(dir.path().join("proxy.toml")).unwrap();
+        let claude_route = text.find("models = [\"claude-*\"]").expect("a route for Claude Code's names");
+        assert!(claude_route < text.rfind("models = [\"*\"]").unwrap(), "before the catch-all: {text}");
+        assert!(text.contains(&format!("upstream_model = \"{model}\"")), "{text}");
+        let (ok, out) = check(&["--config", "proxy.toml"], dir.path());
+        assert!(ok && !out.contains("warning"), "{out}");
+    }
+}
