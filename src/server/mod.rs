@@ -548,6 +548,7 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     let (body, endpoint) = match phase {
         Ok(up) => {
             meta.prompt_tokens = up.prompt_tokens;
+            meta.prefill = up.prefill;
             (up.body, up.endpoint)
         }
         Err(e) => {

@@ -109,3 +109,54 @@ fn remembered_reasoning_becomes_the_analysis_message() {
     assert!(prompt.contains("<|start|>assistant<|channel|>analysis<|message|>Need the weather tool for Paris.<|end|>"), "{prompt}");
     assert!(prompt.contains("<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>7 C<|end|>"), "{prompt}");
 }
+
+/// `tool_choice` naming a function: the proxy writes the call's header at the end of the
+/// prompt, so the model can only write its arguments; the client gets the call whole.
+#[test]
+fn a_named_tool_choice_makes_the_model_call_that_function_on_both_endpoints() {
+    let env = native_env();
+    for model in ["native-gpt-oss", "nllama-gpt-oss"] {
+        for stream in [true, false] {
+            // What the model writes after the header: only the arguments.
+            let mut body = chat_body(model, stream, &script(json!({"text": "{\"city\":\"Paris\"}"})));
+            body["tools"] = tools();
+            body["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
+            let r = post(&env.url("/v1/chat/completions"), &body);
+            assert_eq!(r.status, 200, "{model}: {}", r.text());
+            let a = r.assemble(stream);
+            assert_eq!(a.tool_calls.len(), 1, "{model} stream={stream}: {}", r.text());
+            assert_eq!((a.tool_calls[0].1.as_str(), a.tool_calls[0].2.as_str(), a.finish.as_str()), ("get_weather", "{\"city\":\"Paris\"}", "tool_calls"));
+            let prompt = env.mock_stats()["last_request"]["prompt_text"].as_str().unwrap().to_owned();
+            assert!(prompt.ends_with("<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"), "{prompt}");
+        }
+    }
+}
+
+#[test]
+fn a_required_tool_choice_leaves_the_model_only_the_functions_name_to_write() {
+    let env = native_env();
+    for model in ["native-gpt-oss", "nllama-gpt-oss"] {
+        let mut body = chat_body(model, true, &script(json!({"text": "get_weather <|constrain|>json<|message|>{\"city\":\"Oslo\"}"})));
+        body["tools"] = tools();
+        body["tool_choice"] = json!("required");
+        let a = post(&env.url("/v1/chat/completions"), &body).assemble(true);
+        assert_eq!((a.tool_calls.len(), a.finish.as_str()), (1, "tool_calls"), "{model}");
+        assert_eq!(a.tool_calls[0].2, "{\"city\":\"Oslo\"}");
+        let prompt = env.mock_stats()["last_request"]["prompt_text"].as_str().unwrap().to_owned();
+        assert!(prompt.ends_with("<|start|>assistant<|channel|>commentary to=functions."), "{prompt}");
+    }
+}
+
+#[test]
+fn a_tool_choice_naming_no_declared_function_is_a_400_naming_it() {
+    let env = native_env();
+    let mut body = chat_body("native-gpt-oss", false, "hi");
+    body["tools"] = tools();
+    body["tool_choice"] = json!({"type": "function", "function": {"name": "nope"}});
+    let r = post(&env.url("/v1/chat/completions"), &body);
+    assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("tool_choice")), "{}", r.text());
+    body["tool_choice"] = json!("required");
+    body.as_object_mut().unwrap().remove("tools");
+    let r = post(&env.url("/v1/chat/completions"), &body);
+    assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("tool_choice")), "{}", r.text());
+}

@@ -494,6 +494,32 @@ fn an_in_band_error_without_done_still_ends_the_stream_properly() {
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("does not match"), "{}", r.text());
 }
 
+/// A prompt longer than llama-server's context (`-c 512`): llama-server answers 400
+/// `exceed_context_size_error`, and each API's client gets the error its agents act on, on
+/// the chat endpoint and on `/completion` (harmony-render) alike.
+#[test]
+fn a_prompt_longer_than_the_real_servers_context_is_each_apis_context_error() {
+    let Some(h) = harness() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let llama = Llama::start_with_context(h, &h.random_model, ServerMode::Default, dir.path(), 512);
+    let proxy = proxy_for(&llama, dir.path());
+    let long = "word ".repeat(1500);
+    for model in ["gpt-oss-tiny", "nllama-gpt-oss-tiny"] {
+        let r = post(&format!("{}/v1/chat/completions", proxy.url), &json!({"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": long}]}));
+        assert_eq!(r.status, 400, "{model}: {}", r.text());
+        let e = &r.json()["error"];
+        assert_eq!(e["code"], "context_length_exceeded", "{model}: {}", r.text());
+        assert!(e["message"].as_str().unwrap().contains("maximum context length is 512 tokens"), "{model}: {}", r.text());
+    }
+    let r = post(&format!("{}/v1/messages", proxy.url), &json!({"model": "gpt-oss-tiny", "max_tokens": 8, "messages": [{"role": "user", "content": long}]}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.starts_with("prompt is too long: ") && msg.ends_with(" tokens > 512 maximum"), "{msg}");
+    let r = post(&format!("{}/v1/responses", proxy.url), &json!({"model": "gpt-oss-tiny", "stream": true, "input": long}));
+    let text = r.text();
+    assert!(text.contains("\"type\":\"response.failed\"") && text.contains("\"code\":\"context_length_exceeded\""), "{text}");
+}
+
 /// A grammar-forced random model: tokens are arbitrary sub-word pieces (`"T"`, `"h"`, …), a
 /// different chunking from the script players; the answer must come out the same.
 #[test]

@@ -32,6 +32,17 @@ pub struct RequestMeta {
     /// The length of the prompt the proxy rendered (`harmony-render`), known once the request
     /// phase is done: the usage the client sees says exactly this, retries included.
     pub prompt_tokens: Option<u64>,
+    /// What the proxy wrote of the model's answer at the end of the prompt (`harmony-render`:
+    /// the call header a named `tool_choice` forces), known once the request phase is done.
+    pub prefill: Option<std::sync::Arc<Prefill>>,
+}
+
+/// The start of the model's answer, written by the proxy at the end of the prompt: the model
+/// goes on from it, and the response stages see it first, as if the model had said it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefill {
+    pub ids: Vec<u32>,
+    pub text: String,
 }
 
 impl RequestMeta {
@@ -46,6 +57,7 @@ impl RequestMeta {
             include_usage,
             auth_scope: None,
             prompt_tokens: None,
+            prefill: None,
         }
     }
 }
@@ -128,12 +140,14 @@ pub struct UpstreamRequest {
     pub endpoint: Endpoint,
     /// The rendered prompt's length, when the proxy rendered it.
     pub prompt_tokens: Option<u64>,
+    /// The start of the answer the prompt ends with, when the proxy wrote one.
+    pub prefill: Option<std::sync::Arc<Prefill>>,
 }
 
 impl UpstreamRequest {
     /// The chat endpoint's request for `conv`.
     pub fn chat(conv: Conversation) -> Self {
-        Self { body: crate::upstream::chat_request::request(conv), endpoint: Endpoint::Chat, prompt_tokens: None }
+        Self { body: crate::upstream::chat_request::request(conv), endpoint: Endpoint::Chat, prompt_tokens: None, prefill: None }
     }
 }
 

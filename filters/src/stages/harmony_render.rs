@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 
 use crate::conversation::{Content, Controls, Conversation, Limit, ResponseFormat, Role, Stop, Tool, ToolChoice};
 use crate::event::{ApiError, Event};
-use crate::stage::{Endpoint, RequestMeta, RequestStage, RequestStageFactory, Stage, StageFactory, UpstreamRequest};
+use crate::stage::{Endpoint, Prefill, RequestMeta, RequestStage, RequestStageFactory, Stage, StageFactory, UpstreamRequest};
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -128,20 +128,33 @@ impl RequestStageFactory for HarmonyRenderFactory {
 
 /// The response side of `harmony-render`: the client's usage counts the prompt the proxy
 /// rendered, exactly (the request phase put its length in the meta).
-pub struct PromptUsageFactory;
+/// And the start of the answer the prompt ends with (a forced call's header), said first, as
+/// the endpoint says model output: token ids from llama.cpp's `/completion`, text otherwise.
+pub struct PromptUsageFactory {
+    endpoint: RenderEndpoint,
+}
 
 impl StageFactory for PromptUsageFactory {
     fn new_stage(&self, req: &RequestMeta) -> Box<dyn Stage> {
-        Box::new(PromptUsage { prompt_tokens: req.prompt_tokens.unwrap_or(0) })
+        Box::new(PromptUsage { prompt_tokens: req.prompt_tokens.unwrap_or(0), prefill: req.prefill.clone(), endpoint: self.endpoint })
     }
 }
 
 pub struct PromptUsage {
     prompt_tokens: u64,
+    /// Said before the first event, then `None`.
+    prefill: Option<Arc<Prefill>>,
+    endpoint: RenderEndpoint,
 }
 
 impl Stage for PromptUsage {
     fn on_event(&mut self, ev: Event, out: &mut Vec<Event>) {
+        if let Some(p) = self.prefill.take() {
+            out.push(match self.endpoint {
+                RenderEndpoint::Llama => Event::UpstreamTokens { ids: p.ids.clone(), text: p.text.clone() },
+                RenderEndpoint::Completions => Event::Upstream(p.text.clone()),
+            });
+        }
         match ev {
             Event::Usage(mut u) if self.prompt_tokens > 0 => {
                 let completion = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
@@ -169,7 +182,7 @@ impl crate::stage::StageConfig for HarmonyRenderConfig {
     }
     fn build(&self, b: &mut crate::stage::Builder<'_>) {
         b.push_request(HarmonyRenderFactory::new(self, b.enc.clone()));
-        b.push(PromptUsageFactory);
+        b.push(PromptUsageFactory { endpoint: self.endpoint });
     }
 }
 
@@ -438,6 +451,29 @@ impl Renderer<'_> {
     }
 }
 
+/// The call `tool_choice` forces, written as the start of the answer: a named function's
+/// whole header (the model writes its arguments), or for `required` the header up to the
+/// function's name (the model names one of the declared functions). The model then cannot
+/// answer without calling; with `required` it also does not reason first (a prefill cannot
+/// leave it the choice: a grammar could, where the endpoint takes one). `auto`, `none`
+/// (the tools are left out of the prompt) and no tools: nothing.
+fn forced_call(enc: &HarmonyEncoding, conv: &Conversation) -> Result<Option<Prefill>, ApiError> {
+    let functions: Vec<&str> = conv.tools.iter().flatten().filter_map(|t| if let Tool::Function(f) = t { Some(f.name.as_str()) } else { None }).collect();
+    let header = match &conv.controls.tool_choice {
+        Some(ToolChoice::Function(name)) => {
+            if !functions.contains(&name.as_str()) {
+                return Err(ApiError::invalid("tool_choice", format!("names {name:?}, which is not one of the request's function tools")));
+            }
+            format!("<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>")
+        }
+        Some(ToolChoice::Required) if !functions.is_empty() => "<|channel|>commentary to=functions.".to_owned(),
+        Some(ToolChoice::Required) => return Err(ApiError::invalid("tool_choice", "is \"required\", but the request declares no function tools")),
+        _ => return Ok(None),
+    };
+    let ids = enc.tokenizer().encode_with_special_tokens(&header);
+    Ok(Some(Prefill { ids, text: header }))
+}
+
 /// Client stops that are plain text (never `<|end|>` and friends: they would end the reply
 /// early; the model's own stop tokens end it).
 fn client_stops(c: &Controls) -> Vec<String> {
@@ -448,7 +484,11 @@ impl RequestStage for HarmonyRender {
     /// After every `on_request`: the history is repaired and remembered reasoning is back
     /// (`reasoning-memory` puts it in the conversation; here it becomes the analysis message).
     fn on_upstream_request(&mut self, conv: &Conversation) -> Result<Option<UpstreamRequest>, ApiError> {
-        let prompt = render_request(&self.enc, &self.cache, conv, self.cfg.reasoning_effort, &today())?;
+        let mut prompt = render_request(&self.enc, &self.cache, conv, self.cfg.reasoning_effort, &today())?;
+        let prefill = forced_call(&self.enc, conv)?;
+        if let Some(p) = &prefill {
+            prompt.extend_from_slice(&p.ids);
+        }
         let prompt_tokens = Some(prompt.len() as u64);
         let c = &conv.controls;
         let mut out = serde_json::Map::new();
@@ -492,7 +532,7 @@ impl RequestStage for HarmonyRender {
                 Endpoint::LlamaCompletion
             }
         };
-        Ok(Some(UpstreamRequest { body: Value::Object(out), endpoint, prompt_tokens }))
+        Ok(Some(UpstreamRequest { body: Value::Object(out), endpoint, prompt_tokens, prefill: prefill.map(Arc::new) }))
     }
 }
 
