@@ -520,6 +520,64 @@ fn a_prompt_longer_than_the_real_servers_context_is_each_apis_context_error() {
     assert!(text.contains("\"type\":\"response.failed\"") && text.contains("\"code\":\"context_length_exceeded\""), "{text}");
 }
 
+/// The effort player answers "Thought hard." only when the prompt says `Reasoning: high`:
+/// every way a client asks for an effort reaches the model, on every way to the model (the
+/// chat endpoint's template, and the prompt harmony-render writes for `/v1/completions` and
+/// `/completion`), and a route's default applies when the request says none.
+#[test]
+fn every_way_of_asking_for_high_effort_reaches_the_real_model() {
+    let Some(h) = harness() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let llama = Llama::start(h, &h.models["effort"], ServerMode::Default, dir.path());
+    let proxy = proxy_for(&llama, dir.path());
+    // A route whose default effort is high, first in the config.
+    let cfg = std::fs::read_to_string(dir.path().join("proxy.toml")).unwrap().replacen(
+        "[[routes]]",
+        "[[routes]]\npath = \"/v1/chat/completions\"\nmodels = [\"deep-*\"]\nupstream = \"default\"\npipeline = \"harmony\"\nupstream_model = \"gpt-oss-tiny\"\nreasoning_effort = \"high\"\n\n[[routes]]",
+        1,
+    );
+    std::fs::write(dir.path().join("routed.toml"), cfg).unwrap();
+    let routed = spawn(&["serve", "--config", "routed.toml", "--port", "0"], dir.path(), &[]);
+    let e = &h.scenarios["effort"];
+    let (hard, brief) = (e["high"]["final"].as_str().unwrap(), e["other"]["final"].as_str().unwrap());
+    let user = h.scenarios["user"].as_str().unwrap();
+    let chat = |url: &str, model: &str, effort: Option<&str>| {
+        let mut body = json!({"model": model, "max_tokens": 100, "temperature": 0, "messages": [{"role": "user", "content": user}]});
+        if let Some(e) = effort {
+            body["reasoning_effort"] = json!(e);
+        }
+        let r = post(&format!("{url}/v1/chat/completions"), &body);
+        assert_eq!(r.status, 200, "{model} {effort:?}: {}", r.text());
+        r.json()["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned()
+    };
+    for model in ["gpt-oss-tiny", "native-gpt-oss-tiny", "nllama-gpt-oss-tiny"] {
+        assert_eq!(chat(&proxy.url, model, Some("high")), hard, "{model}: reasoning_effort high");
+        assert_eq!(chat(&proxy.url, model, Some("low")), brief, "{model}: reasoning_effort low");
+        assert_eq!(chat(&proxy.url, model, None), brief, "{model}: no effort");
+    }
+    assert_eq!(chat(&routed.url, "deep-think", None), hard, "the route's default");
+    assert_eq!(chat(&routed.url, "deep-think", Some("low")), brief, "the request's own effort wins over the route's");
+    let r = post(
+        &format!("{}/v1/responses", proxy.url),
+        &json!({"model": "gpt-oss-tiny", "input": user, "reasoning": {"effort": "high"}, "max_output_tokens": 100}),
+    );
+    let text: String = r.json()["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "message")
+        .map(|i| i["content"][0]["text"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(text, hard, "Responses reasoning.effort: {}", r.text());
+    let r = post(
+        &format!("{}/v1/messages", proxy.url),
+        &json!({"model": "gpt-oss-tiny", "max_tokens": 100, "output_config": {"effort": "high"}, "messages": [{"role": "user", "content": user}]}),
+    );
+    let text: String =
+        r.json()["content"].as_array().unwrap().iter().filter(|b| b["type"] == "text").map(|b| b["text"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(text, hard, "Messages output_config.effort: {}", r.text());
+}
+
 /// A grammar-forced random model: tokens are arbitrary sub-word pieces (`"T"`, `"h"`, …), a
 /// different chunking from the script players; the answer must come out the same.
 #[test]

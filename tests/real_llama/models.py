@@ -192,11 +192,14 @@ class Server:
                                        "with_pieces": True})["tokens"]
         return [(t["id"], t["piece"]) for t in toks]
 
-    def prompt(self, messages, tools=None):
-        """The chat-template-rendered prompt (with the generation prompt) for `messages`."""
+    def prompt(self, messages, tools=None, effort=None):
+        """The chat-template-rendered prompt (with the generation prompt) for `messages`, with
+        `Reasoning: EFFORT` when given (the template's default is medium)."""
         body = {"messages": messages}
         if tools:
             body["tools"] = tools
+        if effort:
+            body["reasoning_effort"] = effort
         return self.post("/apply-template", body)["prompt"]
 
 
@@ -367,6 +370,45 @@ def agent_script(name, agent, srv, base, tools):
             "states": states}
 
 
+def effort_script(e, srv, user):
+    """The effort player: `high`'s text after a prompt saying `Reasoning: high` (its
+    `prompt_marker` piece is a marker only that prompt holds), `other`'s after any other.
+    The prompt marker must be in no text (it would flip the flag mid-answer), and the other
+    markers in no prompt."""
+    u = [{"role": "user", "content": user}]
+    toks = {k: srv.tokenize(e[k]["text"]) for k in ("high", "other")}
+    markers = marker_ids("effort", toks["high"] + toks["other"], e["markers"])
+    high_toks = srv.tokenize(srv.prompt(u, None, "high"))
+    (pm,) = marker_ids("effort: the `Reasoning: high` prompt", high_toks, [e["prompt_marker"]])
+    for k, t in toks.items():
+        if pm in [i for i, _ in t]:
+            die(f"effort: the prompt marker {e['prompt_marker']!r} occurs in the {k} text")
+    all_markers = markers + [pm]
+    last = None
+    for effort in ("high", None, "low", "medium"):
+        t = srv.tokenize(srv.prompt(u, None, effort))
+        if t[-1][1] != "assistant":
+            die(f"effort ({effort}): the prompt does not end in 'assistant'")
+        present = {m for m in all_markers if m in [i for i, _ in t]}
+        if present != ({pm} if effort == "high" else set()):
+            die(f"effort ({effort or 'default'}): the prompt holds markers {sorted(present)}")
+        assert last in (None, t[-1][0])
+        last = t[-1][0]
+    states = {}
+    play(states, "effort high", last, {pm}, toks["high"], set(all_markers))
+    play(states, "effort other", last, (), toks["other"], set(all_markers))
+    return {"high": [t for t, _ in toks["high"]], "other": [t for t, _ in toks["other"]], "markers": all_markers,
+            "prompt_last": last, "states": states}
+
+
+def verify_effort(e, srv, user):
+    u = [{"role": "user", "content": user}]
+    for effort, k in (("high", "high"), ("medium", "other"), ("low", "other")):
+        want = [t for t, _ in srv.tokenize(e[k]["text"])]
+        check_ids(f"effort {effort} /completion", completion_ids(srv, srv.prompt(u, None, effort)), want, srv)
+    say("effort: OK (high, medium and low prompts)")
+
+
 def write_script(path, script, vocab, template, dims, name):
     states = [(c, f, n) for (c, f), (n, _) in script["states"].items()]
     side = {k: v for k, v in script.items() if k != "states"}
@@ -508,6 +550,9 @@ def main():
         if "prompt_file" in a:
             shaping["prompt"] = key_of(prompts[name])
         paths[name] = path({**common, "kind": "agent", "dims": agent_dims(a), **shaping})
+    effort = spec["effort"]
+    paths["effort"] = path({**common, "kind": "effort", "dims": SCENARIO_DIMS,
+                            **{k: effort[k] for k in ("prompt_marker", "markers", "high", "other")}})
     missing = [n for n, p in paths.items() if not os.path.exists(p)]
 
     if missing or not os.path.exists(random_path):
@@ -524,6 +569,8 @@ def main():
                 for name in missing:
                     if name in agents:
                         scripts[name] = agent_script(name, agents[name], srv, *prompts[name])
+                    elif name == "effort":
+                        scripts[name] = effort_script(effort, srv, user)
                     else:
                         scripts[name] = scenario_script(name, scenarios[name], srv, user, tools)
             for name in missing:
@@ -541,6 +588,8 @@ def main():
             with Server(server, p, log, ["--reasoning-format", "none"], n_ctx=n_ctx) as srv:
                 if name in agents:
                     verify_agent(name, agents[name], srv, *prompts[name])
+                elif name == "effort":
+                    verify_effort(effort, srv, user)
                 else:
                     verify_scenario(name, scenarios[name], srv, user, tools)
         say(f"verified {len(paths)} models in {time.time() - t:.1f}s")
