@@ -19,6 +19,13 @@ use super::script::*;
 use super::turn::*;
 use super::*;
 
+/// A chat request's prompt length as a server would count it, roughly: a token per four bytes
+/// of its messages and tools.
+fn estimated_tokens(req: &Value) -> u64 {
+    let bytes = |k: &str| req.get(k).map(|v| v.to_string().len()).unwrap_or(0);
+    ((bytes("messages") + bytes("tools")) / 4) as u64
+}
+
 /// vLLM's 404 for a model name it does not serve, when the mock serves only one.
 pub(super) fn not_served(state: &MockState, req: &Value) -> Option<Response<Body>> {
     let served = state.served_model.as_deref()?;
@@ -32,6 +39,17 @@ pub(super) fn not_served(state: &MockState, req: &Value) -> Option<Response<Body
 pub(super) async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<Body>, CloseConnection> {
     if let Some(r) = not_served(&state, &req) {
         return Ok(r);
+    }
+    // With `--n-ctx`, a prompt longer than the context is refused as llama-server refuses it,
+    // and the usage says the prompt's (estimated) length: what agents compact by.
+    let prompt_tokens = if state.n_ctx > 0 { estimated_tokens(&req) } else { 12 };
+    if state.n_ctx > 0 && prompt_tokens > state.n_ctx {
+        let n_ctx = state.n_ctx;
+        let msg = format!("request ({prompt_tokens} tokens) exceeds the available context size ({n_ctx} tokens), try increasing it");
+        return Ok(json_resp(
+            400,
+            &json!({"error": {"code": 400, "message": msg, "type": "exceed_context_size_error", "n_prompt_tokens": prompt_tokens, "n_ctx": n_ctx}}),
+        ));
     }
     if let Some(msg) = template_error(&req) {
         return Ok(json_resp(500, &json!({"error": {"code": 500, "message": msg, "type": "server_error"}})));
@@ -75,7 +93,7 @@ pub(super) async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<B
         }
     }
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let usage = json!({"prompt_tokens": 12, "completion_tokens": deltas.len(), "total_tokens": 12 + deltas.len()});
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": deltas.len(), "total_tokens": prompt_tokens + deltas.len() as u64});
     if script.json || !stream {
         let content: String = deltas.iter().filter_map(|d| d.get("content").and_then(Value::as_str)).collect();
         state.completed.fetch_add(1, Ordering::SeqCst);

@@ -84,6 +84,7 @@ pub fn scenario(name: &str) -> Option<Script> {
         }
         "agent-shell" => agent_shell(&Turn::default()),
         "agent-edit" => agent_edit(&Turn::default()),
+        "agent-compact" => agent_compact(&Turn::default()),
         _ => return None,
     })
 }
@@ -175,11 +176,42 @@ pub(super) fn agent_edit(turn: &Turn) -> Script {
     ))
 }
 
-/// A built-in scenario for this turn (`agent-shell` and `agent-edit` read the request).
+/// What agents ask when they compact their history (Codex's words, Claude Code's).
+const COMPACTION_ASKS: [&str; 2] = ["CONTEXT CHECKPOINT COMPACTION", "summary of the conversation so far"];
+/// What the mock's summaries start with, so that the turn after a compaction knows it is one.
+const SUMMARY_MARK: &str = "COMPACTED-SUMMARY";
+
+/// A compaction request's answer: a summary that carries the scenario and marker file of the
+/// conversation it summarizes, so the agent's next request (the summary in its history)
+/// plays the same scenario on.
+fn compaction_summary(turn: &Turn) -> Script {
+    let name = marker_file(&turn.users);
+    Script::from_text(&format!(
+        "<|channel|>analysis<|message|>Summarize for the next model.<|end|><|start|>assistant<|channel|>final<|message|>{SUMMARY_MARK}: the shell tool was run to write the marker file. Next: scenario:agent-compact file:{name}"
+    ))
+}
+
+/// `agent-compact`: `agent-shell`, for an agent whose window is small enough that it
+/// compacts its history after the tool call (the mock, started with `--n-ctx`, says each
+/// prompt's length in the usage and refuses one longer than its context); once the summary
+/// is in the history, the answer says so.
+pub(super) fn agent_compact(turn: &Turn) -> Script {
+    if turn.users.contains(SUMMARY_MARK) {
+        return Script::from_text(&format!(
+            "<|channel|>analysis<|message|>The history was compacted.<|end|><|start|>assistant<|channel|>final<|message|>Done after compaction. The summary came back: yes ({}).",
+            marker_file(&turn.users)
+        ));
+    }
+    agent_shell(turn)
+}
+
+/// A built-in scenario for this turn (`agent-shell`, `agent-edit` and `agent-compact` read
+/// the request).
 pub(super) fn named_scenario(name: &str, turn: &Turn) -> Option<Script> {
     match name {
         "agent-shell" => Some(agent_shell(turn)),
         "agent-edit" => Some(agent_edit(turn)),
+        "agent-compact" => Some(agent_compact(turn)),
         _ => scenario(name),
     }
 }
@@ -219,6 +251,9 @@ pub(super) fn step(mut script: Script, tool_results: usize) -> Script {
 /// The script the user's text asks for, if it asks for one.
 pub(super) fn requested(turn: &Turn) -> Option<Script> {
     let text = turn.user.as_str();
+    if COMPACTION_ASKS.iter().any(|a| text.contains(a)) {
+        return Some(compaction_summary(turn));
+    }
     // The exact forms, read as they always were.
     if let Some(name) = text.trim().strip_prefix("scenario:") {
         if let Some(s) = named_scenario(name.trim(), turn) {

@@ -16,6 +16,9 @@ pub(super) struct Turn {
     pub(super) reasoning_back: bool,
     /// The declared tools.
     pub(super) tools: Vec<ToolDecl>,
+    /// Every user message's text, joined by newlines (a compaction request holds the
+    /// conversation it summarizes).
+    pub(super) users: String,
 }
 
 /// A declared tool: its name and its top-level parameters.
@@ -105,6 +108,7 @@ pub(super) fn turn_from_chat(req: &Value) -> Turn {
                 && ["reasoning_content", "reasoning", "thinking"].iter().any(|f| m.get(*f).and_then(Value::as_str).is_some_and(is_agent_reasoning))
         }),
         tools: tools_of_request(req),
+        users: messages.iter().filter(|m| role_of(m) == "user").map(|m| text_of(m.get("content"))).collect::<Vec<_>>().join("\n"),
     }
 }
 
@@ -157,7 +161,8 @@ pub(super) fn turn_from_prompt(prompt: &str) -> Turn {
         .map(|(_, body)| body.split("<|end|>").next().unwrap_or("").to_owned())
         .unwrap_or_default();
     let reasoning_back = prompt.split("<|channel|>analysis<|message|>").skip(1).any(|m| is_agent_reasoning(m.split("<|end|>").next().unwrap_or("")));
-    Turn { user, tool_results: tail.matches("<|start|>functions.").count(), last_tool_output, reasoning_back, tools: tools_of_prompt(prompt) }
+    let users = prompt.split("<|start|>user<|message|>").skip(1).map(|m| m.split("<|end|>").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    Turn { user, tool_results: tail.matches("<|start|>functions.").count(), last_tool_output, reasoning_back, tools: tools_of_prompt(prompt), users }
 }
 
 /// The tools of a rendered prompt's `namespace functions { … }`, each declared as

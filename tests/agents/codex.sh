@@ -22,7 +22,8 @@
 # CODEX_MODEL (default gpt-oss-20b), HARMONY_PROXY_API_KEY (sent as Bearer; default a dummy),
 # CODEX_MODEL_CATALOG (a model catalog, as `harmony-proxy init --for codex` writes it: Codex
 # then knows the model and sends its freeform apply_patch), AGENT_TASK=edit (the marker is
-# written with apply_patch, which needs the catalog).
+# written with apply_patch, which needs the catalog), AGENT_TASK=compact (in front of a
+# server with a small context: Codex compacts, by the catalog's window, then answers).
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -38,8 +39,8 @@ mkdir -p "$codex_home"
 catalog_line=
 if [ -n "${CODEX_MODEL_CATALOG:-}" ]; then
   catalog_line="model_catalog_json = \"$CODEX_MODEL_CATALOG\""
-elif [ "$task" = edit ]; then
-  echo "AGENT_TASK=edit needs CODEX_MODEL_CATALOG (without it Codex sends no apply_patch)" >&2; exit 2
+elif [ "$task" != shell ]; then
+  echo "AGENT_TASK=$task needs CODEX_MODEL_CATALOG (the model's tools and window)" >&2; exit 2
 fi
 cat > "$codex_home/config.toml" <<EOF
 model = "$model"
@@ -99,7 +100,11 @@ agent_check_marker "$marker"
 # stdout holds only the final answer; -o writes the same message to a file.
 answer=$(cat "$out")
 [ -n "$answer" ] || answer=$(cat "$last" 2>/dev/null)
-if [ "$task" = edit ]; then
+if [ "$task" = compact ]; then
+  agent_check_answer "$answer" "Done after compaction. The summary came back: yes"
+  if grep -q "^context compacted" "$err"; then agent_pass "Codex compacted its history"
+  else agent_fail "Codex's transcript shows no compaction"; fi
+elif [ "$task" = edit ]; then
   agent_check_answer "$answer" "The edit tool answered: Exit code: 0" "reasoning came back: yes"
   # Codex's transcript (stderr) names the tool that wrote it: its patch, not a command.
   if grep -q "^apply patch" "$err"; then agent_pass "Codex applied the patch itself (apply_patch)"
@@ -107,6 +112,6 @@ if [ "$task" = edit ]; then
 else
   agent_check_answer "$answer" "The command printed: marker-written" "reasoning came back: yes"
 fi
-if grep -q "Model metadata for" "$err"; then agent_fail "Codex does not know the model: $(grep -m1 "Model metadata for" "$err")"; fi
+if [ -n "${CODEX_MODEL_CATALOG:-}" ] && grep -q "Model metadata for" "$err"; then agent_fail "Codex does not know the model: $(grep -m1 "Model metadata for" "$err")"; fi
 agent_check_no_markup "Codex's output" "$out" "$err" "$last"
 agent_finish

@@ -16,7 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${HARMONY_PROXY_BIN:-$root/target/debug/harmony-proxy}
 agents=("$@")
-[ ${#agents[@]} -gt 0 ] || agents=(codex claude qwen opencode kilo continue cline aider codex-edit claude-edit)
+[ ${#agents[@]} -gt 0 ] || agents=(codex claude qwen opencode kilo continue cline aider codex-edit claude-edit codex-compact)
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -66,6 +66,17 @@ pids+=($!)
 claude_url=$(url_of claude-proxy) || exit 1
 # Codex as `init --for codex` sets it up: its model catalog, which gives it apply_patch.
 "$bin" init --upstream "$mock_url" --for codex --output "$work/codex-init/proxy.toml" > "$work/codex-init.out" || exit 1
+# Codex in front of a server whose context is small: 5300 tokens (as the mock counts them, a
+# token per 4 bytes), which Codex 0.171's first request (about 4,900) fits and its history
+# after the tool call outgrows past the catalog's compaction limit (90%, 4,770), so Codex
+# compacts. `init` reads that context from the server (GET /props) into the catalog.
+start small-mock "$bin" mock-upstream --port 0 --n-ctx 5300
+small_url=$(url_of small-mock) || exit 1
+mkdir -p "$work/compact-init"
+"$bin" init --upstream "$small_url" --for codex --output "$work/compact-init/proxy.toml" > "$work/compact-init.out" || exit 1
+(cd "$work" && UPSTREAM_BASE_URL="$small_url" HARMONY_PROXY_CONFIG= exec "$bin" serve --port 0) > "$work/small-proxy.out" 2> "$work/small-proxy.err" &
+pids+=($!)
+small_proxy_url=$(url_of small-proxy) || exit 1
 
 status=0
 for agent in "${agents[@]}"; do
@@ -76,6 +87,7 @@ for agent in "${agents[@]}"; do
   case "$agent" in
     codex) log=proxy; bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
     claude) log=proxy; bash "$here/claude.sh" "$proxy_url" "$dir" ;;
+    codex-compact) log=small-proxy; AGENT_TASK=compact CODEX_MODEL_CATALOG="$work/compact-init/codex-models.json" bash "$here/codex.sh" "$small_proxy_url/v1" "$dir" ;;
     codex-edit) log=proxy; AGENT_TASK=edit CODEX_MODEL_CATALOG="$work/codex-init/codex-models.json" bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
     claude-edit)
       log=claude-proxy
