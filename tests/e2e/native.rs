@@ -132,19 +132,33 @@ fn a_named_tool_choice_makes_the_model_call_that_function_on_both_endpoints() {
     }
 }
 
+/// `required` on `/v1/completions`: the header up to the function's name is written, the
+/// model names one. On llama.cpp's `/completion`: a grammar that allows reasoning first and
+/// then only a call to a declared function.
 #[test]
-fn a_required_tool_choice_leaves_the_model_only_the_functions_name_to_write() {
+fn a_required_tool_choice_is_a_prefill_on_completions_and_a_grammar_on_llamas_endpoint() {
     let env = native_env();
-    for model in ["native-gpt-oss", "nllama-gpt-oss"] {
-        let mut body = chat_body(model, true, &script(json!({"text": "get_weather <|constrain|>json<|message|>{\"city\":\"Oslo\"}"})));
-        body["tools"] = tools();
-        body["tool_choice"] = json!("required");
-        let a = post(&env.url("/v1/chat/completions"), &body).assemble(true);
-        assert_eq!((a.tool_calls.len(), a.finish.as_str()), (1, "tool_calls"), "{model}");
-        assert_eq!(a.tool_calls[0].2, "{\"city\":\"Oslo\"}");
-        let prompt = env.mock_stats()["last_request"]["prompt_text"].as_str().unwrap().to_owned();
-        assert!(prompt.ends_with("<|start|>assistant<|channel|>commentary to=functions."), "{prompt}");
-    }
+    let mut body = chat_body("native-gpt-oss", true, &script(json!({"text": "get_weather <|constrain|>json<|message|>{\"city\":\"Oslo\"}"})));
+    body["tools"] = tools();
+    body["tool_choice"] = json!("required");
+    let a = post(&env.url("/v1/chat/completions"), &body).assemble(true);
+    assert_eq!((a.tool_calls.len(), a.finish.as_str()), (1, "tool_calls"));
+    assert_eq!(a.tool_calls[0].2, "{\"city\":\"Oslo\"}");
+    let sent = env.mock_stats()["last_request"].clone();
+    assert!(sent["prompt_text"].as_str().unwrap().ends_with("<|start|>assistant<|channel|>commentary to=functions."), "{sent}");
+    assert!(sent.get("grammar").is_none());
+
+    let text = "<|channel|>analysis<|message|>Use the tool.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Oslo\"}";
+    // The script's markup escaped (`\u003c`), so that the rendered prompt holds it as text.
+    let mut body = chat_body("nllama-gpt-oss", true, &script(json!({ "text": text })).replace('<', "\\u003c"));
+    body["tools"] = tools();
+    body["tool_choice"] = json!("required");
+    let a = post(&env.url("/v1/chat/completions"), &body).assemble(true);
+    assert_eq!((a.reasoning.as_str(), a.tool_calls.len(), a.finish.as_str()), ("Use the tool.", 1, "tool_calls"));
+    let sent = env.mock_stats()["last_request"].clone();
+    assert!(sent["prompt_text"].as_str().unwrap().ends_with("<|start|>assistant"), "no prefill: {sent}");
+    let grammar = sent["grammar"].as_str().unwrap_or_else(|| panic!("a grammar: {sent}"));
+    assert!(grammar.starts_with("root ::= analysis? preamble? call\n") && grammar.contains("name ::= \"get_weather\"\n"), "{grammar}");
 }
 
 #[test]

@@ -578,6 +578,32 @@ fn every_way_of_asking_for_high_effort_reaches_the_real_model() {
     assert_eq!(text, hard, "Messages output_config.effort: {}", r.text());
 }
 
+/// `tool_choice: "required"` on llama.cpp's `/completion` is a grammar (reasoning allowed,
+/// then only a call): llama-server takes it, and a model that reasons and calls still does
+/// exactly that. (That it forbids a prose answer is llama.cpp's grammar at work; a script
+/// player pushed off its script only babbles, so that half is shown against the mock.)
+#[test]
+fn a_required_tool_choice_on_the_real_llama_endpoint_is_a_grammar_that_leaves_the_reasoning() {
+    let Some(h) = harness() else { return };
+    let user = h.scenarios["user"].as_str().unwrap();
+    let tools = &h.scenarios["tools"];
+    let sc = &h.scenarios["scenarios"]["reasoning_tool"];
+    let dir = tempfile::tempdir().unwrap();
+    let llama = Llama::start(h, &h.models["reasoning_tool"], ServerMode::Default, dir.path());
+    let proxy = proxy_for(&llama, dir.path());
+    let body = json!({"model": "nllama-gpt-oss-tiny", "max_tokens": 200, "temperature": 0, "tools": tools, "tool_choice": "required",
+                      "messages": [{"role": "user", "content": user}]});
+    let r = post(&format!("{}/v1/chat/completions", proxy.url), &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = &r.json()["choices"][0];
+    assert_eq!(m["message"]["reasoning_content"], sc["reasoning"], "{}", r.text());
+    assert_eq!(m["message"]["tool_calls"][0]["function"]["name"], sc["tool"]["name"], "{}", r.text());
+    assert_eq!(
+        (m["message"]["tool_calls"][0]["function"]["arguments"].clone(), m["finish_reason"].as_str()),
+        (sc["tool"]["arguments"].clone(), Some("tool_calls"))
+    );
+}
+
 /// A grammar-forced random model: tokens are arbitrary sub-word pieces (`"T"`, `"h"`, …), a
 /// different chunking from the script players; the answer must come out the same.
 #[test]

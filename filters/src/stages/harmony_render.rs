@@ -474,6 +474,33 @@ fn forced_call(enc: &HarmonyEncoding, conv: &Conversation) -> Result<Option<Pref
     Ok(Some(Prefill { ids, text: header }))
 }
 
+/// A llama.cpp grammar (GBNF; special tokens by reference, as llama.cpp matches them) for
+/// `tool_choice: "required"`: optionally the model's reasoning, optionally a preamble, then
+/// a call to one of the declared functions, in the header form gpt-oss writes. It ends with
+/// the call's arguments: `<|call|>` is an end-of-generation token, which llama.cpp allows
+/// only where the grammar may end, never as a part of it. `None` when no function is
+/// declared (the request is refused before).
+fn required_call_grammar(conv: &Conversation) -> Option<String> {
+    let names: Vec<String> = conv
+        .tools
+        .iter()
+        .flatten()
+        .filter_map(|t| if let Tool::Function(f) = t { Some(format!("\"{}\"", f.name.replace('\\', "\\\\").replace('"', "\\\""))) } else { None })
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "root ::= analysis? preamble? call\n\
+         analysis ::= <|channel|> \"analysis\" <|message|> text <|end|> <|start|> \"assistant\"\n\
+         preamble ::= <|channel|> \"commentary\" <|message|> text <|end|> <|start|> \"assistant\"\n\
+         call ::= <|channel|> \"commentary to=functions.\" name \" \" <|constrain|> \"json\" <|message|> text\n\
+         name ::= {}\n\
+         text ::= ([^<] | \"<\" [^|])*\n",
+        names.join(" | ")
+    ))
+}
+
 /// Client stops that are plain text (never `<|end|>` and friends: they would end the reply
 /// early; the model's own stop tokens end it).
 fn client_stops(c: &Controls) -> Vec<String> {
@@ -485,7 +512,13 @@ impl RequestStage for HarmonyRender {
     /// (`reasoning-memory` puts it in the conversation; here it becomes the analysis message).
     fn on_upstream_request(&mut self, conv: &Conversation) -> Result<Option<UpstreamRequest>, ApiError> {
         let mut prompt = render_request(&self.enc, &self.cache, conv, self.cfg.reasoning_effort, &today())?;
-        let prefill = forced_call(&self.enc, conv)?;
+        // `required` on llama.cpp's `/completion`: a grammar, which leaves the model its
+        // reasoning and then allows only a call; elsewhere the header is written for it.
+        let grammar = match (&conv.controls.tool_choice, self.cfg.endpoint) {
+            (Some(ToolChoice::Required), RenderEndpoint::Llama) => required_call_grammar(conv),
+            _ => None,
+        };
+        let prefill = if grammar.is_some() { None } else { forced_call(&self.enc, conv)? };
         if let Some(p) = &prefill {
             prompt.extend_from_slice(&p.ids);
         }
@@ -527,6 +560,9 @@ impl RequestStage for HarmonyRender {
             }
             RenderEndpoint::Llama => {
                 out.insert("n_predict".into(), max.unwrap_or(json!(-1)));
+                if let Some(g) = grammar {
+                    out.insert("grammar".into(), g.into());
+                }
                 out.insert("return_tokens".into(), Value::Bool(true));
                 out.insert("cache_prompt".into(), Value::Bool(true));
                 Endpoint::LlamaCompletion
