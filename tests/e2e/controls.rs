@@ -220,3 +220,26 @@ fn a_routes_reasoning_effort_must_be_one_gpt_oss_knows() {
     assert!(out.contains("routes[0]: reasoning_effort: \"max\" is not low, medium or high"), "{out}");
     assert!(out.contains("routes[0]: upstream_model: must not be empty"), "{out}");
 }
+
+/// vLLM with `tool_choice` required or named: raw Harmony leaks into `content` (random
+/// weights), or a parsed call ends `finish_reason: stop`. Through `ide-tools` either is a
+/// call, and the answer ends `tool_calls`.
+#[test]
+fn a_call_a_server_leaks_or_ends_with_stop_is_still_a_call_with_finish_tool_calls() {
+    let env = shared();
+    let tools =
+        json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let leaked = json!({"text": "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\"}", "finish": "stop"});
+    let parsed = json!({"deltas": [{"tool_calls": [{"index": 0, "id": "chatcmpl-tool-1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}], "finish": "stop"});
+    for (what, s) in [("leaked as content", leaked), ("parsed, ending stop", parsed)] {
+        for (choice, stream) in [(json!("required"), true), (json!({"type": "function", "function": {"name": "get_weather"}}), false)] {
+            let mut body = chat_body("ide-gpt-oss", stream, &script(s.clone()));
+            body["tools"] = tools.clone();
+            body["tool_choice"] = choice;
+            let r = post(&env.url("/v1/chat/completions"), &body);
+            let a = r.assemble(stream);
+            assert_eq!((a.tool_calls.len(), a.finish.as_str(), a.content.as_str()), (1, "tool_calls", ""), "{what}, stream={stream}: {}", r.text());
+            assert_eq!((a.tool_calls[0].1.as_str(), a.tool_calls[0].2.as_str()), ("get_weather", "{\"city\":\"Paris\"}"), "{what}");
+        }
+    }
+}
