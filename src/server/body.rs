@@ -405,13 +405,17 @@ impl Body for PipelineBody {
                         this.last_read = tokio::time::Instant::now();
                         this.read_timer.as_mut().reset(this.last_read + this.read_timeout);
                     }
-                    Poll::Ready((Outcome::Passthrough(resp, _lease), retries)) => {
+                    Poll::Ready((Outcome::Passthrough(refusal), retries)) => {
                         // Headers may have gone out already: keep the upstream's status for a
-                        // non-streamed answer, and say it in the error event of a stream.
+                        // non-streamed answer, and say it in the error event of a stream (a
+                        // prompt that does not fit in the API's own words).
                         this.retries = retries;
-                        let status = resp.status().as_u16();
-                        let msg = format!("upstream answered HTTP {status} when retried");
-                        this.events.push(Event::Error(ApiError::new(status, "upstream_error", Some("upstream_error"), msg)));
+                        let status = refusal.parts.status.as_u16();
+                        let e = match harmony_filters::upstream::overflow::in_body(&refusal.body) {
+                            Some(o) => ApiError::context_overflow(o, this.meta.api.api().conversation_field()),
+                            None => ApiError::new(status, "upstream_error", Some("upstream_error"), format!("upstream answered HTTP {status} when retried")),
+                        };
+                        this.events.push(Event::Error(e));
                         this.end();
                     }
                     Poll::Ready((Outcome::Failed(err), retries)) => {

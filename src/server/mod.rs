@@ -572,13 +572,10 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     let info = RouteInfo { route: route.label.clone(), model: model.clone(), attempts: retries + 1 };
     let (resp, lease) = match outcome {
         Outcome::Stream(r, lease) => (r, lease),
-        Outcome::Passthrough(r, lease) => {
+        Outcome::Passthrough(crate::upstream::Refusal { parts, body }) => {
             // The upstream's refusal (a 4xx, its first MiB read): a prompt that does not fit
             // is said as the client's API says it; any other refusal is passed on, or said
             // again in the API's shape where its clients read no other.
-            let (parts, body) = r.into_parts();
-            let body = http_body_util::Limited::new(body, 1 << 20).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            drop(lease);
             let status = parts.status.as_u16();
             let mut r = if let Some(o) = harmony_filters::upstream::overflow::in_body(&body) {
                 let e = ApiError::context_overflow(o, api.conversation_field());

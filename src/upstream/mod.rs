@@ -301,9 +301,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub enum Outcome {
     /// A 2xx response to stream from, and the hold on its server (kept while it streams).
     Stream(Response<UpstreamBody>, Lease),
-    /// A 4xx the client should see as is.
-    Passthrough(Response<UpstreamBody>, Lease),
+    /// A 4xx: the server's refusal, read whole (its first MiB, within `read_timeout`), for
+    /// the client as is or said in its API's shape.
+    Passthrough(Refusal),
     Failed(ApiError),
+}
+
+/// An upstream's 4xx answer: its head and its body.
+pub struct Refusal {
+    pub parts: http::response::Parts,
+    pub body: Bytes,
+}
+
+impl Refusal {
+    /// Reads `resp`'s body: at most 1 MiB (a longer one is cut), within `wait`.
+    async fn read(resp: Response<UpstreamBody>, wait: Duration) -> Self {
+        let (parts, body) = resp.into_parts();
+        let mut body = http_body_util::Limited::new(body, 1 << 20);
+        let mut bytes = Vec::new();
+        let read = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(wait, read).await;
+        Refusal { parts, body: Bytes::from(bytes) }
+    }
 }
 
 /// One upstream call of a pipeline request, re-runnable for retries.
@@ -356,7 +381,9 @@ impl Call {
                     self.metrics.upstream_error("status");
                     if !(is_retryable_status(status) && retries < self.policy.max_retries) {
                         if (400..500).contains(&status) {
-                            return (Outcome::Passthrough(resp, lease), retries);
+                            let refusal = Refusal::read(resp, self.upstream.read_timeout).await;
+                            drop(lease);
+                            return (Outcome::Passthrough(refusal), retries);
                         }
                         let msg = format!("upstream {} ({}) answered HTTP {status}{}", self.upstream.name, lease.server().shown, excerpt(resp).await);
                         return (Outcome::Failed(ApiError::new(502, "upstream_error", Some("upstream_error"), msg)), retries);

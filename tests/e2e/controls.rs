@@ -243,3 +243,19 @@ fn a_call_a_server_leaks_or_ends_with_stop_is_still_a_call_with_finish_tool_call
         }
     }
 }
+
+/// An upstream that broke before anything reached the client is retried; a retry the server
+/// refuses for the prompt's length is still said as each API says an overflow.
+#[test]
+fn an_overflow_on_a_retry_after_the_stream_began_is_still_the_apis_context_error() {
+    let env = shared();
+    let s =
+        |k: &str| script(json!({"text": "<|channel|>final<|message|>Hi.", "key": k, "faults": [{"cut_after": 0}, {"status": 400, "body": llama_overflow()}]}));
+    let k = format!("k{}", fastrand::u64(..));
+    let r = post(&env.url("/v1/chat/completions"), &chat_body("gpt-oss", true, &s(&k)));
+    let err = events(&r.body).into_iter().find(|e| e.get("error").is_some()).unwrap_or_else(|| panic!("{}", r.text()));
+    assert_eq!(err["error"]["code"], "context_length_exceeded", "{}", r.text());
+    let k = format!("k{}", fastrand::u64(..));
+    let r = post(&env.url("/v1/messages"), &messages_body(&s(&k), true));
+    assert_eq!(events(&r.body).pop().unwrap()["error"]["message"], "prompt is too long: 5000 tokens > 4096 maximum", "{}", r.text());
+}
