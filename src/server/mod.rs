@@ -572,7 +572,7 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     let info = RouteInfo { route: route.label.clone(), model: model.clone(), attempts: retries + 1 };
     let (resp, lease) = match outcome {
         Outcome::Stream(r, lease) => (r, lease),
-        Outcome::Passthrough(crate::upstream::Refusal { parts, body }) => {
+        Outcome::Passthrough(crate::upstream::Refusal { parts, body, whole }) => {
             // The upstream's refusal (a 4xx, its first MiB read): a prompt that does not fit
             // is said as the client's API says it; any other refusal is passed on, or said
             // again in the API's shape where its clients read no other.
@@ -587,6 +587,15 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
                 }
             } else if api.reshapes_refusals() {
                 error_response(&api.refusal(status, &body))
+            } else if !whole {
+                // Cut (past 1 MiB, or too slow): never passed on as if it were whole.
+                let e = ApiError::new(
+                    status,
+                    "upstream_error",
+                    Some("upstream_error"),
+                    format!("the model server refused the request (HTTP {status}); its answer was cut off"),
+                );
+                error_response(&e)
             } else {
                 refusal_as_sent(parts, body)
             };

@@ -33,23 +33,29 @@ fn ids_of(list: &Value) -> Vec<String> {
     list.get("data").and_then(Value::as_array).map(|d| d.iter().filter_map(|m| m.get("id")?.as_str().map(str::to_owned)).collect()).unwrap_or_default()
 }
 
-pub async fn answer(snap: &Snapshot, req: Request<Incoming>, rid: String) -> Response<RespBody> {
+pub async fn answer(snap: &Snapshot, mut req: Request<Incoming>, rid: String) -> Response<RespBody> {
     let anthropic = req.headers().contains_key("anthropic-version");
-    let upstream = forward(snap, req, &rid).await;
-    let ok = upstream.status().is_success();
-    // At most 4 MiB of the upstream's list is read (a longer one is not a list of models).
-    let mut body = upstream.into_body();
-    let mut bytes = Vec::new();
-    while let Some(Ok(frame)) = body.frame().await {
-        if let Ok(data) = frame.into_data() {
-            bytes.extend_from_slice(&data);
+    // The list is read here, not passed on: plain, and within 5 s (else the routes' alone).
+    req.headers_mut().remove(hyper::header::ACCEPT_ENCODING);
+    let read = async {
+        let upstream = forward(snap, req, &rid).await;
+        if !upstream.status().is_success() {
+            return None;
         }
-        if bytes.len() > 4 << 20 {
-            bytes.clear();
-            break;
+        // At most 4 MiB of the upstream's list is read (a longer one is not a list of models).
+        let mut body = upstream.into_body();
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.ok()?.into_data() {
+                bytes.extend_from_slice(&data);
+            }
+            if bytes.len() > 4 << 20 {
+                return None;
+            }
         }
-    }
-    let upstream_list = if ok { serde_json::from_slice(&bytes).ok() } else { None };
+        serde_json::from_slice::<Value>(&bytes).ok()
+    };
+    let upstream_list = tokio::time::timeout(std::time::Duration::from_secs(5), read).await.ok().flatten();
     json_response(200, &merged(upstream_list, &route_names(snap), anthropic))
 }
 

@@ -112,6 +112,20 @@ pub fn codex_catalog(d: &Discovered) -> String {
     text
 }
 
+/// `s` as a TOML string.
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// `s` as one shell word (quoted only when it must be).
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@+=".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// The file name `init` writes Codex's catalog to, beside the proxy's config.
 pub const CODEX_CATALOG: &str = "codex-models.json";
 
@@ -163,12 +177,14 @@ impl ClientKind {
     /// `catalog`: where Codex's model catalog was written; `d`: what the server said.
     pub fn client_config(self, listen: &str, d: &Discovered, catalog: &str) -> Option<String> {
         let (model, context, compact) = (d.model(), d.context(), d.compact_at());
+        // As TOML strings and a shell word: a server's model id may be a file path.
+        let (model_toml, catalog_toml, model_sh) = (toml_str(model), toml_str(catalog), shell_word(model));
         match self {
             Self::Codex => Some(format!(
                 r#"# ~/.codex/config.toml (or $CODEX_HOME/config.toml): Codex CLI through harmony-proxy
-model = "{model}"
+model = {model_toml}
 model_provider = "harmony"
-model_catalog_json = "{catalog}"   # its apply_patch, window and reasoning levels for {model}
+model_catalog_json = {catalog_toml}   # its apply_patch, window and reasoning levels for {model}
 model_context_window = {context}
 model_auto_compact_token_limit = {compact}
 
@@ -184,7 +200,7 @@ wire_api = "responses"
                 r#"# Claude Code through harmony-proxy: set these, then run `claude` (or `claude -p "…"`)
 export ANTHROPIC_BASE_URL=http://{listen}
 export ANTHROPIC_API_KEY=unused                     # or a key of server.api_keys (sent as x-api-key)
-export ANTHROPIC_MODEL={model}
+export ANTHROPIC_MODEL={model_sh}
 export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1   # no telemetry, update or other calls out
 export CLAUDE_CODE_MAX_CONTEXT_TOKENS={context}        # the server's context (it cannot know it)
 # Its own model names for background work (claude-haiku-…) are served by {model}: the
@@ -305,9 +321,10 @@ path = "/v1/messages"
 models = ["claude-*"]
 upstream = "default"
 pipeline = "ide-tools"
-upstream_model = "{model}"
+upstream_model = {model_toml}
 "#,
-            model = d.model()
+            model = d.model(),
+            model_toml = toml_str(d.model())
         );
         let at = s.find("\n# Anthropic Messages (Claude Code)").unwrap_or(s.len());
         s.insert_str(at, &claude);

@@ -311,6 +311,8 @@ pub enum Outcome {
 pub struct Refusal {
     pub parts: http::response::Parts,
     pub body: Bytes,
+    /// The whole body was read (not cut at 1 MiB, nor by the deadline).
+    pub whole: bool,
 }
 
 impl Refusal {
@@ -320,14 +322,20 @@ impl Refusal {
         let mut body = http_body_util::Limited::new(body, 1 << 20);
         let mut bytes = Vec::new();
         let read = async {
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Ok(data) = frame.into_data() {
-                    bytes.extend_from_slice(&data);
+            loop {
+                match body.frame().await {
+                    None => return true,
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            bytes.extend_from_slice(&data);
+                        }
+                    }
+                    Some(Err(_)) => return false,
                 }
             }
         };
-        let _ = tokio::time::timeout(wait, read).await;
-        Refusal { parts, body: Bytes::from(bytes) }
+        let whole = tokio::time::timeout(wait, read).await.unwrap_or(false);
+        Refusal { parts, body: Bytes::from(bytes), whole }
     }
 }
 
@@ -385,7 +393,13 @@ impl Call {
                             drop(lease);
                             return (Outcome::Passthrough(refusal), retries);
                         }
-                        let msg = format!("upstream {} ({}) answered HTTP {status}{}", self.upstream.name, lease.server().shown, excerpt(resp).await);
+                        let refusal = Refusal::read(resp, Duration::from_secs(2)).await;
+                        // Older llama.cpp builds refuse a prompt too long for the context
+                        // with a 500: it is still the client's to shorten.
+                        if let Some(o) = harmony_filters::upstream::overflow::in_body(&refusal.body) {
+                            return (Outcome::Failed(ApiError::context_overflow(o, "messages")), retries);
+                        }
+                        let msg = format!("upstream {} ({}) answered HTTP {status}{}", self.upstream.name, lease.server().shown, excerpt(&refusal.body));
                         return (Outcome::Failed(ApiError::new(502, "upstream_error", Some("upstream_error"), msg)), retries);
                     }
                     retry_after
@@ -409,18 +423,12 @@ impl Call {
 }
 
 /// `: <first 300 bytes of the body>` when it can be read quickly.
-async fn excerpt(resp: Response<UpstreamBody>) -> String {
-    let read = tokio::time::timeout(Duration::from_secs(2), http_body_util::Limited::new(resp.into_body(), 64 << 10).collect()).await;
-    match read {
-        Ok(Ok(b)) => {
-            let b = b.to_bytes();
-            let s = String::from_utf8_lossy(&b[..b.len().min(300)]).trim().to_owned();
-            if s.is_empty() {
-                String::new()
-            } else {
-                format!(": {s}")
-            }
-        }
-        _ => String::new(),
+/// The start of an upstream's error body, for a message (`": …"`, or nothing).
+fn excerpt(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_owned();
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(": {s}")
     }
 }

@@ -85,7 +85,7 @@ echo "claude $CLAUDE_VERSION: -p in $workdir against $base_url (timeout ${timeou
 # exits 0. stream-json (needs --verbose) prints the transcript, one JSON object a line, then
 # a `result` object holding the final answer.
 agent_run "$timeout_s" "$agent_bin" \
-  -p "$prompt" "${model_args[@]}" --allowedTools "$tools" --no-session-persistence \
+  -p "$prompt" ${model_args[@]+"${model_args[@]}"} --allowedTools "$tools" --no-session-persistence \
   --output-format stream-json --verbose
 
 agent_check_exit "claude -p"

@@ -54,29 +54,39 @@ pids+=($!)
 chat_url=$(url_of chat-proxy) || exit 1
 echo "agents: proxy $proxy_url (embedded config: Responses, Messages), $chat_url (chat-proxy.toml: Chat Completions), mock $mock_url"
 
+# Whether AGENT is among the cases to run (the extra servers start only for their cases).
+wants() { [[ " ${agents[*]} " == *" $1 "* ]]; }
+
 # Claude Code as a new user sets it up: `init --for claude-code` in front of a server that
 # answers to one model name (as vLLM does; any other is a 404), only ANTHROPIC_BASE_URL and
 # ANTHROPIC_MODEL set, so its own model names for background work reach the proxy.
-start served-mock "$bin" mock-upstream --port 0 --served-model gpt-oss-20b
-served_url=$(url_of served-mock) || exit 1
-mkdir -p "$work/claude-init" "$work/codex-init"
-"$bin" init --upstream "$served_url" --for claude-code --output "$work/claude-init/proxy.toml" > "$work/claude-init.out" || exit 1
-(cd "$work" && exec "$bin" serve --config "$work/claude-init/proxy.toml" --port 0) > "$work/claude-proxy.out" 2> "$work/claude-proxy.err" &
-pids+=($!)
-claude_url=$(url_of claude-proxy) || exit 1
+if wants claude-edit; then
+  start served-mock "$bin" mock-upstream --port 0 --served-model gpt-oss-20b
+  served_url=$(url_of served-mock) || exit 1
+  mkdir -p "$work/claude-init"
+  "$bin" init --upstream "$served_url" --for claude-code --output "$work/claude-init/proxy.toml" > "$work/claude-init.out" || exit 1
+  (cd "$work" && exec "$bin" serve --config "$work/claude-init/proxy.toml" --port 0) > "$work/claude-proxy.out" 2> "$work/claude-proxy.err" &
+  pids+=($!)
+  claude_url=$(url_of claude-proxy) || exit 1
+fi
 # Codex as `init --for codex` sets it up: its model catalog, which gives it apply_patch.
-"$bin" init --upstream "$mock_url" --for codex --output "$work/codex-init/proxy.toml" > "$work/codex-init.out" || exit 1
+if wants codex-edit; then
+  mkdir -p "$work/codex-init"
+  "$bin" init --upstream "$mock_url" --for codex --output "$work/codex-init/proxy.toml" > "$work/codex-init.out" || exit 1
+fi
 # Codex in front of a server whose context is small: 5300 tokens (as the mock counts them, a
 # token per 4 bytes), which Codex 0.171's first request (about 4,900) fits and its history
 # after the tool call outgrows past the catalog's compaction limit (90%, 4,770), so Codex
 # compacts. `init` reads that context from the server (GET /props) into the catalog.
-start small-mock "$bin" mock-upstream --port 0 --n-ctx 5300
-small_url=$(url_of small-mock) || exit 1
-mkdir -p "$work/compact-init"
-"$bin" init --upstream "$small_url" --for codex --output "$work/compact-init/proxy.toml" > "$work/compact-init.out" || exit 1
-(cd "$work" && UPSTREAM_BASE_URL="$small_url" HARMONY_PROXY_CONFIG= exec "$bin" serve --port 0) > "$work/small-proxy.out" 2> "$work/small-proxy.err" &
-pids+=($!)
-small_proxy_url=$(url_of small-proxy) || exit 1
+if wants codex-compact; then
+  start small-mock "$bin" mock-upstream --port 0 --n-ctx 5300
+  small_url=$(url_of small-mock) || exit 1
+  mkdir -p "$work/compact-init"
+  "$bin" init --upstream "$small_url" --for codex --output "$work/compact-init/proxy.toml" > "$work/compact-init.out" || exit 1
+  (cd "$work" && UPSTREAM_BASE_URL="$small_url" HARMONY_PROXY_CONFIG= exec "$bin" serve --port 0) > "$work/small-proxy.out" 2> "$work/small-proxy.err" &
+  pids+=($!)
+  small_proxy_url=$(url_of small-proxy) || exit 1
+fi
 
 status=0
 for agent in "${agents[@]}"; do

@@ -59,6 +59,16 @@ pub fn in_message(message: &str) -> Option<ContextOverflow> {
     if !said {
         return None;
     }
+    // vLLM refuses a `max_tokens` the context cannot hold with the same words: the prompt
+    // is then the messages' part of what was asked, and when that fits, it is not the
+    // prompt that is too long (the client's limit is; its refusal passes on as said).
+    if m.contains("in the completion") || m.contains("max_tokens") || m.contains("max_completion_tokens") {
+        let prompt = number_after(&m, "(").filter(|_| m.contains(" in the messages")).or_else(|| number_after(&m, "your request has "));
+        return match (prompt, context_tokens) {
+            (Some(n), Some(ctx)) if n > ctx => Some(ContextOverflow { prompt_tokens: Some(n), context_tokens: Some(ctx) }),
+            _ => None,
+        };
+    }
     let prompt_tokens = number_after(&m, "your request has ")
         .or_else(|| number_after(&m, "your messages resulted in "))
         .or_else(|| number_after(&m, "you requested "))
@@ -99,7 +109,16 @@ mod tests {
         let body = r#"{"error":{"message":"This model's maximum context length is 2048 tokens. However, your request has 3012 input tokens. Please reduce the length of the input messages.","type":"BadRequestError","param":null,"code":400}}"#;
         assert_eq!(of(body), Some(ContextOverflow { prompt_tokens: Some(3012), context_tokens: Some(2048) }));
         let older = r#"{"object":"error","message":"This model's maximum context length is 1024 tokens. However, you requested 1500 tokens (1400 in the messages, 100 in the completion).","type":"BadRequestError","code":400}"#;
-        assert_eq!(of(older), Some(ContextOverflow { prompt_tokens: Some(1500), context_tokens: Some(1024) }));
+        assert_eq!(of(older), Some(ContextOverflow { prompt_tokens: Some(1400), context_tokens: Some(1024) }));
+    }
+
+    #[test]
+    fn a_max_tokens_too_large_for_the_context_is_not_a_prompt_too_long() {
+        // The prompt fits; the client's max_tokens does not: its own mistake, said by vLLM.
+        let older = r#"{"object":"error","message":"This model's maximum context length is 32768 tokens. However, you requested 37000 tokens (5000 in the messages, 32000 in the completion). Please reduce the length of the messages or completion.","type":"BadRequestError","code":400}"#;
+        assert_eq!(of(older), None);
+        let newer = r#"{"error":{"message":"'max_tokens' or 'max_completion_tokens' is too large: 32000. This model's maximum context length is 32768 tokens and your request has 5000 input tokens (32000 > 32768 - 5000).","type":"BadRequestError","param":null,"code":400}}"#;
+        assert_eq!(of(newer), None);
     }
 
     #[test]

@@ -287,7 +287,10 @@ impl ResponsesEncoder {
 
     fn finish(&mut self, out: &mut Vec<Output>) {
         self.close(out);
-        if let Some(e) = self.ending.error.clone() {
+        if let Some(mut e) = self.ending.error.clone() {
+            if e.overflow.is_some() {
+                e.param = Some("input".into()); // Responses' conversation field
+            }
             if !self.stream {
                 let _ = serde_json::to_writer((&mut self.buf).writer(), &e.to_json());
                 out.push(Output::Bytes(self.buf.split().freeze()));
