@@ -602,9 +602,18 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
             r.extensions_mut().insert(info);
             return r;
         }
-        Outcome::Failed(e) => {
+        Outcome::Failed(mut e) => {
             tracing::debug!(request_id = rid, error = %e.message, "upstream call failed");
-            let mut r = error_response(&e);
+            let mut r = if e.overflow.is_some() {
+                e.param = Some(api.conversation_field().to_owned());
+                if stream && api.fails_in_stream() {
+                    failed_stream(&ClientRequest { meta, api: api_ctx }, e)
+                } else {
+                    error_response(&e)
+                }
+            } else {
+                error_response(&e)
+            };
             r.extensions_mut().insert(info);
             return r;
         }

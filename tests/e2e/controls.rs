@@ -259,3 +259,22 @@ fn an_overflow_on_a_retry_after_the_stream_began_is_still_the_apis_context_error
     let r = post(&env.url("/v1/messages"), &messages_body(&s(&k), true));
     assert_eq!(events(&r.body).pop().unwrap()["error"]["message"], "prompt is too long: 5000 tokens > 4096 maximum", "{}", r.text());
 }
+
+/// Older llama.cpp builds refuse a prompt too long for the context with a 500: still the
+/// client's to shorten, said as its API says it.
+#[test]
+fn an_overflow_said_with_a_500_is_still_each_apis_context_error() {
+    let env = shared();
+    let body = json!({"error": {"code": 500, "message": "the request exceeds the available context size. try increasing the context size or enable context shift", "type": "server_error"}});
+    let s = || {
+        script(
+            json!({"text": "x", "faults": [{"status": 500, "body": body.clone()}, {"status": 500, "body": body.clone()}, {"status": 500, "body": body.clone()}, {"status": 500, "body": body.clone()}]}),
+        )
+    };
+    let r = post(&env.url("/v1/chat/completions"), &chat_body("gpt-oss", false, &s()));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (400, Some("context_length_exceeded")), "{}", r.text());
+    let r = post(&env.url("/v1/messages"), &messages_body(&s(), true));
+    assert_eq!((r.status, r.json()["error"]["type"].as_str()), (400, Some("invalid_request_error")), "{}", r.text());
+    let r = post(&env.url("/v1/responses"), &responses_body(&s(), true));
+    assert_eq!(events(&r.body).pop().unwrap()["response"]["error"]["code"], "context_length_exceeded", "{}", r.text());
+}
