@@ -13,6 +13,7 @@ mod operations;
 mod operator;
 mod pools;
 mod real_llama;
+mod real_servers;
 mod redis;
 mod resilience;
 mod responses;

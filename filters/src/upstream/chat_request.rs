@@ -18,6 +18,17 @@ use crate::conversation::{Content, Conversation, FunctionTool, Message, Response
 pub fn request(conv: Conversation) -> Value {
     let effort = conv.controls.reasoning_effort.clone();
     let mut o = client_body(conv);
+    // llama.cpp's gpt-oss template writes `"// " + tool.description` unconditionally: its own
+    // engine reads a missing one as empty, Python's Jinja (mlx-lm, transformers serve) fails
+    // the request ("'dict object' has no attribute 'description'", as a 404). An empty one
+    // renders the same prompt on llama.cpp and works everywhere.
+    if let Some(Value::Array(tools)) = o.get_mut("tools") {
+        for f in tools.iter_mut().filter(|t| t.get("type").and_then(Value::as_str) == Some("function")).filter_map(|t| t.get_mut("function")) {
+            if let Some(f) = f.as_object_mut() {
+                f.entry("description").or_insert_with(|| Value::String(String::new()));
+            }
+        }
+    }
     if let Some(effort) = effort {
         let kwargs = o.entry("chat_template_kwargs").or_insert_with(|| json!({}));
         if let Some(k) = kwargs.as_object_mut() {
@@ -218,6 +229,15 @@ mod tests {
         let o = sent.as_object_mut().unwrap();
         o.remove("stream");
         o.remove("stream_options");
+        if let (Some(Value::Array(sent_tools)), Some(Value::Array(client_tools))) = (o.get_mut("tools"), out.get("tools")) {
+            for (s, c) in sent_tools.iter_mut().zip(client_tools) {
+                if c.pointer("/function/description").is_none() {
+                    if let Some(f) = s.get_mut("function").and_then(Value::as_object_mut) {
+                        f.remove("description");
+                    }
+                }
+            }
+        }
         if out.get("chat_template_kwargs").is_none() {
             o.remove("chat_template_kwargs");
         } else if let Some(k) = o.get_mut("chat_template_kwargs").and_then(Value::as_object_mut) {
@@ -227,6 +247,14 @@ mod tests {
         }
         assert_eq!(sent, out, "the upstream's request is the client's but for what every request adds");
         out
+    }
+
+    #[test]
+    fn a_function_tool_without_a_description_gets_an_empty_one_upstream() {
+        let sent = super::request(crate::api::chat::decode::conversation(json!({"model": "m", "messages": [],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+                      {"type": "function", "function": {"name": "g", "description": "G."}}]})));
+        assert_eq!((sent["tools"][0]["function"]["description"].as_str(), sent["tools"][1]["function"]["description"].as_str()), (Some(""), Some("G.")));
     }
 
     #[test]

@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Hugging Face-format twins of the real-llama suite's script players, for the servers that
+load Hugging Face checkpoints (mlx-lm, vLLM, transformers serve).
+
+    make_hf.py --manifest ~/.cache/harmony-proxy/real-llama/manifest.json \
+               --template TEMPLATE.jinja --tiktoken o200k_base.tiktoken --out DIR [--dtype float32]
+
+For each scenario model of the manifest it reads the state table the GGUF was built from
+(the `.script.json` beside it) and writes DIR/NAME/ with `config.json`, `model.safetensors`,
+the tokenizer (`tokenizer.json` from the o200k vocabulary with every Harmony special token at
+its id) and llama.cpp's gpt-oss chat template, so the same scenario means the same tokens on
+every engine. The weights are make_gguf.py's construction (see its docstring) in Hugging
+Face's gpt_oss layout: `gate_up_proj` interleaves gate and up columns and is stored
+(experts, in, out); YaRN with factor 1 is plain RoPE at base 1e9. Float32 by default (mlx-lm
+on CPU needs it); `--dtype bfloat16` for vLLM.
+
+Every output directory is keyed by what shapes it (the script, the dims, the dtype, the
+vocabulary and template): a rerun takes a second. Needs numpy, safetensors, transformers
+(its TikTokenConverter) and tiktoken; no torch.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "real_llama"))
+
+VOCAB_SIZE = 201088
+SPECIAL = {199998: "<|startoftext|>", 199999: "<|endoftext|>", 200002: "<|return|>", 200003: "<|constrain|>",
+           200005: "<|channel|>", 200006: "<|start|>", 200007: "<|end|>", 200008: "<|message|>",
+           200012: "<|call|>", 200018: "<|endofprompt|>"}
+HEAD_DIM, N_LAYER, N_EXPERT, N_EXPERT_USED, N_CTX = 16, 2, 4, 2, 8192
+SCENARIO_DIMS = {"n_embd": 128, "n_ff_exp": 128, "n_head": 4}
+# The o200k pre-tokenizer pattern (tiktoken's o200k_base).
+PATTERN = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""", r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""", r"""\s*[\r\n]+""", r"""\s+(?!\S)""", r"""\s+""",
+])
+FORMAT = "harmony-proxy-hf-script-player-1"
+
+
+def say(msg):
+    print(f"   make_hf: {msg}", flush=True)
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_tokenizer(out, tiktoken_path, template):
+    """tokenizer.json and friends: o200k's BPE, then ids 199998-201087 as special tokens."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+    specials = [SPECIAL.get(i, f"<|reserved_{i}|>") for i in range(199998, VOCAB_SIZE)]
+    tok = TikTokenConverter(vocab_file=tiktoken_path, pattern=PATTERN, additional_special_tokens=specials).converted()
+    if tok.token_to_id("<|startoftext|>") is None:
+        assert tok.get_vocab_size() == 199998, tok.get_vocab_size()
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    for i, s in SPECIAL.items():
+        assert tok.token_to_id(s) == i, (s, tok.token_to_id(s), i)
+    assert tok.encode("Hello world", add_special_tokens=False).ids == [13225, 2375]
+    ft = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|return|>",
+                                 pad_token="<|endoftext|>", model_max_length=131072)
+    ft.chat_template = template
+    ft.save_pretrained(out)
+
+
+def config(dims, dtype):
+    n_embd, n_ff, n_head = dims["n_embd"], dims["n_ff_exp"], dims.get("n_head", 4)
+    n_ctx = dims.get("n_ctx", N_CTX)
+    return {
+        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "attention_bias": True,
+        "attention_dropout": 0.0, "bos_token_id": 199998, "eos_token_id": [200002, 199999, 200012],
+        "pad_token_id": 199999, "experts_per_token": N_EXPERT_USED, "num_experts_per_tok": N_EXPERT_USED,
+        "num_local_experts": N_EXPERT, "head_dim": HEAD_DIM, "hidden_act": "silu", "hidden_size": n_embd,
+        "intermediate_size": n_ff, "initial_context_length": n_ctx, "initializer_range": 0.02,
+        "layer_types": ["sliding_attention", "full_attention"], "max_position_embeddings": n_ctx,
+        "num_attention_heads": n_head, "num_hidden_layers": N_LAYER, "num_key_value_heads": n_head,
+        "output_router_logits": False, "rms_norm_eps": 1e-05,
+        # YaRN at factor 1 is plain RoPE: every engine's gpt_oss reads these keys.
+        "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 1.0,
+                         "original_max_position_embeddings": n_ctx, "rope_type": "yarn", "truncate": False},
+        "rope_theta": 1e9, "router_aux_loss_coef": 0.9, "sliding_window": n_ctx, "swiglu_limit": 7.0,
+        "tie_word_embeddings": False, "torch_dtype": dtype, "use_cache": True, "vocab_size": VOCAB_SIZE,
+    }
+
+
+def weights(states, markers, dims, seed=0):
+    """make_gguf.write_script_player's weights, as Hugging Face gpt_oss tensors (float32)."""
+    n_embd, n_ff, n_head = dims["n_embd"], dims["n_ff_exp"], dims.get("n_head", 4)
+    known = sorted({c for c, _, _ in states} | set(markers))
+    CUR0 = 0
+    FLAG0 = CUR0 + len(known)
+    JUNK0 = FLAG0 + n_head
+    STEP0 = JUNK0 + 4
+    if STEP0 + len(states) > n_embd or len(states) > n_ff:
+        raise ValueError(f"{len(known)} known tokens and {len(states)} states do not fit n_embd={n_embd}")
+    cdim = {t: CUR0 + i for i, t in enumerate(known)}
+    rng = np.random.default_rng(seed)
+    r = lambda *shape: (rng.standard_normal(shape) * 0.02).astype(np.float32)
+    embed = np.zeros((VOCAB_SIZE, n_embd), np.float32)
+    embed[:, JUNK0:JUNK0 + 4] = rng.standard_normal((VOCAB_SIZE, 4))
+    for t, d in cdim.items():
+        embed[t] = 0.0
+        embed[t, d] = 1.0
+    lm_head = np.zeros((VOCAB_SIZE, n_embd), np.float32)
+    w = {"model.embed_tokens.weight": embed, "model.norm.weight": np.ones(n_embd, np.float32)}
+    for l in range(N_LAYER):
+        p = f"model.layers.{l}."
+        w[p + "input_layernorm.weight"] = np.ones(n_embd, np.float32)
+        w[p + "post_attention_layernorm.weight"] = np.ones(n_embd, np.float32)
+        for n in ("q", "k", "v"):
+            w[p + f"self_attn.{n}_proj.weight"] = r(n_head * HEAD_DIM, n_embd)
+            w[p + f"self_attn.{n}_proj.bias"] = r(n_head * HEAD_DIM)
+        w[p + "self_attn.o_proj.weight"] = r(n_embd, n_head * HEAD_DIM)
+        w[p + "self_attn.o_proj.bias"] = r(n_embd)
+        w[p + "self_attn.sinks"] = r(n_head)
+        w[p + "mlp.router.weight"] = np.zeros((N_EXPERT, n_embd), np.float32)
+        w[p + "mlp.router.bias"] = np.zeros(N_EXPERT, np.float32)
+        w[p + "mlp.experts.gate_up_proj"] = r(N_EXPERT, n_embd, 2 * n_ff)
+        w[p + "mlp.experts.gate_up_proj_bias"] = r(N_EXPERT, 2 * n_ff)
+        w[p + "mlp.experts.down_proj"] = np.zeros((N_EXPERT, n_ff, n_embd), np.float32)
+        w[p + "mlp.experts.down_proj_bias"] = np.zeros((N_EXPERT, n_embd), np.float32)
+        w[p + "self_attn.o_proj.weight"][...] = 0.0
+        w[p + "self_attn.o_proj.bias"][...] = 0.0
+    # Layer 0 attention: head h raises marker h's flag (see make_gguf.py).
+    p = "model.layers.0.self_attn."
+    for k in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "q_proj.bias", "k_proj.bias", "v_proj.bias", "sinks"):
+        w[p + k][...] = 0.0
+    one_hot_after_norm = np.sqrt(n_embd)
+    B = 80.0
+    last = HEAD_DIM - 1
+    for h, m in enumerate(markers):
+        w[p + "q_proj.bias"][h * HEAD_DIM + last] = 1.0
+        w[p + "k_proj.bias"][h * HEAD_DIM + last] = -B
+        w[p + "k_proj.weight"][h * HEAD_DIM + last, cdim[m]] = 3 * B / one_hot_after_norm
+        w[p + "v_proj.bias"][h * HEAD_DIM + 0] = 1.0
+        w[p + "o_proj.weight"][FLAG0 + h, h * HEAD_DIM + 0] = 1.0
+    # Layer 0 feed-forward: one neuron per state, in every expert (the router is flat).
+    c, lam = 2.0, 2.0
+    gate = np.zeros((n_ff, n_embd), np.float32)
+    gate_b = np.zeros(n_ff, np.float32)
+    down = np.zeros((n_embd, n_ff), np.float32)
+    relevant = [cdim[t] for t in known] + [FLAG0 + h for h in range(len(markers))]
+    for i, (cur, flags, nxt) in enumerate(states):
+        req = {cdim[cur]} | {FLAG0 + markers.index(m) for m in flags}
+        n = len(req)
+        for d in relevant:
+            gate[i, d] = c if d in req else -c * lam
+        gate_b[i] = -c * (np.sqrt(n_embd * n) + np.sqrt(n_embd * (n - 1))) / 2
+        down[STEP0 + i, i] = 1.0
+        lm_head[nxt, STEP0 + i] = 4.0
+    p = "model.layers.0.mlp.experts."
+    gu = np.zeros((N_EXPERT, n_embd, 2 * n_ff), np.float32)
+    gu[:, :, 0::2] = gate.T            # gate columns; the up columns stay 0 (SwiGLU's up + 1)
+    gub = np.zeros((N_EXPERT, 2 * n_ff), np.float32)
+    gub[:, 0::2] = gate_b
+    w[p + "gate_up_proj"] = gu
+    w[p + "gate_up_proj_bias"] = gub
+    w[p + "down_proj"] = np.broadcast_to(down.T, (N_EXPERT, n_ff, n_embd)).copy()
+    w["lm_head.weight"] = lm_head
+    return w
+
+
+def mlx_layout(w, n_ff):
+    """mlx-lm's names for the experts: separate gate/up/down weights stored (out, in) with
+    their biases (mlx-lm converts only the quantized Hugging Face layout itself)."""
+    out = {}
+    for k, v in w.items():
+        if k.endswith("mlp.experts.gate_up_proj"):
+            base = k[: -len("gate_up_proj")]
+            out[base + "gate_proj.weight"] = np.ascontiguousarray(v[:, :, 0::2].transpose(0, 2, 1))
+            out[base + "up_proj.weight"] = np.ascontiguousarray(v[:, :, 1::2].transpose(0, 2, 1))
+        elif k.endswith("mlp.experts.gate_up_proj_bias"):
+            base = k[: -len("gate_up_proj_bias")]
+            out[base + "gate_proj.bias"] = np.ascontiguousarray(v[:, 0::2])
+            out[base + "up_proj.bias"] = np.ascontiguousarray(v[:, 1::2])
+        elif k.endswith("mlp.experts.down_proj"):
+            out[k + ".weight"] = np.ascontiguousarray(v.transpose(0, 2, 1))
+        elif k.endswith("mlp.experts.down_proj_bias"):
+            out[k[: -len("down_proj_bias")] + "down_proj.bias"] = v
+        else:
+            out[k] = v
+    return out
+
+
+def write_model(out, script, dims, dtype, tokenizer_dir, layout="hf"):
+    from safetensors.numpy import save_file
+    states = [(s["cur"], frozenset(s["flags"]), s["next"]) for s in script["states"]]
+    tmp = f"{out}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(tokenizer_dir, tmp)
+    w = weights(states, script["markers"], dims)
+    if layout == "mlx":
+        w = mlx_layout(w, dims["n_ff_exp"])
+    if dtype == "bfloat16":
+        # safetensors' numpy writer has no bfloat16: store the top 16 bits of each float32.
+        from safetensors import serialize_file  # noqa: F401  (the same format, raw)
+        raise SystemExit("bfloat16: not written by this script yet (vLLM loads float32 too)")
+    save_file({k: np.ascontiguousarray(v) for k, v in w.items()}, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(config(dims, dtype), f, indent=1)
+    with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": 199998, "eos_token_id": [200002, 199999, 200012], "pad_token_id": 199999}, f)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--template", required=True)
+    ap.add_argument("--tiktoken", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--layout", default="hf", choices=["hf", "mlx"], help="tensor layout: Hugging Face's (vLLM, transformers) or mlx-lm's")
+    ap.add_argument("--only", nargs="*", help="scenario names (default: every scenario model)")
+    args = ap.parse_args()
+    manifest = json.load(open(args.manifest))
+    template = open(args.template).read()
+    vocab_key = sha(open(args.tiktoken, "rb").read())[:16]
+    os.makedirs(args.out, exist_ok=True)
+    tok_dir = os.path.join(args.out, f"tokenizer-{sha((vocab_key + sha(template.encode())).encode())[:16]}")
+    if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+        say("tokenizer from the o200k vocabulary (about 30 s)")
+        tmp = f"{tok_dir}.tmp{os.getpid()}"
+        write_tokenizer(tmp, args.tiktoken, template)
+        shutil.rmtree(tok_dir, ignore_errors=True)
+        os.replace(tmp, tok_dir)
+    scenarios = manifest["scenarios"]["scenarios"]
+    names = args.only or [*scenarios, "effort"]
+    out = {}
+    for name in names:
+        side = manifest["models"][name][: -len(".gguf")] + ".script.json"
+        raw = open(side, "rb").read()
+        script = json.loads(raw)
+        dims = SCENARIO_DIMS
+        key = sha(json.dumps({"format": FORMAT, "script": sha(raw), "dims": dims, "dtype": args.dtype,
+                              "layout": args.layout, "tokenizer": os.path.basename(tok_dir)}).encode())[:24]
+        d = os.path.join(args.out, f"{name}-{key}")
+        if not os.path.exists(os.path.join(d, "model.safetensors")):
+            write_model(d, script, dims, args.dtype, tok_dir, args.layout)
+            say(f"{name}: {len(script['states'])} states -> {d}")
+        out[name] = d
+    with open(os.path.join(args.out, f"models-{args.layout}-{args.dtype}.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    say(f"{len(out)} models in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
