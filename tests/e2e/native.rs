@@ -174,3 +174,23 @@ fn a_tool_choice_naming_no_declared_function_is_a_400_naming_it() {
     let r = post(&env.url("/v1/chat/completions"), &body);
     assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("tool_choice")), "{}", r.text());
 }
+
+/// `prompt = "text"`: the rendered prompt is sent as a string, special tokens written as text
+/// (for servers that take no token ids, as mlx-lm); the answer is the same.
+#[test]
+fn a_text_prompt_is_the_rendered_prompt_as_a_string_and_answers_the_same() {
+    let env = Env::with_config(|mock| {
+        format!(
+            "[upstreams.default]\nurl = \"{mock}/v1\"\n[[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"default\"\npipeline = \"t\"\n\
+             [pipelines.t]\nstages = [{{ type = \"harmony-render\", prompt = \"text\" }}, {{ type = \"harmony-parse\" }}, {{ type = \"tool-bridge\", mode = \"openai_tool_calls\", reasoning = \"reasoning_content\" }}, {{ type = \"sse-encode\" }}]\n"
+        )
+    });
+    let mut body = chat_body("gpt-oss", false, "scenario:weather");
+    body["tools"] = tools();
+    let a = post(&env.url("/v1/chat/completions"), &body).assemble(false);
+    assert_eq!((a.reasoning.as_str(), a.tool_calls.len()), ("Need the weather tool for Paris.", 1));
+    let sent = env.mock_stats()["last_request"].clone();
+    let prompt = sent["prompt"].as_str().unwrap_or_else(|| panic!("a string prompt: {sent}"));
+    assert!(prompt.starts_with("<|start|>system<|message|>") && prompt.ends_with("<|start|>assistant"), "{prompt}");
+    assert_eq!(sent["prompt_text"].as_str(), Some(prompt), "the server's tokenizer reads it back as the same prompt");
+}

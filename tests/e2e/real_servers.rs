@@ -120,17 +120,20 @@ impl MlxServer {
     }
 }
 
-/// A proxy in front of `server`, every route sending the model's path as its name: `ide-*`
-/// chat models through `ide-tools`, the rest through `harmony`; Responses and Messages
-/// through their built-in pipelines.
+/// A proxy in front of `server`, every route sending the model's path as its name: `native-*`
+/// chat models through harmony-render on `/v1/completions` with the prompt as text (mlx-lm
+/// takes no token ids), `ide-*` through `ide-tools`, the rest through `harmony`; Responses
+/// and Messages through their built-in pipelines.
 fn proxy_for(server: &MlxServer, model: &Path, dir: &Path) -> Proc {
     let m = toml::Value::String(model.display().to_string());
     let route = |path: &str, models: &str, pipeline: &str| {
         format!("[[routes]]\npath = \"{path}\"\nmodels = [\"{models}\"]\nupstream = \"default\"\npipeline = \"{pipeline}\"\nupstream_model = {m}\n\n")
     };
+    let native = "[pipelines.native-text]\nstages = [{ type = \"history-clean\" }, { type = \"harmony-render\", prompt = \"text\" }, { type = \"harmony-parse\" }, { type = \"fallback\" }, { type = \"reasoning-memory\" }, { type = \"tool-bridge\", mode = \"openai_tool_calls\", reasoning = \"reasoning_content\", preambles = \"content\" }, { type = \"sse-encode\" }]\n\n";
     let cfg = format!(
-        "[upstreams.default]\nurl = \"{}/v1\"\nread_timeout = \"60s\"\n\n{}{}{}{}",
+        "[upstreams.default]\nurl = \"{}/v1\"\nread_timeout = \"60s\"\n\n{native}{}{}{}{}{}",
         server.url,
+        route("/v1/chat/completions", "native-*", "native-text"),
         route("/v1/chat/completions", "ide-*", "ide-tools"),
         route("/v1/chat/completions", "*", "harmony"),
         route("/v1/responses", "*", "ide-tools"),
@@ -151,9 +154,10 @@ fn expected(sc: &Scenario, ide: bool) -> Got {
     Got { content: format!("{}{}", sc.preamble, sc.final_text), reasoning: sc.reasoning.to_owned(), tools, finish: finish.into() }
 }
 
-/// Every scenario on a real mlx-lm: chat through `ide-tools` and `harmony`, with and without
-/// tools, streamed and not (the SDK's view compared exactly, every stream's raw bytes checked
-/// against the client contract), and the Responses and Messages answers.
+/// Every scenario on a real mlx-lm: chat through `ide-tools` (with and without tools),
+/// `harmony` and `native` with a text prompt, streamed and not (the SDK's view compared
+/// exactly, every stream's raw bytes checked against the client contract), and the
+/// Responses and Messages answers.
 #[test]
 fn every_scenario_on_a_real_mlx_lm_server_comes_out_exact_on_every_api() {
     let Some(h) = crate::real_llama::harness() else { return };
@@ -169,11 +173,18 @@ fn every_scenario_on_a_real_mlx_lm_server_comes_out_exact_on_every_api() {
         let proxy = proxy_for(&server, &model, dir.path());
         let mut requests = Vec::new();
         let mut cases = Vec::new();
-        for ide in [true, false] {
-            for tools in [true, false] {
+        // What mlx-lm's shape can break: `ide-tools` every way; `harmony` and `native` (its
+        // prompt is the proxy's, so `tools` changes only the prompt) with tools, both ways.
+        let matrix: [(&str, &str, bool, &[bool]); 3] = [
+            ("ide-tools", "ide-gpt-oss", true, &[true, false]),
+            ("harmony", "gpt-oss", false, &[true]),
+            ("native (text prompt)", "native-gpt-oss", true, &[true]),
+        ];
+        for (pipeline, model, ide, tool_cases) in matrix {
+            for &tools in tool_cases {
                 for stream in [true, false] {
-                    let case = format!("{name} mlx-lm {} tools={tools} stream={stream}", if ide { "ide-tools" } else { "harmony" });
-                    let mut body = json!({"model": if ide { "ide-gpt-oss" } else { "gpt-oss" }, "stream": stream, "temperature": 0, "max_tokens": 200,
+                    let case = format!("{name} mlx-lm {pipeline} tools={tools} stream={stream}");
+                    let mut body = json!({"model": model, "stream": stream, "temperature": 0, "max_tokens": 200,
                                           "messages": [{"role": "user", "content": user}]});
                     if tools {
                         body["tools"] = tools_decl.clone();

@@ -71,6 +71,19 @@ pub struct HarmonyRenderConfig {
     /// Which raw completion endpoint the upstream is called on.
     #[serde(default)]
     pub endpoint: RenderEndpoint,
+    /// How the prompt is sent on `/v1/completions`: `tokens` (token ids: llama.cpp, vLLM,
+    /// LM Studio) or `text` (special tokens written as text, which the server's tokenizer
+    /// reads back: mlx-lm and servers that take only a string).
+    #[serde(default)]
+    pub prompt: PromptForm,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptForm {
+    #[default]
+    Tokens,
+    Text,
 }
 
 /// Most bytes of cached message tokens (with their keys); past it the cache starts afresh.
@@ -533,7 +546,17 @@ impl RequestStage for HarmonyRender {
         let c = &conv.controls;
         let mut out = serde_json::Map::new();
         out.insert("model".into(), if conv.model.is_empty() { Value::Null } else { conv.model.clone().into() });
-        out.insert("prompt".into(), json!(prompt));
+        match (self.cfg.prompt, self.cfg.endpoint) {
+            (PromptForm::Text, RenderEndpoint::Completions) => {
+                let text = self.enc.tokenizer().decode_utf8(&prompt).map_err(|e| {
+                    ApiError::new(400, "invalid_request_error", Some("unsupported_by_harmony_render"), format!("messages: the prompt is not text: {e}"))
+                })?;
+                out.insert("prompt".into(), Value::String(text));
+            }
+            _ => {
+                out.insert("prompt".into(), json!(prompt));
+            }
+        }
         out.insert("stream".into(), Value::Bool(true));
         let max = c.max_output_tokens.as_ref().and_then(Limit::count).map(Value::from);
         let s = &c.sampling;
