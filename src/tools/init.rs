@@ -26,6 +26,9 @@ pub const DEFAULT_MODEL: &str = "gpt-oss-20b";
 pub struct Discovered {
     pub model: Option<String>,
     pub context: Option<u64>,
+    /// The server lists exactly one model: it is what every route sends (vLLM and mlx-lm
+    /// answer only to the name they serve, mlx-lm's being the model's path).
+    pub only_one: bool,
 }
 
 impl Discovered {
@@ -67,6 +70,7 @@ pub async fn discover(up: &Upstream) -> Discovered {
     if let Some(list) = get(format!("{base}/models")).await {
         let first = list.pointer("/data/0");
         d.model = first.and_then(|m| m.get("id")).and_then(Value::as_str).map(str::to_owned);
+        d.only_one = d.model.is_some() && list.get("data").and_then(Value::as_array).is_some_and(|a| a.len() == 1);
         d.context = first.and_then(|m| m.get("max_model_len")).and_then(Value::as_u64);
         // vLLM
     }
@@ -309,6 +313,21 @@ upstream = "default"
 pipeline = "ide-tools"
 "#
     );
+    if d.only_one {
+        // The one model the server serves is what every route sends, whatever the client names.
+        let line = format!(
+            "models = [\"*\"]\nupstream = \"default\"\npipeline = \"{pipeline}\"\nupstream_model = {}   # the one model the server serves",
+            toml_str(d.model())
+        );
+        s = s.replace(&format!("models = [\"*\"]\nupstream = \"default\"\npipeline = \"{pipeline}\""), &line);
+        if pipeline != "ide-tools" {
+            let ide = format!(
+                "models = [\"*\"]\nupstream = \"default\"\npipeline = \"ide-tools\"\nupstream_model = {}   # the one model the server serves",
+                toml_str(d.model())
+            );
+            s = s.replace("models = [\"*\"]\nupstream = \"default\"\npipeline = \"ide-tools\"\n", &format!("{ide}\n"));
+        }
+    }
     if kind == ClientKind::ClaudeCode {
         // First match wins: before the catch-all route above in effect, so it goes first.
         let claude = format!(

@@ -350,7 +350,8 @@ fn init_sets_the_agents_context_from_what_the_server_says_and_maps_claude_codes_
         let text = std::fs::read_to_string(dir.path().join("proxy.toml")).unwrap();
         let claude_route = text.find("models = [\"claude-*\"]").expect("a route for Claude Code's names");
         assert!(claude_route < text.rfind("models = [\"*\"]").unwrap(), "before the catch-all: {text}");
-        assert!(text.contains(&format!("upstream_model = \"{model}\"")), "{text}");
+        // The server serves one model: every route sends it (Claude Code's names included).
+        assert_eq!(text.matches(&format!("upstream_model = \"{model}\"")).count(), 4, "{text}");
         let (ok, out) = check(&["--config", "proxy.toml"], dir.path());
         assert!(ok && !out.contains("warning"), "{out}");
     }
