@@ -34,7 +34,8 @@ pub struct Harness {
     pub scenarios: Value,
 }
 
-fn cache_dir() -> PathBuf {
+/// Where the real-server harnesses keep what they build (`$HARMONY_PROXY_TEST_CACHE`).
+pub fn cache_dir() -> PathBuf {
     match std::env::var_os("HARMONY_PROXY_TEST_CACHE") {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/harmony-proxy"),
@@ -76,7 +77,7 @@ fn python_sdk() -> Result<(), String> {
 }
 
 /// Under CI (`CI` set) or `HARMONY_PROXY_REAL_LLAMA=required`, a missing prerequisite fails.
-fn required() -> bool {
+pub fn required() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") || std::env::var("HARMONY_PROXY_REAL_LLAMA").is_ok_and(|v| v == "required")
 }
 
@@ -156,7 +157,7 @@ impl Llama {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -360,6 +361,40 @@ fn chat_request(model: &str, user: &str, tools: Option<&Value>, stream: bool) ->
     body
 }
 
+/// One chat request of a matrix and what its client must get.
+pub struct Case {
+    pub name: String,
+    pub want: Got,
+    pub stream: bool,
+    pub body: Value,
+}
+
+/// Sends `requests` (`{name, body}`, one per case) through the SDK to the proxy at `url`, and
+/// says each case whose answer differs from its `want`, or whose stream's raw bytes break the
+/// client contract.
+pub fn run_cases(url: &str, requests: Vec<Value>, cases: &[Case]) -> Vec<String> {
+    let results = sdk(&json!({"base_url": format!("{url}/v1"), "requests": requests}));
+    let mut failures = Vec::new();
+    for c in cases {
+        let r = &results[&c.name];
+        if r["ok"] != true {
+            failures.push(format!("{}: {r}", c.name));
+            continue;
+        }
+        let got = Got::from_sdk(r, &c.name);
+        if got != c.want {
+            failures.push(format!("{}:\n    got  {got:?}\n    want {:?}", c.name, c.want));
+        }
+        if c.stream {
+            let raw = post(&format!("{url}/v1/chat/completions"), &c.body);
+            if let Err(e) = harmony_filters::testing::assemble_sse(&raw.body) {
+                failures.push(format!("{}: raw stream breaks the contract: {e}\n{}", c.name, raw.text()));
+            }
+        }
+    }
+    failures
+}
+
 /// Every scenario in `mode`: each through every shipped pipeline, with and without tools,
 /// streamed and not; the SDK's view compared exactly, and every streamed answer's raw bytes
 /// checked against the client contract.
@@ -390,25 +425,11 @@ fn all_scenarios(mode: ServerMode) {
                 }
             }
         }
-        let results = sdk(&json!({"base_url": format!("{}/v1", proxy.url), "requests": requests}));
-        for (case, pipeline, tools, stream, body) in &cases {
-            let want = expected(&sc, mode, *pipeline, *tools, *stream);
-            let r = &results[case];
-            if r["ok"] != true {
-                failures.push(format!("{case}: {r}"));
-                continue;
-            }
-            let got = Got::from_sdk(r, case);
-            if got != want {
-                failures.push(format!("{case}:\n    got  {got:?}\n    want {want:?}"));
-            }
-            if *stream {
-                let raw = post(&format!("{}/v1/chat/completions", proxy.url), body);
-                if let Err(e) = harmony_filters::testing::assemble_sse(&raw.body) {
-                    failures.push(format!("{case}: raw stream breaks the contract: {e}\n{}", raw.text()));
-                }
-            }
-        }
+        let cases: Vec<Case> = cases
+            .into_iter()
+            .map(|(name, pipeline, tools, stream, body)| Case { want: expected(&sc, mode, pipeline, tools, stream), name, stream, body })
+            .collect();
+        failures.extend(run_cases(&proxy.url, requests, &cases));
         if !failures.is_empty() {
             failures.push(format!("llama-server log tail ({name}):\n{}\nproxy log:\n{}", llama.logs(), proxy.log()));
             break;

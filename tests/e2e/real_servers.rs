@@ -24,19 +24,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::real_llama::{sdk, Got, Scenario};
+use crate::real_llama::{cache_dir, free_port, required, run_cases, Case, Got, Scenario};
 
 struct Mlx {
     python: PathBuf,
     hub_cache: PathBuf,
     models: serde_json::Map<String, Value>,
-}
-
-fn cache_dir() -> PathBuf {
-    match std::env::var_os("HARMONY_PROXY_TEST_CACHE") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/harmony-proxy"),
-    }
 }
 
 fn load() -> Result<Mlx, String> {
@@ -50,10 +43,6 @@ fn load() -> Result<Mlx, String> {
     }
     let models = mlx["models"].as_object().cloned().ok_or("manifest: no mlx models")?;
     Ok(Mlx { python, hub_cache: PathBuf::from(mlx["hub_cache"].as_str().unwrap_or("/tmp")), models })
-}
-
-fn required() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") || std::env::var("HARMONY_PROXY_REAL_LLAMA").is_ok_and(|v| v == "required")
 }
 
 fn mlx() -> Option<&'static Mlx> {
@@ -87,7 +76,7 @@ impl Drop for MlxServer {
 
 impl MlxServer {
     fn start(m: &Mlx, model: &Path, dir: &Path) -> MlxServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let log = dir.join(format!("mlx-{port}.log"));
         let mut cmd = Command::new(&m.python);
         cmd.args(["-m", "mlx_lm.server", "--model", model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
@@ -194,24 +183,8 @@ fn every_scenario_on_a_real_mlx_lm_server_comes_out_exact_on_every_api() {
                 }
             }
         }
-        let results = sdk(&json!({"base_url": format!("{}/v1", proxy.url), "requests": requests}));
-        for (case, ide, stream, body) in &cases {
-            let r = &results[case];
-            if r["ok"] != true {
-                failures.push(format!("{case}: {r}"));
-                continue;
-            }
-            let (got, want) = (Got::from_sdk(r, case), expected(&sc, *ide));
-            if got != want {
-                failures.push(format!("{case}:\n    got  {got:?}\n    want {want:?}"));
-            }
-            if *stream {
-                let raw = post(&format!("{}/v1/chat/completions", proxy.url), body);
-                if let Err(e) = harmony_filters::testing::assemble_sse(&raw.body) {
-                    failures.push(format!("{case}: raw stream breaks the contract: {e}\n{}", raw.text()));
-                }
-            }
-        }
+        let cases: Vec<Case> = cases.into_iter().map(|(name, ide, stream, body)| Case { name, want: expected(&sc, ide), stream, body }).collect();
+        failures.extend(run_cases(&proxy.url, requests, &cases));
         // Responses: reasoning, the answer (a preamble is a message of its own), the call.
         let r = post(
             &format!("{}/v1/responses", proxy.url),

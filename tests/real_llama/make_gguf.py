@@ -58,6 +58,8 @@ import os
 import numpy as np
 import gguf
 
+import script_player
+
 VOCAB_SIZE = 201088
 # The Harmony special tokens of o200k_harmony; every other id above the BPE ranks is reserved.
 SPECIAL = {
@@ -257,26 +259,12 @@ def write_script_player(path, vocab, template, states, markers, dims, name, seed
     """
     n_embd, n_ff = dims["n_embd"], dims["n_ff_exp"]
     n_head, n_ctx = max_markers(dims), dims.get("n_ctx", N_CTX)
-    assert len(markers) <= n_head, f"at most {n_head} markers, got {len(markers)}"
-    assert len({(c, f) for c, f, _ in states}) == len(states), "duplicate state"
-    known = sorted({c for c, _, _ in states} | set(markers))
-    CUR0 = 0
-    FLAG0 = CUR0 + len(known)
-    JUNK0 = FLAG0 + n_head
-    STEP0 = JUNK0 + 4
-    if STEP0 + len(states) > n_embd or len(states) > n_ff:
-        raise ValueError(f"{name}: {len(known)} known tokens and {len(states)} states do not fit "
-                         f"n_embd={n_embd}, n_ff_exp={n_ff} (need n_embd >= {STEP0 + len(states)}, "
-                         f"n_ff_exp >= {len(states)})")
-    cdim = {t: CUR0 + i for i, t in enumerate(known)}
     rng = np.random.default_rng(seed)
-
-    tok_embd = np.zeros((VOCAB_SIZE, n_embd), np.float32)
-    tok_embd[:, JUNK0:JUNK0 + 4] = rng.standard_normal((VOCAB_SIZE, 4))
-    for t, d in cdim.items():
-        tok_embd[t] = 0.0
-        tok_embd[t, d] = 1.0
-    output = np.zeros((VOCAB_SIZE, n_embd), np.float32)
+    try:
+        w = script_player.layer0(states, markers, n_embd, n_ff, n_head, HEAD_DIM, VOCAB_SIZE, rng)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    tok_embd, output = w["embed"], w["output"]
 
     layers = _layers(rng, n_embd, n_head, n_ff, n_head)
     a = layers[0]
@@ -284,30 +272,13 @@ def write_script_player(path, vocab, template, states, markers, dims, name, seed
     for k in ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_q.bias", "attn_k.bias", "attn_v.bias",
               "attn_output.weight", "attn_output.bias", "attn_sinks.weight"):
         a[k][...] = 0.0
-    one_hot_after_norm = np.sqrt(n_embd)   # RMS norm of a one-hot vector
-    B = 80.0
-    last = HEAD_DIM - 1                    # NEOX RoPE pairs (7, 15): the slowest frequency
-    for h, m in enumerate(markers):
-        a["attn_q.bias"][h * HEAD_DIM + last] = 1.0
-        a["attn_k.bias"][h * HEAD_DIM + last] = -B
-        a["attn_k.weight"][h * HEAD_DIM + last, cdim[m]] = 3 * B / one_hot_after_norm   # marker: +2B
-        a["attn_v.bias"][h * HEAD_DIM + 0] = 1.0
-        a["attn_output.weight"][FLAG0 + h, h * HEAD_DIM + 0] = 1.0
-    # Layer 0 feed-forward: one neuron per state.
-    c, lam = 2.0, 2.0
-    gate = np.zeros((n_ff, n_embd), np.float32)
-    gate_b = np.zeros(n_ff, np.float32)
-    down = np.zeros((n_embd, n_ff), np.float32)
-    relevant = [cdim[t] for t in known] + [FLAG0 + h for h in range(len(markers))]
-    for i, (cur, flags, nxt) in enumerate(states):
-        req = {cdim[cur]} | {FLAG0 + markers.index(m) for m in flags}
-        n = len(req)
-        for d in relevant:
-            gate[i, d] = c if d in req else -c * lam
-        # all n required dims on: sum = sqrt(n_embd*n); one missing: sqrt(n_embd*(n-1))
-        gate_b[i] = -c * (np.sqrt(n_embd * n) + np.sqrt(n_embd * (n - 1))) / 2
-        down[STEP0 + i, i] = 1.0
-        output[nxt, STEP0 + i] = 4.0
+    a["attn_q.bias"][...] = w["q_bias"]
+    a["attn_k.bias"][...] = w["k_bias"]
+    a["attn_k.weight"][...] = w["k_weight"]
+    a["attn_v.bias"][...] = w["v_bias"]
+    a["attn_output.weight"][...] = w["o_weight"]
+    # Layer 0 feed-forward: one neuron per state (every expert the same; the router is flat).
+    gate, gate_b, down = w["gate"], w["gate_bias"], w["down"]
     a["ffn_gate_inp.weight"][...] = 0.0
     a["ffn_gate_inp.bias"][...] = 0.0
     a["ffn_gate_exps.weight"][...] = gate

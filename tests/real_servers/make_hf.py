@@ -12,7 +12,7 @@ its id) and llama.cpp's gpt-oss chat template, so the same scenario means the sa
 every engine. The weights are make_gguf.py's construction (see its docstring) in Hugging
 Face's gpt_oss layout: `gate_up_proj` interleaves gate and up columns and is stored
 (experts, in, out); YaRN with factor 1 is plain RoPE at base 1e9. Float32 by default (mlx-lm
-on CPU needs it); `--dtype bfloat16` for vLLM.
+on CPU needs it).
 
 Every output directory is keyed by what shapes it (the script, the dims, the dtype, the
 vocabulary and template): a rerun takes a second. Needs numpy, safetensors, transformers
@@ -28,6 +28,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "real_llama"))
+import script_player  # noqa: E402  (numpy only: the GGUF writer is not needed here)
 
 VOCAB_SIZE = 201088
 SPECIAL = {199998: "<|startoftext|>", 199999: "<|endoftext|>", 200002: "<|return|>", 200003: "<|constrain|>",
@@ -41,7 +42,7 @@ PATTERN = "|".join([
     r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
     r"""\p{N}{1,3}""", r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""", r"""\s*[\r\n]+""", r"""\s+(?!\S)""", r"""\s+""",
 ])
-FORMAT = "harmony-proxy-hf-script-player-1"
+FORMAT = "harmony-proxy-hf-script-player-2"
 
 
 def say(msg):
@@ -92,25 +93,14 @@ def config(dims, dtype):
 
 
 def weights(states, markers, dims, seed=0):
-    """make_gguf.write_script_player's weights, as Hugging Face gpt_oss tensors (float32)."""
+    """The script player's weights (tests/real_llama/script_player.py, the same as the GGUF
+    ones) as Hugging Face gpt_oss tensors (float32)."""
     n_embd, n_ff, n_head = dims["n_embd"], dims["n_ff_exp"], dims.get("n_head", 4)
-    known = sorted({c for c, _, _ in states} | set(markers))
-    CUR0 = 0
-    FLAG0 = CUR0 + len(known)
-    JUNK0 = FLAG0 + n_head
-    STEP0 = JUNK0 + 4
-    if STEP0 + len(states) > n_embd or len(states) > n_ff:
-        raise ValueError(f"{len(known)} known tokens and {len(states)} states do not fit n_embd={n_embd}")
-    cdim = {t: CUR0 + i for i, t in enumerate(known)}
     rng = np.random.default_rng(seed)
+    s = script_player.layer0(states, markers, n_embd, n_ff, n_head, HEAD_DIM, VOCAB_SIZE, rng)
     r = lambda *shape: (rng.standard_normal(shape) * 0.02).astype(np.float32)
-    embed = np.zeros((VOCAB_SIZE, n_embd), np.float32)
-    embed[:, JUNK0:JUNK0 + 4] = rng.standard_normal((VOCAB_SIZE, 4))
-    for t, d in cdim.items():
-        embed[t] = 0.0
-        embed[t, d] = 1.0
-    lm_head = np.zeros((VOCAB_SIZE, n_embd), np.float32)
-    w = {"model.embed_tokens.weight": embed, "model.norm.weight": np.ones(n_embd, np.float32)}
+    zeros = lambda *shape: np.zeros(shape, np.float32)
+    w = {"model.embed_tokens.weight": s["embed"], "lm_head.weight": s["output"], "model.norm.weight": np.ones(n_embd, np.float32)}
     for l in range(N_LAYER):
         p = f"model.layers.{l}."
         w[p + "input_layernorm.weight"] = np.ones(n_embd, np.float32)
@@ -118,57 +108,33 @@ def weights(states, markers, dims, seed=0):
         for n in ("q", "k", "v"):
             w[p + f"self_attn.{n}_proj.weight"] = r(n_head * HEAD_DIM, n_embd)
             w[p + f"self_attn.{n}_proj.bias"] = r(n_head * HEAD_DIM)
-        w[p + "self_attn.o_proj.weight"] = r(n_embd, n_head * HEAD_DIM)
-        w[p + "self_attn.o_proj.bias"] = r(n_embd)
         w[p + "self_attn.sinks"] = r(n_head)
-        w[p + "mlp.router.weight"] = np.zeros((N_EXPERT, n_embd), np.float32)
-        w[p + "mlp.router.bias"] = np.zeros(N_EXPERT, np.float32)
+        w[p + "mlp.router.weight"] = zeros(N_EXPERT, n_embd)   # flat: the experts are one
+        w[p + "mlp.router.bias"] = zeros(N_EXPERT)
         w[p + "mlp.experts.gate_up_proj"] = r(N_EXPERT, n_embd, 2 * n_ff)
         w[p + "mlp.experts.gate_up_proj_bias"] = r(N_EXPERT, 2 * n_ff)
-        w[p + "mlp.experts.down_proj"] = np.zeros((N_EXPERT, n_ff, n_embd), np.float32)
-        w[p + "mlp.experts.down_proj_bias"] = np.zeros((N_EXPERT, n_embd), np.float32)
-        w[p + "self_attn.o_proj.weight"][...] = 0.0
-        w[p + "self_attn.o_proj.bias"][...] = 0.0
-    # Layer 0 attention: head h raises marker h's flag (see make_gguf.py).
+        # Every layer but the first adds nothing to the residual stream.
+        w[p + "self_attn.o_proj.weight"] = zeros(n_embd, n_head * HEAD_DIM)
+        w[p + "self_attn.o_proj.bias"] = zeros(n_embd)
+        w[p + "mlp.experts.down_proj"] = zeros(N_EXPERT, n_ff, n_embd)
+        w[p + "mlp.experts.down_proj_bias"] = zeros(N_EXPERT, n_embd)
     p = "model.layers.0.self_attn."
-    for k in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "q_proj.bias", "k_proj.bias", "v_proj.bias", "sinks"):
-        w[p + k][...] = 0.0
-    one_hot_after_norm = np.sqrt(n_embd)
-    B = 80.0
-    last = HEAD_DIM - 1
-    for h, m in enumerate(markers):
-        w[p + "q_proj.bias"][h * HEAD_DIM + last] = 1.0
-        w[p + "k_proj.bias"][h * HEAD_DIM + last] = -B
-        w[p + "k_proj.weight"][h * HEAD_DIM + last, cdim[m]] = 3 * B / one_hot_after_norm
-        w[p + "v_proj.bias"][h * HEAD_DIM + 0] = 1.0
-        w[p + "o_proj.weight"][FLAG0 + h, h * HEAD_DIM + 0] = 1.0
-    # Layer 0 feed-forward: one neuron per state, in every expert (the router is flat).
-    c, lam = 2.0, 2.0
-    gate = np.zeros((n_ff, n_embd), np.float32)
-    gate_b = np.zeros(n_ff, np.float32)
-    down = np.zeros((n_embd, n_ff), np.float32)
-    relevant = [cdim[t] for t in known] + [FLAG0 + h for h in range(len(markers))]
-    for i, (cur, flags, nxt) in enumerate(states):
-        req = {cdim[cur]} | {FLAG0 + markers.index(m) for m in flags}
-        n = len(req)
-        for d in relevant:
-            gate[i, d] = c if d in req else -c * lam
-        gate_b[i] = -c * (np.sqrt(n_embd * n) + np.sqrt(n_embd * (n - 1))) / 2
-        down[STEP0 + i, i] = 1.0
-        lm_head[nxt, STEP0 + i] = 4.0
+    w[p + "q_proj.weight"], w[p + "q_proj.bias"] = zeros(n_head * HEAD_DIM, n_embd), s["q_bias"]
+    w[p + "k_proj.weight"], w[p + "k_proj.bias"] = s["k_weight"], s["k_bias"]
+    w[p + "v_proj.weight"], w[p + "v_proj.bias"] = zeros(n_head * HEAD_DIM, n_embd), s["v_bias"]
+    w[p + "o_proj.weight"], w[p + "sinks"] = s["o_weight"], zeros(n_head)
+    # Hugging Face stores the experts (in, out), gate and up interleaved; up stays 0 (SwiGLU's up + 1).
     p = "model.layers.0.mlp.experts."
-    gu = np.zeros((N_EXPERT, n_embd, 2 * n_ff), np.float32)
-    gu[:, :, 0::2] = gate.T            # gate columns; the up columns stay 0 (SwiGLU's up + 1)
-    gub = np.zeros((N_EXPERT, 2 * n_ff), np.float32)
-    gub[:, 0::2] = gate_b
-    w[p + "gate_up_proj"] = gu
-    w[p + "gate_up_proj_bias"] = gub
-    w[p + "down_proj"] = np.broadcast_to(down.T, (N_EXPERT, n_ff, n_embd)).copy()
-    w["lm_head.weight"] = lm_head
+    gu = zeros(N_EXPERT, n_embd, 2 * n_ff)
+    gu[:, :, 0::2] = s["gate"].T
+    gub = zeros(N_EXPERT, 2 * n_ff)
+    gub[:, 0::2] = s["gate_bias"]
+    w[p + "gate_up_proj"], w[p + "gate_up_proj_bias"] = gu, gub
+    w[p + "down_proj"] = np.broadcast_to(s["down"].T, (N_EXPERT, n_ff, n_embd)).copy()
     return w
 
 
-def mlx_layout(w, n_ff):
+def mlx_layout(w):
     """mlx-lm's names for the experts: separate gate/up/down weights stored (out, in) with
     their biases (mlx-lm converts only the quantized Hugging Face layout itself)."""
     out = {}
@@ -198,11 +164,7 @@ def write_model(out, script, dims, dtype, tokenizer_dir, layout="hf"):
     shutil.copytree(tokenizer_dir, tmp)
     w = weights(states, script["markers"], dims)
     if layout == "mlx":
-        w = mlx_layout(w, dims["n_ff_exp"])
-    if dtype == "bfloat16":
-        # safetensors' numpy writer has no bfloat16: store the top 16 bits of each float32.
-        from safetensors import serialize_file  # noqa: F401  (the same format, raw)
-        raise SystemExit("bfloat16: not written by this script yet (vLLM loads float32 too)")
+        w = mlx_layout(w)
     save_file({k: np.ascontiguousarray(v) for k, v in w.items()}, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(config(dims, dtype), f, indent=1)
@@ -218,7 +180,7 @@ def main():
     ap.add_argument("--template", required=True)
     ap.add_argument("--tiktoken", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=["float32"], help="float32 only for now (mlx-lm on CPU needs it)")
     ap.add_argument("--layout", default="hf", choices=["hf", "mlx"], help="tensor layout: Hugging Face's (vLLM, transformers) or mlx-lm's")
     ap.add_argument("--only", nargs="*", help="scenario names (default: every scenario model)")
     args = ap.parse_args()
