@@ -751,9 +751,10 @@ pub fn node_and_npm(agent: &AgentCli) -> Option<()> {
 }
 
 /// A proxy serving `route` (all models) through `pipeline` (a shipped one or `native-llama`),
-/// in front of `llama`. No `max_body_bytes`: agents' requests are ~50 kB (instructions and
-/// tools), the shared test config's 64 kB limit is too close.
-pub fn agent_proxy(upstream: &str, route: &str, pipeline: &str, dir: &Path) -> Proc {
+/// in front of the server at `upstream`, sending `upstream_model` as the model's name if given
+/// (vLLM answers only to the name it serves). No `max_body_bytes`: agents' requests are
+/// ~50 kB (instructions and tools), the shared test config's 64 kB limit is too close.
+pub fn agent_proxy(upstream: &str, route: &str, pipeline: &str, dir: &Path, upstream_model: Option<&str>) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let native_llama = if pipeline == "native-llama" { format!("[pipelines.native-llama]\nstages = [{NATIVE_LLAMA_STAGES}]\n") } else { String::new() };
     let cfg = format!(
@@ -770,9 +771,10 @@ connect_timeout = "2s"
 path = "{route}"
 upstream = "default"
 pipeline = "{pipeline}"
-
+{rename}
 {native_llama}"#,
-        url = upstream
+        url = upstream,
+        rename = upstream_model.map(|m| format!("upstream_model = \"{m}\"\n")).unwrap_or_default()
     );
     std::fs::write(dir.join("proxy.toml"), cfg).unwrap();
     spawn(&["serve", "--config", "proxy.toml", "--port", "0"], dir, &[])
@@ -800,7 +802,7 @@ fn agent_cli_loop(agent: &AgentCli) {
         };
         let case = format!("{pipeline} on a {mode:?} llama-server");
         let sub = dir.path().join(format!("{pipeline}-{mode:?}"));
-        let proxy = agent_proxy(&llama.url, agent.route, pipeline, &sub);
+        let proxy = agent_proxy(&llama.url, agent.route, pipeline, &sub, None);
         if let Some(report) = run_agent_cli(agent, &proxy, &sub, &case) {
             failures.push(format!("{report}\n--- llama-server log tail:\n{}", llama.logs()));
         }

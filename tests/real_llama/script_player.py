@@ -43,7 +43,10 @@ def layer0(states, markers, n_embd, n_ff, n_head, head_dim, vocab_size, rng):
     v_bias = np.zeros(n_head * head_dim, np.float32)
     o_weight = np.zeros((n_embd, n_head * head_dim), np.float32)
     one_hot_after_norm = np.sqrt(n_embd)   # RMS norm of a one-hot vector
-    B = 80.0
+    # The attention scores are q.k / sqrt(head_dim): B keeps them at -20 (any token) and +40
+    # (a marker) whatever the head size, so a long unmarked context (an agent's ~16k-token
+    # prompt: 16k * e^-20) still leaves the flag at ~0. (80 at head_dim 16, the GGUF models'.)
+    B = 20.0 * np.sqrt(head_dim)
     last = head_dim - 1                    # NEOX RoPE pairs: the slowest frequency
     for h, m in enumerate(markers):
         q_bias[h * head_dim + last] = 1.0

@@ -43,7 +43,7 @@ PATTERN = "|".join([
     r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
     r"""\p{N}{1,3}""", r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""", r"""\s*[\r\n]+""", r"""\s+(?!\S)""", r"""\s+""",
 ])
-FORMAT = "harmony-proxy-hf-script-player-2"
+FORMAT = "harmony-proxy-hf-script-player-3"
 # One player for every scenario (and the effort player), for servers that take a minute to
 # start (vLLM): scenario K plays when the user's message ends in SELECTORS[K], a token that
 # is in no prompt and no text; its states are the scenario's own tokens with that selector

@@ -580,8 +580,18 @@ impl RequestStage for HarmonyRender {
         }
         let endpoint = match self.cfg.endpoint {
             RenderEndpoint::Completions => {
-                if let Some(m) = max {
-                    out.insert("max_tokens".into(), m);
+                // No limit from the client: an explicit `null` with token ids, which vLLM reads
+                // as "up to the context" (left out, it is the legacy API's default of 16
+                // tokens) and llama.cpp as its own default; left out with a text prompt
+                // (mlx-lm refuses `null` and applies its `--max-tokens`).
+                match max {
+                    Some(m) => {
+                        out.insert("max_tokens".into(), m);
+                    }
+                    None if self.cfg.prompt == PromptForm::Tokens => {
+                        out.insert("max_tokens".into(), Value::Null);
+                    }
+                    None => {}
                 }
                 // vLLM strips special tokens from completion text unless told otherwise.
                 out.insert("skip_special_tokens".into(), Value::Bool(false));
@@ -680,6 +690,22 @@ mod tests {
         assert!(err(json!({"n": 2, "messages": []})).message.starts_with("n: "));
         assert!(err(json!({"messages": [{"role": "tool", "tool_call_id": "x", "content": "1"}]})).message.starts_with("messages[0]: tool result"));
         assert!(err(json!({"messages": [{"role": "wizard", "content": "1"}]})).message.starts_with("messages[0].role"));
+    }
+
+    #[test]
+    fn a_request_without_a_limit_asks_a_completions_server_for_the_whole_answer() {
+        // vLLM's `/v1/completions` stops at 16 tokens when `max_tokens` is left out (found by
+        // Codex in front of a real vLLM: its answer cut after the preamble).
+        let body = |prompt: PromptForm, req: Value| {
+            let enc = crate::testing::encoding();
+            let cfg = HarmonyRenderConfig { prompt, ..HarmonyRenderConfig::default() };
+            let mut stage = HarmonyRender { cfg, enc, cache: Arc::new(RenderCache::default()) };
+            stage.on_upstream_request(&crate::api::chat::decode::conversation(req)).unwrap().unwrap().body
+        };
+        let q = json!({"messages": [{"role": "user", "content": "Hi"}]});
+        assert_eq!(body(PromptForm::Tokens, q.clone()).get("max_tokens"), Some(&Value::Null), "explicitly unlimited");
+        assert_eq!(body(PromptForm::Text, q).get("max_tokens"), None, "mlx-lm refuses null");
+        assert_eq!(body(PromptForm::Tokens, json!({"max_tokens": 7, "messages": [{"role": "user", "content": "Hi"}]}))["max_tokens"], 7);
     }
 
     #[test]
