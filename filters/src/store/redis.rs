@@ -8,9 +8,10 @@
 //! Invariants: Redis never fails a request and never delays it beyond `timeout`. A request
 //! meets either an answer, a miss, or (Redis down, slow or refusing) nothing: the error is
 //! counted in `harmony_proxy_reasoning_store_errors_total{op}`, logged at most once a minute,
-//! and Redis is skipped for a second, so a dead Redis costs one timeout per second, not one
-//! per request. Writes never wait at all: they are queued (bounded; dropped and counted when
-//! full) for one writer thread. Keys are `harmony-proxy:reasoning:<scope>:<call id>`, values
+//! and Redis is skipped for a second (the calls skipped are counted too), so a dead Redis
+//! costs one timeout per second, not one per request. Writes never wait at all: they are
+//! queued (bounded; dropped and counted when full) for one writer thread. Keys are
+//! `harmony-proxy:reasoning:<scope>:<call id>`, values
 //! the turn's reasoning (bounded by the stage), each with the stage's `ttl`.
 //!
 //! Why the sync client of the `redis` crate: the store is called twice per request, never per
@@ -203,7 +204,14 @@ impl StateStore for RedisStore {
     }
 
     fn get(&self, scope: &str, id: &str) -> Option<Arc<str>> {
-        if id.len() > MAX_ID || self.shared.is_down() {
+        if id.len() > MAX_ID {
+            return None;
+        }
+        if self.shared.is_down() {
+            // Skipped, not tried: still a read that went without the store, counted like the
+            // writer counts the writes it skips (a failed write can set the back-off before
+            // the next read comes).
+            self.shared.get_errors.increment(1);
             return None;
         }
         let key = Self::key(scope, id);
