@@ -4,7 +4,14 @@
 #   bash fuzz/smoke.sh harmony_stream              # one target
 set -euo pipefail
 cd "$(dirname "$0")"
-command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+# cargo-fuzz, pinned, installed once into the test cache (outside the checkout, keyed by
+# version) unless one is on PATH already.
+CARGO_FUZZ_VERSION=0.13.2
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  root=${HARMONY_PROXY_TEST_CACHE:-$HOME/.cache/harmony-proxy}/cargo-fuzz-$CARGO_FUZZ_VERSION
+  [ -x "$root/bin/cargo-fuzz" ] || cargo install --quiet --locked --root "$root" cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+  export PATH="$root/bin:$PATH"
+fi
 # Lets the stable toolchain pass the -Z flags cargo-fuzz uses.
 export RUSTC_BOOTSTRAP=1
 secs=${FUZZ_SECONDS:-60}
