@@ -588,7 +588,7 @@ fn replay(file: &Path, cfg_path: Option<&Path>, pipeline: Option<&str>, json: bo
         return fail(format!("unknown pipeline {name:?} (defined: {})", cfg.pipelines.keys().cloned().collect::<Vec<_>>().join(", ")));
     };
     let compiled = harmony_filters::compile(&def.stages, &enc);
-    let meta = harmony_filters::RequestMeta::new("replay", !json, true);
+    let meta = harmony_filters::RequestMeta::new("replay", !json);
     let out = harmony_filters::replay::run(&compiled, &meta.into(), &[&data]);
     use std::io::Write as _;
     let _ = std::io::stdout().write_all(&out);

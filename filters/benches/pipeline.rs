@@ -25,7 +25,7 @@ fn main() {
     );
     // Feed it in network-sized reads, as hyper would.
     let parts: Vec<&[u8]> = body.chunks(1400).collect();
-    let meta = RequestMeta::new("bench", true, true);
+    let meta = RequestMeta::new("bench", true);
     for _ in 0..3 {
         run_sse(&p, &meta, &parts); // warm up
     }

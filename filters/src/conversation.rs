@@ -40,8 +40,6 @@ pub struct Conversation {
 pub struct Controls {
     /// The client wants SSE (upstreams are always streamed; the encoder answers as asked).
     pub stream: bool,
-    /// The client wants the usage chunk of a stream (Chat's `stream_options.include_usage`).
-    pub include_usage: bool,
     pub tool_choice: Option<ToolChoice>,
     pub parallel_tool_calls: Option<bool>,
     /// The client's word for the effort (`low`, `medium`, `high`, or a server's own, such

@@ -36,7 +36,7 @@ pub fn harmony_stream(data: &[u8]) {
     let body = llama_sse(&refs, finish);
     for p in pipelines() {
         for stream in [true, false] {
-            let meta = RequestMeta::new("fuzz", stream, true);
+            let meta = RequestMeta::new("fuzz", stream);
             // Cut the body at a data-dependent byte too: chunking must not matter.
             let cut = data.len() * 7 % body.len().max(1);
             let out = run_sse(p, &meta, &[&body[..cut], &body[cut..]]);
@@ -84,7 +84,7 @@ pub fn request(data: &[u8]) {
         _ => Vec::new(),
     };
     let p = pipeline(r#"[{ type = "stop-injection", extra = ["X"] }, { type = "history-clean" }, { type = "sse-encode" }]"#);
-    let up = p.request_phase(&RequestMeta::new("fuzz", true, false), crate::api::chat::decode::conversation(v)).expect("these stages never refuse");
+    let up = p.request_phase(&RequestMeta::new("fuzz", true), crate::api::chat::decode::conversation(v)).expect("these stages never refuse");
     let v = up.body;
     if !v.is_object() {
         return;
@@ -142,7 +142,7 @@ pub fn responses_request(data: &[u8]) {
                 assert_eq!(t["type"], "function");
                 assert!(t["function"]["name"].is_string() && t["function"]["parameters"].is_object());
             }
-            let meta = crate::api::ClientRequest { meta: RequestMeta::new(&d.model, true, true), api: d.ctx };
+            let meta = crate::api::ClientRequest { meta: RequestMeta::new(&d.model, true), api: d.ctx };
             let p = &pipelines()[2];
             let out = run_sse(p, &meta, &[&llama_sse(&["<|channel|>final<|message|>ok"], "stop")]);
             crate::testing::assemble_responses(&out).unwrap_or_else(|e| panic!("{e}"));
@@ -178,7 +178,7 @@ pub fn messages_request(data: &[u8]) {
             for t in chat["tools"].as_array().into_iter().flatten() {
                 assert!(t["function"]["name"].is_string() && t["function"]["parameters"].is_object());
             }
-            let meta = crate::api::ClientRequest { meta: RequestMeta::new(&d.model, true, true), api: d.ctx };
+            let meta = crate::api::ClientRequest { meta: RequestMeta::new(&d.model, true), api: d.ctx };
             let out = run_sse(&pipelines()[2], &meta, &[&llama_sse(&["<|channel|>final<|message|>ok"], "stop")]);
             crate::testing::assemble_messages(&out).unwrap_or_else(|e| panic!("{e}"));
         }

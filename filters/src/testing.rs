@@ -119,7 +119,7 @@ pub fn responses_meta(stream: bool) -> crate::api::ClientRequest {
     let d = crate::api::ClientApi::Responses
         .decode(serde_json::json!({"model": "m", "input": "x", "stream": stream, "store": false}), &crate::api::EdgeEnv::standalone())
         .expect("a minimal request decodes");
-    crate::api::ClientRequest { meta: RequestMeta::new("m", stream, true), api: d.ctx }
+    crate::api::ClientRequest { meta: RequestMeta::new("m", stream), api: d.ctx }
 }
 
 /// A request meta for the Messages API (`stream` or not), as the server makes it.
@@ -130,5 +130,5 @@ pub fn messages_meta(stream: bool) -> crate::api::ClientRequest {
             &crate::api::EdgeEnv::standalone(),
         )
         .expect("a minimal request decodes");
-    crate::api::ClientRequest { meta: RequestMeta::new("m", stream, true), api: d.ctx }
+    crate::api::ClientRequest { meta: RequestMeta::new("m", stream), api: d.ctx }
 }

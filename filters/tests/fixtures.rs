@@ -33,7 +33,7 @@ pub fn fixtures() -> Vec<(String, Vec<u8>, Value)> {
 }
 
 fn run(p: &Compiled, body: &[u8], stream: bool) -> Assembled {
-    let meta = RequestMeta::new("gpt-oss-20b", stream, true);
+    let meta = RequestMeta::new("gpt-oss-20b", stream);
     let out = run_sse(p, &meta, &[body]);
     let r = if stream { assemble_sse(&out) } else { assemble_json(&out) };
     r.unwrap_or_else(|e| panic!("contract broken: {e}\n{}", String::from_utf8_lossy(&out)))

@@ -35,7 +35,7 @@ fn client_view(deltas: &[&str], byte_cuts: &[usize]) -> Assembled {
         last = c;
     }
     parts.push(&body[last..]);
-    let out = run_sse(ide(), &RequestMeta::new("m", true, false), &parts);
+    let out = run_sse(ide(), &RequestMeta::new("m", true), &parts);
     assemble_sse(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
 }
 
@@ -125,7 +125,7 @@ fn render_stripped(conv: &[Msg]) -> String {
 /// Runs `deltas` through `p`, streamed or not, and assembles what the client gets.
 fn assembled(p: &Compiled, deltas: &[&str], stream: bool) -> Result<Assembled, TestCaseError> {
     let body = llama_sse(deltas, "stop");
-    let out = run_sse(p, &RequestMeta::new("m", stream, false), &[&body]);
+    let out = run_sse(p, &RequestMeta::new("m", stream), &[&body]);
     let a = if stream { assemble_sse(&out) } else { assemble_json(&out) };
     a.map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&out))))
 }
@@ -279,7 +279,7 @@ proptest! {
         let finish = if length { "length" } else { "stop" };
         let body = llama_sse(&[&text], finish);
         for stream in [true, false] {
-            let out = run_sse(ide(), &RequestMeta::new("m", stream, true), &[&body]);
+            let out = run_sse(ide(), &RequestMeta::new("m", stream), &[&body]);
             let a = if stream { assemble_sse(&out) } else { assemble_json(&out) };
             let a = a.map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&out))))?;
             if length { prop_assert_eq!(a.finish.as_str(), "length"); }

@@ -195,6 +195,18 @@ pub(super) async fn completion(state: Arc<MockState>, req: Value, native: bool) 
     let Some(enc) = state.enc.clone() else {
         return Ok(json_resp(501, &json!({"error": {"message": "this mock has no vocabulary", "type": "server_error"}})));
     };
+    // Serving one name (vLLM's way) with `--n-ctx`: an output limit past the context is
+    // refused in vLLM's words (0.32, recorded from the real server; its completions default
+    // to 16 tokens, so the proxy asks for the whole context when the client sets no limit).
+    if !native && state.served_model.is_some() && state.n_ctx > 0 {
+        if let Some(asked) = req.get("max_tokens").and_then(Value::as_u64).filter(|n| *n > state.n_ctx) {
+            let message = format!(
+                "max_tokens={asked} cannot be greater than max_model_len={}. Please request fewer output tokens. (parameter=max_tokens, value={asked})",
+                state.n_ctx
+            );
+            return Ok(json_resp(400, &json!({"error": {"message": message, "type": "BadRequestError", "param": "max_tokens", "code": 400}})));
+        }
+    }
     let prompt_ids: Vec<u32> = match req.get("prompt") {
         Some(Value::Array(a)) => a.iter().filter_map(|t| t.as_u64().map(|t| t as u32)).collect(),
         Some(Value::String(s)) => enc.tokenizer().encode_with_special_tokens(s),
@@ -276,7 +288,7 @@ pub(super) fn parse_like_llama(enc: &openai_harmony::HarmonyEncoding, deltas: &[
     use harmony_filters::stages::harmony_parse::{HarmonyParseConfig, HarmonyParseFactory};
     use harmony_filters::stages::tool_bridge::{Mode, Preambles, Reasoning, ToolBridgeConfig, ToolBridgeFactory};
     use harmony_filters::{Chain, Event, RequestMeta, StageFactory};
-    let meta = RequestMeta::new("mock", true, false);
+    let meta = RequestMeta::new("mock", true);
     let bridge = ToolBridgeConfig { mode: Mode::OpenaiToolCalls, reasoning: Reasoning::ReasoningContent, preambles: Preambles::Content };
     let mut chain =
         Chain::new(vec![HarmonyParseFactory::new(&HarmonyParseConfig::default(), enc.clone()).new_stage(&meta), ToolBridgeFactory(bridge).new_stage(&meta)]);

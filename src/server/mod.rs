@@ -528,7 +528,8 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     if conversation.controls.reasoning_effort.is_none() {
         conversation.controls.reasoning_effort = route.reasoning_effort.clone();
     }
-    let mut meta = RequestMeta::new(&model, stream, conversation.controls.include_usage);
+    let client_limit = conversation.controls.max_output_tokens.is_some();
+    let mut meta = RequestMeta::new(&model, stream);
     meta.request_id = rid.to_owned();
     meta.auth_scope = auth_scope;
     let api_ctx = decoded.ctx;
@@ -565,7 +566,16 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
         request_id: rid.to_owned(),
         metrics: state.metrics.clone(),
     });
-    let (outcome, retries) = call.clone().run(0, None, None).await;
+    let (mut outcome, mut retries) = call.clone().run(0, None, None).await;
+    // A limit the proxy chose (the client set none) that the server refuses as past its
+    // context, saying the most it takes (vLLM's `--max-model-len`): asked again with that.
+    if let Outcome::Passthrough(refusal) = &outcome {
+        let again = harmony_filters::upstream::overflow::output_limit(&refusal.body).filter(|_| !client_limit).and_then(|n| call.with_max_tokens(n));
+        if let Some(again) = again {
+            tracing::debug!(request_id = rid, "the server takes fewer output tokens; asking again with its limit");
+            (outcome, retries) = again.run(retries + 1, None, None).await;
+        }
+    }
     if !matches!(outcome, Outcome::Stream(..)) {
         state.metrics.duration.record(started.elapsed().as_secs_f64());
     }

@@ -25,6 +25,63 @@ pub enum Shape {
     Plain,
 }
 
+/// Which model server answers, told by what it says of itself (`GET /models`, its
+/// `Server` header, `GET /props`, how it refuses a model name it does not serve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// llama.cpp's `llama-server` (`owned_by: "llamacpp"`, or `GET /props`).
+    LlamaCpp,
+    /// vLLM (`owned_by: "vllm"`, `max_model_len`).
+    Vllm,
+    /// mlx-lm's `mlx_lm.server` (Python's `http.server`; models without `owned_by`).
+    MlxLm,
+    /// `transformers serve` (uvicorn; a pinned model it lists nowhere and names when refusing
+    /// another).
+    TransformersServe,
+    /// LM Studio (`owned_by: "organization_owner"`).
+    LmStudio,
+    /// Ollama (`owned_by: "library"`).
+    Ollama,
+    Unknown,
+}
+
+impl ServerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LlamaCpp => "llama.cpp (llama-server)",
+            Self::Vllm => "vLLM",
+            Self::MlxLm => "mlx-lm (mlx_lm.server)",
+            Self::TransformersServe => "transformers serve",
+            Self::LmStudio => "LM Studio",
+            Self::Ollama => "Ollama",
+            Self::Unknown => "not recognised (an OpenAI-compatible server)",
+        }
+    }
+
+    /// From `GET /models`'s answer: its `Server` header and body.
+    pub fn from_models(server_header: &str, list: &Value) -> Self {
+        let owners: Vec<&str> = list["data"].as_array().map(|a| a.iter().filter_map(|m| m["owned_by"].as_str()).collect()).unwrap_or_default();
+        match owners.first().copied() {
+            Some("llamacpp") => Self::LlamaCpp,
+            Some("vllm") => Self::Vllm,
+            Some("organization_owner") => Self::LmStudio,
+            Some("library") => Self::Ollama,
+            None if server_header.starts_with("BaseHTTP") => Self::MlxLm,
+            None if server_header == "uvicorn" && list["data"].as_array().is_some_and(Vec::is_empty) => Self::TransformersServe,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// The model a server is pinned to, from how it refuses another name (`transformers serve`:
+/// `Server is pinned to 'X'; requested 'Y'.`).
+pub fn pinned_model(refusal: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(refusal).ok()?;
+    let detail = v["detail"].as_str()?;
+    let rest = detail.strip_prefix("Server is pinned to '")?;
+    Some(rest[..rest.find("';")?].to_owned())
+}
+
 /// One finding: whether it is fine, and what to say.
 pub struct Report {
     pub lines: Vec<String>,
@@ -107,13 +164,17 @@ async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
     };
     let status = resp.status().as_u16();
     let ms = started.elapsed().as_millis();
+    let server_header = resp.headers().get(header::SERVER).and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
+    let mut kind = ServerKind::Unknown;
     let listed: Vec<String> = match status {
         200..=299 => {
             r.say(true, format!("reachable: GET /models answered {status} in {ms} ms"));
             let text = body_text(resp, 1 << 20, Duration::from_secs(5)).await.unwrap_or_default();
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            kind = ServerKind::from_models(&server_header, &v);
             let ids: Vec<String> = v["data"].as_array().map(|a| a.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect()).unwrap_or_default();
-            r.say(!ids.is_empty(), format!("models: {}", if ids.is_empty() { "none listed".into() } else { ids.join(", ") }));
+            // A pinned `transformers serve` lists nothing and names its model when refusing another.
+            r.say(!ids.is_empty() || kind == ServerKind::TransformersServe, format!("models: {}", if ids.is_empty() { "none listed".into() } else { ids.join(", ") }));
             ids
         }
         401 | 403 => {
@@ -125,12 +186,38 @@ async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
             Vec::new()
         }
     };
-    let model = model.map(str::to_owned).or_else(|| listed.first().cloned()).unwrap_or_else(|| "gpt-oss".into());
+    let mut model = model.map(str::to_owned).or_else(|| listed.first().cloned()).unwrap_or_else(|| "gpt-oss".into());
+    if kind == ServerKind::Unknown {
+        let root = base.trim_end_matches('/').strip_suffix("/v1").unwrap_or(base);
+        let props = Request::get(format!("{root}/props")).body(full(Bytes::new())).expect("static request");
+        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(3), up.send(props)).await {
+            let text = if resp.status().is_success() { body_text(resp, 1 << 20, Duration::from_secs(3)).await.unwrap_or_default() } else { String::new() };
+            if serde_json::from_str::<Value>(&text).is_ok_and(|v| v.get("default_generation_settings").is_some()) {
+                kind = ServerKind::LlamaCpp;
+            }
+        }
+    }
 
-    // 2. A one-token chat.
+    // 2. A one-token chat (a pinned server that refuses the name says which it serves).
     let started = Instant::now();
-    let one = json!({"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 1, "stream": false});
-    match up.send(post(base, &one)).await {
+    let one = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 1, "stream": false});
+    let answer = match up.send(post(base, &one(&model))).await {
+        Ok(resp) if resp.status().is_client_error() => {
+            let s = resp.status().as_u16();
+            let text = body_text(resp, 4096, Duration::from_secs(5)).await.unwrap_or_default();
+            let Some(pinned) = pinned_model(&text) else {
+                r.say(false, format!("chat: POST /chat/completions answered {s}: {}", text.chars().take(200).collect::<String>()));
+                return r;
+            };
+            kind = ServerKind::TransformersServe;
+            r.say(true, format!("models: pinned to {pinned}, the only name it answers to (routes send it as `upstream_model`; `init` writes it)"));
+            model = pinned;
+            up.send(post(base, &one(&model))).await
+        }
+        other => other,
+    };
+    r.say(true, format!("server: {}", kind.name()));
+    match answer {
         Ok(resp) if resp.status().is_success() => {
             let _ = body_text(resp, 1 << 20, Duration::from_secs(30)).await;
             r.say(true, format!("chat: model {model:?} answered a one-token request in {} ms", started.elapsed().as_millis()));
@@ -178,12 +265,34 @@ async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
         Shape::PreParsed => {
             r.say(true, "harmony: the upstream parses Harmony itself (reasoning in its own field)");
             r.advise("`passthrough` is enough; `ide-tools` and `harmony` work too and repair what it misses (preambles, agent histories)");
-            r.advise("llama-server drops tool calls of requests that declare no `tools` (see README, Tested against)");
+            if matches!(kind, ServerKind::LlamaCpp | ServerKind::Unknown) {
+                r.advise("llama-server drops tool calls of requests that declare no `tools` (see README, Tested against)");
+            }
         }
         Shape::Plain => {
             r.say(true, "harmony: plain text, no markup and no reasoning field (too short to tell, or not a gpt-oss model)");
             r.advise("pipeline `harmony` is safe for every shape");
         }
+    }
+
+    // 3b. What this server needs besides.
+    match kind {
+        ServerKind::Vllm => {
+            // vLLM (0.32) takes `tool_choice: "auto"` for gpt-oss either way: only a call the
+            // model makes would tell, so say what each way does.
+            r.advise("vLLM passes tool calls on only when started with `--tool-call-parser openai --enable-auto-tool-choice`; without, it drops every call, tools declared or not");
+            r.advise("with its parser: pipeline `ide-tools` (what the parser cannot place reaches the proxy raw and still becomes a call); either way: `native` (the proxy renders the prompt and finds the calls itself, token ids on /v1/completions)");
+            r.advise("vLLM answers only to the name it serves (`--served-model-name`): routes send it as `upstream_model` (`init --upstream` writes it)");
+        }
+        ServerKind::MlxLm => {
+            r.advise("mlx-lm answers only to the model's path: routes send it as `upstream_model` (`init --upstream` writes it)");
+            r.advise("`native` on mlx-lm needs `prompt = \"text\"` in `harmony-render` (its /v1/completions takes no token ids)");
+        }
+        ServerKind::TransformersServe => {
+            r.advise("`native` on transformers serve needs `prompt = \"text\"` in `harmony-render` (its /v1/completions takes only strings)");
+            r.advise("it ends chat streams without [DONE] and parses no tool calls: the proxy completes the stream and finds the calls in the text");
+        }
+        ServerKind::LlamaCpp | ServerKind::LmStudio | ServerKind::Ollama | ServerKind::Unknown => {}
     }
 
     // 4. The same answer as the agent APIs' clients get it (the built-in `ide-tools`, which a
@@ -212,7 +321,7 @@ fn agent_apis(streamed: &str) -> Vec<(harmony_filters::ClientApi, Result<String,
     apis.into_iter()
         .map(|(api, request)| {
             let result = api.decode(request, &env).map_err(|e| e.message).and_then(|d| {
-                let meta = harmony_filters::ClientRequest { meta: harmony_filters::RequestMeta::new("doctor", true, true), api: d.ctx };
+                let meta = harmony_filters::ClientRequest { meta: harmony_filters::RequestMeta::new("doctor", true), api: d.ctx };
                 let wire = run_sse(&compiled, &meta, &[streamed.as_bytes()]);
                 let a = if api == ClientApi::Messages { assemble_messages(&wire)? } else { assemble_responses(&wire)? };
                 let kinds = [(!a.reasoning.is_empty()).then_some("reasoning"), (!a.content.is_empty()).then_some("an answer")];

@@ -74,6 +74,19 @@ pub async fn discover(up: &Upstream) -> Discovered {
         d.context = first.and_then(|m| m.get("max_model_len")).and_then(Value::as_u64);
         // vLLM
     }
+    if d.model.is_none() {
+        // `transformers serve` with a pinned model lists none, and names it when refusing another.
+        let ask = json!({"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 1});
+        let mut req = Request::post(format!("{base}/chat/completions")).body(full(Bytes::from(ask.to_string()))).expect("static request");
+        req.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(3), up.send(req)).await {
+            if resp.status().is_client_error() {
+                let text = super::doctor::body_text(resp, 4096, Duration::from_secs(3)).await.unwrap_or_default();
+                d.model = super::doctor::pinned_model(&text);
+                d.only_one = d.model.is_some();
+            }
+        }
+    }
     if d.context.is_none() {
         let root = base.strip_suffix("/v1").unwrap_or(&base);
         if let Some(props) = get(format!("{root}/props")).await {

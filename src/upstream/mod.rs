@@ -351,6 +351,21 @@ pub struct Call {
 }
 
 impl Call {
+    /// The same call with `max_tokens` set to `limit`, if its body has a `max_tokens`.
+    pub fn with_max_tokens(&self, limit: u64) -> Option<Arc<Call>> {
+        let mut body: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        let slot = body.get_mut("max_tokens")?;
+        *slot = limit.into();
+        Some(Arc::new(Call {
+            upstream: self.upstream.clone(),
+            endpoint: self.endpoint,
+            body: Bytes::from(serde_json::to_vec(&body).ok()?),
+            policy: self.policy,
+            request_id: self.request_id.clone(),
+            metrics: self.metrics.clone(),
+        }))
+    }
+
     /// Calls the upstream, retrying what is retryable; `retries` counts retries already used
     /// by this request and is updated. With `wait_first`, backs off before the first try.
     /// Each try takes a server from the pool, another than `avoid` (the one that just failed)

@@ -194,3 +194,26 @@ fn a_text_prompt_is_the_rendered_prompt_as_a_string_and_answers_the_same() {
     assert!(prompt.starts_with("<|start|>system<|message|>") && prompt.ends_with("<|start|>assistant"), "{prompt}");
     assert_eq!(sent["prompt_text"].as_str(), Some(prompt), "the server's tokenizer reads it back as the same prompt");
 }
+
+/// vLLM's completions stop at 16 tokens when `max_tokens` is left out or `null`, and refuse
+/// more than their context (found in front of a real vLLM 0.32; the mock says it in vLLM's
+/// words when it serves one name with `--n-ctx`). A client that sets no limit gets the whole
+/// answer: the proxy asks for gpt-oss's context, then, refused, for what the server takes. A
+/// client's own limit past the context is its mistake: the refusal reaches it.
+#[test]
+fn a_client_without_a_limit_gets_the_whole_answer_from_a_server_that_refuses_more_than_its_context() {
+    let env = Env::with_mock(&["--served-model", "gpt-oss-tiny", "--n-ctx", "8192"], |mock| {
+        format!("[upstreams.default]\nurl = \"{mock}/v1\"\nread_timeout = \"5s\"\n\n[[routes]]\npath = \"/v1/chat/completions\"\nupstream = \"default\"\npipeline = \"native\"\nupstream_model = \"gpt-oss-tiny\"\n")
+    });
+    let mut body = chat_body("gpt-oss", false, "scenario:weather");
+    body["tools"] = tools();
+    let r = post(&env.url("/v1/chat/completions"), &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let a = r.assemble(false);
+    assert_eq!((a.tool_calls.len(), a.finish.as_str()), (1, "tool_calls"), "{}", r.text());
+    assert_eq!(env.mock_stats()["last_request"]["max_tokens"], 8192, "asked again with the server's limit");
+    body["max_tokens"] = json!(100_000);
+    let r = post(&env.url("/v1/chat/completions"), &body);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("max_model_len=8192"), "{}", r.text());
+}

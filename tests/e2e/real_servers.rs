@@ -192,6 +192,22 @@ impl Server {
         Server::start("vllm", cmd, port, dir, Duration::from_secs(300))
     }
 
+    /// `transformers serve` on the CPU (float32), the model pinned: it answers only to the
+    /// model's path as its name. From the vLLM venv (its torch and transformers).
+    fn transformers(v: &Vllm, model: &Path, dir: &Path) -> Server {
+        let port = free_port();
+        let hub = cache_dir().join("real-servers/hub");
+        std::fs::create_dir_all(&hub).unwrap();
+        let mut cmd = Command::new(v.bin.join("transformers"));
+        cmd.args(["serve", model.to_str().unwrap(), "--device", "cpu", "--dtype", "float32", "--host", "127.0.0.1", "--port", &port.to_string()])
+            // Offline, no update check; and an existing hub cache, without which `/v1/models` is a 500.
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_DISABLE_UPDATE_CHECK", "1")
+            .env("HF_HUB_DISABLE_TELEMETRY", "1")
+            .env("HF_HUB_CACHE", &hub);
+        Server::start("transformers-serve", cmd, port, dir, Duration::from_secs(180))
+    }
+
     fn logs(&self) -> String {
         let err = std::fs::read_to_string(self.log.with_extension("err")).unwrap_or_default();
         let out = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -218,11 +234,13 @@ fn proxy_for(server: &Server, model: &str, dir: &Path, prompt: Prompt) -> Proc {
     let route = |path: &str, models: &str, pipeline: &str| {
         format!("[[routes]]\npath = \"{path}\"\nmodels = [\"{models}\"]\nupstream = \"default\"\npipeline = \"{pipeline}\"\nupstream_model = {m}\n\n")
     };
-    let native = "[pipelines.native-text]\nstages = [{ type = \"history-clean\" }, { type = \"harmony-render\", prompt = \"text\" }, { type = \"harmony-parse\" }, { type = \"fallback\" }, { type = \"reasoning-memory\" }, { type = \"tool-bridge\", mode = \"openai_tool_calls\", reasoning = \"reasoning_content\", preambles = \"content\" }, { type = \"sse-encode\" }]\n\n";
+    let native = "[pipelines.native-text]\nstages = [{ type = \"history-clean\" }, { type = \"harmony-render\", prompt = \"text\" }, { type = \"harmony-parse\" }, { type = \"fallback\" }, { type = \"reasoning-memory\" }, { type = \"tool-bridge\", mode = \"openai_tool_calls\", reasoning = \"reasoning_content\", preambles = \"content\" }, { type = \"sse-encode\" }]\n\n\
+                  [pipelines.native-so]\nstages = [{ type = \"history-clean\" }, { type = \"harmony-render\", structured_outputs = true }, { type = \"harmony-parse\" }, { type = \"fallback\" }, { type = \"tool-bridge\", mode = \"openai_tool_calls\", reasoning = \"reasoning_content\", preambles = \"content\" }, { type = \"sse-encode\" }]\n\n";
     let cfg = format!(
-        "[upstreams.default]\nurl = \"{}/v1\"\nread_timeout = \"60s\"\n\n{native}{}{}{}{}{}",
+        "[upstreams.default]\nurl = \"{}/v1\"\nread_timeout = \"60s\"\n\n{native}{}{}{}{}{}{}",
         server.url,
         route("/v1/chat/completions", "native-*", if prompt == Prompt::Text { "native-text" } else { "native" }),
+        route("/v1/chat/completions", "so-*", "native-so"),
         route("/v1/chat/completions", "ide-*", "ide-tools"),
         route("/v1/chat/completions", "*", "harmony"),
         route("/v1/responses", "*", "ide-tools"),
@@ -344,6 +362,10 @@ fn every_scenario_on_a_real_mlx_lm_server_comes_out_exact_on_every_api() {
         let label = format!("{name} mlx-lm");
         failures.extend(chat_matrix(&proxy, &label, user, tools_decl, &rows, |row, _, _| expected(&sc, row.pipeline != "harmony")));
         failures.extend(other_apis(&proxy, &label, user, &sc, tools_decl));
+        if name == "final_only" {
+            let says = ["server: mlx-lm", "`ide-tools`", "prompt = \"text\""];
+            failures.extend(doctor_and_init(&server, &says, model.to_str().unwrap(), user, sc.final_text));
+        }
         if !failures.is_empty() {
             failures.push(format!("mlx_lm.server log tail ({name}):\n{}\nproxy log:\n{}", server.logs(), proxy.log()));
             break;
@@ -372,6 +394,115 @@ fn high_effort_reaches_a_real_mlx_lm_servers_template() {
         let r = post(&format!("{}/v1/chat/completions", proxy.url), &body);
         assert_eq!(&r.json()["choices"][0]["message"]["content"], want, "effort {effort:?}: {}\n{}", r.text(), server.logs());
     }
+}
+
+/// The real Codex CLI runs its two-turn tool loop through the proxy (`ide-tools` on the
+/// Responses API) in front of a real mlx-lm playing Codex's session model on its real prompt:
+/// mlx-lm sends the model's Harmony raw and parses no calls, so every call Codex runs is one
+/// the proxy found in the text. The agent's script checks the outcome (see real_llama.rs).
+#[test]
+fn codex_cli_runs_a_two_turn_tool_loop_through_the_proxy_on_a_real_mlx_lm_server() {
+    let Some(_) = crate::real_llama::harness() else { return };
+    let Some(m) = mlx() else { return };
+    let Some(()) = node_and_npm(&CODEX) else { return };
+    let model = PathBuf::from(m.models["codex_agent"].as_str().expect("the mlx-lm codex_agent model (prepare.sh)"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::mlx(m, &model, dir.path());
+    let sub = dir.path().join("ide-tools");
+    let proxy = agent_proxy(&server.url, CODEX.route, "ide-tools", &sub, model.to_str());
+    if let Some(report) = run_agent_cli(&CODEX, &proxy, &sub, "ide-tools on mlx-lm") {
+        panic!("{report}\n--- mlx_lm.server log tail:\n{}", server.logs());
+    }
+}
+
+/// Every scenario on a real `transformers serve` (the combined player, one start): it has no
+/// gpt-oss output parser, so it decodes with the special tokens stripped and the channel
+/// words run into the text (`analysisNeed a forecast…assistantcommentary to=functions.get_weather
+/// json{…}`), parses no calls and ends its chat streams without `[DONE]`. Chat through
+/// `ide-tools` (with and without tools), `harmony` and `native` with a text prompt (its
+/// `/v1/completions` takes only strings, and answers stripped too), streamed and not, and the
+/// Responses and Messages answers: the proxy gives each client exactly what the model said.
+/// Then the effort player, and `doctor` and `init` in front of it.
+#[test]
+fn every_scenario_on_a_real_transformers_serve_comes_out_exact_on_every_api() {
+    let Some(h) = crate::real_llama::harness() else { return };
+    let Some(v) = vllm() else { return };
+    let tools_decl = &h.scenarios["tools"];
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::transformers(v, &v.combined, dir.path());
+    let name = v.combined.to_str().unwrap();
+    let proxy = proxy_for(&server, name, dir.path(), Prompt::Text);
+    let rows = [
+        Row { pipeline: "ide-tools", model: "ide-gpt-oss", tools: &[true, false] },
+        Row { pipeline: "harmony", model: "gpt-oss", tools: &[true] },
+        Row { pipeline: "native (text prompt)", model: "native-gpt-oss", tools: &[true] },
+    ];
+    let mut failures = Vec::new();
+    for (scenario, s) in h.scenarios["scenarios"].as_object().unwrap() {
+        let sc = Scenario::from(s);
+        let user = v.users[scenario].as_str().unwrap();
+        let label = format!("{scenario} transformers");
+        failures.extend(chat_matrix(&proxy, &label, user, tools_decl, &rows, |row, _, _| expected(&sc, row.pipeline != "harmony")));
+        failures.extend(other_apis(&proxy, &label, user, &sc, tools_decl));
+    }
+    failures.extend(effort_on(&proxy, v.users["effort"].as_str().unwrap(), &h.scenarios["effort"]));
+    let hello = Scenario::from(&h.scenarios["scenarios"]["final_only"]).final_text;
+    let says = ["server: transformers serve", "pinned to", "`ide-tools`", "prompt = \"text\""];
+    failures.extend(doctor_and_init(&server, &says, name, v.users["final_only"].as_str().unwrap(), hello));
+    if !failures.is_empty() {
+        failures.push(format!("transformers serve log tail:\n{}\nproxy log:\n{}", server.logs(), proxy.log()));
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The effort player's answer through `harmony` and `native`, asked for `high` and not.
+fn effort_on(proxy: &Proc, user: &str, e: &Value) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (effort, want) in [(Some("high"), &e["high"]["final"]), (None, &e["other"]["final"])] {
+        for model in ["gpt-oss", "native-gpt-oss"] {
+            let mut body = json!({"model": model, "max_tokens": 100, "temperature": 0, "messages": [{"role": "user", "content": user}]});
+            if let Some(x) = effort {
+                body["reasoning_effort"] = json!(x);
+            }
+            let r = post(&format!("{}/v1/chat/completions", proxy.url), &body);
+            if &r.json()["choices"][0]["message"]["content"] != want {
+                failures.push(format!("effort {effort:?} via {model}: {}", r.text()));
+            }
+        }
+    }
+    failures
+}
+
+/// `doctor` in front of `server` says each of `needles` (the server's name, the pipeline that
+/// fits, what the server needs); `init --upstream` writes a config that passes `check` and, served as is, answers
+/// `user` with `want` (the model's answer), sending `model` upstream whatever the client names.
+fn doctor_and_init(server: &Server, needles: &[&str], model: &str, user: &str, want: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    let upstream = format!("{}/v1", server.url);
+    let out = Command::new(BIN).args(["doctor", "--upstream", &upstream]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || needles.iter().any(|n| !text.contains(n)) {
+        failures.push(format!("doctor did not say each of {needles:?}:\n{text}"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("proxy.toml");
+    let out = Command::new(BIN).args(["init", "--upstream", &upstream, "--for", "roo", "--output", cfg.to_str().unwrap()]).output().unwrap();
+    let written = std::fs::read_to_string(&cfg).unwrap_or_default();
+    if !out.status.success() || !written.contains(&format!("upstream_model = {}", toml::Value::String(model.to_owned()))) {
+        failures.push(format!("init did not write upstream_model {model:?}: {}\n{written}", String::from_utf8_lossy(&out.stderr)));
+        return failures;
+    }
+    let check = Command::new(BIN).args(["check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    if !check.status.success() {
+        failures.push(format!("init's config fails check: {}", String::from_utf8_lossy(&check.stdout)));
+        return failures;
+    }
+    let proxy = spawn(&["serve", "--config", "proxy.toml", "--port", "0"], dir.path(), &[]);
+    let r = post(&format!("{}/v1/chat/completions", proxy.url), &json!({"model": "gpt-oss-20b", "max_tokens": 100, "temperature": 0, "messages": [{"role": "user", "content": user}]}));
+    if r.status != 200 || r.json()["choices"][0]["message"]["content"] != want {
+        failures.push(format!("init's config did not answer: {} {}\n{}", r.status, r.text(), proxy.log()));
+    }
+    failures
 }
 
 /// vLLM's modes: with its tool parser (`--tool-call-parser openai --enable-auto-tool-choice`)
@@ -435,23 +566,38 @@ fn vllm_matrix(mode: VllmMode) {
         let sc = if mode == VllmMode::ToolParser { sc } else { Scenario { tool: None, ..sc } };
         failures.extend(other_apis(&proxy, &label, user, &sc, tools_decl));
     }
-    let e = &h.scenarios["effort"];
-    for (effort, want) in [(Some("high"), &e["high"]["final"]), (None, &e["other"]["final"])] {
-        for model in ["gpt-oss", "native-gpt-oss"] {
-            let mut body = json!({"model": model, "max_tokens": 100, "temperature": 0, "messages": [{"role": "user", "content": v.users["effort"]}]});
-            if let Some(x) = effort {
-                body["reasoning_effort"] = json!(x);
-            }
-            let r = post(&format!("{}/v1/chat/completions", proxy.url), &body);
-            if &r.json()["choices"][0]["message"]["content"] != want {
-                failures.push(format!("effort {effort:?} via {model}: {}", r.text()));
-            }
-        }
+    failures.extend(effort_on(&proxy, v.users["effort"].as_str().unwrap(), &h.scenarios["effort"]));
+    if mode == VllmMode::ToolParser {
+        failures.extend(required_by_structured_outputs(&proxy, v, &h.scenarios, tools_decl));
     }
+    let hello = Scenario::from(&h.scenarios["scenarios"]["final_only"]).final_text;
+    let says = ["server: vLLM", "--tool-call-parser openai", "`native`", "`upstream_model`"];
+    failures.extend(doctor_and_init(&server, &says, "gpt-oss-tiny", v.users["final_only"].as_str().unwrap(), hello));
     if !failures.is_empty() {
         failures.push(format!("vllm log tail:\n{}\nproxy log:\n{}", server.logs(), proxy.log()));
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// `tool_choice: "required"` through `native` with `structured_outputs = true`: vLLM takes the
+/// grammar, and a model that reasons and calls still does exactly that, streamed and not (the
+/// prefill would have cut the reasoning). That the grammar forbids a prose answer is vLLM's
+/// structured outputs at work; a script player pushed off its script only babbles.
+fn required_by_structured_outputs(proxy: &Proc, v: &Vllm, scenarios: &Value, tools_decl: &Value) -> Vec<String> {
+    let sc = Scenario::from(&scenarios["scenarios"]["reasoning_tool"]);
+    let (name, args) = sc.tool.unwrap();
+    let mut failures = Vec::new();
+    for stream in [true, false] {
+        let body = json!({"model": "so-gpt-oss", "stream": stream, "max_tokens": 200, "temperature": 0, "tools": tools_decl, "tool_choice": "required",
+                          "messages": [{"role": "user", "content": v.users["reasoning_tool"]}]});
+        let r = post(&format!("{}/v1/chat/completions", proxy.url), &body);
+        let a = r.assemble(stream);
+        let call = a.tool_calls.first().map(|c| (c.1.as_str(), same_arguments(&c.2, args)));
+        if (a.reasoning.as_str(), call, a.finish.as_str()) != (sc.reasoning, Some((name, true)), "tool_calls") {
+            failures.push(format!("required via structured outputs, stream={stream}: {}", r.text()));
+        }
+    }
+    failures
 }
 
 #[test]

@@ -48,10 +48,11 @@ fn client_bytes_for_every_fixture_in_every_mode() {
         for pipeline in modes {
             let compiled = compile(&cfg.pipelines[pipeline].0.stages, &enc);
             for stream in [true, false] {
-                let mut meta = RequestMeta::new("gpt-oss-20b", stream, true);
-                meta.completion_id = "chatcmpl-snapshot".into();
+                let mut meta = RequestMeta::new("gpt-oss-20b", stream);
                 meta.created = 1_700_000_000;
-                let out = run_sse(&compiled, &meta, &[&body]);
+                let chat = harmony_filters::api::chat::Context { completion_id: "chatcmpl-snapshot".into(), include_usage: true };
+                let req = harmony_filters::ClientRequest { meta, api: harmony_filters::api::ApiContext::Chat(std::sync::Arc::new(chat)) };
+                let out = run_sse(&compiled, &req, &[&body]);
                 doc.push_str(&format!("## {pipeline}, stream={stream}\n{}\n", redact_call_ids(&String::from_utf8_lossy(&out))));
             }
         }

@@ -50,7 +50,7 @@ fi
 # 2. The script players in mlx-lm's layout (cached by what shapes them).
 say "models"
 HF_HUB_OFFLINE=1 "$venv/bin/python" "$here/make_hf.py" --manifest "$manifest" --template "$template" \
-  --tiktoken "$tiktoken" --out "$cache/hf-models" --layout mlx 2>&1 | grep -v '^\[transformers\]' || true
+  --tiktoken "$tiktoken" --out "$cache/hf-models" --layout mlx --agents codex_agent 2>&1 | grep -v '^\[transformers\]' || true
 models=$cache/hf-models/models-mlx-float32.json
 [ -f "$models" ] || { echo "make_hf.py wrote no $models" >&2; exit 1; }
 

@@ -276,9 +276,10 @@ impl std::ops::DerefMut for ClientRequest {
 }
 
 impl From<RequestMeta> for ClientRequest {
-    /// A chat client's request.
+    /// A chat client's request that asks for everything, the usage chunk included (replay,
+    /// `doctor`, tests).
     fn from(meta: RequestMeta) -> Self {
-        Self { meta, api: ApiContext::Chat(Default::default()) }
+        Self { meta, api: ApiContext::Chat(Arc::new(chat::Context::new(true))) }
     }
 }
 

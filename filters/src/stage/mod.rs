@@ -18,14 +18,10 @@ use crate::event::{ApiError, Event};
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
     pub request_id: String,
-    /// The id of the completion (`chatcmpl-…`), one for the whole response.
-    pub completion_id: String,
     pub created: u64,
     pub model: String,
     /// The client asked for SSE.
     pub stream: bool,
-    /// The client asked for a usage chunk (`stream_options.include_usage`).
-    pub include_usage: bool,
     /// Who the request is from, when the server checks API keys (a digest of the key):
     /// state kept between requests (`reasoning-memory`) is never shared across scopes.
     pub auth_scope: Option<String>,
@@ -47,14 +43,12 @@ pub struct Prefill {
 
 impl RequestMeta {
     /// A meta with fresh ids, for tools and tests.
-    pub fn new(model: &str, stream: bool, include_usage: bool) -> Self {
+    pub fn new(model: &str, stream: bool) -> Self {
         Self {
             request_id: random_id("req_", 16),
-            completion_id: random_id("chatcmpl-", 24),
             created: unix_now(),
             model: model.to_owned(),
             stream,
-            include_usage,
             auth_scope: None,
             prompt_tokens: None,
             prefill: None,

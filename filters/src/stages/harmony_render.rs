@@ -76,6 +76,12 @@ pub struct HarmonyRenderConfig {
     /// reads back: mlx-lm and servers that take only a string).
     #[serde(default)]
     pub prompt: PromptForm,
+    /// `tool_choice: "required"` on `/v1/completions` as vLLM's structured outputs (a
+    /// `structured_outputs.grammar`): the model may reason first, then only a call to a
+    /// declared function. Off (the default, for every server): the call's header is written
+    /// for the model, which then calls but cannot reason first.
+    #[serde(default)]
+    pub structured_outputs: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -85,6 +91,9 @@ pub enum PromptForm {
     Tokens,
     Text,
 }
+
+/// gpt-oss's context, in tokens: the output limit asked for when the client sets none.
+pub const GPT_OSS_CONTEXT: u64 = 131_072;
 
 /// Most bytes of cached message tokens (with their keys); past it the cache starts afresh.
 const CACHE_BYTES: usize = 64 << 20;
@@ -494,13 +503,21 @@ fn forced_call(enc: &HarmonyEncoding, conv: &Conversation) -> Result<Option<Pref
     Ok(Some(Prefill { ids, text }))
 }
 
-/// A llama.cpp grammar (GBNF; special tokens by reference, as llama.cpp matches them) for
-/// `tool_choice: "required"`: optionally the model's reasoning, optionally a preamble, then
-/// a call to one of the declared functions, in the header form gpt-oss writes. It ends with
-/// the call's arguments: `<|call|>` is an end-of-generation token, which llama.cpp allows
-/// only where the grammar may end, never as a part of it. `None` when no function is
-/// declared (the request is refused before).
-fn required_call_grammar(conv: &Conversation) -> Option<String> {
+/// How a grammar names a special token: llama.cpp's GBNF by reference (`<|channel|>`, as
+/// llama.cpp matches them), vLLM's structured outputs (xgrammar) as a string (`"<|channel|>"`,
+/// matched by the token's text, which vLLM keeps with `skip_special_tokens: false`).
+#[derive(Clone, Copy)]
+enum Dialect {
+    Gbnf,
+    Xgrammar,
+}
+
+/// A grammar for `tool_choice: "required"`: optionally the model's reasoning, optionally a
+/// preamble, then a call to one of the declared functions, in the header form gpt-oss writes.
+/// It ends with the call's arguments: `<|call|>` is an end-of-generation token, which the
+/// servers allow only where the grammar may end, never as a part of it. `None` when no
+/// function is declared (the request is refused before).
+fn required_call_grammar(conv: &Conversation, dialect: Dialect) -> Option<String> {
     let names: Vec<String> = conv
         .tools
         .iter()
@@ -510,11 +527,16 @@ fn required_call_grammar(conv: &Conversation) -> Option<String> {
     if names.is_empty() {
         return None;
     }
+    let t = |token: &str| match dialect {
+        Dialect::Gbnf => token.to_owned(),
+        Dialect::Xgrammar => format!("\"{token}\""),
+    };
+    let (channel, message, end, start, constrain) = (t("<|channel|>"), t("<|message|>"), t("<|end|>"), t("<|start|>"), t("<|constrain|>"));
     Some(format!(
         "root ::= analysis? preamble? call\n\
-         analysis ::= <|channel|> \"analysis\" <|message|> text <|end|> <|start|> \"assistant\"\n\
-         preamble ::= <|channel|> \"commentary\" <|message|> text <|end|> <|start|> \"assistant\"\n\
-         call ::= <|channel|> \"commentary to=functions.\" name \" \" <|constrain|> \"json\" <|message|> text\n\
+         analysis ::= {channel} \"analysis\" {message} text {end} {start} \"assistant\"\n\
+         preamble ::= {channel} \"commentary\" {message} text {end} {start} \"assistant\"\n\
+         call ::= {channel} \"commentary to=functions.\" name \" \" {constrain} \"json\" {message} text\n\
          name ::= {}\n\
          text ::= ([^<] | \"<\" [^|])*\n",
         names.join(" | ")
@@ -532,10 +554,12 @@ impl RequestStage for HarmonyRender {
     /// (`reasoning-memory` puts it in the conversation; here it becomes the analysis message).
     fn on_upstream_request(&mut self, conv: &Conversation) -> Result<Option<UpstreamRequest>, ApiError> {
         let mut prompt = render_request(&self.enc, &self.cache, conv, self.cfg.reasoning_effort, &today())?;
-        // `required` on llama.cpp's `/completion`: a grammar, which leaves the model its
-        // reasoning and then allows only a call; elsewhere the header is written for it.
+        // `required` on llama.cpp's `/completion`, or vLLM's completions with structured
+        // outputs: a grammar, which leaves the model its reasoning and then allows only a
+        // call; elsewhere the header is written for it.
         let grammar = match (&conv.controls.tool_choice, self.cfg.endpoint) {
-            (Some(ToolChoice::Required), RenderEndpoint::Llama) => required_call_grammar(conv),
+            (Some(ToolChoice::Required), RenderEndpoint::Llama) => required_call_grammar(conv, Dialect::Gbnf),
+            (Some(ToolChoice::Required), RenderEndpoint::Completions) if self.cfg.structured_outputs => required_call_grammar(conv, Dialect::Xgrammar),
             _ => None,
         };
         let prefill = if grammar.is_some() { None } else { forced_call(&self.enc, conv)? };
@@ -580,21 +604,26 @@ impl RequestStage for HarmonyRender {
         }
         let endpoint = match self.cfg.endpoint {
             RenderEndpoint::Completions => {
-                // No limit from the client: an explicit `null` with token ids, which vLLM reads
-                // as "up to the context" (left out, it is the legacy API's default of 16
-                // tokens) and llama.cpp as its own default; left out with a text prompt
-                // (mlx-lm refuses `null` and applies its `--max-tokens`).
+                // No limit from the client: with token ids, gpt-oss's whole context. vLLM's
+                // completions stop at 16 tokens when it is left out or `null` (the legacy API's
+                // default), and refuse more than their `--max-model-len`, saying it: the server
+                // asks again with that (`upstream::overflow::output_limit`). llama.cpp stops
+                // at its context either way. Left out with a text prompt (mlx-lm refuses
+                // `null` and applies its `--max-tokens`).
                 match max {
                     Some(m) => {
                         out.insert("max_tokens".into(), m);
                     }
                     None if self.cfg.prompt == PromptForm::Tokens => {
-                        out.insert("max_tokens".into(), Value::Null);
+                        out.insert("max_tokens".into(), Value::from(GPT_OSS_CONTEXT));
                     }
                     None => {}
                 }
                 // vLLM strips special tokens from completion text unless told otherwise.
                 out.insert("skip_special_tokens".into(), Value::Bool(false));
+                if let Some(g) = grammar {
+                    out.insert("structured_outputs".into(), json!({ "grammar": g }));
+                }
                 out.insert("stream_options".into(), json!({"include_usage": true}));
                 Endpoint::Completions
             }
@@ -693,9 +722,9 @@ mod tests {
     }
 
     #[test]
-    fn a_request_without_a_limit_asks_a_completions_server_for_the_whole_answer() {
-        // vLLM's `/v1/completions` stops at 16 tokens when `max_tokens` is left out (found by
-        // Codex in front of a real vLLM: its answer cut after the preamble).
+    fn a_request_without_a_limit_asks_a_completions_server_for_the_whole_context() {
+        // vLLM's `/v1/completions` stops at 16 tokens when `max_tokens` is left out or `null`
+        // (found by Codex in front of a real vLLM: its answer cut after the preamble).
         let body = |prompt: PromptForm, req: Value| {
             let enc = crate::testing::encoding();
             let cfg = HarmonyRenderConfig { prompt, ..HarmonyRenderConfig::default() };
@@ -703,9 +732,28 @@ mod tests {
             stage.on_upstream_request(&crate::api::chat::decode::conversation(req)).unwrap().unwrap().body
         };
         let q = json!({"messages": [{"role": "user", "content": "Hi"}]});
-        assert_eq!(body(PromptForm::Tokens, q.clone()).get("max_tokens"), Some(&Value::Null), "explicitly unlimited");
+        assert_eq!(body(PromptForm::Tokens, q.clone())["max_tokens"], GPT_OSS_CONTEXT, "the whole context, never vLLM's 16");
         assert_eq!(body(PromptForm::Text, q).get("max_tokens"), None, "mlx-lm refuses null");
         assert_eq!(body(PromptForm::Tokens, json!({"max_tokens": 7, "messages": [{"role": "user", "content": "Hi"}]}))["max_tokens"], 7);
+    }
+
+    #[test]
+    fn with_structured_outputs_a_required_tool_choice_is_a_grammar_that_leaves_the_reasoning_not_a_prefill() {
+        let sent = |structured_outputs: bool| {
+            let enc = crate::testing::encoding();
+            let cfg = HarmonyRenderConfig { structured_outputs, ..HarmonyRenderConfig::default() };
+            let mut stage = HarmonyRender { cfg, enc, cache: Arc::new(RenderCache::default()) };
+            let conv = crate::api::chat::decode::conversation(json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tool(), "tool_choice": "required"}));
+            stage.on_upstream_request(&conv).unwrap().unwrap()
+        };
+        let up = sent(true);
+        assert!(up.prefill.is_none(), "no header written: the model may reason first");
+        let g = up.body["structured_outputs"]["grammar"].as_str().unwrap_or_else(|| panic!("a grammar: {}", up.body));
+        assert!(g.starts_with("root ::= analysis? preamble? call\n"), "{g}");
+        assert!(g.contains("analysis ::= \"<|channel|>\" \"analysis\" \"<|message|>\" text \"<|end|>\" \"<|start|>\" \"assistant\"\n"), "special tokens as strings: {g}");
+        assert!(g.contains("name ::= \"get_weather\"\n"), "{g}");
+        let up = sent(false);
+        assert!(up.body.get("structured_outputs").is_none() && up.prefill.is_some_and(|p| p.text == "<|channel|>commentary to=functions."), "off: the header as before");
     }
 
     #[test]

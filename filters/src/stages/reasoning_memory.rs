@@ -375,7 +375,7 @@ mod tests {
     fn reasoning_of_a_tool_turn_is_put_back_under_the_ids_the_client_got() {
         let store = Arc::new(MemoryStore::new(1 << 20, Duration::from_secs(60)));
         let f = ReasoningMemoryFactory::with_store(Field::ReasoningContent, store.clone());
-        let meta = RequestMeta::new("m", true, false);
+        let meta = RequestMeta::new("m", true);
         let out = run_turn(
             &f,
             &meta,
@@ -441,7 +441,7 @@ mod tests {
                 client_id: None,
             })
         };
-        let out = run_turn(&f, &RequestMeta::new("m", true, false), vec![Event::UpstreamReasoning("think".into()), up(Some("x"), "{"), up(None, "}")]);
+        let out = run_turn(&f, &RequestMeta::new("m", true), vec![Event::UpstreamReasoning("think".into()), up(Some("x"), "{"), up(None, "}")]);
         let ids: Vec<_> = out.iter().filter_map(|e| if let Event::UpstreamToolCall(u) = e { Some(u.client_id.clone()) } else { None }).collect();
         assert!(matches!(&ids[..], [Some(_), None]), "{ids:?}");
         assert_eq!(&*store.get("", ids[0].as_deref().unwrap()).unwrap(), "think");
@@ -475,7 +475,7 @@ mod tests {
     fn a_key_only_gets_its_own_reasoning_back() {
         let store = Arc::new(MemoryStore::new(1 << 20, Duration::from_secs(60)));
         let f = ReasoningMemoryFactory::with_store(Field::ReasoningContent, store);
-        let mut alice = RequestMeta::new("m", true, false);
+        let mut alice = RequestMeta::new("m", true);
         alice.auth_scope = Some("alice".into());
         let mut bob = alice.clone();
         bob.auth_scope = Some("bob".into());

@@ -18,6 +18,19 @@ use serde_json::Value;
 
 pub use crate::event::ContextOverflow;
 
+/// The most output tokens a server takes, from its refusal of more (vLLM: HTTP 400
+/// "max_tokens=X cannot be greater than max_model_len=N. Please request fewer output
+/// tokens."): `N`. The proxy asks again with it where it chose the limit itself.
+pub fn output_limit(body: &[u8]) -> Option<u64> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let err = v.get("error").unwrap_or(&v);
+    let m = err.get("message").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+    if !m.contains("cannot be greater than") {
+        return None;
+    }
+    number_after(&m, "max_model_len=")
+}
+
 /// The overflow an upstream's error body says, if it says one (`body`: an HTTP error's body,
 /// or an in-band `{"error":…}` chunk).
 pub fn in_body(body: &[u8]) -> Option<ContextOverflow> {
@@ -86,6 +99,14 @@ fn number_after(s: &str, prefix: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn vllms_refusal_of_an_output_limit_past_its_context_says_the_limit_it_takes() {
+        let body = br#"{"error":{"message":"max_tokens=131072 cannot be greater than max_model_len=8192. Please request fewer output tokens. (parameter=max_tokens, value=131072)","type":"BadRequestError","param":"max_tokens","code":400}}"#;
+        assert_eq!(super::output_limit(body), Some(8192));
+        assert_eq!(super::in_body(body), None, "not a prompt that does not fit");
+        assert_eq!(super::output_limit(br#"{"error":{"message":"This model's maximum context length is 8192 tokens."}}"#), None);
+    }
+
     use super::*;
 
     fn of(body: &str) -> Option<ContextOverflow> {

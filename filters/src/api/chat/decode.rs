@@ -20,12 +20,14 @@ use crate::event::ApiError;
 
 pub fn decode(body: Value) -> Result<Decoded, ApiError> {
     let _checked: types::Request = typed_ref(&body, "")?;
+    // Chat's own option, for its encoder: every upstream request asks for usage itself.
+    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
     let conversation = conversation(body);
     Ok(Decoded {
         model: conversation.model.clone(),
         stream: conversation.controls.stream,
         conversation,
-        ctx: ApiContext::Chat(Default::default()),
+        ctx: ApiContext::Chat(std::sync::Arc::new(super::Context::new(include_usage))),
         notes: Vec::new(),
     })
 }
@@ -74,8 +76,9 @@ pub fn conversation(body: Value) -> Conversation {
     // An empty name stays as sent: the conversation's empty model means "none named".
     let model = take(&mut o, "model", |v| string(v).and_then(|s| if s.is_empty() { Err(Value::String(s)) } else { Ok(s) })).unwrap_or_default();
     let stream = take(&mut o, "stream", boolean).unwrap_or(false);
-    // Every upstream request asks for usage itself; the client's own options are only read.
-    let include_usage = o.remove("stream_options").and_then(|s| s.get("include_usage").and_then(Value::as_bool)).unwrap_or(false);
+    // Every upstream request asks for usage itself; the client's own options are Chat's
+    // encoder's (read by `decode`).
+    o.remove("stream_options");
     let messages = take(&mut o, "messages", |v| match v {
         Value::Array(a) => Ok(a.into_iter().map(message).collect()),
         v => Err(v),
@@ -90,7 +93,6 @@ pub fn conversation(body: Value) -> Conversation {
         .or_else(|| take(&mut o, "max_tokens", number).map(|tokens| Limit { tokens, said_as: LimitName::MaxTokens }));
     let controls = Controls {
         stream,
-        include_usage,
         tool_choice: take(&mut o, "tool_choice", |v| not_null(v).map(tool_choice)),
         parallel_tool_calls: take(&mut o, "parallel_tool_calls", boolean),
         reasoning_effort: take(&mut o, "reasoning_effort", string),

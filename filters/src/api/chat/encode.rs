@@ -28,6 +28,7 @@ struct ToolCall {
 pub struct ChatEncoder {
     stream: bool,
     include_usage: bool,
+    completion_id: String,
     /// `data: {"id":…,"choices":[{"index":0,"delta":` — the same for every chunk.
     prefix: Vec<u8>,
     meta: RequestMeta,
@@ -48,17 +49,18 @@ fn json_str(s: &str) -> String {
 }
 
 impl ChatEncoder {
-    pub fn new(meta: &RequestMeta) -> Self {
+    pub fn new(meta: &RequestMeta, ctx: &super::Context) -> Self {
         let prefix = format!(
             "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":",
-            json_str(&meta.completion_id),
+            json_str(&ctx.completion_id),
             meta.created,
             json_str(&meta.model)
         )
         .into_bytes();
         Self {
             stream: meta.stream,
-            include_usage: meta.include_usage,
+            include_usage: ctx.include_usage,
+            completion_id: ctx.completion_id.clone(),
             prefix,
             meta: meta.clone(),
             buf: BytesMut::with_capacity(512),
@@ -150,7 +152,7 @@ impl ChatEncoder {
                     let _ = write!(
                         (&mut self.buf).writer(),
                         "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[],\"usage\":{}}}\n\n",
-                        json_str(&self.meta.completion_id),
+                        json_str(&self.completion_id),
                         self.meta.created,
                         json_str(&self.meta.model),
                         usage
@@ -186,7 +188,7 @@ impl ChatEncoder {
                 message.insert("tool_calls".into(), Value::Array(calls));
             }
             let mut body = serde_json::json!({
-                "id": self.meta.completion_id,
+                "id": self.completion_id,
                 "object": "chat.completion",
                 "created": self.meta.created,
                 "model": self.meta.model,

@@ -18,10 +18,22 @@ use crate::stage::RequestMeta;
 /// The Chat Completions API.
 pub struct Chat;
 
-/// What the chat encoder needs beyond the request's meta: nothing yet (its ids and usage
-/// option ride in the meta).
-#[derive(Debug, Default)]
-pub struct Context;
+/// What the chat encoder needs beyond the request's meta: the completion's id and whether
+/// the client asked for the usage chunk.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The id of the completion (`chatcmpl-…`), one for the whole response, retries included.
+    pub completion_id: String,
+    /// The client asked for a usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+}
+
+impl Context {
+    /// A fresh completion id.
+    pub fn new(include_usage: bool) -> Self {
+        Self { completion_id: crate::stage::random_id("chatcmpl-", 24), include_usage }
+    }
+}
 
 impl Api for Chat {
     type Context = Context;
@@ -33,7 +45,7 @@ impl Api for Chat {
     fn decode(body: Value, _env: &EdgeEnv) -> Result<Decoded, ApiError> {
         decode::decode(body)
     }
-    fn encoder(meta: &RequestMeta, _ctx: &Arc<Context>) -> Box<dyn Encoder> {
-        Box::new(encode::ChatEncoder::new(meta))
+    fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Encoder> {
+        Box::new(encode::ChatEncoder::new(meta, ctx))
     }
 }

@@ -326,7 +326,6 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     // answer (`stop_reason: "stop_sequence"`); the upstream cannot.
     let stream = req.stream.unwrap_or(false);
     c.stream = stream;
-    c.include_usage = true;
     let ctx = Context { message_id: random_id("msg_", 24), sealer: env.sealer.clone(), scope: env.scope.clone(), stop_sequences: req.stop_sequences };
     Ok(Decoded { conversation, model, stream, ctx: ApiContext::Messages(Arc::new(ctx)), notes })
 }

@@ -397,7 +397,7 @@ mod tests {
             )
             .unwrap();
         assert!(d.chat().get("stop").is_none(), "the encoder applies them, so it knows which one");
-        let meta = RequestMeta::new("m", true, true);
+        let meta = RequestMeta::new("m", true);
         let crate::api::ApiContext::Messages(ctx) = d.ctx else { panic!() };
         let mut enc = MessagesEncoder::new(&meta, ctx);
         let mut out = Vec::new();

@@ -379,7 +379,6 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     };
     let stream = req.stream.unwrap_or(false);
     c.stream = stream;
-    c.include_usage = true;
 
     let include_encrypted = req.include.iter().flatten().any(|i| i == "reasoning.encrypted_content");
     let store = req.store.unwrap_or(true);

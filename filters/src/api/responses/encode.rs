@@ -488,7 +488,7 @@ mod tests {
                 &crate::api::EdgeEnv::standalone(),
             )
             .unwrap();
-        let meta = RequestMeta::new("m", false, true);
+        let meta = RequestMeta::new("m", false);
         let crate::api::ApiContext::Responses(ctx) = d.ctx else { panic!() };
         let mut enc = ResponsesEncoder::new(&meta, ctx);
         let mut out = Vec::new();
