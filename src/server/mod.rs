@@ -528,7 +528,6 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     if conversation.controls.reasoning_effort.is_none() {
         conversation.controls.reasoning_effort = route.reasoning_effort.clone();
     }
-    let client_limit = conversation.controls.max_output_tokens.is_some();
     let mut meta = RequestMeta::new(&model, stream);
     meta.request_id = rid.to_owned();
     meta.auth_scope = auth_scope;
@@ -567,10 +566,12 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
         metrics: state.metrics.clone(),
     });
     let (mut outcome, mut retries) = call.clone().run(0, None, None).await;
-    // A limit the proxy chose (the client set none) that the server refuses as past its
-    // context, saying the most it takes (vLLM's `--max-model-len`): asked again with that.
+    // An output limit the server refuses as past its context, saying the most it takes
+    // (vLLM's `--max-model-len`): asked again with that. A limit is a most, which the
+    // server's smaller one keeps (Claude Code asks for 32k tokens of any server; the proxy
+    // asks for gpt-oss's whole context when the client says none).
     if let Outcome::Passthrough(refusal) = &outcome {
-        let again = harmony_filters::upstream::overflow::output_limit(&refusal.body).filter(|_| !client_limit).and_then(|n| call.with_max_tokens(n));
+        let again = harmony_filters::upstream::overflow::output_limit(&refusal.body).and_then(|n| call.with_max_tokens(n));
         if let Some(again) = again {
             tracing::debug!(request_id = rid, "the server takes fewer output tokens; asking again with its limit");
             (outcome, retries) = again.run(retries + 1, None, None).await;

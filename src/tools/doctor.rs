@@ -130,7 +130,11 @@ pub fn classify(sse: &str) -> Shape {
         Shape::RawHarmony
     } else if reasoning {
         Shape::PreParsed
-    } else if content.starts_with("analysis") || content.contains("assistantfinal") || content.contains("assistantcommentary") {
+    } else if content.starts_with("analysis")
+        || content.contains("assistantfinal")
+        || content.contains("assistantcommentary")
+        || ["final", "commentary"].iter().any(|w| content.strip_prefix(w).and_then(|r| r.chars().next()).is_some_and(char::is_uppercase))
+    {
         Shape::StrippedTokens
     } else {
         Shape::Plain
@@ -174,7 +178,10 @@ async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
             kind = ServerKind::from_models(&server_header, &v);
             let ids: Vec<String> = v["data"].as_array().map(|a| a.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect()).unwrap_or_default();
             // A pinned `transformers serve` lists nothing and names its model when refusing another.
-            r.say(!ids.is_empty() || kind == ServerKind::TransformersServe, format!("models: {}", if ids.is_empty() { "none listed".into() } else { ids.join(", ") }));
+            r.say(
+                !ids.is_empty() || kind == ServerKind::TransformersServe,
+                format!("models: {}", if ids.is_empty() { "none listed".into() } else { ids.join(", ") }),
+            );
             ids
         }
         401 | 403 => {
@@ -289,6 +296,7 @@ async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
             r.advise("`native` on mlx-lm needs `prompt = \"text\"` in `harmony-render` (its /v1/completions takes no token ids)");
         }
         ServerKind::TransformersServe => {
+            r.advise("transformers serve strips the special tokens (no gpt-oss response template): channel words run into the text; pipeline `harmony` or `ide-tools` (harmony-parse reads the words), never `passthrough`");
             r.advise("`native` on transformers serve needs `prompt = \"text\"` in `harmony-render` (its /v1/completions takes only strings)");
             r.advise("it ends chat streams without [DONE] and parses no tool calls: the proxy completes the stream and finds the calls in the text");
         }
@@ -341,6 +349,31 @@ fn agent_apis(streamed: &str) -> Vec<(harmony_filters::ClientApi, Result<String,
 mod tests {
     use super::*;
 
+    /// What each server's `GET /v1/models` said here (vLLM 0.32, mlx-lm 0.32.2, transformers
+    /// 5.19 with a pinned model; llama-server, LM Studio and Ollama from their documents).
+    #[test]
+    fn servers_are_told_apart_by_their_model_lists() {
+        let list = |owner: Option<&str>| match owner {
+            Some(o) => json!({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": o}]}),
+            None => json!({"object": "list", "data": [{"id": "/models/m", "object": "model", "created": 1}]}),
+        };
+        assert_eq!(ServerKind::from_models("uvicorn", &list(Some("vllm"))), ServerKind::Vllm);
+        assert_eq!(ServerKind::from_models("llama.cpp", &list(Some("llamacpp"))), ServerKind::LlamaCpp);
+        assert_eq!(ServerKind::from_models("", &list(Some("organization_owner"))), ServerKind::LmStudio);
+        assert_eq!(ServerKind::from_models("", &list(Some("library"))), ServerKind::Ollama);
+        assert_eq!(ServerKind::from_models("BaseHTTP/0.6 Python/3.11.7", &list(None)), ServerKind::MlxLm);
+        assert_eq!(ServerKind::from_models("uvicorn", &json!({"object": "list", "data": []})), ServerKind::TransformersServe);
+        assert_eq!(ServerKind::from_models("", &list(Some("mock"))), ServerKind::Unknown);
+    }
+
+    #[test]
+    fn a_pinned_transformers_serve_names_its_model_when_refusing_another() {
+        let said = r#"{"detail":"Server is pinned to '/models/combined'; requested 'gpt-oss'."}"#;
+        assert_eq!(pinned_model(said).as_deref(), Some("/models/combined"));
+        assert_eq!(pinned_model(r#"{"detail":"Not found"}"#), None);
+        assert_eq!(pinned_model("not json"), None);
+    }
+
     #[test]
     fn shapes_are_told_apart() {
         let raw = "data: {\"choices\":[{\"delta\":{\"content\":\"<|channel|>\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"analysis\"}}]}\n\n";
@@ -349,6 +382,9 @@ mod tests {
         assert_eq!(classify(parsed), Shape::PreParsed);
         let stripped = "data: {\"choices\":[{\"delta\":{\"content\":\"analysisHm.assistantfinalHi\"}}]}\n\n";
         assert_eq!(classify(stripped), Shape::StrippedTokens);
+        let stripped_answer = "data: {\"choices\":[{\"delta\":{\"content\":\"finalPlain answer.\"}}]}\n\n";
+        assert_eq!(classify(stripped_answer), Shape::StrippedTokens, "transformers serve, no reasoning");
+        assert_eq!(classify("data: {\"choices\":[{\"delta\":{\"content\":\"finally\"}}]}\n\n"), Shape::Plain);
         assert_eq!(classify("data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n"), Shape::Plain);
     }
 }

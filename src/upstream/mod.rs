@@ -351,11 +351,13 @@ pub struct Call {
 }
 
 impl Call {
-    /// The same call with `max_tokens` set to `limit`, if its body has a `max_tokens`.
+    /// The same call with its output limit (`max_tokens`, or chat's `max_completion_tokens`)
+    /// set to `limit`, if its body has one.
     pub fn with_max_tokens(&self, limit: u64) -> Option<Arc<Call>> {
         let mut body: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        let slot = body.get_mut("max_tokens")?;
-        *slot = limit.into();
+        let o = body.as_object_mut()?;
+        let key = ["max_tokens", "max_completion_tokens"].into_iter().find(|k| o.get(*k).is_some_and(serde_json::Value::is_number))?;
+        o.insert(key.into(), limit.into());
         Some(Arc::new(Call {
             upstream: self.upstream.clone(),
             endpoint: self.endpoint,

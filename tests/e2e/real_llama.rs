@@ -623,6 +623,12 @@ fn a_required_tool_choice_on_the_real_llama_endpoint_is_a_grammar_that_leaves_th
         (m["message"]["tool_calls"][0]["function"]["arguments"].clone(), m["finish_reason"].as_str()),
         (sc["tool"]["arguments"].clone(), Some("tool_calls"))
     );
+    // `doctor` names the server and what it does with tools.
+    let out = Command::new(BIN).args(["doctor", "--upstream", &format!("{}/v1", llama.url)]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    for needle in ["server: llama.cpp (llama-server)", "parses Harmony itself", "llama-server drops tool calls"] {
+        assert!(said.contains(needle), "{needle:?} missing:\n{said}");
+    }
 }
 
 /// A grammar-forced random model: tokens are arbitrary sub-word pieces (`"T"`, `"h"`, …), a

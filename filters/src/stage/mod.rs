@@ -44,15 +44,7 @@ pub struct Prefill {
 impl RequestMeta {
     /// A meta with fresh ids, for tools and tests.
     pub fn new(model: &str, stream: bool) -> Self {
-        Self {
-            request_id: random_id("req_", 16),
-            created: unix_now(),
-            model: model.to_owned(),
-            stream,
-            auth_scope: None,
-            prompt_tokens: None,
-            prefill: None,
-        }
+        Self { request_id: random_id("req_", 16), created: unix_now(), model: model.to_owned(), stream, auth_scope: None, prompt_tokens: None, prefill: None }
     }
 }
 

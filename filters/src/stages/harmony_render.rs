@@ -619,8 +619,12 @@ impl RequestStage for HarmonyRender {
                     }
                     None => {}
                 }
-                // vLLM strips special tokens from completion text unless told otherwise.
-                out.insert("skip_special_tokens".into(), Value::Bool(false));
+                // vLLM strips special tokens from completion text unless told otherwise; the
+                // servers that take only text prompts know no such field (`transformers
+                // serve` refuses it with a 422).
+                if self.cfg.prompt == PromptForm::Tokens {
+                    out.insert("skip_special_tokens".into(), Value::Bool(false));
+                }
                 if let Some(g) = grammar {
                     out.insert("structured_outputs".into(), json!({ "grammar": g }));
                 }
@@ -743,17 +747,25 @@ mod tests {
             let enc = crate::testing::encoding();
             let cfg = HarmonyRenderConfig { structured_outputs, ..HarmonyRenderConfig::default() };
             let mut stage = HarmonyRender { cfg, enc, cache: Arc::new(RenderCache::default()) };
-            let conv = crate::api::chat::decode::conversation(json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tool(), "tool_choice": "required"}));
+            let conv = crate::api::chat::decode::conversation(
+                json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tool(), "tool_choice": "required"}),
+            );
             stage.on_upstream_request(&conv).unwrap().unwrap()
         };
         let up = sent(true);
         assert!(up.prefill.is_none(), "no header written: the model may reason first");
         let g = up.body["structured_outputs"]["grammar"].as_str().unwrap_or_else(|| panic!("a grammar: {}", up.body));
         assert!(g.starts_with("root ::= analysis? preamble? call\n"), "{g}");
-        assert!(g.contains("analysis ::= \"<|channel|>\" \"analysis\" \"<|message|>\" text \"<|end|>\" \"<|start|>\" \"assistant\"\n"), "special tokens as strings: {g}");
+        assert!(
+            g.contains("analysis ::= \"<|channel|>\" \"analysis\" \"<|message|>\" text \"<|end|>\" \"<|start|>\" \"assistant\"\n"),
+            "special tokens as strings: {g}"
+        );
         assert!(g.contains("name ::= \"get_weather\"\n"), "{g}");
         let up = sent(false);
-        assert!(up.body.get("structured_outputs").is_none() && up.prefill.is_some_and(|p| p.text == "<|channel|>commentary to=functions."), "off: the header as before");
+        assert!(
+            up.body.get("structured_outputs").is_none() && up.prefill.is_some_and(|p| p.text == "<|channel|>commentary to=functions."),
+            "off: the header as before"
+        );
     }
 
     #[test]

@@ -180,9 +180,29 @@ impl HarmonyParse {
                 }
                 Glued::NeedMore if held < MAX_GLUED_HEADER => return None,
                 _ if rest.trim_matches(is_junk).is_empty() && held < MAX_HOLD => return None,
+                // `commentaryLet me…` opening the output: a stripped preamble (as `analysis`
+                // above; found in front of a real `transformers serve`).
+                Glued::NotTool if first && rest.chars().next().is_some_and(|c| !c.is_whitespace()) => {
+                    let content = rest.to_owned();
+                    self.state = State::between();
+                    return self.open_glued("commentary", &content, out);
+                }
                 _ => {}
             }
-        } else if "assistant".starts_with(s) || "commentary".starts_with(s) || (first && "analysis".starts_with(s)) {
+        } else if let Some(rest) = s.strip_prefix("final").filter(|_| first) {
+            // `finalPlain answer…` opening the output: a stripped answer with no reasoning
+            // before it (found in front of a real `transformers serve`). Only before a capital,
+            // a digit or an opening mark: `finally`, `finals` and `final answer` are answers.
+            match rest.chars().next() {
+                None => return None,
+                Some(c) if c.is_uppercase() || c.is_ascii_digit() || matches!(c, '"' | '{' | '[' | '(' | '*' | '#' | '`') => {
+                    let content = rest.to_owned();
+                    self.state = State::between();
+                    return self.open_glued("final", &content, out);
+                }
+                Some(_) => {}
+            }
+        } else if "assistant".starts_with(s) || "commentary".starts_with(s) || (first && ("analysis".starts_with(s) || "final".starts_with(s))) {
             return None;
         }
         self.hold_to_answer(out)

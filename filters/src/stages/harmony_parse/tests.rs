@@ -65,6 +65,19 @@ fn glued_words() {
     assert_eq!(ev.concat(), "analysis:User says hi.final:Hello!");
 }
 
+/// Found in front of a real `transformers serve` (special tokens stripped): an answer with
+/// no reasoning opens with `final`, a preamble with `commentary`, glued to their text.
+#[test]
+fn a_stripped_answer_or_preamble_opening_the_output_is_framed_by_its_word() {
+    assert_eq!(run(&["finalPlain answer, no thinking."]), ["final:Plain answer, no thinking."]);
+    assert_eq!(run(&["final", "Plain answer."]).concat(), "final:Plain answer.");
+    let ev = run(&["commentaryLet me look that up.assistantcommentary to=functions.get_weather json{\"city\":\"Oslo\"}"]);
+    assert_eq!(ev, ["preamble:Let me look that up.", "tool:functions.get_weather", "args:{\"city\":\"Oslo\"}", "end"]);
+    for prose in ["finally, yes.", "finals are near", "final answer: 4", "commentary on it"] {
+        assert_eq!(run(&[prose]).concat(), format!("final:{prose}"), "an answer, not a header");
+    }
+}
+
 #[test]
 fn tool_call_headers() {
     let ev = run(&["<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\"}<|call|>"]);
