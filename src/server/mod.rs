@@ -557,7 +557,7 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
             return r;
         }
     };
-    let call = Arc::new(Call {
+    let mut call = Arc::new(Call {
         upstream: route.upstream.clone(),
         endpoint,
         body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
@@ -574,7 +574,9 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
         let again = harmony_filters::upstream::overflow::output_limit(&refusal.body).and_then(|n| call.with_max_tokens(n));
         if let Some(again) = again {
             tracing::debug!(request_id = rid, "the server takes fewer output tokens; asking again with its limit");
-            (outcome, retries) = again.run(retries + 1, None, None).await;
+            // The call the response body retries, if it must, is this one.
+            call = again;
+            (outcome, retries) = call.clone().run(retries + 1, None, None).await;
         }
     }
     if !matches!(outcome, Outcome::Stream(..)) {

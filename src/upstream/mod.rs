@@ -351,13 +351,21 @@ pub struct Call {
 }
 
 impl Call {
-    /// The same call with its output limit (`max_tokens`, or chat's `max_completion_tokens`)
-    /// set to `limit`, if its body has one.
+    /// The same call with its output limit (`max_tokens`, and chat's `max_completion_tokens`)
+    /// lowered to `limit`, if its body has one above it.
     pub fn with_max_tokens(&self, limit: u64) -> Option<Arc<Call>> {
         let mut body: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
         let o = body.as_object_mut()?;
-        let key = ["max_tokens", "max_completion_tokens"].into_iter().find(|k| o.get(*k).is_some_and(serde_json::Value::is_number))?;
-        o.insert(key.into(), limit.into());
+        let mut lowered = false;
+        for key in ["max_tokens", "max_completion_tokens"] {
+            if o.get(key).and_then(serde_json::Value::as_u64).is_some_and(|n| n > limit) {
+                o.insert(key.into(), limit.into());
+                lowered = true;
+            }
+        }
+        if !lowered {
+            return None;
+        }
         Some(Arc::new(Call {
             upstream: self.upstream.clone(),
             endpoint: self.endpoint,

@@ -484,7 +484,7 @@ fn effort_on(proxy: &Proc, user: &str, e: &Value, models: &[&str]) -> Vec<String
                 body["reasoning_effort"] = json!(x);
             }
             let r = post(&format!("{}/v1/chat/completions", proxy.url), &body);
-            if &r.json()["choices"][0]["message"]["content"] != want {
+            if r.status != 200 || !want.is_string() || &r.json()["choices"][0]["message"]["content"] != want {
                 failures.push(format!("effort {effort:?} via {model}: {}", r.text()));
             }
         }
@@ -603,8 +603,8 @@ fn vllm_matrix(mode: VllmMode) {
 
 /// `tool_choice: "required"` through `native` with `structured_outputs = true`: vLLM takes the
 /// grammar, and a model that reasons and calls still does exactly that, streamed and not (the
-/// prefill would have cut the reasoning). That the grammar forbids a prose answer is vLLM's
-/// structured outputs at work; a script player pushed off its script only babbles.
+/// prefill would have cut the reasoning); and a model that would answer in prose does not
+/// (the grammar at work: the script player, pushed off its script, babbles inside it).
 fn required_by_structured_outputs(proxy: &Proc, v: &Vllm, scenarios: &Value, tools_decl: &Value) -> Vec<String> {
     let sc = Scenario::from(&scenarios["scenarios"]["reasoning_tool"]);
     let (name, args) = sc.tool.unwrap();
@@ -618,6 +618,13 @@ fn required_by_structured_outputs(proxy: &Proc, v: &Vllm, scenarios: &Value, too
         if (a.reasoning.as_str(), call, a.finish.as_str()) != (sc.reasoning, Some((name, true)), "tool_calls") {
             failures.push(format!("required via structured outputs, stream={stream}: {}", r.text()));
         }
+    }
+    let prose = Scenario::from(&scenarios["scenarios"]["final_only"]).final_text;
+    let body = json!({"model": "so-gpt-oss", "max_tokens": 40, "temperature": 0, "tools": tools_decl, "tool_choice": "required",
+                      "messages": [{"role": "user", "content": v.users["final_only"]}]});
+    let r = post(&format!("{}/v1/chat/completions", proxy.url), &body);
+    if r.status != 200 || r.json()["choices"][0]["message"]["content"].as_str().is_some_and(|c| c.contains(prose)) {
+        failures.push(format!("required via structured outputs let the prose answer through: {}", r.text()));
     }
     failures
 }

@@ -18,17 +18,29 @@ use serde_json::Value;
 
 pub use crate::event::ContextOverflow;
 
-/// The most output tokens a server takes, from its refusal of more (vLLM: HTTP 400
-/// "max_tokens=X cannot be greater than max_model_len=N. Please request fewer output
-/// tokens."): `N`. The proxy asks again with it where it chose the limit itself.
+/// The most output tokens a server takes, from its refusal of more, where the prompt fits:
+/// vLLM 0.32's HTTP 400 "max_tokens=X cannot be greater than max_model_len=N. Please request
+/// fewer output tokens." (`N`), and earlier vLLMs' "This model's maximum context length is M
+/// tokens. However, you requested X tokens (P in the messages, C in the completion)" and
+/// "'max_tokens' or 'max_completion_tokens' is too large: X. This model's maximum context
+/// length is M tokens and your request has P input tokens" (`M - P`). The proxy asks again
+/// with it (a limit is a most, which the server's keeps).
 pub fn output_limit(body: &[u8]) -> Option<u64> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let err = v.get("error").unwrap_or(&v);
     let m = err.get("message").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
-    if !m.contains("cannot be greater than") {
-        return None;
+    if m.contains("cannot be greater than") {
+        return number_after(&m, "max_model_len=").filter(|n| *n > 0);
     }
-    number_after(&m, "max_model_len=")
+    let context = number_after(&m, "maximum context length is ")?;
+    let prompt = if m.contains(" in the messages") && m.contains(" in the completion") {
+        number_after(&m, "(")?
+    } else if m.contains("is too large") {
+        number_after(&m, "your request has ")?
+    } else {
+        return None;
+    };
+    context.checked_sub(prompt).filter(|n| *n > 0)
 }
 
 /// The overflow an upstream's error body says, if it says one (`body`: an HTTP error's body,
@@ -105,6 +117,12 @@ mod tests {
         assert_eq!(super::output_limit(body), Some(8192));
         assert_eq!(super::in_body(body), None, "not a prompt that does not fit");
         assert_eq!(super::output_limit(br#"{"error":{"message":"This model's maximum context length is 8192 tokens."}}"#), None);
+        let older = br#"{"error":{"message":"This model's maximum context length is 8192 tokens. However, you requested 131122 tokens (50 in the messages, 131072 in the completion). Please reduce the length of the messages or completion.","type":"BadRequestError"}}"#;
+        assert_eq!(super::output_limit(older), Some(8142));
+        let other = br#"{"error":{"message":"'max_tokens' or 'max_completion_tokens' is too large: 131072. This model's maximum context length is 8192 tokens and your request has 50 input tokens (131072 > 8192 - 50).","type":"BadRequestError"}}"#;
+        assert_eq!(super::output_limit(other), Some(8142));
+        let prompt_too_long = br#"{"error":{"message":"This model's maximum context length is 8192 tokens. However, you requested 9000 tokens (9000 in the messages, 0 in the completion).","type":"BadRequestError"}}"#;
+        assert_eq!(super::output_limit(prompt_too_long), None, "the prompt itself does not fit: an overflow, not a limit");
     }
 
     use super::*;

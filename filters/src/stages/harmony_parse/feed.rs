@@ -180,9 +180,10 @@ impl HarmonyParse {
                 }
                 Glued::NeedMore if held < MAX_GLUED_HEADER => return None,
                 _ if rest.trim_matches(is_junk).is_empty() && held < MAX_HOLD => return None,
-                // `commentaryLet me…` opening the output: a stripped preamble (as `analysis`
-                // above; found in front of a real `transformers serve`).
-                Glued::NotTool if first && rest.chars().next().is_some_and(|c| !c.is_whitespace()) => {
+                // `commentaryLet me…` opening the output: a stripped preamble (found in front of
+                // a real `transformers serve`), as `final` below: before a capital or a digit
+                // only (`commentary:`, `commentary's` are answers).
+                Glued::NotTool if first && rest.chars().next().is_some_and(|c| c.is_uppercase() || c.is_ascii_digit()) => {
                     let content = rest.to_owned();
                     self.state = State::between();
                     return self.open_glued("commentary", &content, out);

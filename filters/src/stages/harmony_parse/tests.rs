@@ -73,7 +73,7 @@ fn a_stripped_answer_or_preamble_opening_the_output_is_framed_by_its_word() {
     assert_eq!(run(&["final", "Plain answer."]).concat(), "final:Plain answer.");
     let ev = run(&["commentaryLet me look that up.assistantcommentary to=functions.get_weather json{\"city\":\"Oslo\"}"]);
     assert_eq!(ev, ["preamble:Let me look that up.", "tool:functions.get_weather", "args:{\"city\":\"Oslo\"}", "end"]);
-    for prose in ["finally, yes.", "finals are near", "final answer: 4", "commentary on it"] {
+    for prose in ["finally, yes.", "finals are near", "final answer: 4", "commentary on it", "commentary: none", "commentary's tone"] {
         assert_eq!(run(&[prose]).concat(), format!("final:{prose}"), "an answer, not a header");
     }
 }
