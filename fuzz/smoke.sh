@@ -12,6 +12,9 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   [ -x "$root/bin/cargo-fuzz" ] || cargo install --quiet --locked --root "$root" cargo-fuzz --version "$CARGO_FUZZ_VERSION"
   export PATH="$root/bin:$PATH"
 fi
+# The instrumented build (a release build of the whole proxy) is kept outside the checkout
+# too, so a fresh clone rebuilds only what changed.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${HARMONY_PROXY_TEST_CACHE:-$HOME/.cache/harmony-proxy}/fuzz-target}
 # Lets the stable toolchain pass the -Z flags cargo-fuzz uses.
 export RUSTC_BOOTSTRAP=1
 secs=${FUZZ_SECONDS:-60}
