@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use harmony_filters::values::{Dur, Flag};
+use harmony_filters::stages::harmony_render::RenderEndpoint;
 use harmony_filters::StageSpec;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -307,6 +308,17 @@ impl Config {
                     for stop in c.extra.0.iter().filter(|s| ["<|end|>", "<|start|>", "<|channel|>", "<|message|>"].contains(&s.trim())) {
                         let at = if place == "built-in" { format!("built-in pipeline {name}") } else { place.clone() };
                         w.push(format!("{at}.stages[{i}] (stop-injection): extra names {stop}: it ends answers early (llama.cpp stops right after the reasoning); remove it"));
+                    }
+                }
+            }
+        }
+        // Options a stage reads only on another endpoint.
+        for (name, (def, place)) in &self.pipelines {
+            for (i, st) in def.stages.iter().enumerate() {
+                if let StageSpec::HarmonyRender(c) = st {
+                    if c.structured_outputs && c.endpoint == RenderEndpoint::Llama {
+                        let at = if place == "built-in" { format!("built-in pipeline {name}") } else { place.clone() };
+                        w.push(format!("{at}.stages[{i}] (harmony-render): structured_outputs is read on endpoint \"completions\" only (vLLM's structured outputs); endpoint \"llama\" already sends llama.cpp a grammar for tool_choice \"required\"; remove it"));
                     }
                 }
             }

@@ -482,6 +482,30 @@ mod tests {
     }
 
     #[test]
+    fn agent_modify_reads_the_file_then_edits_its_placeholder_then_reports_the_edit() {
+        let read = tool("Read", json!({"type": "object", "properties": {"file_path": {"type": "string"}}, "required": ["file_path"]}));
+        let edit = tool(
+            "Edit",
+            json!({"type": "object", "properties": {"file_path": {"type": "string"}, "old_string": {"type": "string"}, "new_string": {"type": "string"}}, "required": ["file_path", "old_string", "new_string"]}),
+        );
+        let user = "scenario:agent-modify file:m.txt dir:/w/";
+        let tools = || vec![read.clone(), edit.clone()];
+        let s = script_for(&agent_request(tools(), user, vec![]));
+        assert_eq!(call_of(&s), ("Read".to_owned(), json!({"file_path": "/w/m.txt"})));
+        let read_call = json!({"role": "assistant", "content": "", "reasoning_content": AGENT_EDIT_REASONING, "tool_calls": [tool_call("Read", &json!({"file_path": "/w/m.txt"}))]});
+        let read_out = json!({"role": "tool", "tool_call_id": "call_1", "content": "1\tharmony-proxy-placeholder"});
+        let s = script_for(&agent_request(tools(), user, vec![read_call.clone(), read_out.clone()]));
+        let change = json!({"file_path": "/w/m.txt", "old_string": MODIFY_PLACEHOLDER, "new_string": "harmony-proxy-was-here"});
+        assert_eq!(call_of(&s), ("Edit".to_owned(), change.clone()));
+        let edit_call = json!({"role": "assistant", "content": "", "tool_calls": [tool_call("Edit", &change)]});
+        let edit_out = json!({"role": "tool", "tool_call_id": "call_2", "content": "The file /w/m.txt has been updated."});
+        let s = script_for(&agent_request(tools(), user, vec![read_call, read_out, edit_call, edit_out]));
+        assert_eq!(final_of(&s), "Done. The edit tool answered: The file /w/m.txt has been updated.. Turn-1 reasoning came back: yes.");
+        let s = script_for(&agent_request(vec![read], user, vec![]));
+        assert_eq!(final_of(&s), "No Read and Edit tools were declared.");
+    }
+
+    #[test]
     fn agent_shell_without_a_shell_tool_says_so() {
         let read_file = tool("read_file", json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}));
         let s = script_for(&agent_request(vec![read_file], "scenario:agent-shell", vec![]));

@@ -84,6 +84,7 @@ pub fn scenario(name: &str) -> Option<Script> {
         }
         "agent-shell" => agent_shell(&Turn::default()),
         "agent-edit" => agent_edit(&Turn::default()),
+        "agent-modify" => agent_modify(&Turn::default()),
         "agent-compact" => agent_compact(&Turn::default()),
         _ => return None,
     })
@@ -176,6 +177,33 @@ pub(super) fn agent_edit(turn: &Turn) -> Script {
     ))
 }
 
+/// `agent-modify`: an edit of a file that exists, the way Claude Code's `Edit` takes one (it
+/// refuses to edit a file the session has not read): turn 1 reads the marker file (`Read`,
+/// its absolute path from `dir:`), turn 2 replaces its placeholder line ([`MODIFY_PLACEHOLDER`])
+/// with the marker (`Edit`), and after the edit's result the answer says what the tool
+/// answered.
+pub(super) fn agent_modify(turn: &Turn) -> Script {
+    if turn.tool_results >= 2 {
+        return agent_edit(turn);
+    }
+    let (Some(read), Some(edit)) = (turn.tools.iter().find(|t| t.name == "Read"), turn.tools.iter().find(|t| t.name == "Edit")) else {
+        return Script::from_text("<|channel|>analysis<|message|>No Read and Edit tools among the declared tools.<|end|><|start|>assistant<|channel|>final<|message|>No Read and Edit tools were declared.");
+    };
+    let name = marker_file(&turn.user);
+    let path = match marker_dir(&turn.user) {
+        Some(dir) => format!("{}/{name}", dir.trim_end_matches('/')),
+        None => name,
+    };
+    let (reasoning, tool, args) = if turn.tool_results == 0 {
+        (AGENT_EDIT_REASONING, &read.name, json!({"file_path": path}))
+    } else {
+        ("The file was read. Replace its placeholder.", &edit.name, json!({"file_path": path, "old_string": MODIFY_PLACEHOLDER, "new_string": "harmony-proxy-was-here"}))
+    };
+    Script::from_text(&format!(
+        "<|channel|>analysis<|message|>{reasoning}<|end|><|start|>assistant<|channel|>commentary to=functions.{tool} <|constrain|>json<|message|>{args}"
+    ))
+}
+
 /// What agents ask when they compact their history (Codex's words, Claude Code's).
 const COMPACTION_ASKS: [&str; 2] = ["CONTEXT CHECKPOINT COMPACTION", "summary of the conversation so far"];
 /// What the mock's summaries start with, so that the turn after a compaction knows it is one.
@@ -205,12 +233,13 @@ pub(super) fn agent_compact(turn: &Turn) -> Script {
     agent_shell(turn)
 }
 
-/// A built-in scenario for this turn (`agent-shell`, `agent-edit` and `agent-compact` read
-/// the request).
+/// A built-in scenario for this turn (`agent-shell`, `agent-edit`, `agent-modify` and
+/// `agent-compact` read the request).
 pub(super) fn named_scenario(name: &str, turn: &Turn) -> Option<Script> {
     match name {
         "agent-shell" => Some(agent_shell(turn)),
         "agent-edit" => Some(agent_edit(turn)),
+        "agent-modify" => Some(agent_modify(turn)),
         "agent-compact" => Some(agent_compact(turn)),
         _ => scenario(name),
     }

@@ -63,6 +63,8 @@ pub(super) const EDIT_REASONING_MARK: &str = "I will use the edit tool";
 /// Edit tools, in the order `agent-edit` looks for them: Codex's `apply_patch` (freeform,
 /// sent upstream as a function of one `input` string), Claude Code's `Write`.
 pub(super) const EDIT_TOOLS: [&str; 2] = ["apply_patch", "Write"];
+/// The line `agent-modify` replaces with the marker: the agents suite writes the file with it.
+pub(super) const MODIFY_PLACEHOLDER: &str = "harmony-proxy-placeholder";
 
 /// Whether `reasoning` is one of the agent scenarios' turn-1 reasoning.
 pub(super) fn is_agent_reasoning(reasoning: &str) -> bool {

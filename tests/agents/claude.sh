@@ -26,7 +26,7 @@
 # CLAUDE_MODEL (default gpt-oss-20b), CLAUDE_CONTEXT_TOKENS (the model's window, default
 # 131072), HARMONY_PROXY_API_KEY (sent as x-api-key; default a dummy), CLAUDE_AUTH=bearer
 # (send it as Authorization: Bearer instead), AGENT_TASK=edit (the marker is written with
-# its Write tool), CLAUDE_MINIMAL=1 (of its model settings only ANTHROPIC_MODEL: no --model,
+# its Write tool; AGENT_TASK=modify: it is read with Read, then changed with Edit), CLAUDE_MINIMAL=1 (of its model settings only ANTHROPIC_MODEL: no --model,
 # no context size; its own model names for background work then reach the proxy).
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -76,9 +76,12 @@ else
 fi
 tools=Bash
 [ "$task" = edit ] && tools="Bash Write"
+[ "$task" = modify ] && tools="Bash Read Edit"
 agent_check_version "$CLAUDE_VERSION (Claude Code)" claude "$agent_bin"
 
 rm -f "$marker"
+# The file its Edit tool changes (it refuses to edit a file the session has not read).
+[ "$task" = modify ] && echo harmony-proxy-placeholder > "$marker"
 echo "claude $CLAUDE_VERSION: -p in $workdir against $base_url (timeout ${timeout_s}s)"
 # --allowedTools Bash lets it run the command without asking (as root too, where
 # --dangerously-skip-permissions is refused); without it, -p denies the command and still
@@ -93,6 +96,9 @@ agent_check_marker "$marker"
 agent_check_result lines "Claude Code"
 if [ "$task" = edit ]; then
   agent_check_answer "$answer" "The edit tool answered: File created successfully" "reasoning came back: yes"
+elif [ "$task" = modify ]; then
+  agent_check_answer "$answer" "The edit tool answered: The file /" "reasoning came back: yes"
+  grep -q harmony-proxy-placeholder "$marker" 2>/dev/null && agent_fail "the placeholder is still in $(basename "$marker")"
 else
   agent_check_answer "$answer" "The command printed: marker-written" "reasoning came back: yes"
 fi

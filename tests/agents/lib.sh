@@ -68,10 +68,13 @@ agent_setup() {
   case "$task" in
     shell) prompt="Please use the shell. scenario:agent-shell file:$agent-marker.txt" ;;
     edit) prompt="Please edit the file. scenario:agent-edit file:$agent-marker.txt dir:$workdir" ;;
+    # AGENT_TASK=modify: scenario `agent-modify`, an edit of a file that exists (Claude Code's
+    # Read, then Edit): the script writes the marker file with the placeholder line first.
+    modify) prompt="Please edit the file. scenario:agent-modify file:$agent-marker.txt dir:$workdir" ;;
     # The shell task, in front of a server whose context the agent's history outgrows: the
     # agent compacts it (the mock answers the compaction with a summary), then answers.
     compact) prompt="Please use the shell. scenario:agent-compact file:$agent-marker.txt" ;;
-    *) echo "AGENT_TASK must be shell, edit or compact: $task" >&2; exit 2 ;;
+    *) echo "AGENT_TASK must be shell, edit, modify or compact: $task" >&2; exit 2 ;;
   esac
   tmp=$(mktemp -d)
   home=$tmp/home

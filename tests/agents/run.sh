@@ -16,7 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${HARMONY_PROXY_BIN:-$root/target/debug/harmony-proxy}
 agents=("$@")
-[ ${#agents[@]} -gt 0 ] || agents=(codex claude qwen opencode kilo continue cline aider codex-edit claude-edit codex-compact)
+[ ${#agents[@]} -gt 0 ] || agents=(codex claude qwen opencode kilo continue cline aider codex-edit claude-edit claude-modify codex-compact)
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -99,6 +99,7 @@ for agent in "${agents[@]}"; do
     claude) log=proxy; bash "$here/claude.sh" "$proxy_url" "$dir" ;;
     codex-compact) log=small-proxy; AGENT_TASK=compact CODEX_MODEL_CATALOG="$work/compact-init/codex-models.json" bash "$here/codex.sh" "$small_proxy_url/v1" "$dir" ;;
     codex-edit) log=proxy; AGENT_TASK=edit CODEX_MODEL_CATALOG="$work/codex-init/codex-models.json" bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
+    claude-modify) log=proxy; AGENT_TASK=modify bash "$here/claude.sh" "$proxy_url" "$dir" ;;
     claude-edit)
       log=claude-proxy
       AGENT_TASK=edit CLAUDE_MINIMAL=1 bash "$here/claude.sh" "$claude_url" "$dir" &&

@@ -54,6 +54,14 @@ stages = [
 
 [pipelines.forgotten]
 stages = [{ type = "harmony-parse" }, { type = "tool-bridge" }, { type = "sse-encode" }]
+
+[pipelines.forgotten-llama]
+stages = [
+  { type = "harmony-render", endpoint = "llama", structured_outputs = true },
+  { type = "harmony-parse" },
+  { type = "tool-bridge" },
+  { type = "sse-encode" },
+]
 "#,
     )
     .unwrap();
