@@ -262,7 +262,7 @@ fn check(path: Option<&Path>) -> ExitCode {
             // Where state between requests is kept, with the limits in force: one line per
             // store, naming the routes that share it.
             let mut stores: Vec<(String, Vec<&str>)> = Vec::new();
-            for r in snap.routes.iter().filter(|r| r.pipeline.store.is_some() || r.path != harmony_filters::ClientApi::Chat.path()) {
+            for r in snap.routes.iter().filter(|r| r.pipeline.store.is_some() || harmony_filters::ClientApi::for_path(&r.path).keeps_state()) {
                 let what = snap.store_of(Some(r)).describe();
                 match stores.iter_mut().find(|(w, _)| *w == what) {
                     Some((_, routes)) => routes.push(&r.label),

@@ -63,7 +63,7 @@ bash tests/deploy/run.sh
 secs=${FUZZ_SECONDS:-15}
 if [ "$secs" != 0 ]; then
   # 15 s per target (six targets); longer runs: FUZZ_SECONDS=600 bash fuzz/smoke.sh
-  stamp "fuzz smoke ($secs s per target; cargo-fuzz pinned and cached)"
-  FUZZ_SECONDS=$secs bash fuzz/smoke.sh
+  stamp "fuzz smoke ($secs s per target, a dev build; cargo-fuzz pinned and cached)"
+  FUZZ_BUILD=dev FUZZ_SECONDS=$secs bash fuzz/smoke.sh
 fi
 stamp "all green"

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! client edges (api::{chat, responses, messages}::decode)
-//!     ─► Conversation ─► request stages edit it (Stage::on_request)
-//!     ─► upstream edges: upstream::chat::request (a chat endpoint's body)
+//!     ─► Conversation ─► request stages edit it (RequestStage::on_request)
+//!     ─► upstream edges: upstream::chat_request::request (a chat endpoint's body)
 //!                        or harmony-render's prompt (a completion endpoint's)
 //! ```
 //! Each fact is said once: a turn's reasoning is [`Message::reasoning`] whatever field the

@@ -102,7 +102,8 @@ stages! {
     "tool-bridge" => ToolBridge(ToolBridgeConfig),
     /// Response: end the response when no answer came for `no_final_timeout`.
     "watchdog" => Watchdog(WatchdogConfig),
-    /// Response: client events → SSE chunks or one JSON completion. Must be last.
+    /// A marker (Contract: configs name it last): the response body's encoder turns the
+    /// chain's events into the client API's SSE events or JSON object. Must be last.
     "sse-encode" => SseEncode(SseEncodeConfig),
 }
 

@@ -490,7 +490,7 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
         Ok(_) => return err(400, "invalid_request_error", Some("invalid_json"), "request body must be a JSON object"),
         Err(e) => return err(400, "invalid_request_error", Some("invalid_json"), format!("request body is not valid JSON: {e}")),
     };
-    // The client's API is an edge: its request becomes the chat request the stages work on.
+    // The client's API is an edge: its request becomes the conversation the stages work on.
     let api = ClientApi::for_path(&path);
     let model = body.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
     let found = match snap.route(&path, &model) {

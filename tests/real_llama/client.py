@@ -11,7 +11,9 @@ Reads one job as JSON on stdin and prints one JSON result per line on stdout:
 A request's result is what an application gets from the SDK: content, reasoning (the
 `reasoning_content` / `reasoning` extra fields), tool calls (id, name, arguments), the finish
 reason, and for streams whether any chunk carried content and tool calls together (Continue
-drops tool calls then). An API error is reported with its status instead.
+drops tool calls then) and the stream's raw bytes as the SDK read them (`raw`, each byte one
+Latin-1 character: the Rust side checks them against the client contract without asking
+again). An API error is reported with its status instead.
 
 An agent runs two turns the way SDK users write them: turn 1 with the tools declared; the
 assistant message goes back as the SDK's own message object (non-streamed: the completion's
@@ -22,6 +24,38 @@ import json
 import sys
 
 import openai
+
+try:
+    import httpx2 as httpx   # the HTTP client openai 3.x is built on
+except ImportError:
+    import httpx
+
+
+class _Tee(httpx.SyncByteStream):
+    """A response body that keeps a copy of every byte it hands the SDK."""
+
+    def __init__(self, inner, sink):
+        self.inner, self.sink = inner, sink
+
+    def __iter__(self):
+        for chunk in self.inner:
+            self.sink.append(chunk)
+            yield chunk
+
+    def close(self):
+        self.inner.close()
+
+
+class TeeTransport(httpx.HTTPTransport):
+    """Records the raw body of the last response (`last`), as it came off the socket."""
+
+    last = []
+
+    def handle_request(self, request):
+        resp = super().handle_request(request)
+        TeeTransport.last = []
+        resp.stream = _Tee(resp.stream, TeeTransport.last)
+        return resp
 
 
 def extra(obj, *names):
@@ -82,6 +116,7 @@ def run_stream(client, body):
         "finish_reason": finish,
         "mixed_chunk": mixed,
         "ids": len(ids),
+        "raw": b"".join(TeeTransport.last).decode("latin-1"),
     }
 
 
@@ -127,7 +162,8 @@ def run_agent(client, a):
 
 def main():
     job = json.load(sys.stdin)
-    client = openai.OpenAI(api_key="sk-real-llama", base_url=job["base_url"], max_retries=0, timeout=60)
+    client = openai.OpenAI(api_key="sk-real-llama", base_url=job["base_url"], max_retries=0, timeout=60,
+                           http_client=httpx.Client(transport=TeeTransport(), timeout=60))
     for r in job.get("requests", []):
         print(json.dumps({"name": r["name"], **run_request(client, r["body"])}), flush=True)
     for a in job.get("agents", []):

@@ -8,8 +8,8 @@
 //! ```
 //! Each API is a folder: `types` (its wire types, serde), `decode` (its request into the
 //! conversation), `encode` (the typed events into its wire format). No stage reads or writes
-//! a wire format: the request stages see a chat request whatever the client sent, and the
-//! response stages emit [`Event`](crate::Event)s that each encoder renders.
+//! a client's wire format: the request stages see the [`Conversation`] whatever the client
+//! sent, and the response stages emit [`Event`](crate::Event)s that each encoder renders.
 //!
 //! Each API owns its whole surface: its route's path, the requests it answers itself
 //! ([`Own`]: stored responses, `count_tokens`), the shape of its errors (every path under its
@@ -83,6 +83,9 @@ pub trait Api: 'static {
     /// Whether a streamed request's failure before any output is said in the stream (its
     /// clients read it there: Responses' `response.failed`), rather than as an HTTP status.
     const FAILS_IN_STREAM: bool = false;
+    /// Whether its edge keeps state between requests in the route's store whatever the
+    /// pipeline (Responses: stored responses); `check` lists such routes with the store.
+    const KEEPS_STATE: bool = false;
 
     /// The client's request (a JSON object) into the conversation the stages work on.
     fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError>;
@@ -144,6 +147,10 @@ macro_rules! client_apis {
             /// See [`Api::FAILS_IN_STREAM`].
             pub fn fails_in_stream(self) -> bool {
                 match self { $(Self::$variant => <$api as Api>::FAILS_IN_STREAM,)* }
+            }
+            /// See [`Api::KEEPS_STATE`].
+            pub fn keeps_state(self) -> bool {
+                match self { $(Self::$variant => <$api as Api>::KEEPS_STATE,)* }
             }
             /// An upstream's refusal said in this API's shape (`body`: its first MiB).
             pub fn refusal(self, status: u16, body: &[u8]) -> ApiError {

@@ -38,6 +38,7 @@ impl Api for Responses {
     const BUILTIN_PIPELINE: &'static str = "ide-tools";
     const CONVERSATION_FIELD: &'static str = "input";
     const FAILS_IN_STREAM: bool = true;
+    const KEEPS_STATE: bool = true;
 
     fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         decode::decode(body, env)
