@@ -159,10 +159,31 @@ pub enum Event {
 
     /// The upstream said why it stopped.
     Finish(FinishReason),
-    /// The upstream's usage object.
-    Usage(serde_json::Value),
+    /// What the answer cost in tokens (the upstream edge reads the server's counts).
+    Usage(Usage),
     /// Something failed; the stream ends with this error.
     Error(ApiError),
     /// A stage decided the response is over (watchdog): stop reading the upstream.
     Abort,
+}
+
+/// What one answer cost in tokens, as the upstream counted it (`harmony-render` puts in its
+/// own count of the prompt it rendered). Each encoder says it in its API's words.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// As the server said it, if it did (else [`Usage::total`] is the sum).
+    pub total_tokens: Option<u64>,
+    /// Prompt tokens the server had cached, if it said.
+    pub cached_tokens: Option<u64>,
+    /// Completion tokens spent reasoning, if the server said.
+    pub reasoning_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// The total the server said, else prompt and completion together.
+    pub fn total(&self) -> u64 {
+        self.total_tokens.unwrap_or(self.prompt_tokens + self.completion_tokens)
+    }
 }

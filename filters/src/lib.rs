@@ -35,6 +35,6 @@ pub mod vocab;
 
 pub use api::{ApiContext, ClientApi, ClientRequest, Decoded, Encoder, Output, Responder};
 pub use conversation::Conversation;
-pub use event::{ApiError, Channel, Event, FinishReason};
+pub use event::{ApiError, Channel, Event, FinishReason, Usage};
 pub use pipeline::{compile, compile_with, validate, Compiled, StageSpec};
 pub use stage::{Chain, Endpoint, RequestMeta, Stage, StageFactory, Stats, UpstreamRequest};

@@ -102,8 +102,7 @@ stages! {
     "tool-bridge" => ToolBridge(ToolBridgeConfig),
     /// Response: end the response when no answer came for `no_final_timeout`.
     "watchdog" => Watchdog(WatchdogConfig),
-    /// A marker (Contract: configs name it last): the response body's encoder turns the
-    /// chain's events into the client API's SSE events or JSON object. Must be last.
+    /// Response (a marker): the body's encoder turns events into the client API's wire format. Must be last.
     "sse-encode" => SseEncode(SseEncodeConfig),
 }
 

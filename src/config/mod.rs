@@ -11,8 +11,8 @@ pub mod load;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use harmony_filters::values::{Dur, Flag};
 use harmony_filters::stages::harmony_render::RenderEndpoint;
+use harmony_filters::values::{Dur, Flag};
 use harmony_filters::StageSpec;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -197,7 +197,11 @@ pub(super) fn agent_modify(turn: &Turn) -> Script {
     let (reasoning, tool, args) = if turn.tool_results == 0 {
         (AGENT_EDIT_REASONING, &read.name, json!({"file_path": path}))
     } else {
-        ("The file was read. Replace its placeholder.", &edit.name, json!({"file_path": path, "old_string": MODIFY_PLACEHOLDER, "new_string": "harmony-proxy-was-here"}))
+        (
+            "The file was read. Replace its placeholder.",
+            &edit.name,
+            json!({"file_path": path, "old_string": MODIFY_PLACEHOLDER, "new_string": "harmony-proxy-was-here"}),
+        )
     };
     Script::from_text(&format!(
         "<|channel|>analysis<|message|>{reasoning}<|end|><|start|>assistant<|channel|>commentary to=functions.{tool} <|constrain|>json<|message|>{args}"

@@ -431,10 +431,8 @@ fn all_scenarios(mode: ServerMode) {
                 }
             }
         }
-        let cases: Vec<Case> = cases
-            .into_iter()
-            .map(|(name, pipeline, tools, stream)| Case { want: expected(&sc, mode, pipeline, tools, stream), name, stream })
-            .collect();
+        let cases: Vec<Case> =
+            cases.into_iter().map(|(name, pipeline, tools, stream)| Case { want: expected(&sc, mode, pipeline, tools, stream), name, stream }).collect();
         failures.extend(run_cases(&proxy.url, requests, &cases));
         if !failures.is_empty() {
             failures.push(format!("llama-server log tail ({name}):\n{}\nproxy log:\n{}", llama.logs(), proxy.log()));

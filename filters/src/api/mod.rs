@@ -396,7 +396,7 @@ pub trait Encoder: Send {
 #[derive(Debug, Default)]
 pub(crate) struct Ending {
     pub finish: Option<FinishReason>,
-    pub usage: Option<Value>,
+    pub usage: Option<crate::event::Usage>,
     pub error: Option<ApiError>,
     /// When the first answer text or tool call reached the encoder (time to first token).
     pub first_output: Option<std::time::Instant>,

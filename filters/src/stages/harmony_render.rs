@@ -179,9 +179,8 @@ impl Stage for PromptUsage {
         }
         match ev {
             Event::Usage(mut u) if self.prompt_tokens > 0 => {
-                let completion = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
-                u["prompt_tokens"] = json!(self.prompt_tokens);
-                u["total_tokens"] = json!(self.prompt_tokens + completion);
+                u.prompt_tokens = self.prompt_tokens;
+                u.total_tokens = Some(self.prompt_tokens + u.completion_tokens);
                 out.push(Event::Usage(u));
             }
             other => out.push(other),

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::event::{ApiError, Event, FinishReason, UpstreamToolCall};
+use crate::event::{ApiError, Event, FinishReason, UpstreamToolCall, Usage};
 
 /// A line longer than this is cut off and reported: it bounds memory per stream.
 pub const MAX_LINE: usize = 4 << 20;
@@ -105,7 +105,7 @@ fn chunk_events(chunk: Chunk<'_>, out: &mut Vec<Event>, saw_finish: &mut bool) {
         *saw_finish = true;
         out.push(Event::Finish(if chunk.stop_type.as_deref() == Some("limit") { FinishReason::Length } else { FinishReason::Stop }));
         if let (Some(p), Some(c)) = (chunk.tokens_evaluated, chunk.tokens_predicted) {
-            out.push(Event::Usage(serde_json::json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})));
+            out.push(Event::Usage(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: Some(p + c), ..Usage::default() }));
         }
     }
     // Only the first choice: the proxy asks for n=1 semantics.
@@ -140,7 +140,20 @@ fn chunk_events(chunk: Chunk<'_>, out: &mut Vec<Event>, saw_finish: &mut bool) {
         }
     }
     if let Some(u) = chunk.usage.filter(|u| u.is_object()) {
-        out.push(Event::Usage(u));
+        out.push(Event::Usage(usage_of(&u)));
+    }
+}
+
+/// An OpenAI-shaped `usage` object's counts (a count that is not a whole number is none:
+/// servers send `null` details).
+fn usage_of(u: &serde_json::Value) -> Usage {
+    let n = |p: &str| u.pointer(p).and_then(serde_json::Value::as_u64);
+    Usage {
+        prompt_tokens: n("/prompt_tokens").unwrap_or(0),
+        completion_tokens: n("/completion_tokens").unwrap_or(0),
+        total_tokens: n("/total_tokens"),
+        cached_tokens: n("/prompt_tokens_details/cached_tokens"),
+        reasoning_tokens: n("/completion_tokens_details/reasoning_tokens"),
     }
 }
 
@@ -391,7 +404,7 @@ mod tests {
                 Event::Upstream("<|chan".into()),
                 Event::Upstream("nel|>".into()),
                 Event::Finish(FinishReason::Length),
-                Event::Usage(serde_json::json!({"total_tokens":3})),
+                Event::Usage(Usage { total_tokens: Some(3), ..Usage::default() }),
             ]
         );
     }

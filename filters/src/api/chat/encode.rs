@@ -16,7 +16,7 @@ use bytes::{BufMut as _, BytesMut};
 use serde_json::Value;
 
 use crate::api::{Encoder, Ending, Output};
-use crate::event::{Event, FinishReason, ReasoningField};
+use crate::event::{Event, FinishReason, ReasoningField, Usage};
 use crate::stage::{RequestMeta, Stats};
 
 struct ToolCall {
@@ -275,16 +275,15 @@ impl Encoder for ChatEncoder {
     }
 }
 
-/// The upstream's usage as OpenAI's schema has it: the three counts always integers, and
-/// the details objects kept only when they are objects (servers send `null`). Once per answer.
-fn usage_json(mut u: Value) -> Value {
-    let Some(o) = u.as_object_mut() else { return serde_json::json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}) };
-    let n = |o: &serde_json::Map<String, Value>, k: &str| o.get(k).and_then(Value::as_u64);
-    let (prompt, completion) = (n(o, "prompt_tokens").unwrap_or(0), n(o, "completion_tokens").unwrap_or(0));
-    let total = n(o, "total_tokens").unwrap_or(prompt + completion);
-    o.insert("prompt_tokens".into(), prompt.into());
-    o.insert("completion_tokens".into(), completion.into());
-    o.insert("total_tokens".into(), total.into());
-    o.retain(|k, v| !k.ends_with("_details") || v.is_object());
-    u
+/// The usage as OpenAI's schema has it: the three counts, and a details object for each
+/// detail the server counted. Once per answer.
+fn usage_json(u: Usage) -> Value {
+    let mut v = serde_json::json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total()});
+    if let Some(n) = u.cached_tokens {
+        v["prompt_tokens_details"] = serde_json::json!({ "cached_tokens": n });
+    }
+    if let Some(n) = u.reasoning_tokens {
+        v["completion_tokens_details"] = serde_json::json!({ "reasoning_tokens": n });
+    }
+    v
 }

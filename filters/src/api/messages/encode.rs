@@ -192,10 +192,9 @@ impl MessagesEncoder {
     }
 
     fn usage(&self) -> Value {
-        let u = self.ending.usage.as_ref();
-        let n = |p: &str| u.and_then(|u| u.pointer(p)).and_then(Value::as_u64).unwrap_or(0);
-        json!({"input_tokens": n("/prompt_tokens"), "output_tokens": n("/completion_tokens"),
-               "cache_creation_input_tokens": 0, "cache_read_input_tokens": n("/prompt_tokens_details/cached_tokens")})
+        let u = self.ending.usage.unwrap_or_default();
+        json!({"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens,
+               "cache_creation_input_tokens": 0, "cache_read_input_tokens": u.cached_tokens.unwrap_or(0)})
     }
 
     fn finish(&mut self, out: &mut Vec<Output>) {
@@ -418,7 +417,7 @@ mod tests {
         let mut out = Vec::new();
         enc.on_event(Event::Content("Hel".into()), &mut out);
         enc.on_event(Event::Finish(FinishReason::Length), &mut out);
-        enc.on_event(Event::Usage(json!({"prompt_tokens": 7, "completion_tokens": 2})), &mut out);
+        enc.on_event(Event::Usage(crate::Usage { prompt_tokens: 7, completion_tokens: 2, ..Default::default() }), &mut out);
         enc.on_end(&mut out);
         let v: Value = serde_json::from_slice(&wire(&out)).unwrap();
         assert_eq!(v["stop_reason"], "max_tokens");

@@ -278,11 +278,8 @@ impl ResponsesEncoder {
     }
 
     fn usage(&self) -> Value {
-        let u = self.ending.usage.as_ref();
-        let n = |p: &str| u.and_then(|u| u.pointer(p)).and_then(Value::as_u64).unwrap_or(0);
-        let (input, output) = (n("/prompt_tokens"), n("/completion_tokens"));
-        let total = u.and_then(|u| u.get("total_tokens")).and_then(Value::as_u64).unwrap_or(input + output);
-        usage_json(input, n("/prompt_tokens_details/cached_tokens"), output, n("/completion_tokens_details/reasoning_tokens"), total)
+        let u = self.ending.usage.unwrap_or_default();
+        usage_json(u.prompt_tokens, u.cached_tokens.unwrap_or(0), u.completion_tokens, u.reasoning_tokens.unwrap_or(0), u.total())
     }
 
     fn finish(&mut self, out: &mut Vec<Output>) {
