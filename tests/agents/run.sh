@@ -6,6 +6,7 @@
 #
 #   bash tests/agents/run.sh              # every agent below
 #   bash tests/agents/run.sh codex        # some of them
+#   KEEP_WORK=1 bash tests/agents/run.sh claude-edit   # keeps the proxies' and mocks' logs
 #
 # Each agent's script asserts what its user sees (the command ran, the answer printed clean)
 # and what the model got (the command's output and the turn-1 reasoning in turn 2), and kills
@@ -21,7 +22,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$work"
+  [ -n "${KEEP_WORK:-}" ] && echo "kept $work" || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -60,7 +61,7 @@ wants() { [[ " ${agents[*]} " == *" $1 "* ]]; }
 # Claude Code as a new user sets it up: `init --for claude-code` in front of a server that
 # answers to one model name (as vLLM does; any other is a 404), only ANTHROPIC_BASE_URL and
 # ANTHROPIC_MODEL set, so its own model names for background work reach the proxy.
-if wants claude-edit; then
+if wants claude-edit || wants claude-modify; then
   start served-mock "$bin" mock-upstream --port 0 --served-model gpt-oss-20b
   served_url=$(url_of served-mock) || exit 1
   mkdir -p "$work/claude-init"
@@ -99,7 +100,15 @@ for agent in "${agents[@]}"; do
     claude) log=proxy; bash "$here/claude.sh" "$proxy_url" "$dir" ;;
     codex-compact) log=small-proxy; AGENT_TASK=compact CODEX_MODEL_CATALOG="$work/compact-init/codex-models.json" bash "$here/codex.sh" "$small_proxy_url/v1" "$dir" ;;
     codex-edit) log=proxy; AGENT_TASK=edit CODEX_MODEL_CATALOG="$work/codex-init/codex-models.json" bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
-    claude-modify) log=proxy; AGENT_TASK=modify bash "$here/claude.sh" "$proxy_url" "$dir" ;;
+    # Claude Code on one of its own model names (as a user who keeps its default picks it):
+    # `init`'s route renames it to the one the server serves.
+    claude-modify)
+      log=claude-proxy
+      AGENT_TASK=modify CLAUDE_MINIMAL=1 CLAUDE_MODEL=claude-sonnet-4-5 bash "$here/claude.sh" "$claude_url" "$dir" &&
+        own=$(cat "$work/claude-proxy.out" "$work/claude-proxy.err" | grep -c 'model=claude-sonnet-4-5 .*status=200') &&
+        refused=$(curl -s "${served_url%/v1}/mock/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["refused_models"])') &&
+        { [ "$own" -ge 3 ] && [ "$refused" = 0 ] || { echo "FAIL claude-modify: $own of its requests named claude-sonnet-4-5 were answered, the server refused $refused"; false; }; } &&
+        echo "PASS claude-modify: its $own requests for claude-sonnet-4-5 were answered by the model the server serves" ;;
     claude-edit)
       log=claude-proxy
       AGENT_TASK=edit CLAUDE_MINIMAL=1 bash "$here/claude.sh" "$claude_url" "$dir" &&

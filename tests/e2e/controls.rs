@@ -176,9 +176,31 @@ fn a_routes_reasoning_effort_reaches_the_server_in_both_fields_unless_the_reques
     let sent = env.mock_stats()["last_request"].clone();
     assert_eq!(sent["reasoning_effort"], "low");
     assert_eq!(sent["chat_template_kwargs"], json!({"reasoning_effort": "medium", "x": 1}));
-    // Messages' thinking budget maps to an effort; the route's default fills in when absent.
+    // The route's default fills in when a Messages request says no effort.
     post(&env.url("/v1/messages"), &json!({"model": "claude-haiku-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}));
     assert_eq!(env.mock_stats()["last_request"]["reasoning_effort"], "low");
+    // Messages' thinking budget maps to an effort (under 4096 low, under 16384 medium, else
+    // high), which wins over the route's; `output_config.effort` wins over the budget. The
+    // exact alias `sonnet` is renamed like the glob.
+    for (thinking, effort, want) in [
+        (json!({"type": "enabled", "budget_tokens": 1024}), None, "low"),
+        (json!({"type": "enabled", "budget_tokens": 8000}), None, "medium"),
+        (json!({"type": "enabled", "budget_tokens": 20000}), None, "high"),
+        (json!({"type": "enabled", "budget_tokens": 20000}), Some("medium"), "medium"),
+    ] {
+        let mut body = json!({"model": "sonnet", "max_tokens": 30000, "thinking": thinking, "messages": [{"role": "user", "content": "hi"}]});
+        if let Some(e) = effort {
+            body["output_config"] = json!({ "effort": e });
+        }
+        let r = post(&env.url("/v1/messages"), &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let sent = env.mock_stats()["last_request"].clone();
+        assert_eq!(
+            (sent["reasoning_effort"].as_str(), sent["chat_template_kwargs"]["reasoning_effort"].as_str(), sent["model"].as_str()),
+            (Some(want), Some(want), Some("gpt-oss-20b")),
+            "{thinking} {effort:?}: {sent}"
+        );
+    }
     // A route without one sends none.
     post(&env.url("/v1/chat/completions"), &chat_body("other", false, "hi"));
     let sent = env.mock_stats()["last_request"].clone();

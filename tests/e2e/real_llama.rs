@@ -601,6 +601,14 @@ fn every_way_of_asking_for_high_effort_reaches_the_real_model() {
     let text: String =
         r.json()["content"].as_array().unwrap().iter().filter(|b| b["type"] == "text").map(|b| b["text"].as_str().unwrap_or("").to_owned()).collect();
     assert_eq!(text, hard, "Messages output_config.effort: {}", r.text());
+    // Messages' thinking budget: 16384 tokens and more is high.
+    let r = post(
+        &format!("{}/v1/messages", proxy.url),
+        &json!({"model": "gpt-oss-tiny", "max_tokens": 20000, "thinking": {"type": "enabled", "budget_tokens": 16384}, "messages": [{"role": "user", "content": user}]}),
+    );
+    let text: String =
+        r.json()["content"].as_array().unwrap().iter().filter(|b| b["type"] == "text").map(|b| b["text"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(text, hard, "Messages thinking.budget_tokens: {}", r.text());
 }
 
 /// `tool_choice: "required"` on llama.cpp's `/completion` is a grammar (reasoning allowed,
