@@ -27,11 +27,12 @@ use openai_harmony::chat::{
 use openai_harmony::HarmonyEncoding;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::conversation::{Content, Controls, Conversation, Limit, ResponseFormat, Role, Stop, Tool, ToolChoice};
+use crate::conversation::{Content, Conversation, ResponseFormat, Role, Tool, ToolChoice};
 use crate::event::{ApiError, Event};
 use crate::stage::{Endpoint, Prefill, RequestMeta, RequestStage, RequestStageFactory, Stage, StageFactory, UpstreamRequest};
+use crate::upstream::completion_request::{self, Completion, Prompt};
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -93,7 +94,7 @@ pub enum PromptForm {
 }
 
 /// gpt-oss's context, in tokens: the output limit asked for when the client sets none.
-pub const GPT_OSS_CONTEXT: u64 = 131_072;
+pub use crate::upstream::completion_request::GPT_OSS_CONTEXT;
 
 /// Most bytes of cached message tokens (with their keys); past it the cache starts afresh.
 const CACHE_BYTES: usize = 64 << 20;
@@ -544,10 +545,6 @@ fn required_call_grammar(conv: &Conversation, dialect: Dialect) -> Option<String
 
 /// Client stops that are plain text (never `<|end|>` and friends: they would end the reply
 /// early; the model's own stop tokens end it).
-fn client_stops(c: &Controls) -> Vec<String> {
-    c.stop.as_ref().map(Stop::as_slice).unwrap_or_default().iter().filter(|s| !s.is_empty() && !crate::markup::has_markup(s)).cloned().collect()
-}
-
 impl RequestStage for HarmonyRender {
     /// After every `on_request`: the history is repaired and remembered reasoning is back
     /// (`reasoning-memory` puts it in the conversation; here it becomes the analysis message).
@@ -566,87 +563,25 @@ impl RequestStage for HarmonyRender {
             prompt.extend_from_slice(&p.ids);
         }
         let prompt_tokens = Some(prompt.len() as u64);
-        let c = &conv.controls;
-        let mut out = serde_json::Map::new();
-        out.insert("model".into(), if conv.model.is_empty() { Value::Null } else { conv.model.clone().into() });
-        match (self.cfg.prompt, self.cfg.endpoint) {
+        let (completion, endpoint) = match (self.cfg.prompt, self.cfg.endpoint) {
             (PromptForm::Text, RenderEndpoint::Completions) => {
                 let text = self.enc.tokenizer().decode_utf8(&prompt).map_err(|e| {
                     ApiError::new(400, "invalid_request_error", Some("unsupported_by_harmony_render"), format!("messages: the prompt is not text: {e}"))
                 })?;
-                out.insert("prompt".into(), Value::String(text));
+                (Completion::Completions { prompt: Prompt::Text(text), grammar }, Endpoint::Completions)
             }
-            _ => {
-                out.insert("prompt".into(), json!(prompt));
-            }
-        }
-        out.insert("stream".into(), Value::Bool(true));
-        let max = c.max_output_tokens.as_ref().and_then(Limit::count).map(Value::from);
-        let s = &c.sampling;
-        for (k, v) in [
-            ("temperature", &s.temperature),
-            ("top_p", &s.top_p),
-            ("seed", &s.seed),
-            ("presence_penalty", &s.presence_penalty),
-            ("frequency_penalty", &s.frequency_penalty),
-        ] {
-            if let Some(v) = v {
-                out.insert(k.into(), Value::Number(v.clone()));
-            }
-        }
-        if let Some(v) = &s.logit_bias {
-            out.insert("logit_bias".into(), v.clone());
-        }
-        let stops = client_stops(c);
-        if !stops.is_empty() {
-            out.insert("stop".into(), json!(stops));
-        }
-        let endpoint = match self.cfg.endpoint {
-            RenderEndpoint::Completions => {
-                // No limit from the client: with token ids, gpt-oss's whole context. vLLM's
-                // completions stop at 16 tokens when it is left out or `null` (the legacy API's
-                // default), and refuse more than their `--max-model-len`, saying it: the server
-                // asks again with that (`upstream::overflow::output_limit`). llama.cpp stops
-                // at its context either way. Left out with a text prompt (mlx-lm refuses
-                // `null` and applies its `--max-tokens`).
-                match max {
-                    Some(m) => {
-                        out.insert("max_tokens".into(), m);
-                    }
-                    None if self.cfg.prompt == PromptForm::Tokens => {
-                        out.insert("max_tokens".into(), Value::from(GPT_OSS_CONTEXT));
-                    }
-                    None => {}
-                }
-                // vLLM strips special tokens from completion text unless told otherwise; the
-                // servers that take only text prompts know no such field (`transformers
-                // serve` refuses it with a 422).
-                if self.cfg.prompt == PromptForm::Tokens {
-                    out.insert("skip_special_tokens".into(), Value::Bool(false));
-                }
-                if let Some(g) = grammar {
-                    out.insert("structured_outputs".into(), json!({ "grammar": g }));
-                }
-                out.insert("stream_options".into(), json!({"include_usage": true}));
-                Endpoint::Completions
-            }
-            RenderEndpoint::Llama => {
-                out.insert("n_predict".into(), max.unwrap_or(json!(-1)));
-                if let Some(g) = grammar {
-                    out.insert("grammar".into(), g.into());
-                }
-                out.insert("return_tokens".into(), Value::Bool(true));
-                out.insert("cache_prompt".into(), Value::Bool(true));
-                Endpoint::LlamaCompletion
-            }
+            (PromptForm::Tokens, RenderEndpoint::Completions) => (Completion::Completions { prompt: Prompt::Tokens(prompt), grammar }, Endpoint::Completions),
+            (_, RenderEndpoint::Llama) => (Completion::Llama { prompt, grammar }, Endpoint::LlamaCompletion),
         };
-        Ok(Some(UpstreamRequest { body: Value::Object(out), endpoint, prompt_tokens, prefill: prefill.map(Arc::new) }))
+        let body = completion_request::request(conv, completion);
+        Ok(Some(UpstreamRequest { body, endpoint, prompt_tokens, prefill: prefill.map(Arc::new) }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn rendered(body: Value) -> String {
         let enc = crate::testing::encoding();
@@ -769,7 +704,7 @@ mod tests {
 
     #[test]
     fn special_tokens_are_never_client_stops() {
-        assert_eq!(client_stops(&crate::api::chat::decode::conversation(json!({"stop": ["<|end|>", "END", "<|return|>", ""]})).controls), ["END"]);
+        assert_eq!(completion_request::client_stops(&crate::api::chat::decode::conversation(json!({"stop": ["<|end|>", "END", "<|return|>", ""]}))), ["END"]);
     }
 
     #[test]

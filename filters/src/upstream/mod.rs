@@ -7,6 +7,7 @@
 //! finish reason or `[DONE]` ends with an error event, never silently.
 
 pub mod chat_request;
+pub mod completion_request;
 pub mod overflow;
 
 use std::borrow::Cow;
