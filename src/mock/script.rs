@@ -165,11 +165,7 @@ pub(super) fn agent_edit(turn: &Turn) -> Script {
     let args = if tool.name == "apply_patch" {
         json!({"input": format!("*** Begin Patch\n*** Add File: {name}\n+harmony-proxy-was-here\n*** End Patch\n")})
     } else {
-        let path = match marker_dir(&turn.user) {
-            Some(dir) => format!("{}/{name}", dir.trim_end_matches('/')),
-            None => name,
-        };
-        json!({"file_path": path, "content": "harmony-proxy-was-here\n"})
+        json!({"file_path": marker_path(&turn.user), "content": "harmony-proxy-was-here\n"})
     };
     Script::from_text(&format!(
         "<|channel|>analysis<|message|>{AGENT_EDIT_REASONING}<|end|><|start|>assistant<|channel|>commentary to=functions.{} <|constrain|>json<|message|>{args}",
@@ -189,11 +185,7 @@ pub(super) fn agent_modify(turn: &Turn) -> Script {
     let (Some(read), Some(edit)) = (turn.tools.iter().find(|t| t.name == "Read"), turn.tools.iter().find(|t| t.name == "Edit")) else {
         return Script::from_text("<|channel|>analysis<|message|>No Read and Edit tools among the declared tools.<|end|><|start|>assistant<|channel|>final<|message|>No Read and Edit tools were declared.");
     };
-    let name = marker_file(&turn.user);
-    let path = match marker_dir(&turn.user) {
-        Some(dir) => format!("{}/{name}", dir.trim_end_matches('/')),
-        None => name,
-    };
+    let path = marker_path(&turn.user);
     let (reasoning, tool, args) = if turn.tool_results == 0 {
         (AGENT_EDIT_REASONING, &read.name, json!({"file_path": path}))
     } else {

@@ -78,6 +78,16 @@ pub(super) fn marker_dir(user: &str) -> Option<String> {
     (!dir.is_empty()).then_some(dir)
 }
 
+/// The marker file's path: [`marker_file`] inside [`marker_dir`] when the message names one
+/// (edit tools take absolute paths), else the bare name.
+pub(super) fn marker_path(user: &str) -> String {
+    let name = marker_file(user);
+    match marker_dir(user) {
+        Some(dir) => format!("{}/{name}", dir.trim_end_matches('/')),
+        None => name,
+    }
+}
+
 /// The text of a message's `content`: a string, or the text parts of an array joined by
 /// newlines.
 pub(super) fn text_of(content: Option<&Value>) -> String {
