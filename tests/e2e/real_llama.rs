@@ -643,6 +643,46 @@ fn a_required_tool_choice_on_the_real_llama_endpoint_is_a_grammar_that_leaves_th
     }
 }
 
+/// A call that `tool_choice` forces where no grammar does is a prefill: harmony-render writes
+/// the start of the call into the prompt (a named function's whole header on llama.cpp's
+/// `/completion` and on `/v1/completions`; `required`'s header up to the function's name on
+/// `/v1/completions`), and the real model continues it. The player answers in prose unless
+/// its prompt ends in such a header, so every call here proves the prefill reached the model,
+/// and the client gets the call (the prefilled header included), streamed or not.
+#[test]
+fn a_forced_tool_choice_is_a_prefill_the_real_model_continues() {
+    let Some(h) = harness() else { return };
+    let user = h.scenarios["user"].as_str().unwrap();
+    let tools = &h.scenarios["tools"];
+    let f = &h.scenarios["forced"];
+    let call = vec![(f["tool"]["name"].as_str().unwrap().to_owned(), f["tool"]["arguments"].as_str().unwrap().to_owned())];
+    let dir = tempfile::tempdir().unwrap();
+    let llama = Llama::start(h, &h.models["forced"], ServerMode::Default, dir.path());
+    let proxy = proxy_for(&llama, dir.path());
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    let called = Got { content: String::new(), reasoning: String::new(), tools: call, finish: "tool_calls".into() };
+    let prose = Got { content: f["unforced"]["final"].as_str().unwrap().to_owned(), reasoning: String::new(), tools: vec![], finish: "stop".into() };
+    let choices = [
+        (Pipeline::NativeLlama, named.clone(), &called),
+        (Pipeline::Native, named, &called),
+        (Pipeline::Native, json!("required"), &called),
+        (Pipeline::Native, json!("auto"), &prose),
+        (Pipeline::NativeLlama, json!("auto"), &prose),
+    ];
+    let (mut requests, mut cases) = (Vec::new(), Vec::new());
+    for (pipeline, choice, want) in &choices {
+        for stream in [false, true] {
+            let name = format!("{pipeline:?} tool_choice={choice} stream={stream}");
+            let mut body = chat_request(pipeline.model(), user, Some(tools), stream);
+            body["tool_choice"] = choice.clone();
+            requests.push(json!({"name": name, "body": body}));
+            cases.push(Case { name, want: (*want).clone(), stream });
+        }
+    }
+    let failures = run_cases(&proxy.url, requests, &cases);
+    assert!(failures.is_empty(), "{}\nllama-server log:\n{}", failures.join("\n"), llama.logs());
+}
+
 /// A grammar-forced random model: tokens are arbitrary sub-word pieces (`"T"`, `"h"`, …), a
 /// different chunking from the script players; the answer must come out the same.
 #[test]

@@ -18,7 +18,11 @@ make_gguf.py for how the weights work):
     instructions and tools), with a longer context (`n_ctx`), more markers (8 heads), a
     turn 2 that depends on whether the turn-1 reasoning came back (`reasoning_marker`:
     `turn2` if so, else `turn2_no_reasoning`) and, for more states than the agent dims hold,
-    a wider model (`n_embd`).
+    a wider model (`n_embd`);
+  * the effort player (`effort`): one answer when the prompt says `Reasoning: high`, another
+    otherwise;
+  * the forced-call player (`forced`): a call after the header harmony-render prefills for a
+    `tool_choice`, prose after any other prompt.
 
 How a script player decides: its next token is a function of
     (current token, which markers occur anywhere in the context, prompt included)
@@ -409,6 +413,52 @@ def verify_effort(e, srv, user):
     say("effort: OK (high, medium and low prompts)")
 
 
+def forced_script(f, srv, user, tools):
+    """The forced-call player: `unforced` after a prompt ending in `assistant` (with tools
+    declared or not), `text` after `required_prefill`, and the tail of `text` after
+    `named_prefill` (whose last token is one of `text`'s). The marker (`final`) must be in no
+    prompt and not in `text`."""
+    u = [{"role": "user", "content": user}]
+    toks = srv.tokenize(f["text"])
+    unforced = srv.tokenize(f["unforced"]["text"])
+    markers = marker_ids("forced", unforced, f["markers"])
+    if set(markers) & {t for t, _ in toks}:
+        die("forced: a marker occurs in the call text")
+    last = None
+    for tl in (None, tools):
+        l, present = check_prompt(f"forced (tools={bool(tl)})", srv, u, tl, markers)
+        if present:
+            die(f"forced: markers {sorted(present)} occur in the prompt")
+        assert last in (None, l)
+        last = l
+    required_last = srv.tokenize(f["required_prefill"])[-1][0]
+    named_last = srv.tokenize(f["named_prefill"])[-1][0]
+    ids = [t for t, _ in toks]
+    if named_last not in ids:
+        die(f"forced: the named prefill's last token {named_last} is not a token of the call text")
+    states = {}
+    play(states, "forced unforced", last, (), unforced, set(markers))
+    play(states, "forced required", required_last, (), toks, set(markers))
+    tail = toks[ids.index(named_last) + 1:]
+    play(states, "forced named", named_last, (), tail, set(markers))
+    return {"tokens": ids, "unforced": [t for t, _ in unforced], "markers": markers, "prompt_last": last,
+            "states": states}
+
+
+def verify_forced(f, srv, user, tools):
+    """Each prompt as harmony-render sends it (here llama.cpp's template, plus the prefill)
+    gives its text."""
+    u = [{"role": "user", "content": user}]
+    prompt = srv.prompt(u, tools)
+    toks = [t for t, _ in srv.tokenize(f["text"])]
+    named_last = srv.tokenize(f["named_prefill"])[-1][0]
+    check_ids("forced: unforced /completion", completion_ids(srv, prompt), [t for t, _ in srv.tokenize(f["unforced"]["text"])], srv)
+    check_ids("forced: required prefill /completion", completion_ids(srv, prompt + f["required_prefill"]), toks, srv)
+    check_ids("forced: named prefill /completion", completion_ids(srv, prompt + f["named_prefill"]),
+              toks[toks.index(named_last) + 1:], srv)
+    say("forced: OK (unforced, required and named prefills)")
+
+
 def write_script(path, script, vocab, template, dims, name):
     states = [(c, f, n) for (c, f), (n, _) in script["states"].items()]
     side = {k: v for k, v in script.items() if k != "states"}
@@ -553,6 +603,9 @@ def main():
     effort = spec["effort"]
     paths["effort"] = path({**common, "kind": "effort", "dims": SCENARIO_DIMS,
                             **{k: effort[k] for k in ("prompt_marker", "markers", "high", "other")}})
+    forced = spec["forced"]
+    paths["forced"] = path({**common, "kind": "forced", "dims": SCENARIO_DIMS,
+                            **{k: forced[k] for k in ("required_prefill", "named_prefill", "text", "markers", "unforced")}})
     missing = [n for n, p in paths.items() if not os.path.exists(p)]
 
     if missing or not os.path.exists(random_path):
@@ -571,6 +624,8 @@ def main():
                         scripts[name] = agent_script(name, agents[name], srv, *prompts[name])
                     elif name == "effort":
                         scripts[name] = effort_script(effort, srv, user)
+                    elif name == "forced":
+                        scripts[name] = forced_script(forced, srv, user, tools)
                     else:
                         scripts[name] = scenario_script(name, scenarios[name], srv, user, tools)
             for name in missing:
@@ -590,6 +645,8 @@ def main():
                     verify_agent(name, agents[name], srv, *prompts[name])
                 elif name == "effort":
                     verify_effort(effort, srv, user)
+                elif name == "forced":
+                    verify_forced(forced, srv, user, tools)
                 else:
                     verify_scenario(name, scenarios[name], srv, user, tools)
         say(f"verified {len(paths)} models in {time.time() - t:.1f}s")
