@@ -45,6 +45,7 @@ pub(super) async fn chat(state: Arc<MockState>, req: Value) -> Result<Response<B
     let prompt_tokens = if state.n_ctx > 0 { estimated_tokens(&req) } else { 12 };
     if state.n_ctx > 0 && prompt_tokens > state.n_ctx {
         let n_ctx = state.n_ctx;
+        state.overflows.fetch_add(1, Ordering::SeqCst);
         let msg = format!("request ({prompt_tokens} tokens) exceeds the available context size ({n_ctx} tokens), try increasing it");
         return Ok(json_resp(
             400,

@@ -82,6 +82,8 @@ pub struct MockState {
     pub served_model: Option<String>,
     /// Requests refused for their model name (see `served_model`).
     pub refused_models: AtomicU64,
+    /// Requests refused as longer than the context (see `n_ctx`).
+    pub overflows: AtomicU64,
     pub requests: AtomicU64,
     pub completed: AtomicU64,
     pub cancelled: AtomicU64,
@@ -231,6 +233,7 @@ async fn handle(state: Arc<MockState>, conn: u64, req: Request<Incoming>) -> Res
                 "completed": state.completed.load(Ordering::SeqCst),
                 "cancelled": state.cancelled.load(Ordering::SeqCst),
                 "refused_models": state.refused_models.load(Ordering::SeqCst),
+                "overflows": state.overflows.load(Ordering::SeqCst),
                 "connections": state.connections.load(Ordering::SeqCst),
                 "chat_connections": state.chat_connections.lock().unwrap_or_else(|e| e.into_inner()).len(),
                 "attempts": *state.attempts.lock().unwrap_or_else(|e| e.into_inner()),
@@ -442,6 +445,29 @@ mod tests {
         let text = s.text.clone().unwrap_or_default();
         assert!(text.starts_with("<|channel|>analysis<|message|>I will run the shell tool to write the marker file.<|end|><|start|>assistant<|channel|>commentary to=functions.exec_command <|constrain|>json<|message|>"), "{text}");
         assert_eq!(call_of(&s), ("exec_command".to_owned(), json!({"cmd": MARKER_CMD})));
+    }
+
+    #[test]
+    fn agent_overflow_prints_more_each_turn_and_after_a_compaction_plays_on_from_the_summary() {
+        let prompt = "scenario:agent-overflow file:big.txt";
+        let call = |n: usize| json!({"role": "assistant", "content": "", "tool_calls": [tool_call("exec_command", &json!({"cmd": n.to_string()}))]});
+        let result = json!({"role": "tool", "tool_call_id": "call_1", "content": "100000"});
+        let first = script_for(&agent_request(vec![exec_command()], prompt, vec![]));
+        assert_eq!(call_of(&first).1, json!({"cmd": "echo harmony-proxy-was-here > big.txt && seq 100000 100599"}));
+        let second = script_for(&agent_request(vec![exec_command()], prompt, vec![call(1), result.clone()]));
+        assert_eq!(call_of(&second).1, json!({"cmd": "seq 100600 101199"}), "the next lines, without the marker");
+        // Claude Code's compaction asks for a summary: it carries the scenario and the file.
+        let ask = user(json!("Your task is to create a detailed summary of the conversation so far."));
+        let summary = final_of(&script_for(&agent_request(vec![exec_command()], prompt, vec![call(1), result.clone(), ask])));
+        assert!(summary.starts_with("<summary>COMPACTED-SUMMARY") && summary.ends_with("scenario:agent-overflow file:big.txt</summary>"), "{summary}");
+        // The history after it: the summary, the rounds kept, and a last user message of the
+        // agent's own that names no scenario.
+        let req = json!({"messages": [
+            user(json!(format!("This session is being continued from a previous conversation. Summary:\n{summary}"))),
+            call(2), result,
+            user(json!("<system-reminder>Attribution for commits.</system-reminder>")),
+        ], "tools": [exec_command()]});
+        assert_eq!(final_of(&script_for(&req)), "Done after compaction. The summary came back: yes (big.txt).");
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub fn scenario(name: &str) -> Option<Script> {
         "agent-edit" => agent_edit(&Turn::default()),
         "agent-modify" => agent_modify(&Turn::default()),
         "agent-compact" => agent_compact(&Turn::default()),
+        "agent-overflow" => agent_overflow(&Turn::default()),
         _ => return None,
     })
 }
@@ -207,11 +208,21 @@ const SUMMARY_MARK: &str = "COMPACTED-SUMMARY";
 
 /// A compaction request's answer: a summary that carries the scenario and marker file of the
 /// conversation it summarizes, so the agent's next request (the summary in its history)
-/// plays the same scenario on.
+/// plays the same scenario on. It is inside `<summary>` tags, which Claude Code requires of
+/// a summary (it asks again without them); Codex keeps the text as it is.
 fn compaction_summary(turn: &Turn) -> Script {
     let name = marker_file(&turn.users);
+    let scenario = find_scenario(&turn.users).map_or("agent-compact", |(_, s)| s);
     Script::from_text(&format!(
-        "<|channel|>analysis<|message|>Summarize for the next model.<|end|><|start|>assistant<|channel|>final<|message|>{SUMMARY_MARK}: the shell tool was run to write the marker file. Next: scenario:agent-compact file:{name}"
+        "<|channel|>analysis<|message|>Summarize for the next model.<|end|><|start|>assistant<|channel|>final<|message|><summary>{SUMMARY_MARK}: the shell tool was run to write the marker file. Next: scenario:{scenario} file:{name}</summary>"
+    ))
+}
+
+/// The answer once a compaction's summary is in the history.
+fn after_compaction(turn: &Turn) -> Script {
+    Script::from_text(&format!(
+        "<|channel|>analysis<|message|>The history was compacted.<|end|><|start|>assistant<|channel|>final<|message|>Done after compaction. The summary came back: yes ({}).",
+        marker_file(&turn.users)
     ))
 }
 
@@ -221,22 +232,55 @@ fn compaction_summary(turn: &Turn) -> Script {
 /// is in the history, the answer says so.
 pub(super) fn agent_compact(turn: &Turn) -> Script {
     if turn.users.contains(SUMMARY_MARK) {
-        return Script::from_text(&format!(
-            "<|channel|>analysis<|message|>The history was compacted.<|end|><|start|>assistant<|channel|>final<|message|>Done after compaction. The summary came back: yes ({}).",
-            marker_file(&turn.users)
-        ));
+        return after_compaction(turn);
     }
     agent_shell(turn)
 }
 
-/// A built-in scenario for this turn (`agent-shell`, `agent-edit`, `agent-modify` and
-/// `agent-compact` read the request).
+/// How many lines each `agent-overflow` command prints (about 1,200 tokens of tool result,
+/// as the mock counts them), and how many commands it runs before it answers.
+pub const OVERFLOW_LINES: u32 = 600;
+pub const OVERFLOW_ROUNDS: usize = 8;
+
+/// `agent-overflow`: an agent that does not see its window fill (it thinks the window is
+/// large) and learns it from the server. Each turn runs a shell command that prints
+/// [`OVERFLOW_LINES`] lines (the first also writes the marker file), until a request that
+/// carries their output is longer than the mock's context (`--n-ctx`) and is refused as
+/// llama-server refuses it; the agent compacts on the error the proxy says in its API's
+/// words (Claude Code on Anthropic's "prompt is too long", dropping old rounds until its
+/// summary request fits), and once the summary is in the history, the answer says so. After
+/// [`OVERFLOW_ROUNDS`] commands with no refusal, the answer says that instead.
+pub(super) fn agent_overflow(turn: &Turn) -> Script {
+    if turn.users.contains(SUMMARY_MARK) {
+        return after_compaction(turn);
+    }
+    if turn.tool_results >= OVERFLOW_ROUNDS {
+        return Script::from_text(
+            "<|channel|>analysis<|message|>It fit.<|end|><|start|>assistant<|channel|>final<|message|>The output fit in the context: nothing overflowed.",
+        );
+    }
+    let Some(tool) = shell_tool(&turn.tools) else {
+        return Script::from_text("<|channel|>analysis<|message|>No shell tool among the declared tools.<|end|><|start|>assistant<|channel|>final<|message|>No shell tool was declared.");
+    };
+    let first = 100_000 + turn.tool_results as u32 * OVERFLOW_LINES;
+    let seq = format!("seq {first} {}", first + OVERFLOW_LINES - 1);
+    let cmd = if turn.tool_results == 0 { format!("echo harmony-proxy-was-here > {} && {seq}", marker_file(&turn.user)) } else { seq };
+    Script::from_text(&format!(
+        "<|channel|>analysis<|message|>{AGENT_SHELL_REASONING}<|end|><|start|>assistant<|channel|>commentary to=functions.{} <|constrain|>json<|message|>{}",
+        tool.name,
+        shell_args(tool, &cmd)
+    ))
+}
+
+/// A built-in scenario for this turn (`agent-shell`, `agent-edit`, `agent-modify`,
+/// `agent-compact` and `agent-overflow` read the request).
 pub(super) fn named_scenario(name: &str, turn: &Turn) -> Option<Script> {
     match name {
         "agent-shell" => Some(agent_shell(turn)),
         "agent-edit" => Some(agent_edit(turn)),
         "agent-modify" => Some(agent_modify(turn)),
         "agent-compact" => Some(agent_compact(turn)),
+        "agent-overflow" => Some(agent_overflow(turn)),
         _ => scenario(name),
     }
 }
@@ -295,7 +339,12 @@ pub(super) fn requested(turn: &Turn) -> Option<Script> {
         (Some((s_at, _)), Some((m_at, m))) if m_at < s_at => Some(mock_script(&m)),
         (Some((_, name)), _) => named_scenario(name, turn),
         (None, Some((_, m))) => Some(mock_script(&m)),
-        (None, None) => None,
+        // A compacted history whose last user message is the agent's own (Claude Code ends
+        // it with a reminder): the scenario the mock's summary names plays on.
+        (None, None) => {
+            let summary = &turn.users[turn.users.find(SUMMARY_MARK)?..];
+            find_scenario(summary).and_then(|(_, name)| named_scenario(name, turn))
+        }
     }
 }
 

@@ -26,7 +26,9 @@
 # CLAUDE_MODEL (default gpt-oss-20b), CLAUDE_CONTEXT_TOKENS (the model's window, default
 # 131072), HARMONY_PROXY_API_KEY (sent as x-api-key; default a dummy), CLAUDE_AUTH=bearer
 # (send it as Authorization: Bearer instead), AGENT_TASK=edit (the marker is written with
-# its Write tool; AGENT_TASK=modify: it is read with Read, then changed with Edit), CLAUDE_MINIMAL=1 (of its model settings only ANTHROPIC_MODEL: no --model,
+# its Write tool; AGENT_TASK=modify: it is read with Read, then changed with Edit;
+# AGENT_TASK=overflow: the command's output outgrows the server's context, Claude Code
+# compacts on the refusal and answers), CLAUDE_MINIMAL=1 (of its model settings only ANTHROPIC_MODEL: no --model,
 # no context size; its own model names for background work then reach the proxy).
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -99,6 +101,10 @@ if [ "$task" = edit ]; then
 elif [ "$task" = modify ]; then
   agent_check_answer "$answer" "The edit tool answered: The file /" "reasoning came back: yes"
   grep -q harmony-proxy-placeholder "$marker" 2>/dev/null && agent_fail "the placeholder is still in $(basename "$marker")"
+elif [ "$task" = overflow ]; then
+  agent_check_answer "$answer" "Done after compaction. The summary came back: yes"
+  if grep -qF '"compact_result":"success"' "$out"; then agent_pass "Claude Code compacted its history"
+  else agent_fail "Claude Code's transcript shows no successful compaction"; fi
 else
   agent_check_answer "$answer" "The command printed: marker-written" "reasoning came back: yes"
 fi

@@ -74,7 +74,10 @@ agent_setup() {
     # The shell task, in front of a server whose context the agent's history outgrows: the
     # agent compacts it (the mock answers the compaction with a summary), then answers.
     compact) prompt="Please use the shell. scenario:agent-compact file:$agent-marker.txt" ;;
-    *) echo "AGENT_TASK must be shell, edit, modify or compact: $task" >&2; exit 2 ;;
+    # The shell task, whose command prints so much that the next request is longer than the
+    # server's context: the server refuses it, the agent compacts on the error, then answers.
+    overflow) prompt="Please use the shell. scenario:agent-overflow file:$agent-marker.txt" ;;
+    *) echo "AGENT_TASK must be shell, edit, modify, compact or overflow: $task" >&2; exit 2 ;;
   esac
   tmp=$(mktemp -d)
   home=$tmp/home
@@ -222,10 +225,11 @@ agent_check_exit() {
 
 # agent_check_marker FILE: the shell tool ran: FILE holds harmony-proxy-was-here.
 agent_check_marker() {
-  local name
+  local name tool=$task
   name=$(basename "$1")
+  case "$task" in compact|overflow) tool=shell ;; esac
   if grep -q "harmony-proxy-was-here" "$1" 2>/dev/null; then
-    agent_pass "the ${task/compact/shell} tool ran: $name holds harmony-proxy-was-here"
+    agent_pass "the $tool tool ran: $name holds harmony-proxy-was-here"
   else
     if [ -e "$1" ]; then agent_fail "$name lacks harmony-proxy-was-here: $(head -c 200 "$1")"
     else agent_fail "$name was not written"; fi

@@ -17,7 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${HARMONY_PROXY_BIN:-$root/target/debug/harmony-proxy}
 agents=("$@")
-[ ${#agents[@]} -gt 0 ] || agents=(codex claude qwen opencode kilo continue cline aider codex-edit claude-edit claude-modify codex-compact)
+[ ${#agents[@]} -gt 0 ] || agents=(codex claude qwen opencode kilo continue cline aider codex-edit claude-edit claude-modify codex-compact claude-overflow)
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -89,6 +89,20 @@ if wants codex-compact; then
   small_proxy_url=$(url_of small-proxy) || exit 1
 fi
 
+# Claude Code in front of a server whose context its history outgrows without its knowing
+# (it takes the model's window to be 131,072): 16,500 tokens as the mock counts them, which
+# Claude Code 2.1.332's first request (about 12,000) and a few 1,200-token command outputs
+# fit. The server refuses the request that does not fit as llama-server does; the proxy says
+# it as Anthropic does ("prompt is too long: N tokens > M maximum"); Claude Code compacts on
+# it (its summary request dropping old rounds until it fits) and goes on.
+if wants claude-overflow; then
+  start overflow-mock "$bin" mock-upstream --port 0 --n-ctx 16500
+  overflow_url=$(url_of overflow-mock) || exit 1
+  (cd "$work" && UPSTREAM_BASE_URL="$overflow_url" HARMONY_PROXY_CONFIG= exec "$bin" serve --port 0) > "$work/overflow-proxy.out" 2> "$work/overflow-proxy.err" &
+  pids+=($!)
+  overflow_proxy_url=$(url_of overflow-proxy) || exit 1
+fi
+
 status=0
 for agent in "${agents[@]}"; do
   dir="$work/$agent-work"
@@ -99,6 +113,12 @@ for agent in "${agents[@]}"; do
     codex) log=proxy; bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
     claude) log=proxy; bash "$here/claude.sh" "$proxy_url" "$dir" ;;
     codex-compact) log=small-proxy; AGENT_TASK=compact CODEX_MODEL_CATALOG="$work/compact-init/codex-models.json" bash "$here/codex.sh" "$small_proxy_url/v1" "$dir" ;;
+    claude-overflow)
+      log=overflow-proxy
+      AGENT_TASK=overflow bash "$here/claude.sh" "$overflow_proxy_url" "$dir" &&
+        refused=$(curl -s "${overflow_url%/v1}/mock/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["overflows"])') &&
+        { [ "$refused" -ge 1 ] || { echo "FAIL claude-overflow: the server refused no request as too long (the history never outgrew it)"; false; }; } &&
+        echo "PASS claude-overflow: the server refused $refused request(s) as longer than its context, and Claude Code compacted and answered" ;;
     codex-edit) log=proxy; AGENT_TASK=edit CODEX_MODEL_CATALOG="$work/codex-init/codex-models.json" bash "$here/codex.sh" "$proxy_url/v1" "$dir" ;;
     # Claude Code on one of its own model names (as a user who keeps its default picks it):
     # `init`'s route renames it to the one the server serves.
