@@ -471,6 +471,21 @@ mod tests {
     }
 
     #[test]
+    fn agent_subagent_hands_the_shell_task_to_a_haiku_subagent_then_reports() {
+        let task = tool("Task", json!({"type": "object", "properties": {"prompt": {"type": "string"}, "model": {"type": "string"}}}));
+        let first = script_for(&agent_request(vec![task.clone()], "scenario:agent-subagent file:sub.txt", vec![]));
+        let (name, args) = call_of(&first);
+        assert_eq!((name.as_str(), &args["model"], &args["run_in_background"]), ("Task", &json!("haiku"), &json!(false)));
+        assert_eq!(args["prompt"], "Please use the shell. scenario:agent-shell file:sub.txt", "the subagent plays agent-shell on the same file");
+        let call = json!({"role": "assistant", "content": "", "tool_calls": [tool_call("Task", &args)]});
+        let report = |text: &str| json!({"role": "tool", "tool_call_id": "call_1", "content": text});
+        let back =
+            |text: &str| final_of(&script_for(&agent_request(vec![task.clone()], "scenario:agent-subagent file:sub.txt", vec![call.clone(), report(text)])));
+        assert_eq!(back("Done. The command printed: marker-written. Turn-1 reasoning came back: yes."), "Done. The subagent's report came back: yes.");
+        assert_eq!(back("I could not."), "Done. The subagent's report came back: no.");
+    }
+
+    #[test]
     fn agent_shell_calls_a_cline_like_run_commands_with_a_list() {
         let run_commands = tool(
             "run_commands",

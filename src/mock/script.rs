@@ -87,6 +87,7 @@ pub fn scenario(name: &str) -> Option<Script> {
         "agent-modify" => agent_modify(&Turn::default()),
         "agent-compact" => agent_compact(&Turn::default()),
         "agent-overflow" => agent_overflow(&Turn::default()),
+        "agent-subagent" => agent_subagent(&Turn::default()),
         _ => return None,
     })
 }
@@ -272,8 +273,36 @@ pub(super) fn agent_overflow(turn: &Turn) -> Script {
     ))
 }
 
+/// `agent-subagent`: the agent hands the shell task to a subagent on a model of its own
+/// naming: turn 1 calls Claude Code's `Task` tool (`Agent` in other versions) with `model:
+/// "haiku"` and, as the subagent's prompt, scenario `agent-shell` with the same marker file,
+/// which the subagent's own requests then play (its shell tool writes the file); once its
+/// report is back, the answer says whether the report holds the command's output.
+pub(super) fn agent_subagent(turn: &Turn) -> Script {
+    if turn.tool_results > 0 {
+        let back = if turn.last_tool_output.contains("The command printed: marker-written") { "yes" } else { "no" };
+        return Script::from_text(&format!(
+            "<|channel|>analysis<|message|>The subagent reported.<|end|><|start|>assistant<|channel|>final<|message|>Done. The subagent's report came back: {back}."
+        ));
+    }
+    let Some(tool) = turn.tools.iter().find(|t| t.name == "Task" || t.name == "Agent") else {
+        return Script::from_text("<|channel|>analysis<|message|>No subagent tool among the declared tools.<|end|><|start|>assistant<|channel|>final<|message|>No subagent tool was declared.");
+    };
+    let args = json!({
+        "description": "write the marker file",
+        "prompt": format!("Please use the shell. scenario:agent-shell file:{}", marker_file(&turn.user)),
+        "subagent_type": "general-purpose",
+        "model": "haiku",
+        "run_in_background": false,
+    });
+    Script::from_text(&format!(
+        "<|channel|>analysis<|message|>Hand the shell task to a subagent.<|end|><|start|>assistant<|channel|>commentary to=functions.{} <|constrain|>json<|message|>{args}",
+        tool.name
+    ))
+}
+
 /// A built-in scenario for this turn (`agent-shell`, `agent-edit`, `agent-modify`,
-/// `agent-compact` and `agent-overflow` read the request).
+/// `agent-compact`, `agent-overflow` and `agent-subagent` read the request).
 pub(super) fn named_scenario(name: &str, turn: &Turn) -> Option<Script> {
     match name {
         "agent-shell" => Some(agent_shell(turn)),
@@ -281,6 +310,7 @@ pub(super) fn named_scenario(name: &str, turn: &Turn) -> Option<Script> {
         "agent-modify" => Some(agent_modify(turn)),
         "agent-compact" => Some(agent_compact(turn)),
         "agent-overflow" => Some(agent_overflow(turn)),
+        "agent-subagent" => Some(agent_subagent(turn)),
         _ => scenario(name),
     }
 }

@@ -28,7 +28,8 @@
 # (send it as Authorization: Bearer instead), AGENT_TASK=edit (the marker is written with
 # its Write tool; AGENT_TASK=modify: it is read with Read, then changed with Edit;
 # AGENT_TASK=overflow: the command's output outgrows the server's context, Claude Code
-# compacts on the refusal and answers), CLAUDE_MINIMAL=1 (of its model settings only ANTHROPIC_MODEL: no --model,
+# compacts on the refusal and answers; AGENT_TASK=subagent: a subagent it starts with its
+# Task tool on model haiku runs the command, and it reports), CLAUDE_MINIMAL=1 (of its model settings only ANTHROPIC_MODEL: no --model,
 # no context size; its own model names for background work then reach the proxy).
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -79,6 +80,7 @@ fi
 tools=Bash
 [ "$task" = edit ] && tools="Bash Write"
 [ "$task" = modify ] && tools="Bash Read Edit"
+[ "$task" = subagent ] && tools="Bash Task"
 agent_check_version "$CLAUDE_VERSION (Claude Code)" claude "$agent_bin"
 
 rm -f "$marker"
@@ -101,6 +103,8 @@ if [ "$task" = edit ]; then
 elif [ "$task" = modify ]; then
   agent_check_answer "$answer" "The edit tool answered: The file /" "reasoning came back: yes"
   grep -q harmony-proxy-placeholder "$marker" 2>/dev/null && agent_fail "the placeholder is still in $(basename "$marker")"
+elif [ "$task" = subagent ]; then
+  agent_check_answer "$answer" "The subagent's report came back: yes"
 elif [ "$task" = overflow ]; then
   agent_check_answer "$answer" "Done after compaction. The summary came back: yes"
   if grep -qF '"compact_result":"success"' "$out"; then agent_pass "Claude Code compacted its history"

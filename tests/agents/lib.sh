@@ -77,7 +77,10 @@ agent_setup() {
     # The shell task, whose command prints so much that the next request is longer than the
     # server's context: the server refuses it, the agent compacts on the error, then answers.
     overflow) prompt="Please use the shell. scenario:agent-overflow file:$agent-marker.txt" ;;
-    *) echo "AGENT_TASK must be shell, edit, modify, compact or overflow: $task" >&2; exit 2 ;;
+    # The shell task, handed to a subagent on a model the agent names itself (Claude Code's
+    # Task tool with model haiku): the subagent runs the shell tool, the agent reports.
+    subagent) prompt="Please delegate. scenario:agent-subagent file:$agent-marker.txt" ;;
+    *) echo "AGENT_TASK must be shell, edit, modify, compact, overflow or subagent: $task" >&2; exit 2 ;;
   esac
   tmp=$(mktemp -d)
   home=$tmp/home
@@ -227,7 +230,7 @@ agent_check_exit() {
 agent_check_marker() {
   local name tool=$task
   name=$(basename "$1")
-  case "$task" in compact|overflow) tool=shell ;; esac
+  case "$task" in compact|overflow|subagent) tool=shell ;; esac
   if grep -q "harmony-proxy-was-here" "$1" 2>/dev/null; then
     agent_pass "the $tool tool ran: $name holds harmony-proxy-was-here"
   else

@@ -17,7 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${HARMONY_PROXY_BIN:-$root/target/debug/harmony-proxy}
 agents=("$@")
-[ ${#agents[@]} -gt 0 ] || agents=(codex claude qwen opencode kilo continue cline aider codex-edit claude-edit claude-modify codex-compact claude-overflow)
+[ ${#agents[@]} -gt 0 ] || agents=(codex claude qwen opencode kilo continue cline aider codex-edit claude-edit claude-modify codex-compact claude-overflow claude-subagent)
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -61,7 +61,7 @@ wants() { [[ " ${agents[*]} " == *" $1 "* ]]; }
 # Claude Code as a new user sets it up: `init --for claude-code` in front of a server that
 # answers to one model name (as vLLM does; any other is a 404), only ANTHROPIC_BASE_URL and
 # ANTHROPIC_MODEL set, so its own model names for background work reach the proxy.
-if wants claude-edit || wants claude-modify; then
+if wants claude-edit || wants claude-modify || wants claude-subagent; then
   start served-mock "$bin" mock-upstream --port 0 --served-model gpt-oss-20b
   served_url=$(url_of served-mock) || exit 1
   mkdir -p "$work/claude-init"
@@ -129,6 +129,16 @@ for agent in "${agents[@]}"; do
         refused=$(curl -s "${served_url%/v1}/mock/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["refused_models"])') &&
         { [ "$own" -ge 3 ] && [ "$refused" = 0 ] || { echo "FAIL claude-modify: $own of its requests named claude-sonnet-4-5 were answered, the server refused $refused"; false; }; } &&
         echo "PASS claude-modify: its $own requests for claude-sonnet-4-5 were answered by the model the server serves" ;;
+    # Claude Code with only ANTHROPIC_BASE_URL and ANTHROPIC_MODEL (the served name) set: the
+    # subagent it starts for the task asks for its own haiku name (claude-haiku-…), which
+    # `init`'s route serves with the served model.
+    claude-subagent)
+      log=claude-proxy
+      AGENT_TASK=subagent CLAUDE_MINIMAL=1 bash "$here/claude.sh" "$claude_url" "$dir" &&
+        own=$(cat "$work/claude-proxy.out" "$work/claude-proxy.err" | grep -c 'model=claude-haiku-[^ ]* .*status=200') &&
+        refused=$(curl -s "${served_url%/v1}/mock/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["refused_models"])') &&
+        { [ "$own" -ge 1 ] && [ "$refused" = 0 ] || { echo "FAIL claude-subagent: $own requests for Claude Code's own claude-haiku-* name were answered, the server refused $refused"; false; }; } &&
+        echo "PASS claude-subagent: its subagent's $own requests for claude-haiku-* were answered by the model the server serves" ;;
     claude-edit)
       log=claude-proxy
       AGENT_TASK=edit CLAUDE_MINIMAL=1 bash "$here/claude.sh" "$claude_url" "$dir" &&
