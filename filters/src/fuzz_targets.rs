@@ -85,7 +85,7 @@ pub fn request(data: &[u8]) {
     };
     let p = pipeline(r#"[{ type = "stop-injection", extra = ["X"] }, { type = "history-clean" }, { type = "sse-encode" }]"#);
     let up = p.request_phase(&RequestMeta::new("fuzz", true), crate::api::chat::decode::conversation(v)).expect("these stages never refuse");
-    let v = up.body;
+    let v = up.body();
     if !v.is_object() {
         return;
     }

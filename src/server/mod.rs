@@ -385,6 +385,11 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
 /// other streams. With `permits` (CPU work), it first waits for one of them, so at most one
 /// such job runs per core. A panic in `f` is this request's, as if it had run here. `f`
 /// runs to its end even when the client leaves: it holds the request's [`Slot`] meanwhile.
+/// The bytes of what goes upstream, as its upstream edge writes them.
+fn upstream_bytes(up: &harmony_filters::UpstreamRequest) -> Bytes {
+    Bytes::from(serde_json::to_vec(&up.body()).unwrap_or_default())
+}
+
 async fn off_worker<T: Send + 'static>(permits: Option<&Arc<tokio::sync::Semaphore>>, f: impl FnOnce() -> T + Send + 'static) -> T {
     let permit = match permits {
         Some(p) => p.clone().acquire_owned().await.ok(),
@@ -538,18 +543,22 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     // so that no request's size or store latency stalls the streams they drive.
     let slot = guard.clone();
     let (pipeline, phase_meta) = (route.pipeline.clone(), meta.clone());
+    // What goes upstream always streams (retry, watchdog and true streaming need it) and
+    // asks for usage, shown to the client only when it asked: the upstream edges say so, and
+    // write the body here, off the workers too.
     let phase = off_worker(Some(&state.heavy), move || {
         let _slot = slot;
-        pipeline.request_phase(&phase_meta, conversation)
+        pipeline.request_phase(&phase_meta, conversation).map(|up| {
+            let body = upstream_bytes(&up);
+            (up, body)
+        })
     })
     .await;
-    // What goes upstream always streams (retry, watchdog and true streaming need it) and
-    // asks for usage, shown to the client only when it asked: the upstream edges say so.
-    let (body, endpoint) = match phase {
-        Ok(up) => {
+    let (up, body) = match phase {
+        Ok((up, body)) => {
             meta.prompt_tokens = up.prompt_tokens;
-            meta.prefill = up.prefill;
-            (up.body, up.endpoint)
+            meta.prefill = up.prefill.clone();
+            (up, body)
         }
         Err(e) => {
             let mut r = error_response(&e);
@@ -559,23 +568,28 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     };
     let mut call = Arc::new(Call {
         upstream: route.upstream.clone(),
-        endpoint,
-        body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+        endpoint: up.endpoint(),
+        body,
         policy: route.pipeline.retry,
         request_id: rid.to_owned(),
         metrics: state.metrics.clone(),
     });
     let (mut outcome, mut retries) = call.clone().run(0, None, None).await;
     // An output limit the server refuses as past its context, saying the most it takes
-    // (vLLM's `--max-model-len`): asked again with that. A limit is a most, which the
-    // server's smaller one keeps (Claude Code asks for 32k tokens of any server; the proxy
-    // asks for gpt-oss's whole context when the client says none).
-    if let Outcome::Passthrough(refusal) = &outcome {
-        let again = harmony_filters::upstream::overflow::output_limit(&refusal.body).and_then(|n| call.with_max_tokens(n));
-        if let Some(again) = again {
+    // (vLLM's `--max-model-len`): asked again with that, the conversation's limit lowered
+    // and said again by the upstream edge. A limit is a most, which the server's smaller one
+    // keeps (Claude Code asks for 32k tokens of any server; the proxy asks for gpt-oss's
+    // whole context when the client says none).
+    let takes = match &outcome {
+        Outcome::Passthrough(refusal) => harmony_filters::upstream::overflow::output_limit(&refusal.body),
+        _ => None,
+    };
+    if let Some(n) = takes {
+        let again = off_worker(Some(&state.heavy), move || up.with_output_limit(n).map(|a| (a.endpoint(), upstream_bytes(&a)))).await;
+        if let Some((endpoint, body)) = again {
             tracing::debug!(request_id = rid, "the server takes fewer output tokens; asking again with its limit");
             // The call the response body retries, if it must, is this one.
-            call = again;
+            call = Arc::new(call.with_body(endpoint, body));
             (outcome, retries) = call.clone().run(retries + 1, None, None).await;
         }
     }

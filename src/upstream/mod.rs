@@ -351,29 +351,10 @@ pub struct Call {
 }
 
 impl Call {
-    /// The same call with its output limit (`max_tokens`, and chat's `max_completion_tokens`)
-    /// lowered to `limit`, if its body has one above it.
-    pub fn with_max_tokens(&self, limit: u64) -> Option<Arc<Call>> {
-        let mut body: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        let o = body.as_object_mut()?;
-        let mut lowered = false;
-        for key in ["max_tokens", "max_completion_tokens"] {
-            if o.get(key).and_then(serde_json::Value::as_u64).is_some_and(|n| n > limit) {
-                o.insert(key.into(), limit.into());
-                lowered = true;
-            }
-        }
-        if !lowered {
-            return None;
-        }
-        Some(Arc::new(Call {
-            upstream: self.upstream.clone(),
-            endpoint: self.endpoint,
-            body: Bytes::from(serde_json::to_vec(&body).ok()?),
-            policy: self.policy,
-            request_id: self.request_id.clone(),
-            metrics: self.metrics.clone(),
-        }))
+    /// The same call with another body: the request said again, differently (a lower
+    /// output limit).
+    pub fn with_body(&self, endpoint: Endpoint, body: Bytes) -> Call {
+        Call { upstream: self.upstream.clone(), endpoint, body, policy: self.policy, request_id: self.request_id.clone(), metrics: self.metrics.clone() }
     }
 
     /// Calls the upstream, retrying what is retryable; `retries` counts retries already used

@@ -11,8 +11,9 @@ use std::time::Instant;
 pub use chain::Chain;
 pub use config::{Builder, RetryPolicy, StageConfig};
 
-use crate::conversation::Conversation;
+use crate::conversation::{Conversation, Limit, LimitName};
 use crate::event::{ApiError, Event};
+use crate::upstream::completion_request::Completion;
 
 /// What a stage may know about the request it serves.
 #[derive(Debug, Clone)]
@@ -116,24 +117,86 @@ pub enum Endpoint {
     LlamaCompletion,
 }
 
-/// What goes upstream: the body, and the endpoint it goes to. The upstream edge makes it
-/// from the finished conversation: the chat endpoint's request
-/// ([`crate::upstream::chat_request`]), unless a stage renders the prompt itself
-/// (`harmony-render`).
-#[derive(Debug)]
+/// What goes upstream: the conversation as the request stages left it, and the form the
+/// upstream edge says it in. The body is written from them when it is sent
+/// ([`body`](Self::body)): the chat endpoint's request ([`crate::upstream::chat_request`]),
+/// or, when a stage rendered the prompt itself (`harmony-render`), a completion endpoint's
+/// ([`crate::upstream::completion_request`]). Nothing between the edges reads a wire field: a
+/// re-send that asks for fewer output tokens lowers the conversation's limit and converts
+/// again ([`with_output_limit`](Self::with_output_limit)).
+#[derive(Debug, Clone)]
 pub struct UpstreamRequest {
-    pub body: serde_json::Value,
-    pub endpoint: Endpoint,
+    pub conversation: Conversation,
+    pub form: UpstreamForm,
     /// The rendered prompt's length, when the proxy rendered it.
     pub prompt_tokens: Option<u64>,
     /// The start of the answer the prompt ends with, when the proxy wrote one.
     pub prefill: Option<std::sync::Arc<Prefill>>,
 }
 
+/// How the conversation is said upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamForm {
+    /// The chat endpoint's request: the server renders the prompt with its own template.
+    Chat,
+    /// A prompt the proxy rendered, for a completion endpoint.
+    Completion(Completion),
+}
+
+/// What a stage that renders the prompt itself made of the conversation (`harmony-render`).
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub completion: Completion,
+    pub prompt_tokens: u64,
+    pub prefill: Option<std::sync::Arc<Prefill>>,
+}
+
 impl UpstreamRequest {
     /// The chat endpoint's request for `conv`.
     pub fn chat(conv: Conversation) -> Self {
-        Self { body: crate::upstream::chat_request::request(conv), endpoint: Endpoint::Chat, prompt_tokens: None, prefill: None }
+        Self { conversation: conv, form: UpstreamForm::Chat, prompt_tokens: None, prefill: None }
+    }
+
+    /// `conv`, as a stage rendered it.
+    pub fn rendered(conv: Conversation, r: Rendered) -> Self {
+        Self { conversation: conv, form: UpstreamForm::Completion(r.completion), prompt_tokens: Some(r.prompt_tokens), prefill: r.prefill }
+    }
+
+    /// The endpoint the body goes to.
+    pub fn endpoint(&self) -> Endpoint {
+        match &self.form {
+            UpstreamForm::Chat => Endpoint::Chat,
+            UpstreamForm::Completion(Completion::Completions { .. }) => Endpoint::Completions,
+            UpstreamForm::Completion(Completion::Llama { .. }) => Endpoint::LlamaCompletion,
+        }
+    }
+
+    /// The body the upstream edge writes (always a stream, with usage).
+    pub fn body(&self) -> serde_json::Value {
+        match &self.form {
+            UpstreamForm::Chat => crate::upstream::chat_request::request(self.conversation.clone()),
+            UpstreamForm::Completion(c) => crate::upstream::completion_request::request(&self.conversation, c.clone()),
+        }
+    }
+
+    /// The most output tokens the body asks for, when it says a count.
+    pub fn output_limit(&self) -> Option<u64> {
+        match &self.form {
+            UpstreamForm::Chat => self.conversation.controls.max_output_tokens.as_ref().and_then(Limit::count),
+            UpstreamForm::Completion(c) => crate::upstream::completion_request::output_limit(&self.conversation, c),
+        }
+    }
+
+    /// The same request asking for at most `limit` output tokens, if it asks for more (a
+    /// server that refuses a limit past its context says the most it takes).
+    pub fn with_output_limit(&self, limit: u64) -> Option<Self> {
+        if self.output_limit().is_none_or(|n| n <= limit) {
+            return None;
+        }
+        let mut again = self.clone();
+        let said_as = again.conversation.controls.max_output_tokens.as_ref().map_or(LimitName::MaxTokens, |l| l.said_as);
+        again.conversation.controls.max_output_tokens = Some(Limit { tokens: limit.into(), said_as });
+        Some(again)
     }
 }
 
@@ -155,9 +218,9 @@ pub trait RequestStage: Send {
     fn on_request(&mut self, _conv: &mut Conversation) -> Result<(), ApiError> {
         Ok(())
     }
-    /// After every `on_request`: what goes upstream, if this stage writes it (`None`: it
-    /// does not, the next stage or the chat endpoint does).
-    fn on_upstream_request(&mut self, _conv: &Conversation) -> Result<Option<UpstreamRequest>, ApiError> {
+    /// After every `on_request`: the prompt, if this stage renders it (`None`: it does not,
+    /// the next stage does or the chat endpoint gets the conversation).
+    fn on_upstream_request(&mut self, _conv: &Conversation) -> Result<Option<Rendered>, ApiError> {
         Ok(None)
     }
 }
@@ -169,8 +232,8 @@ pub fn request_phase(stages: &mut [Box<dyn RequestStage>], mut conv: Conversatio
         s.on_request(&mut conv)?;
     }
     for s in stages.iter_mut() {
-        if let Some(up) = s.on_upstream_request(&conv)? {
-            return Ok(up);
+        if let Some(r) = s.on_upstream_request(&conv)? {
+            return Ok(UpstreamRequest::rendered(conv, r));
         }
     }
     Ok(UpstreamRequest::chat(conv))
@@ -220,4 +283,48 @@ pub struct Stats {
 /// Seconds since the Unix epoch (0 if the clock says otherwise).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::completion_request::Prompt;
+    use serde_json::json;
+
+    fn chat(body: serde_json::Value) -> UpstreamRequest {
+        UpstreamRequest::chat(crate::api::chat::decode::conversation(body))
+    }
+
+    fn rendered(completion: Completion, body: serde_json::Value) -> UpstreamRequest {
+        let conv = crate::api::chat::decode::conversation(body);
+        UpstreamRequest::rendered(conv, Rendered { completion, prompt_tokens: 3, prefill: None })
+    }
+
+    #[test]
+    fn a_lower_output_limit_is_the_conversations_said_again_under_the_name_the_client_used() {
+        let hi = json!([{"role": "user", "content": "Hi"}]);
+        let again = chat(json!({"max_completion_tokens": 9000, "messages": hi})).with_output_limit(4000).expect("9000 is more than 4000");
+        let body = again.body();
+        assert_eq!((body["max_completion_tokens"].clone(), body.get("max_tokens")), (json!(4000), None));
+        assert_eq!(again.endpoint(), Endpoint::Chat);
+        assert!(chat(json!({"max_tokens": 3000, "messages": hi})).with_output_limit(4000).is_none(), "already within the server's");
+        assert!(chat(json!({"messages": hi})).with_output_limit(4000).is_none(), "no limit asked: the server's own");
+        assert!(chat(json!({"max_tokens": -1, "messages": hi})).with_output_limit(4000).is_none(), "not a count: as sent");
+    }
+
+    #[test]
+    fn a_rendered_request_without_a_limit_is_lowered_from_the_whole_context_it_asked_for() {
+        let hi = json!({"messages": [{"role": "user", "content": "Hi"}]});
+        let tokens = rendered(Completion::Completions { prompt: Prompt::Tokens(vec![1, 2, 3]), grammar: None }, hi.clone());
+        assert_eq!(tokens.body()["max_tokens"], crate::upstream::completion_request::GPT_OSS_CONTEXT);
+        let again = tokens.with_output_limit(4000).expect("the whole context is more than 4000");
+        assert_eq!(
+            (again.body()["max_tokens"].clone(), again.body()["prompt"].clone(), again.endpoint()),
+            (json!(4000), json!([1, 2, 3]), Endpoint::Completions)
+        );
+        let text = rendered(Completion::Completions { prompt: Prompt::Text("p".into()), grammar: None }, hi.clone());
+        assert!(text.with_output_limit(4000).is_none(), "a text prompt asks for no limit");
+        let llama = rendered(Completion::Llama { prompt: vec![1], grammar: None }, hi);
+        assert!(llama.with_output_limit(4000).is_none(), "llama.cpp's n_predict is never refused");
+    }
 }

@@ -31,8 +31,8 @@ use serde_json::Value;
 
 use crate::conversation::{Content, Conversation, ResponseFormat, Role, Tool, ToolChoice};
 use crate::event::{ApiError, Event};
-use crate::stage::{Endpoint, Prefill, RequestMeta, RequestStage, RequestStageFactory, Stage, StageFactory, UpstreamRequest};
-use crate::upstream::completion_request::{self, Completion, Prompt};
+use crate::stage::{Prefill, Rendered, RequestMeta, RequestStage, RequestStageFactory, Stage, StageFactory};
+use crate::upstream::completion_request::{Completion, Prompt};
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -548,7 +548,7 @@ fn required_call_grammar(conv: &Conversation, dialect: Dialect) -> Option<String
 impl RequestStage for HarmonyRender {
     /// After every `on_request`: the history is repaired and remembered reasoning is back
     /// (`reasoning-memory` puts it in the conversation; here it becomes the analysis message).
-    fn on_upstream_request(&mut self, conv: &Conversation) -> Result<Option<UpstreamRequest>, ApiError> {
+    fn on_upstream_request(&mut self, conv: &Conversation) -> Result<Option<Rendered>, ApiError> {
         let mut prompt = render_request(&self.enc, &self.cache, conv, self.cfg.reasoning_effort, &today())?;
         // `required` on llama.cpp's `/completion`, or vLLM's completions with structured
         // outputs: a grammar, which leaves the model its reasoning and then allows only a
@@ -562,25 +562,26 @@ impl RequestStage for HarmonyRender {
         if let Some(p) = &prefill {
             prompt.extend_from_slice(&p.ids);
         }
-        let prompt_tokens = Some(prompt.len() as u64);
-        let (completion, endpoint) = match (self.cfg.prompt, self.cfg.endpoint) {
+        let prompt_tokens = prompt.len() as u64;
+        let completion = match (self.cfg.prompt, self.cfg.endpoint) {
             (PromptForm::Text, RenderEndpoint::Completions) => {
                 let text = self.enc.tokenizer().decode_utf8(&prompt).map_err(|e| {
                     ApiError::new(400, "invalid_request_error", Some("unsupported_by_harmony_render"), format!("messages: the prompt is not text: {e}"))
                 })?;
-                (Completion::Completions { prompt: Prompt::Text(text), grammar }, Endpoint::Completions)
+                Completion::Completions { prompt: Prompt::Text(text), grammar }
             }
-            (PromptForm::Tokens, RenderEndpoint::Completions) => (Completion::Completions { prompt: Prompt::Tokens(prompt), grammar }, Endpoint::Completions),
-            (_, RenderEndpoint::Llama) => (Completion::Llama { prompt, grammar }, Endpoint::LlamaCompletion),
+            (PromptForm::Tokens, RenderEndpoint::Completions) => Completion::Completions { prompt: Prompt::Tokens(prompt), grammar },
+            (_, RenderEndpoint::Llama) => Completion::Llama { prompt, grammar },
         };
-        let body = completion_request::request(conv, completion);
-        Ok(Some(UpstreamRequest { body, endpoint, prompt_tokens, prefill: prefill.map(Arc::new) }))
+        Ok(Some(Rendered { completion, prompt_tokens, prefill: prefill.map(Arc::new) }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stage::UpstreamRequest;
+    use crate::upstream::completion_request;
     use serde_json::json;
 
     fn rendered(body: Value) -> String {
@@ -667,7 +668,9 @@ mod tests {
             let enc = crate::testing::encoding();
             let cfg = HarmonyRenderConfig { prompt, ..HarmonyRenderConfig::default() };
             let mut stage = HarmonyRender { cfg, enc, cache: Arc::new(RenderCache::default()) };
-            stage.on_upstream_request(&crate::api::chat::decode::conversation(req)).unwrap().unwrap().body
+            let conv = crate::api::chat::decode::conversation(req);
+            let rendered = stage.on_upstream_request(&conv).unwrap().unwrap();
+            UpstreamRequest::rendered(conv, rendered).body()
         };
         let q = json!({"messages": [{"role": "user", "content": "Hi"}]});
         assert_eq!(body(PromptForm::Tokens, q.clone())["max_tokens"], GPT_OSS_CONTEXT, "the whole context, never vLLM's 16");
@@ -684,11 +687,13 @@ mod tests {
             let conv = crate::api::chat::decode::conversation(
                 json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tool(), "tool_choice": "required"}),
             );
-            stage.on_upstream_request(&conv).unwrap().unwrap()
+            let rendered = stage.on_upstream_request(&conv).unwrap().unwrap();
+            UpstreamRequest::rendered(conv, rendered)
         };
         let up = sent(true);
         assert!(up.prefill.is_none(), "no header written: the model may reason first");
-        let g = up.body["structured_outputs"]["grammar"].as_str().unwrap_or_else(|| panic!("a grammar: {}", up.body));
+        let body = up.body();
+        let g = body["structured_outputs"]["grammar"].as_str().unwrap_or_else(|| panic!("a grammar: {body}"));
         assert!(g.starts_with("root ::= analysis? preamble? call\n"), "{g}");
         assert!(
             g.contains("analysis ::= \"<|channel|>\" \"analysis\" \"<|message|>\" text \"<|end|>\" \"<|start|>\" \"assistant\"\n"),
@@ -697,7 +702,7 @@ mod tests {
         assert!(g.contains("name ::= \"get_weather\"\n"), "{g}");
         let up = sent(false);
         assert!(
-            up.body.get("structured_outputs").is_none() && up.prefill.is_some_and(|p| p.text == "<|channel|>commentary to=functions."),
+            up.body().get("structured_outputs").is_none() && up.prefill.is_some_and(|p| p.text == "<|channel|>commentary to=functions."),
             "off: the header as before"
         );
     }

@@ -42,6 +42,18 @@ pub fn client_stops(conv: &Conversation) -> Vec<String> {
     c.stop.as_ref().map(Stop::as_slice).unwrap_or_default().iter().filter(|s| !s.is_empty() && !crate::markup::has_markup(s)).cloned().collect()
 }
 
+/// The most output tokens the body for `conv` asks for, when it says a count: the client's
+/// limit, else on `/v1/completions` with token ids gpt-oss's whole context (see [`request`]).
+/// llama.cpp's `/completion` says its limit as `n_predict`, which no server refuses: `None`.
+pub fn output_limit(conv: &Conversation, completion: &Completion) -> Option<u64> {
+    match completion {
+        Completion::Completions { prompt, .. } => {
+            conv.controls.max_output_tokens.as_ref().and_then(Limit::count).or(matches!(prompt, Prompt::Tokens(_)).then_some(GPT_OSS_CONTEXT))
+        }
+        Completion::Llama { .. } => None,
+    }
+}
+
 /// The endpoint's request body for `conv` (always streamed).
 pub fn request(conv: &Conversation, completion: Completion) -> Value {
     let c = &conv.controls;
