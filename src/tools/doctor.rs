@@ -303,35 +303,33 @@ async fn run_one(up: &Upstream, base: &str, model: Option<&str>) -> Report {
         ServerKind::LlamaCpp | ServerKind::LmStudio | ServerKind::Ollama | ServerKind::Unknown => {}
     }
 
-    // 4. The same answer as the agent APIs' clients get it (the built-in `ide-tools`, which a
-    // config without routes for them gets).
-    for (api, line) in agent_apis(&streamed) {
+    // 4. The same answer as each client API's clients get it, through the pipeline a config
+    // without a route for the API gets (its built-in one).
+    for (api, line) in through_each_api(&streamed) {
         r.say(line.is_ok(), format!("{}: {}", api.path(), line.unwrap_or_else(|e| e)));
     }
     r
 }
 
-/// A streamed upstream answer through each agent API's edge: what its client would get.
-fn agent_apis(streamed: &str) -> Vec<(harmony_filters::ClientApi, Result<String, String>)> {
-    use harmony_filters::client_view::{assemble_messages, assemble_responses};
+/// A streamed upstream answer through each client API's edge: what its client would get.
+/// Each API says its own request (`probe`) and how its clients read the stream.
+fn through_each_api(streamed: &str) -> Vec<(harmony_filters::ClientApi, Result<String, String>)> {
     use harmony_filters::replay::run as run_sse;
     use harmony_filters::ClientApi;
     let Ok(enc) = harmony_filters::vocab::encoding() else { return Vec::new() };
-    let Some((_, text)) = crate::config::BUILTIN_PIPELINES.iter().find(|(n, _)| *n == "ide-tools") else { return Vec::new() };
-    let Ok(def) = toml::from_str::<crate::config::PipelineDef>(text) else { return Vec::new() };
-    let compiled = harmony_filters::compile(&def.stages, &enc);
     let env = harmony_filters::api::EdgeEnv::standalone();
-    let prompt = "Say hello in a few words.";
-    let apis = [
-        (ClientApi::Responses, json!({"model": "doctor", "input": prompt, "stream": true, "store": false})),
-        (ClientApi::Messages, json!({"model": "doctor", "max_tokens": 64, "messages": [{"role": "user", "content": prompt}], "stream": true})),
-    ];
-    apis.into_iter()
-        .map(|(api, request)| {
-            let result = api.decode(request, &env).map_err(|e| e.message).and_then(|d| {
+    ClientApi::ALL
+        .iter()
+        .map(|&api| {
+            let compiled = crate::config::BUILTIN_PIPELINES
+                .iter()
+                .find(|(n, _)| *n == api.builtin_pipeline())
+                .and_then(|(_, text)| toml::from_str::<crate::config::PipelineDef>(text).ok())
+                .map(|def| harmony_filters::compile(&def.stages, &enc));
+            let result = compiled.ok_or_else(|| format!("no built-in pipeline {:?}", api.builtin_pipeline())).and_then(|compiled| {
+                let d = api.decode(api.probe("Say hello in a few words."), &env).map_err(|e| e.message)?;
                 let meta = harmony_filters::ClientRequest { meta: harmony_filters::RequestMeta::new("doctor", true), api: d.ctx };
-                let wire = run_sse(&compiled, &meta, &[streamed.as_bytes()]);
-                let a = if api == ClientApi::Messages { assemble_messages(&wire)? } else { assemble_responses(&wire)? };
+                let a = api.read_stream(&run_sse(&compiled, &meta, &[streamed.as_bytes()]))?;
                 let kinds = [(!a.reasoning.is_empty()).then_some("reasoning"), (!a.content.is_empty()).then_some("an answer")];
                 let kinds: Vec<&str> = kinds.into_iter().flatten().collect();
                 Ok(format!(

@@ -91,6 +91,12 @@ pub trait Api: 'static {
     fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError>;
     /// The encoder of one response: the chain's events into its wire format.
     fn encoder(meta: &RequestMeta, ctx: &Arc<Self::Context>) -> Box<dyn Encoder>;
+    /// The smallest streamed request of its kind asking `prompt` (what `doctor` sends
+    /// through its edge).
+    fn probe(prompt: &str) -> Value;
+    /// A streamed answer read as its clients read it, its contract checked on the way
+    /// (see [`crate::client_view`]).
+    fn read_stream(body: &[u8]) -> Result<crate::client_view::Assembled, String>;
     /// An error as its clients read it (OpenAI's `{"error":{…}}` unless it says otherwise).
     fn error_json(e: &ApiError) -> Value {
         e.to_json()
@@ -159,6 +165,14 @@ macro_rules! client_apis {
             /// The client's request (a JSON object) into the conversation the stages work on.
             pub fn decode(self, body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
                 match self { $(Self::$variant => <$api as Api>::decode(body, env),)* }
+            }
+            /// See [`Api::probe`].
+            pub fn probe(self, prompt: &str) -> Value {
+                match self { $(Self::$variant => <$api as Api>::probe(prompt),)* }
+            }
+            /// See [`Api::read_stream`].
+            pub fn read_stream(self, body: &[u8]) -> Result<crate::client_view::Assembled, String> {
+                match self { $(Self::$variant => <$api as Api>::read_stream(body),)* }
             }
             /// An error as this API's clients read it.
             pub fn error_json(self, e: &ApiError) -> Value {

@@ -48,4 +48,10 @@ impl Api for Chat {
     fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Encoder> {
         Box::new(encode::ChatEncoder::new(meta, ctx))
     }
+    fn probe(prompt: &str) -> Value {
+        serde_json::json!({"model": "doctor", "messages": [{"role": "user", "content": prompt}], "stream": true})
+    }
+    fn read_stream(body: &[u8]) -> Result<crate::client_view::Assembled, String> {
+        crate::client_view::assemble_sse(body)
+    }
 }

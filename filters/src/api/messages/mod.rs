@@ -43,6 +43,12 @@ impl Api for Messages {
     fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Encoder> {
         Box::new(encode::MessagesEncoder::new(meta, ctx.clone()))
     }
+    fn probe(prompt: &str) -> Value {
+        serde_json::json!({"model": "doctor", "max_tokens": 64, "messages": [{"role": "user", "content": prompt}], "stream": true})
+    }
+    fn read_stream(body: &[u8]) -> Result<crate::client_view::Assembled, String> {
+        crate::client_view::assemble_messages(body)
+    }
     fn error_json(e: &ApiError) -> Value {
         error_json(e)
     }

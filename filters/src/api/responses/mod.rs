@@ -46,6 +46,12 @@ impl Api for Responses {
     fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Encoder> {
         Box::new(encode::ResponsesEncoder::new(meta, ctx.clone()))
     }
+    fn probe(prompt: &str) -> Value {
+        serde_json::json!({"model": "doctor", "input": prompt, "stream": true, "store": false})
+    }
+    fn read_stream(body: &[u8]) -> Result<crate::client_view::Assembled, String> {
+        crate::client_view::assemble_responses(body)
+    }
     /// `GET` / `DELETE /v1/responses/{id}`.
     fn own(path: &str) -> Option<Own> {
         path.strip_prefix(STORED).filter(|id| !id.is_empty() && !id.contains('/'))?;
