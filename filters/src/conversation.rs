@@ -27,6 +27,13 @@ use serde_json::{Map, Number, Value};
 pub struct Conversation {
     /// The model the client asked for (empty when it named none).
     pub model: String,
+    /// What the client tells the model apart from the turns, said before every message:
+    /// Responses' `instructions` and its `system`/`developer` items, Messages' `system`,
+    /// joined by blank lines. A chat client's system and developer messages stay messages,
+    /// where it put them (the chat edges round-trip). The upstream edges say it first: a
+    /// leading `system` message to a chat server, the developer instructions in a prompt
+    /// `harmony-render` writes.
+    pub instructions: Option<String>,
     pub messages: Vec<Message>,
     /// The tools the model may call; `None` when the client declared none (not even `[]`).
     pub tools: Option<Vec<Tool>>,

@@ -277,7 +277,8 @@ pub fn conversation(conv: &Conversation, default_effort: Effort, date: &str) -> 
         Some(other) => return Err(bad("reasoning_effort", format!("{other:?} is not low, medium or high"))),
     };
 
-    let mut instructions: Vec<String> = Vec::new();
+    // The conversation's instructions, then what chat's system and developer messages say.
+    let mut instructions: Vec<String> = conv.instructions.iter().filter(|i| !i.trim().is_empty()).cloned().collect();
     let mut rest = Vec::new();
     // Tool call id → function name, for the tool results that follow.
     let mut call_names: HashMap<String, String> = HashMap::new();

@@ -51,12 +51,14 @@ pub fn as_a_client_sends_it(conv: Conversation) -> Value {
 
 /// Every field of the conversation, where a chat client says it (`stream` left to the caller).
 fn client_body(conv: Conversation) -> serde_json::Map<String, Value> {
-    let Conversation { model, messages, tools, controls: c, extra } = conv;
+    let Conversation { model, instructions, messages, tools, controls: c, extra } = conv;
     let mut o = extra;
     if !model.is_empty() {
         o.insert("model".into(), model.into());
     }
-    o.insert("messages".into(), Value::Array(messages.into_iter().map(message).collect()));
+    // The instructions, first, as the system message a chat server's template reads.
+    let first = instructions.map(|i| Message::text(crate::conversation::Role::System, i));
+    o.insert("messages".into(), Value::Array(first.into_iter().chain(messages).map(message).collect()));
     if let Some(tools) = tools {
         o.insert("tools".into(), Value::Array(tools.into_iter().map(tool).collect()));
     }

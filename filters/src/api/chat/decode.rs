@@ -110,7 +110,7 @@ pub fn conversation(body: Value) -> Conversation {
         n: take(&mut o, "n", number),
         logprobs: take(&mut o, "logprobs", boolean),
     };
-    Conversation { model, messages, tools, controls, extra: o }
+    Conversation { model, instructions: None, messages, tools, controls, extra: o }
 }
 
 /// One stop, or a list. A list's strings are its stops: the chat shape check refuses any

@@ -326,12 +326,9 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         notes.push(format!("{unopened} encrypted reasoning item(s) did not open"));
     }
 
-    let mut messages = Vec::with_capacity(conv.messages.len() + 1);
-    if !conv.instructions.is_empty() {
-        messages.push(Message::text(Role::System, conv.instructions.join("\n\n")));
-    }
-    messages.append(&mut conv.messages);
-    let mut conversation = Conversation { model: model.clone(), messages, ..Conversation::default() };
+    let instructions = (!conv.instructions.is_empty()).then(|| conv.instructions.join("\n\n"));
+    let messages = std::mem::take(&mut conv.messages);
+    let mut conversation = Conversation { model: model.clone(), instructions, messages, ..Conversation::default() };
     let c = &mut conversation.controls;
 
     // Checked even with no tools to choose from: a malformed choice is the client's mistake.
