@@ -411,10 +411,7 @@ impl Body for PipelineBody {
                         // prompt that does not fit in the API's own words).
                         this.retries = retries;
                         let status = refusal.parts.status.as_u16();
-                        let e = match harmony_filters::upstream::overflow::in_body(&refusal.body) {
-                            Some(o) => ApiError::context_overflow(o, this.meta.api.api().conversation_field()),
-                            None => ApiError::new(status, "upstream_error", Some("upstream_error"), format!("upstream answered HTTP {status} when retried")),
-                        };
+                        let e = this.meta.api.api().refusal_in_stream(status, &refusal.body);
                         this.events.push(Event::Error(e));
                         this.end();
                     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use harmony_filters::api::EdgeEnv;
+use harmony_filters::api::{EdgeEnv, Failure};
 use harmony_filters::{ApiError, ClientApi, ClientRequest, RequestMeta};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -600,47 +600,21 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     let (resp, lease) = match outcome {
         Outcome::Stream(r, lease) => (r, lease),
         Outcome::Passthrough(crate::upstream::Refusal { parts, body, whole }) => {
-            // The upstream's refusal (a 4xx, its first MiB read): a prompt that does not fit
-            // is said as the client's API says it; any other refusal is passed on, or said
-            // again in the API's shape where its clients read no other.
+            // The upstream's refusal (a 4xx, its first MiB read), as the client's API says it.
             let status = parts.status.as_u16();
-            let mut r = if let Some(o) = harmony_filters::upstream::overflow::in_body(&body) {
-                let e = ApiError::context_overflow(o, api.conversation_field());
-                tracing::debug!(request_id = rid, upstream_status = status, "the prompt does not fit in the model's context");
-                if stream && api.fails_in_stream() {
-                    failed_stream(&ClientRequest { meta, api: api_ctx }, e)
-                } else {
-                    error_response(&e)
+            let mut r = match api.upstream_refusal(status, &body, whole, stream) {
+                Some(said) => {
+                    tracing::debug!(request_id = rid, upstream_status = status, "the model server refused the request; said in the API's shape");
+                    said_failure(said, meta, api_ctx)
                 }
-            } else if api.reshapes_refusals() {
-                error_response(&api.refusal(status, &body))
-            } else if !whole {
-                // Cut (past 1 MiB, or too slow): never passed on as if it were whole.
-                let e = ApiError::new(
-                    status,
-                    "upstream_error",
-                    Some("upstream_error"),
-                    format!("the model server refused the request (HTTP {status}); its answer was cut off"),
-                );
-                error_response(&e)
-            } else {
-                refusal_as_sent(parts, body)
+                None => refusal_as_sent(parts, body),
             };
             r.extensions_mut().insert(info);
             return r;
         }
-        Outcome::Failed(mut e) => {
+        Outcome::Failed(e) => {
             tracing::debug!(request_id = rid, error = %e.message, "upstream call failed");
-            let mut r = if e.overflow.is_some() {
-                e.param = Some(api.conversation_field().to_owned());
-                if stream && api.fails_in_stream() {
-                    failed_stream(&ClientRequest { meta, api: api_ctx }, e)
-                } else {
-                    error_response(&e)
-                }
-            } else {
-                error_response(&e)
-            };
+            let mut r = said_failure(api.failure(e, stream), meta, api_ctx);
             r.extensions_mut().insert(info);
             return r;
         }
@@ -739,9 +713,17 @@ fn refusal_as_sent(parts: http::response::Parts, body: Bytes) -> Response<RespBo
     r
 }
 
+/// A failure before any output, as the client's API said to say it.
+fn said_failure(f: Failure, meta: RequestMeta, api: harmony_filters::api::ApiContext) -> Response<RespBody> {
+    match f {
+        Failure::Status(e) => error_response(&e),
+        Failure::InStream(e) => failed_stream(&ClientRequest { meta, api }, e),
+    }
+}
+
 /// A streamed answer that is only its failure, as the client's API streams one (Responses:
 /// `response.created`, then `response.failed`), for the APIs whose clients read a failure
-/// before any output in the stream ([`ClientApi::fails_in_stream`]).
+/// before any output in the stream ([`Failure::InStream`]).
 fn failed_stream(req: &ClientRequest, e: ApiError) -> Response<RespBody> {
     let mut enc = req.api.encoder(&req.meta);
     let mut out = Vec::new();

@@ -235,6 +235,60 @@ impl ClientApi {
     }
 }
 
+/// How a failure before any output is said to a client.
+#[derive(Debug)]
+pub enum Failure {
+    /// As an HTTP error in the API's shape.
+    Status(ApiError),
+    /// In the stream the client asked for (Responses' `response.created`, then
+    /// `response.failed`): its clients read it there.
+    InStream(ApiError),
+}
+
+impl ClientApi {
+    /// A failure before any output, said as this API's clients read it: in the stream for
+    /// a streamed request where they read it there ([`Api::FAILS_IN_STREAM`]), else as an
+    /// HTTP error. A prompt too long names the API's conversation field.
+    pub fn failure(self, mut e: ApiError, stream: bool) -> Failure {
+        if e.overflow.is_some() {
+            e.param = Some(self.conversation_field().to_owned());
+            if stream && self.fails_in_stream() {
+                return Failure::InStream(e);
+            }
+        }
+        Failure::Status(e)
+    }
+
+    /// An upstream's refusal (a 4xx before the stream; `body`: its first MiB, `whole` when
+    /// nothing was cut), said to this API's clients: a prompt that does not fit in the API's
+    /// words; any other refusal again in its shape where its clients read no other
+    /// ([`Api::RESHAPES_REFUSALS`]); `None`: pass it on as the server sent it (not when it
+    /// was cut).
+    pub fn upstream_refusal(self, status: u16, body: &[u8], whole: bool, stream: bool) -> Option<Failure> {
+        if let Some(o) = crate::upstream::overflow::in_body(body) {
+            return Some(self.failure(ApiError::context_overflow(o, self.conversation_field()), stream));
+        }
+        if self.reshapes_refusals() {
+            return Some(Failure::Status(self.refusal(status, body)));
+        }
+        if !whole {
+            // Cut (past 1 MiB, or too slow): never passed on as if it were whole.
+            let msg = format!("the model server refused the request (HTTP {status}); its answer was cut off");
+            return Some(Failure::Status(ApiError::new(status, "upstream_error", Some("upstream_error"), msg)));
+        }
+        None
+    }
+
+    /// An upstream's refusal of a retry, after the response began: said in the stream's
+    /// error event (a prompt that does not fit in the API's words).
+    pub fn refusal_in_stream(self, status: u16, body: &[u8]) -> ApiError {
+        match crate::upstream::overflow::in_body(body) {
+            Some(o) => ApiError::context_overflow(o, self.conversation_field()),
+            None => ApiError::new(status, "upstream_error", Some("upstream_error"), format!("upstream answered HTTP {status} when retried")),
+        }
+    }
+}
+
 /// A request an API answers itself, with no pipeline and no upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Own {
