@@ -538,3 +538,37 @@ mod regressions {
         }
     }
 }
+
+#[cfg(test)]
+mod failures {
+    use super::*;
+
+    const TOO_LONG: &[u8] = br#"{"error":{"code":400,"message":"request (9000 tokens) exceeds the available context size (4096 tokens)","type":"exceed_context_size_error","n_prompt_tokens":9000,"n_ctx":4096}}"#;
+
+    #[test]
+    fn a_prompt_too_long_is_said_in_the_stream_only_where_the_apis_clients_read_it_there() {
+        for (api, stream, in_stream, field) in [
+            (ClientApi::Responses, true, true, "input"),
+            (ClientApi::Responses, false, false, "input"),
+            (ClientApi::Chat, true, false, "messages"),
+            (ClientApi::Messages, true, false, "messages"),
+        ] {
+            let (said, e) = match api.upstream_refusal(400, TOO_LONG, true, stream) {
+                Some(Failure::InStream(e)) => (true, e),
+                Some(Failure::Status(e)) => (false, e),
+                None => panic!("{api:?}: an overflow is always said in the API's words"),
+            };
+            assert_eq!((said, e.param.as_deref(), e.overflow.and_then(|o| o.context_tokens)), (in_stream, Some(field), Some(4096)), "{api:?} stream={stream}");
+        }
+    }
+
+    #[test]
+    fn other_refusals_pass_on_as_sent_unless_the_api_reshapes_them_or_they_were_cut() {
+        let body = br#"{"error":{"message":"bad temperature","type":"invalid_request_error"}}"#;
+        assert!(ClientApi::Chat.upstream_refusal(400, body, true, true).is_none(), "OpenAI's shape, as the server said it");
+        let Some(Failure::Status(e)) = ClientApi::Messages.upstream_refusal(400, body, true, true) else { panic!("Anthropic's clients read only its shape") };
+        assert!(e.message.contains("bad temperature"), "{}", e.message);
+        let Some(Failure::Status(e)) = ClientApi::Chat.upstream_refusal(400, body, false, false) else { panic!("a cut answer is never passed on as whole") };
+        assert!(e.message.contains("cut off"), "{}", e.message);
+    }
+}
