@@ -380,16 +380,16 @@ async fn dispatch(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Request<Incom
     forward(&snap, req, rid).await
 }
 
-/// Runs `f` on the runtime's blocking threads: work whose cost depends on what a client sent
-/// (tokenizing a prompt) or on a store's latency (Redis) never holds a worker that drives
-/// other streams. With `permits` (CPU work), it first waits for one of them, so at most one
-/// such job runs per core. A panic in `f` is this request's, as if it had run here. `f`
-/// runs to its end even when the client leaves: it holds the request's [`Slot`] meanwhile.
 /// The bytes of what goes upstream, as its upstream edge writes them.
 fn upstream_bytes(up: &harmony_filters::UpstreamRequest) -> Bytes {
     Bytes::from(serde_json::to_vec(&up.body()).unwrap_or_default())
 }
 
+/// Runs `f` on the runtime's blocking threads: work whose cost depends on what a client sent
+/// (tokenizing a prompt) or on a store's latency (Redis) never holds a worker that drives
+/// other streams. With `permits` (CPU work), it first waits for one of them, so at most one
+/// such job runs per core. A panic in `f` is this request's, as if it had run here. `f`
+/// runs to its end even when the client leaves: it holds the request's [`Slot`] meanwhile.
 async fn off_worker<T: Send + 'static>(permits: Option<&Arc<tokio::sync::Semaphore>>, f: impl FnOnce() -> T + Send + 'static) -> T {
     let permit = match permits {
         Some(p) => p.clone().acquire_owned().await.ok(),

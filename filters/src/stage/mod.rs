@@ -175,7 +175,7 @@ impl UpstreamRequest {
     pub fn body(&self) -> serde_json::Value {
         match &self.form {
             UpstreamForm::Chat => crate::upstream::chat_request::request(self.conversation.clone()),
-            UpstreamForm::Completion(c) => crate::upstream::completion_request::request(&self.conversation, c.clone()),
+            UpstreamForm::Completion(c) => crate::upstream::completion_request::request(&self.conversation, c),
         }
     }
 
@@ -189,11 +189,11 @@ impl UpstreamRequest {
 
     /// The same request asking for at most `limit` output tokens, if it asks for more (a
     /// server that refuses a limit past its context says the most it takes).
-    pub fn with_output_limit(&self, limit: u64) -> Option<Self> {
+    pub fn with_output_limit(self, limit: u64) -> Option<Self> {
         if self.output_limit().is_none_or(|n| n <= limit) {
             return None;
         }
-        let mut again = self.clone();
+        let mut again = self;
         let said_as = again.conversation.controls.max_output_tokens.as_ref().map_or(LimitName::MaxTokens, |l| l.said_as);
         again.conversation.controls.max_output_tokens = Some(Limit { tokens: limit.into(), said_as });
         Some(again)

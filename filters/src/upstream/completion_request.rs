@@ -55,11 +55,11 @@ pub fn output_limit(conv: &Conversation, completion: &Completion) -> Option<u64>
 }
 
 /// The endpoint's request body for `conv` (always streamed).
-pub fn request(conv: &Conversation, completion: Completion) -> Value {
+pub fn request(conv: &Conversation, completion: &Completion) -> Value {
     let c = &conv.controls;
     let mut out = Map::new();
     out.insert("model".into(), if conv.model.is_empty() { Value::Null } else { conv.model.clone().into() });
-    match &completion {
+    match completion {
         Completion::Completions { prompt: Prompt::Text(text), .. } => out.insert("prompt".into(), Value::String(text.clone())),
         Completion::Completions { prompt: Prompt::Tokens(ids), .. } | Completion::Llama { prompt: ids, .. } => out.insert("prompt".into(), json!(ids)),
     };
@@ -93,14 +93,8 @@ pub fn request(conv: &Conversation, completion: Completion) -> Value {
             // asks again with that (`upstream::overflow::output_limit`). llama.cpp stops at
             // its context either way. Left out with a text prompt (mlx-lm refuses `null` and
             // applies its `--max-tokens`).
-            match max {
-                Some(m) => {
-                    out.insert("max_tokens".into(), m);
-                }
-                None if tokens => {
-                    out.insert("max_tokens".into(), Value::from(GPT_OSS_CONTEXT));
-                }
-                None => {}
+            if let Some(m) = output_limit(conv, completion) {
+                out.insert("max_tokens".into(), m.into());
             }
             // vLLM strips special tokens from completion text unless told otherwise; the
             // servers that take only text prompts know no such field (`transformers serve`
@@ -116,7 +110,7 @@ pub fn request(conv: &Conversation, completion: Completion) -> Value {
         Completion::Llama { grammar, .. } => {
             out.insert("n_predict".into(), max.unwrap_or(json!(-1)));
             if let Some(g) = grammar {
-                out.insert("grammar".into(), g.into());
+                out.insert("grammar".into(), g.clone().into());
             }
             out.insert("return_tokens".into(), Value::Bool(true));
             out.insert("cache_prompt".into(), Value::Bool(true));
