@@ -223,9 +223,10 @@ fn encoding() -> Result<openai_harmony::HarmonyEncoding, ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    // The request phase (decoding, prompt rendering, store reads) runs on the blocking
-    // threads (server::off_worker): 64 at most, so a burst of requests queues there instead of
-    // starting hundreds of threads; the workers drive streams meanwhile.
+    // The request phase's computing (decoding, prompt rendering) runs on the blocking threads
+    // (AppState::cpu, one job per core at once): 64 threads at most, so a burst of requests
+    // queues there instead of starting hundreds of threads; the workers drive streams and
+    // await store reads meanwhile.
     tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(64).build().map_err(|e| fail(format!("cannot start the runtime: {e}")))
 }
 
@@ -390,7 +391,7 @@ fn serve(args: ServeArgs, path: Option<PathBuf>, mock: Option<(std::net::TcpList
             prometheus,
             encoding: enc,
             inflight: Arc::new(AtomicUsize::new(0)),
-            heavy: AppState::heavy_permits(),
+            cpu: AppState::cpu_pool(),
         });
         let _watcher = reload::start(state.clone(), path.clone());
         let scheme = if tls.is_some() { "https" } else { "http" };

@@ -84,7 +84,8 @@ pub fn request(data: &[u8]) {
         _ => Vec::new(),
     };
     let p = pipeline(r#"[{ type = "stop-injection", extra = ["X"] }, { type = "history-clean" }, { type = "sse-encode" }]"#);
-    let up = p.request_phase(&RequestMeta::new("fuzz", true), crate::api::chat::decode::conversation(v)).expect("these stages never refuse");
+    let (meta, cpu) = (RequestMeta::new("fuzz", true), crate::work::CpuPool::inline());
+    let up = crate::work::now(p.request_phase(&meta, crate::api::chat::decode::conversation(v), &cpu)).expect("these stages never refuse");
     let v = up.body();
     if !v.is_object() {
         return;
@@ -117,7 +118,7 @@ pub fn request(data: &[u8]) {
 pub fn responses_request(data: &[u8]) {
     use serde_json::Value;
     let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
-    match crate::api::ClientApi::Responses.decode(v, &crate::api::EdgeEnv::standalone()) {
+    match crate::work::now(crate::api::ClientApi::Responses.decode(v, &crate::api::EdgeEnv::standalone())) {
         Err(e) => {
             assert!(matches!(e.status, 400 | 404), "status {} for {}", e.status, e.message);
             assert!(!e.message.is_empty());
@@ -160,7 +161,7 @@ pub fn messages_request(data: &[u8]) {
     // Found by the fuzzer: `-2` is refused with no field to name; the server answers a body
     // that is not an object before any decoder sees it.
     let Ok(v @ Value::Object(_)) = serde_json::from_slice::<Value>(data) else { return };
-    match crate::api::ClientApi::Messages.decode(v, &crate::api::EdgeEnv::standalone()) {
+    match crate::work::now(crate::api::ClientApi::Messages.decode(v, &crate::api::EdgeEnv::standalone())) {
         Err(e) => {
             assert_eq!(e.status, 400, "{}", e.message);
             assert!(e.param.is_some(), "a refusal names its field: {}", e.message);

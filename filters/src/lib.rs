@@ -32,6 +32,7 @@ pub mod tokens;
 pub mod upstream;
 pub mod values;
 pub mod vocab;
+pub mod work;
 
 pub use api::{ApiContext, ClientApi, ClientRequest, Decoded, Encoder, Output, Responder};
 pub use conversation::Conversation;

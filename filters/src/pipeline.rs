@@ -29,6 +29,7 @@ use crate::stages::stop_injection::StopInjectionConfig;
 use crate::stages::tool_bridge::{Mode, ToolBridgeConfig};
 use crate::stages::watchdog::WatchdogConfig;
 use crate::store::{StateStore, Stores};
+use crate::work::CpuPool;
 
 /// Where a stage's options failed to deserialize.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,9 +180,10 @@ impl Compiled {
         Chain::new(self.factories.iter().map(|f| f.new_stage(meta)).collect())
     }
 
-    /// Runs the request phase for `meta`'s request: what goes upstream, or the refusal.
-    pub fn request_phase(&self, meta: &RequestMeta, conv: Conversation) -> Result<UpstreamRequest, ApiError> {
-        let mut stages: Vec<_> = self.request_factories.iter().map(|f| f.new_request_stage(meta)).collect();
-        crate::stage::request_phase(&mut stages, conv)
+    /// Runs the request phase for `meta`'s request, its computing on `cpu`: what goes
+    /// upstream, or the refusal.
+    pub async fn request_phase(&self, meta: &RequestMeta, conv: Conversation, cpu: &CpuPool) -> Result<UpstreamRequest, ApiError> {
+        let stages = self.request_factories.iter().map(|f| f.new_request_stage(meta)).collect();
+        crate::stage::request_phase(stages, conv, cpu).await
     }
 }

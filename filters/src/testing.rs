@@ -116,19 +116,16 @@ pub fn check_fixture(mode: &str, stream: bool, exp: &serde_json::Value, a: &Asse
 
 /// A request meta for the Responses API (`stream` or not), as the server makes it.
 pub fn responses_meta(stream: bool) -> crate::api::ClientRequest {
-    let d = crate::api::ClientApi::Responses
-        .decode(serde_json::json!({"model": "m", "input": "x", "stream": stream, "store": false}), &crate::api::EdgeEnv::standalone())
-        .expect("a minimal request decodes");
+    let env = crate::api::EdgeEnv::standalone();
+    let decoding = crate::api::ClientApi::Responses.decode(serde_json::json!({"model": "m", "input": "x", "stream": stream, "store": false}), &env);
+    let d = crate::work::now(decoding).expect("a minimal request decodes");
     crate::api::ClientRequest { meta: RequestMeta::new("m", stream), api: d.ctx }
 }
 
 /// A request meta for the Messages API (`stream` or not), as the server makes it.
 pub fn messages_meta(stream: bool) -> crate::api::ClientRequest {
-    let d = crate::api::ClientApi::Messages
-        .decode(
-            serde_json::json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "x"}], "stream": stream}),
-            &crate::api::EdgeEnv::standalone(),
-        )
-        .expect("a minimal request decodes");
+    let env = crate::api::EdgeEnv::standalone();
+    let request = serde_json::json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "x"}], "stream": stream});
+    let d = crate::work::now(crate::api::ClientApi::Messages.decode(request, &env)).expect("a minimal request decodes");
     crate::api::ClientRequest { meta: RequestMeta::new("m", stream), api: d.ctx }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use harmony_filters::api::{EdgeEnv, Failure};
+use harmony_filters::work::CpuPool;
 use harmony_filters::{ApiError, ClientApi, ClientRequest, RequestMeta};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -45,16 +46,17 @@ pub struct AppState {
     pub prometheus: Option<PrometheusHandle>,
     pub encoding: HarmonyEncoding,
     pub inflight: Arc<AtomicUsize>,
-    /// Permits for the request-phase work that runs off the workers ([`off_worker`]): one
-    /// per core, so a flood of large prompts queues instead of taking every core from the
-    /// workers that drive the streams.
-    pub heavy: Arc<tokio::sync::Semaphore>,
+    /// Where the request phase computes (decoding, history repair, rendering, writing the
+    /// upstream body): the runtime's blocking threads, one job per core at once, so a flood
+    /// of large prompts queues instead of taking every core from the workers that drive the
+    /// streams. What waits (store reads) is awaited on the workers.
+    pub cpu: CpuPool,
 }
 
 impl AppState {
-    /// The permits of [`AppState::heavy`] for this machine.
-    pub fn heavy_permits() -> Arc<tokio::sync::Semaphore> {
-        Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)))
+    /// The CPU pool for this machine: one permit per core.
+    pub fn cpu_pool() -> CpuPool {
+        CpuPool::new(Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))))
     }
 }
 
@@ -385,26 +387,6 @@ fn upstream_bytes(up: &harmony_filters::UpstreamRequest) -> Bytes {
     Bytes::from(serde_json::to_vec(&up.body()).unwrap_or_default())
 }
 
-/// Runs `f` on the runtime's blocking threads: work whose cost depends on what a client sent
-/// (tokenizing a prompt) or on a store's latency (Redis) never holds a worker that drives
-/// other streams. With `permits` (CPU work), it first waits for one of them, so at most one
-/// such job runs per core. A panic in `f` is this request's, as if it had run here. `f`
-/// runs to its end even when the client leaves: it holds the request's [`Slot`] meanwhile.
-async fn off_worker<T: Send + 'static>(permits: Option<&Arc<tokio::sync::Semaphore>>, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let permit = match permits {
-        Some(p) => p.clone().acquire_owned().await.ok(),
-        None => None,
-    };
-    let job = move || {
-        let _permit = permit;
-        f()
-    };
-    match tokio::task::spawn_blocking(job).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
 /// A path an upstream (or a server in front of it) may resolve to another endpoint: a `.` or
 /// `..` segment, plain or percent-encoded, also with `;parameters` (`..;/`); or an encoded
 /// `/` or `\\` (`%2f`, `%5c`), which a server that decodes before it resolves turns into
@@ -502,20 +484,17 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
         RouteMatch::Found(r) => Some(r),
         _ => None,
     };
+    // What the request computes runs off the workers, holding its slot until done (it goes
+    // on when a client leaves); what it waits on (the store) is awaited here.
+    let cpu = state.cpu.holding(guard.clone());
     let env = EdgeEnv {
         store: snap.store_of(found),
         scope: auth_scope.clone().unwrap_or_default(),
         sealer: snap.sealer.clone(),
         max_conversation_bytes: snap.config.server.max_body_bytes,
+        cpu: cpu.clone(),
     };
-    // Decoding may read the store (previous_response_id) and tokenize: off the workers.
-    let slot = guard.clone();
-    let decoded = match off_worker(Some(&state.heavy), move || {
-        let _slot = slot;
-        api.decode(body, &env)
-    })
-    .await
-    {
+    let decoded = match api.decode(body, &env).await {
         Ok(d) => d,
         Err(e) => return error_response(&e),
     };
@@ -539,21 +518,21 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     let api_ctx = decoded.ctx;
     state.metrics.request(&route.label, route.pipeline.mode, stream, api.name());
 
-    // The request phase renders prompts and reads stores (Redis included): off the workers,
-    // so that no request's size or store latency stalls the streams they drive.
-    let slot = guard.clone();
-    let (pipeline, phase_meta) = (route.pipeline.clone(), meta.clone());
-    // What goes upstream always streams (retry, watchdog and true streaming need it) and
-    // asks for usage, shown to the client only when it asked: the upstream edges say so, and
-    // write the body here, off the workers too.
-    let phase = off_worker(Some(&state.heavy), move || {
-        let _slot = slot;
-        pipeline.request_phase(&phase_meta, conversation).map(|up| {
-            let body = upstream_bytes(&up);
-            (up, body)
-        })
-    })
-    .await;
+    // The request phase: its stages that compute (history repair, rendering) run off the
+    // workers, those that wait (a store read, Redis included) are awaited here, so that no
+    // request's size or store latency stalls the streams the workers drive. What goes
+    // upstream always streams (retry, watchdog and true streaming need it) and asks for
+    // usage, shown to the client only when it asked: the upstream edges say so, and write
+    // the body off the workers too.
+    let phase = match route.pipeline.request_phase(&meta, conversation, &cpu).await {
+        Ok(up) => Ok(cpu
+            .run(move || {
+                let body = upstream_bytes(&up);
+                (up, body)
+            })
+            .await),
+        Err(e) => Err(e),
+    };
     let (up, body) = match phase {
         Ok((up, body)) => {
             meta.prompt_tokens = up.prompt_tokens;
@@ -585,7 +564,7 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
         _ => None,
     };
     if let Some(n) = takes {
-        let again = off_worker(Some(&state.heavy), move || up.with_output_limit(n).map(|a| (a.endpoint(), upstream_bytes(&a)))).await;
+        let again = cpu.run(move || up.with_output_limit(n).map(|a| (a.endpoint(), upstream_bytes(&a)))).await;
         if let Some((endpoint, body)) = again {
             tracing::debug!(request_id = rid, "the server takes fewer output tokens; asking again with its limit");
             // The call the response body retries, if it must, is this one.
@@ -661,8 +640,8 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
 }
 
 /// A request a client API answers itself ([`harmony_filters::api::Own`]): its body read
-/// (a `POST`), a slot taken, then the API's answer, off the workers (it may tokenize a whole
-/// prompt, or wait on the store).
+/// (a `POST`), a slot taken, then the API's answer (awaited: it may wait on the store, and
+/// computes off the workers, as a decoder does).
 async fn own_request(state: &Arc<AppState>, snap: &Snapshot, api: ClientApi, own: harmony_filters::api::Own, req: Request<Incoming>) -> Response<RespBody> {
     let method = req.method().as_str().to_owned();
     if !own.methods().contains(&method.as_str()) {
@@ -686,14 +665,14 @@ async fn own_request(state: &Arc<AppState>, snap: &Snapshot, api: ClientApi, own
         Ok(g) => g,
         Err(r) => return r,
     };
-    let env = EdgeEnv { store: snap.store_for_api(api), scope, sealer: snap.sealer.clone(), max_conversation_bytes: snap.config.server.max_body_bytes };
-    let enc = state.encoding.clone();
-    let permits = own.is_cpu_work().then_some(&state.heavy);
-    let answered = off_worker(permits, move || {
-        let _slot = slot;
-        api.answer(&own, &method, body, &env, &enc)
-    })
-    .await;
+    let env = EdgeEnv {
+        store: snap.store_for_api(api),
+        scope,
+        sealer: snap.sealer.clone(),
+        max_conversation_bytes: snap.config.server.max_body_bytes,
+        cpu: state.cpu.holding(slot),
+    };
+    let answered = api.answer(&own, &method, body, &env, &state.encoding).await;
     match answered {
         Ok(v) => json_response(200, &v),
         Err(e) => error_response(&e),

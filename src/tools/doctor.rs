@@ -327,7 +327,8 @@ fn through_each_api(streamed: &str) -> Vec<(harmony_filters::ClientApi, Result<S
                 .and_then(|(_, text)| toml::from_str::<crate::config::PipelineDef>(text).ok())
                 .map(|def| harmony_filters::compile(&def.stages, &enc));
             let result = compiled.ok_or_else(|| format!("no built-in pipeline {:?}", api.builtin_pipeline())).and_then(|compiled| {
-                let d = api.decode(api.probe("Say hello in a few words."), &env).map_err(|e| e.message)?;
+                // A standalone edge (inline, a memory store): decoded at once.
+                let d = harmony_filters::work::now(api.decode(api.probe("Say hello in a few words."), &env)).map_err(|e| e.message)?;
                 let meta = harmony_filters::ClientRequest { meta: harmony_filters::RequestMeta::new("doctor", true), api: d.ctx };
                 let a = api.read_stream(&run_sse(&compiled, &meta, &[streamed.as_bytes()]))?;
                 let kinds = [(!a.reasoning.is_empty()).then_some("reasoning"), (!a.content.is_empty()).then_some("an answer")];

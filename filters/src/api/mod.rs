@@ -29,6 +29,7 @@ use crate::event::{ApiError, Event, FinishReason};
 use crate::seal::Sealer;
 use crate::stage::{Chain, RequestMeta, Stats};
 use crate::store::{MemoryStore, StateStore};
+use crate::work::{BoxFuture, CpuPool};
 
 /// What an edge may use beyond the request itself, the same for every API.
 #[derive(Clone)]
@@ -44,6 +45,9 @@ pub struct EdgeEnv {
     /// (`previous_response_id`): the server's `max_body_bytes`, so that chains of small
     /// requests cannot build what one request may not send.
     pub max_conversation_bytes: u64,
+    /// Where the edge's computing runs (decoding, counting a prompt's tokens): off the
+    /// runtime's workers in the server, inline in tests and tools.
+    pub cpu: CpuPool,
 }
 
 impl EdgeEnv {
@@ -54,6 +58,7 @@ impl EdgeEnv {
             scope: String::new(),
             sealer: Arc::new(Sealer::random()),
             max_conversation_bytes: 8 << 20,
+            cpu: CpuPool::inline(),
         }
     }
 }
@@ -83,8 +88,10 @@ pub trait Api: 'static {
     /// pipeline (Responses: stored responses); `check` lists such routes with the store.
     const KEEPS_STATE: bool = false;
 
-    /// The client's request (a JSON object) into the conversation the stages work on.
-    fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError>;
+    /// The client's request (a JSON object) into the conversation the stages work on:
+    /// awaited (it may read the store, as Responses' `previous_response_id` does), its
+    /// computing run on `env.cpu`.
+    fn decode(body: Value, env: &EdgeEnv) -> BoxFuture<'_, Result<Decoded, ApiError>>;
     /// The encoder of one response: the chain's events into its wire format.
     fn encoder(meta: &RequestMeta, ctx: &Arc<Self::Context>) -> Box<dyn Encoder>;
     /// The smallest streamed request of its kind asking `prompt` (what `doctor` sends
@@ -105,9 +112,16 @@ pub trait Api: 'static {
     fn own(_path: &str) -> Option<Own> {
         None
     }
-    /// Answers a request of its own (`body`: the JSON object of a `POST`).
-    fn answer(own: &Own, _method: &str, _body: Option<Value>, _env: &EdgeEnv, _enc: &openai_harmony::HarmonyEncoding) -> Result<Value, ApiError> {
-        Err(ApiError::new(404, "invalid_request_error", Some("not_found"), format!("no such endpoint: {}", own.path)))
+    /// Answers a request of its own (`body`: the JSON object of a `POST`): awaited, as
+    /// [`Api::decode`] (a store read; its computing on `env.cpu`).
+    fn answer<'a>(
+        own: &'a Own,
+        _method: &'a str,
+        _body: Option<Value>,
+        _env: &'a EdgeEnv,
+        _enc: &'a openai_harmony::HarmonyEncoding,
+    ) -> BoxFuture<'a, Result<Value, ApiError>> {
+        Box::pin(std::future::ready(Err(ApiError::new(404, "invalid_request_error", Some("not_found"), format!("no such endpoint: {}", own.path)))))
     }
 }
 
@@ -161,9 +175,10 @@ macro_rules! client_apis {
             pub fn refusal(self, status: u16, body: &[u8]) -> ApiError {
                 match self { $(Self::$variant => <$api as Api>::refusal(status, body),)* }
             }
-            /// The client's request (a JSON object) into the conversation the stages work on.
-            pub fn decode(self, body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
-                match self { $(Self::$variant => <$api as Api>::decode(body, env),)* }
+            /// The client's request (a JSON object) into the conversation the stages work on
+            /// (see [`Api::decode`]).
+            pub async fn decode(self, body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
+                match self { $(Self::$variant => <$api as Api>::decode(body, env).await,)* }
             }
             /// See [`Api::probe`].
             pub fn probe(self, prompt: &str) -> Value {
@@ -182,9 +197,10 @@ macro_rules! client_apis {
                 $( if let Some(own) = <$api as Api>::own(path) { return Some((Self::$variant, own)); } )*
                 None
             }
-            /// Answers a request of its own (`body`: the JSON object of a `POST`).
-            pub fn answer(self, own: &Own, method: &str, body: Option<Value>, env: &EdgeEnv, enc: &openai_harmony::HarmonyEncoding) -> Result<Value, ApiError> {
-                match self { $(Self::$variant => <$api as Api>::answer(own, method, body, env, enc),)* }
+            /// Answers a request of its own (`body`: the JSON object of a `POST`; see
+            /// [`Api::answer`]).
+            pub async fn answer(self, own: &Own, method: &str, body: Option<Value>, env: &EdgeEnv, enc: &openai_harmony::HarmonyEncoding) -> Result<Value, ApiError> {
+                match self { $(Self::$variant => <$api as Api>::answer(own, method, body, env, enc).await,)* }
             }
         }
 
@@ -295,16 +311,11 @@ pub struct Own {
     pub path: String,
     /// The methods it takes (the first is what a 405 names).
     pub methods: &'static [&'static str],
-    /// Whether it tokenizes (CPU in proportion to the request) rather than waits on a store.
-    pub cpu_work: bool,
 }
 
 impl Own {
     pub fn methods(&self) -> &'static [&'static str] {
         self.methods
-    }
-    pub fn is_cpu_work(&self) -> bool {
-        self.cpu_work
     }
 }
 

@@ -14,6 +14,7 @@ pub use config::{Builder, RetryPolicy, StageConfig};
 use crate::conversation::{Conversation, Limit, LimitName};
 use crate::event::{ApiError, Event};
 use crate::upstream::completion_request::Completion;
+use crate::work::{BoxFuture, CpuPool};
 
 /// What a stage may know about the request it serves.
 #[derive(Debug, Clone)]
@@ -97,9 +98,9 @@ pub trait StageFactory: Send + Sync + 'static {
     fn new_stage(&self, req: &RequestMeta) -> Box<dyn Stage>;
 }
 
-/// The same, for a request stage.
+/// The same, for a request stage (of the kind it is).
 pub trait RequestStageFactory: Send + Sync + 'static {
-    fn new_request_stage(&self, req: &RequestMeta) -> Box<dyn RequestStage>;
+    fn new_request_stage(&self, req: &RequestMeta) -> PhaseStage;
 }
 
 /// Which upstream endpoint a request goes to, and how its answer is read. The request phase
@@ -200,19 +201,21 @@ impl UpstreamRequest {
     }
 }
 
-/// A stage of the request phase: it runs once per request, before the upstream is called,
-/// and never sees a token. Nothing here awaits: the phase runs on a blocking thread (see the
-/// server's `off_worker`), so a stage may read a store or render a long prompt.
+/// A stage of the request phase that computes on the conversation: it runs once per
+/// request, before the upstream is called, and never sees a token. Nothing here awaits: the
+/// request phase moves the conversation and the stages next to each other to a blocking
+/// thread ([`CpuPool`]), so a stage may walk a long history or render a long prompt.
 ///
 /// - [`on_request`](RequestStage::on_request) runs in pipeline order on the client's
-///   conversation: it may edit it (stops, history repair, reasoning put back) or refuse it
-///   with an error the client gets as is (a 400 that names what is wrong); a refusal stops
-///   the request phase and nothing goes upstream.
+///   conversation: it may edit it (stops, history repair) or refuse it with an error the
+///   client gets as is (a 400 that names what is wrong); a refusal stops the request phase
+///   and nothing goes upstream.
 /// - [`on_upstream_request`](RequestStage::on_upstream_request) then runs in pipeline order,
-///   when every `on_request` is done, until one stage answers: that stage writes what goes
-///   upstream from the finished conversation (`harmony-render` renders the prompt and
-///   chooses the endpoint). When none does, the chat endpoint gets the conversation. A retry
-///   re-sends the same upstream request: the request phase does not run again.
+///   when every `on_request` is done (awaited ones included), until one stage answers: that
+///   stage writes what goes upstream from the finished conversation (`harmony-render`
+///   renders the prompt and chooses the endpoint). When none does, the chat endpoint gets
+///   the conversation. A retry re-sends the same upstream request: the request phase does
+///   not run again.
 pub trait RequestStage: Send {
     /// Edit the client's conversation, or refuse it.
     fn on_request(&mut self, _conv: &mut Conversation) -> Result<(), ApiError> {
@@ -225,10 +228,62 @@ pub trait RequestStage: Send {
     }
 }
 
-/// Runs a request phase: every stage's `on_request`, then `on_upstream_request` until one
-/// answers, else the chat endpoint's request; the first refusal ends it.
-pub fn request_phase(stages: &mut [Box<dyn RequestStage>], mut conv: Conversation) -> Result<UpstreamRequest, ApiError> {
-    for s in stages.iter_mut() {
+/// A stage of the request phase that waits on something (a store read, Redis included):
+/// its [`on_request`](AsyncRequestStage::on_request) is awaited on the runtime's workers,
+/// which drive other streams meanwhile, in pipeline order among the other stages' (the
+/// conversation is back from the stages before it). What it computes must be small (one walk
+/// of the conversation); it never writes what goes upstream.
+pub trait AsyncRequestStage: Send {
+    /// Edit the client's conversation, or refuse it, as [`RequestStage::on_request`].
+    fn on_request<'a>(&'a mut self, conv: &'a mut Conversation) -> BoxFuture<'a, Result<(), ApiError>>;
+}
+
+/// A request stage, by the kind of work it does: a stage implements only what it is, and
+/// the request phase runs each where that work belongs.
+pub enum PhaseStage {
+    /// Computes ([`RequestStage`]): off the workers.
+    Compute(Box<dyn RequestStage>),
+    /// Waits ([`AsyncRequestStage`]): awaited on the workers.
+    Wait(Box<dyn AsyncRequestStage>),
+}
+
+/// Runs a request phase: every stage's `on_request` in pipeline order, then
+/// `on_upstream_request` until one answers, else the chat endpoint's request; the first
+/// refusal ends it. The computing stages between two waiting ones run as one job of `cpu`,
+/// the conversation moved to it and back (never copied); a phase with no waiting stage is
+/// one job.
+pub async fn request_phase(stages: Vec<PhaseStage>, mut conv: Conversation, cpu: &CpuPool) -> Result<UpstreamRequest, ApiError> {
+    // The computing stages in order, and how many of them have had their `on_request`.
+    let mut compute: Vec<Box<dyn RequestStage>> = Vec::new();
+    let mut ran = 0;
+    for stage in stages {
+        match stage {
+            PhaseStage::Compute(s) => compute.push(s),
+            PhaseStage::Wait(mut s) => {
+                if ran < compute.len() {
+                    let job = move || {
+                        let r = compute[ran..].iter_mut().try_for_each(|s| s.on_request(&mut conv));
+                        (compute, conv, r)
+                    };
+                    let r;
+                    (compute, conv, r) = cpu.run(job).await;
+                    r?;
+                    ran = compute.len();
+                }
+                s.on_request(&mut conv).await?;
+            }
+        }
+    }
+    if compute.is_empty() {
+        return Ok(UpstreamRequest::chat(conv));
+    }
+    cpu.run(move || finish(&mut compute, ran, conv)).await
+}
+
+/// The rest of a request phase, on one thread: the `on_request` of `stages[ran..]`, then
+/// every stage's `on_upstream_request` until one answers.
+fn finish(stages: &mut [Box<dyn RequestStage>], ran: usize, mut conv: Conversation) -> Result<UpstreamRequest, ApiError> {
+    for s in stages[ran..].iter_mut() {
         s.on_request(&mut conv)?;
     }
     for s in stages.iter_mut() {
@@ -326,5 +381,65 @@ mod tests {
         assert!(text.with_output_limit(4000).is_none(), "a text prompt asks for no limit");
         let llama = rendered(Completion::Llama { prompt: vec![1], grammar: None }, hi);
         assert!(llama.with_output_limit(4000).is_none(), "llama.cpp's n_predict is never refused");
+    }
+
+    /// Appends its letter to the instructions, on the thread it notes.
+    struct Edit(&'static str, std::sync::Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>);
+    impl RequestStage for Edit {
+        fn on_request(&mut self, conv: &mut Conversation) -> Result<(), ApiError> {
+            self.1.lock().unwrap().push(std::thread::current().id());
+            conv.instructions.get_or_insert_with(String::new).push_str(self.0);
+            Ok(())
+        }
+    }
+
+    /// Appends its letter after a wait, or refuses.
+    struct Wait(Option<&'static str>);
+    impl AsyncRequestStage for Wait {
+        fn on_request<'a>(&'a mut self, conv: &'a mut Conversation) -> BoxFuture<'a, Result<(), ApiError>> {
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                match self.0 {
+                    Some(letter) => {
+                        conv.instructions.get_or_insert_with(String::new).push_str(letter);
+                        Ok(())
+                    }
+                    None => Err(ApiError::invalid("messages", "refused")),
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn the_request_phase_runs_every_stage_in_order_computing_off_the_thread_that_awaits() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let threads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stages = vec![
+            PhaseStage::Compute(Box::new(Edit("a", threads.clone()))),
+            PhaseStage::Compute(Box::new(Edit("b", threads.clone()))),
+            PhaseStage::Wait(Box::new(Wait(Some("c")))),
+            PhaseStage::Compute(Box::new(Edit("d", threads.clone()))),
+        ];
+        let pool = CpuPool::new(std::sync::Arc::new(tokio::sync::Semaphore::new(1)));
+        let (awaited_on, up) = rt.block_on(async {
+            let here = std::thread::current().id();
+            (here, request_phase(stages, Conversation::default(), &pool).await)
+        });
+        let up = up.expect("no stage refuses");
+        assert_eq!(up.conversation.instructions.as_deref(), Some("abcd"), "in pipeline order, each seeing the one before");
+        assert_eq!(up.endpoint(), Endpoint::Chat, "no stage rendered");
+        let threads = threads.lock().unwrap();
+        assert_eq!(threads.len(), 3);
+        assert!(threads.iter().all(|t| *t != awaited_on), "the computing stages ran on the pool");
+    }
+
+    #[test]
+    fn a_waiting_stage_that_refuses_ends_the_request_phase() {
+        let threads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stages = vec![PhaseStage::Wait(Box::new(Wait(None))), PhaseStage::Compute(Box::new(Edit("never", threads.clone())))];
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let e = rt.block_on(request_phase(stages, Conversation::default(), &CpuPool::inline())).expect_err("refused");
+        assert_eq!(e.status, 400);
+        assert!(threads.lock().unwrap().is_empty(), "nothing after the refusal ran");
     }
 }

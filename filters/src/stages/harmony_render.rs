@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use crate::conversation::{Content, Conversation, ResponseFormat, Role, Tool, ToolChoice};
 use crate::event::{ApiError, Event};
-use crate::stage::{Prefill, Rendered, RequestMeta, RequestStage, RequestStageFactory, Stage, StageFactory};
+use crate::stage::{PhaseStage, Prefill, Rendered, RequestMeta, RequestStage, RequestStageFactory, Stage, StageFactory};
 use crate::upstream::completion_request::{Completion, Prompt};
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -144,8 +144,8 @@ impl HarmonyRenderFactory {
 }
 
 impl RequestStageFactory for HarmonyRenderFactory {
-    fn new_request_stage(&self, _req: &RequestMeta) -> Box<dyn RequestStage> {
-        Box::new(HarmonyRender { cfg: self.cfg.clone(), enc: self.enc.clone(), cache: self.cache.clone() })
+    fn new_request_stage(&self, _req: &RequestMeta) -> PhaseStage {
+        PhaseStage::Compute(Box::new(HarmonyRender { cfg: self.cfg.clone(), enc: self.enc.clone(), cache: self.cache.clone() }))
     }
 }
 

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::conversation::{Content, Conversation, Message, Role};
 use crate::markup;
-use crate::stage::{RequestMeta, RequestStage, RequestStageFactory};
+use crate::stage::{PhaseStage, RequestMeta, RequestStage, RequestStageFactory};
 use crate::stages::harmony_parse::{final_text, HarmonyParseFactory};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -41,8 +41,8 @@ impl HistoryCleanFactory {
 }
 
 impl RequestStageFactory for HistoryCleanFactory {
-    fn new_request_stage(&self, _req: &RequestMeta) -> Box<dyn RequestStage> {
-        Box::new(HistoryClean { parse: self.parse.clone() })
+    fn new_request_stage(&self, _req: &RequestMeta) -> PhaseStage {
+        PhaseStage::Compute(Box::new(HistoryClean { parse: self.parse.clone() }))
     }
 }
 

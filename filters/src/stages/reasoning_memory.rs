@@ -25,11 +25,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::conversation::{Conversation, Reasoning, ReasoningField, Role};
 use crate::event::{Channel, Event};
-use crate::stage::{random_id, RequestMeta, RequestStage, RequestStageFactory, Stage, StageFactory};
+use crate::stage::{random_id, AsyncRequestStage, PhaseStage, RequestMeta, RequestStageFactory, Stage, StageFactory};
 use crate::stages::history_clean::merge_content_into_reasoning;
 use crate::store::Stores;
 pub use crate::store::{MemoryStore, StateStore as ReasoningStore};
 use crate::values::Dur;
+use crate::work::BoxFuture;
 
 /// The most reasoning kept for one turn; longer reasoning keeps its end (the part nearest the call).
 const MAX_ENTRY_BYTES: usize = 256 << 10;
@@ -143,8 +144,9 @@ impl ReasoningMemoryFactory {
 }
 
 impl RequestStageFactory for ReasoningMemoryFactory {
-    fn new_request_stage(&self, req: &RequestMeta) -> Box<dyn RequestStage> {
-        Box::new(Restore { field: self.field, store: self.store.clone(), scope: req.auth_scope.clone().unwrap_or_default() })
+    /// It waits on its store (Redis included): awaited, never blocking a thread.
+    fn new_request_stage(&self, req: &RequestMeta) -> PhaseStage {
+        PhaseStage::Wait(Box::new(Restore { field: self.field, store: self.store.clone(), scope: req.auth_scope.clone().unwrap_or_default() }))
     }
 }
 
@@ -155,10 +157,12 @@ pub struct Restore {
     scope: String,
 }
 
-impl RequestStage for Restore {
-    fn on_request(&mut self, conv: &mut Conversation) -> Result<(), crate::event::ApiError> {
-        restore(conv, self.field, &self.scope, &*self.store);
-        Ok(())
+impl AsyncRequestStage for Restore {
+    fn on_request<'a>(&'a mut self, conv: &'a mut Conversation) -> BoxFuture<'a, Result<(), crate::event::ApiError>> {
+        Box::pin(async move {
+            restore(conv, self.field, &self.scope, &*self.store).await;
+            Ok(())
+        })
     }
 }
 
@@ -219,8 +223,8 @@ impl ReasoningMemory {
 
 /// Puts remembered reasoning back into the assistant tool-call turns of the conversation
 /// that lack it (or carry only its last piece), after the last final answer. Returns how
-/// many turns got theirs back.
-pub fn restore(conv: &mut Conversation, field: Field, scope: &str, store: &dyn ReasoningStore) -> usize {
+/// many turns got theirs back. Each of those turns' call ids is looked up until one is found.
+pub async fn restore(conv: &mut Conversation, field: Field, scope: &str, store: &dyn ReasoningStore) -> usize {
     let messages = &mut conv.messages;
     // Harmony drops the analysis of turns before the last final answer itself.
     let first = messages.iter().rposition(|m| m.role == Role::Assistant && !m.is_tool_turn()).map_or(0, |i| i + 1);
@@ -230,7 +234,13 @@ pub fn restore(conv: &mut Conversation, field: Field, scope: &str, store: &dyn R
             continue;
         }
         let given = m.reasoning_text().map(|r| r.trim().to_owned());
-        let found = m.tool_calls.iter().flatten().filter_map(|c| c.id.as_deref()).find_map(|id| store.get(scope, id));
+        let mut found = None;
+        for id in m.tool_calls.iter().flatten().filter_map(|c| c.id.as_deref()) {
+            found = store.get(scope, id).await;
+            if found.is_some() {
+                break;
+            }
+        }
         let Some(r) = found else { continue };
         // The client's own reasoning stands, unless it is only the end of what was said: the
         // OpenAI Node SDK's stream helper keeps just the last reasoning delta of a stream.
@@ -347,16 +357,17 @@ mod tests {
         m
     }
 
-    fn on_request(s: &mut Box<dyn RequestStage>, req: &mut Value) {
+    fn on_request(s: &mut PhaseStage, req: &mut Value) {
         let mut conv = crate::api::chat::decode::conversation(std::mem::take(req));
-        s.on_request(&mut conv).unwrap();
+        let PhaseStage::Wait(s) = s else { panic!("reasoning-memory waits on its store") };
+        crate::work::now(s.on_request(&mut conv)).unwrap();
         *req = crate::upstream::chat_request::request(conv);
     }
 
     /// [`super::restore`] on a chat request.
     fn restore(req: &mut Value, field: Field, scope: &str, store: &dyn ReasoningStore) -> usize {
         let mut conv = crate::api::chat::decode::conversation(std::mem::take(req));
-        let n = super::restore(&mut conv, field, scope, store);
+        let n = crate::work::now(super::restore(&mut conv, field, scope, store));
         *req = crate::upstream::chat_request::request(conv);
         n
     }

@@ -2,7 +2,7 @@
 //! `<|call|>` (and any `extra` sequences), keeping the client's own stops, without duplicates.
 
 use crate::conversation::{Controls, Conversation, Stop};
-use crate::stage::{RequestMeta, RequestStage, RequestStageFactory};
+use crate::stage::{PhaseStage, RequestMeta, RequestStage, RequestStageFactory};
 use crate::values::{Flag, StringList};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -36,8 +36,8 @@ impl StopInjectionFactory {
 }
 
 impl RequestStageFactory for StopInjectionFactory {
-    fn new_request_stage(&self, _req: &RequestMeta) -> Box<dyn RequestStage> {
-        Box::new(StopInjection { stops: self.stops.clone() })
+    fn new_request_stage(&self, _req: &RequestMeta) -> PhaseStage {
+        PhaseStage::Compute(Box::new(StopInjection { stops: self.stops.clone() }))
     }
 }
 

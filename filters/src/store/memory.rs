@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::StateStore;
+use crate::work::BoxFuture;
 
 struct Entry {
     value: Arc<str>,
@@ -50,6 +51,30 @@ impl MemoryStore {
     pub fn limits(&self) -> (u64, Duration) {
         let l = self.lock();
         (l.max_bytes, l.ttl)
+    }
+
+    /// What is remembered under `id` within `scope`: a memory store answers at once, so tests
+    /// and tools read it without awaiting.
+    pub fn get(&self, scope: &str, id: &str) -> Option<Arc<str>> {
+        let mut l = self.lock();
+        let key = (scope.to_owned(), id.to_owned());
+        let (expired, old_tick) = match l.map.get(&key) {
+            None => return None,
+            Some(e) => (e.expires <= Instant::now(), e.tick),
+        };
+        if expired {
+            l.remove(&key);
+            return None;
+        }
+        l.tick += 1;
+        let tick = l.tick;
+        if let Some(u) = l.scopes.get_mut(scope) {
+            u.order.remove(&old_tick);
+            u.order.insert(tick, id.to_owned());
+        }
+        let e = l.map.get_mut(&key)?;
+        e.tick = tick;
+        Some(e.value.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
@@ -118,26 +143,9 @@ impl StateStore for MemoryStore {
         l.evict_to_fit();
     }
 
-    fn get(&self, scope: &str, id: &str) -> Option<Arc<str>> {
-        let mut l = self.lock();
-        let key = (scope.to_owned(), id.to_owned());
-        let (expired, old_tick) = match l.map.get(&key) {
-            None => return None,
-            Some(e) => (e.expires <= Instant::now(), e.tick),
-        };
-        if expired {
-            l.remove(&key);
-            return None;
-        }
-        l.tick += 1;
-        let tick = l.tick;
-        if let Some(u) = l.scopes.get_mut(scope) {
-            u.order.remove(&old_tick);
-            u.order.insert(tick, id.to_owned());
-        }
-        let e = l.map.get_mut(&key)?;
-        e.tick = tick;
-        Some(e.value.clone())
+    /// At once: see [`MemoryStore::get`].
+    fn get<'a>(&'a self, scope: &'a str, id: &'a str) -> BoxFuture<'a, Option<Arc<str>>> {
+        Box::pin(std::future::ready(MemoryStore::get(self, scope, id)))
     }
 
     fn delete(&self, scope: &str, id: &str) {

@@ -22,16 +22,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use crate::work::BoxFuture;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
 /// A store of state between requests, by key scope and id. Called once at the start and
-/// once at the end of a request, never per token.
+/// once at the end of a request, never per token. Writes never wait (a store that must,
+/// queues them); a read is awaited by the request phase, so a store that waits on a network
+/// (Redis) holds no thread meanwhile.
 pub trait StateStore: Send + Sync {
     /// Remembers `value` under each of `ids`, within `scope`.
     fn put(&self, scope: &str, ids: &[String], value: &str);
-    /// What is remembered under `id` within `scope`.
-    fn get(&self, scope: &str, id: &str) -> Option<Arc<str>>;
+    /// What is remembered under `id` within `scope` (a miss when the store cannot say).
+    fn get<'a>(&'a self, scope: &'a str, id: &'a str) -> BoxFuture<'a, Option<Arc<str>>>;
     /// Forgets what is remembered under `id` within `scope`.
     fn delete(&self, scope: &str, id: &str);
     /// What it is and who shares it, for `check`.

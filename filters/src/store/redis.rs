@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! put (end of a tool-call turn) ─► bounded queue ─► writer thread ─► SET key value PX ttl
-//! get (request phase)           ─► GET key on a pooled connection, at most `timeout`
+//! get (request phase, awaited)  ─► GET key on the multiplexed connection, at most `timeout`
 //! ```
 //!
 //! Invariants: Redis never fails a request and never delays it beyond `timeout`. A request
@@ -14,10 +14,10 @@
 //! `harmony-proxy:reasoning:<scope>:<call id>`, values
 //! the turn's reasoning (bounded by the stage), each with the stage's `ttl`.
 //!
-//! Why the sync client of the `redis` crate: the store is called twice per request, never per
-//! token, from a synchronous stage phase; a blocking read with socket timeouts, wrapped in
-//! `block_in_place`, is the smallest correct thing. `fred` is async-only and would need an
-//! async request phase for the same result.
+//! Why the `redis` crate's two clients: reads are awaited by the async request phase on one
+//! multiplexed connection (every request's `GET` pipelined on it, no thread waiting on
+//! Redis); writes, which no request waits for, go through the sync client in a thread of
+//! their own, so a slow Redis fills a bounded queue instead of holding tasks.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, Counter};
 
 use super::StateStore;
+use crate::work::BoxFuture;
 
 /// Keys of this store start with this.
 pub const KEY_PREFIX: &str = "harmony-proxy:reasoning:";
@@ -57,7 +58,8 @@ struct Shared {
 /// A Redis-backed [`StateStore`]; one per URL, ttl and timeout per server (see [`super::Stores::redis`]).
 pub struct RedisStore {
     shared: Arc<Shared>,
-    idle: Mutex<Vec<redis::Connection>>,
+    /// The reads' connection, made at the first read and again after an error.
+    reader: Mutex<Option<redis::aio::MultiplexedConnection>>,
     ttl_ms: Mutex<u64>,
     writes: SyncSender<Write>,
 }
@@ -98,22 +100,33 @@ impl RedisStore {
             .name("reasoning-store-writer".into())
             .spawn(move || write_loop(&writer, queue))
             .map_err(|e| format!("cannot start the Redis writer thread: {e}"))?;
-        Ok(Self { shared, idle: Mutex::new(Vec::new()), ttl_ms: Mutex::new(ttl.as_millis().max(1) as u64), writes })
+        Ok(Self { shared, reader: Mutex::new(None), ttl_ms: Mutex::new(ttl.as_millis().max(1) as u64), writes })
     }
 
     fn key(scope: &str, id: &str) -> String {
         format!("{KEY_PREFIX}{scope}:{id}")
     }
 
-    fn get_blocking(&self, key: &str) -> Result<Option<String>, redis::RedisError> {
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut con = match pooled {
+    /// `GET key` on the reads' connection (connected first if there is none).
+    async fn read(&self, key: &str) -> Result<Option<String>, redis::RedisError> {
+        let held = self.reader.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut con = match held {
             Some(c) => c,
-            None => self.shared.connect()?,
+            None => {
+                let t = Some(self.shared.timeout);
+                let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(t).set_response_timeout(t);
+                let c = self.shared.client.get_multiplexed_async_connection_with_config(&cfg).await?;
+                *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                c
+            }
         };
-        let v: Option<String> = redis::cmd("GET").arg(key).query(&mut con)?;
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(con);
-        Ok(v)
+        redis::cmd("GET").arg(key).query_async(&mut con).await
+    }
+
+    /// After an error: the next read (once Redis is tried again) connects anew.
+    fn read_failed(&self, e: &dyn std::fmt::Display) {
+        *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.shared.failed("get", e);
     }
 }
 
@@ -203,29 +216,31 @@ impl StateStore for RedisStore {
         }
     }
 
-    fn get(&self, scope: &str, id: &str) -> Option<Arc<str>> {
-        if id.len() > MAX_ID {
-            return None;
-        }
-        if self.shared.is_down() {
-            // Skipped, not tried: still a read that went without the store, counted like the
-            // writer counts the writes it skips (a failed write can set the back-off before
-            // the next read comes).
-            self.shared.get_errors.increment(1);
-            return None;
-        }
-        let key = Self::key(scope, id);
-        // A blocking read of at most `timeout`: on a multi-threaded runtime, tell it so that
-        // other tasks move off this worker meanwhile.
-        let in_worker = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let result = if in_worker { tokio::task::block_in_place(|| self.get_blocking(&key)) } else { self.get_blocking(&key) };
-        match result {
-            Ok(v) => v.map(Arc::from),
-            Err(e) => {
-                self.shared.failed("get", &e);
-                None
+    fn get<'a>(&'a self, scope: &'a str, id: &'a str) -> BoxFuture<'a, Option<Arc<str>>> {
+        Box::pin(async move {
+            if id.len() > MAX_ID {
+                return None;
             }
-        }
+            if self.shared.is_down() {
+                // Skipped, not tried: still a read that went without the store, counted like
+                // the writer counts the writes it skips (a failed write can set the back-off
+                // before the next read comes).
+                self.shared.get_errors.increment(1);
+                return None;
+            }
+            // Connecting and reading, together at most `timeout`.
+            match tokio::time::timeout(self.shared.timeout, self.read(&Self::key(scope, id))).await {
+                Ok(Ok(v)) => v.map(Arc::from),
+                Ok(Err(e)) => {
+                    self.read_failed(&e);
+                    None
+                }
+                Err(_) => {
+                    self.read_failed(&format_args!("no answer within {:?}", self.shared.timeout));
+                    None
+                }
+            }
+        })
     }
 }
 
@@ -251,11 +266,25 @@ mod tests {
     #[test]
     fn a_redis_that_is_not_there_is_a_miss_and_is_left_alone_after_the_first_error() {
         // Port 1 on loopback refuses at once; the store backs off after the first error.
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let s = RedisStore::new("redis://127.0.0.1:1/", Duration::from_secs(60), Duration::from_millis(50)).unwrap();
-        assert_eq!(s.get("", "call_a"), None);
+        assert_eq!(rt.block_on(s.get("", "call_a")), None);
         assert!(s.shared.is_down(), "after an error, Redis is left alone for a while");
-        assert!(s.idle.lock().unwrap().is_empty());
-        assert_eq!(s.get("", "call_a"), None);
+        assert!(s.reader.lock().unwrap().is_none());
+        assert_eq!(rt.block_on(s.get("", "call_a")), None);
         s.put("", &["call_a".into()], "thinking"); // queued, never blocks
+    }
+
+    #[test]
+    fn a_redis_that_never_answers_is_a_miss_after_the_timeout() {
+        // A listener that accepts and says nothing: the read gives up at the store's timeout.
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("redis://{}/", silent.local_addr().unwrap());
+        let s = RedisStore::new(&url, Duration::from_secs(60), Duration::from_millis(100)).unwrap();
+        let started = Instant::now();
+        assert_eq!(rt.block_on(s.get("", "call_a")), None);
+        assert!(started.elapsed() < Duration::from_secs(30), "bounded by the timeout, not the peer");
+        assert!(s.shared.is_down());
     }
 }

@@ -14,6 +14,7 @@ pub use decode::decode;
 use crate::api::{Api, Decoded, EdgeEnv, Encoder};
 use crate::event::ApiError;
 use crate::stage::RequestMeta;
+use crate::work::BoxFuture;
 
 /// The Chat Completions API.
 pub struct Chat;
@@ -42,8 +43,8 @@ impl Api for Chat {
     /// `PROXY_MODE`'s answer-only default.
     const BUILTIN_PIPELINE: &'static str = "harmony";
 
-    fn decode(body: Value, _env: &EdgeEnv) -> Result<Decoded, ApiError> {
-        decode::decode(body)
+    fn decode(body: Value, env: &EdgeEnv) -> BoxFuture<'_, Result<Decoded, ApiError>> {
+        Box::pin(env.cpu.run(move || decode::decode(body)))
     }
     fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Encoder> {
         Box::new(encode::ChatEncoder::new(meta, ctx))

@@ -389,12 +389,12 @@ mod tests {
 
     #[test]
     fn a_stop_sequence_ends_the_answer_before_it_names_it_and_stops_reading_the_upstream() {
-        let d = crate::api::ClientApi::Messages
-            .decode(
-                json!({"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}], "stream": true, "stop_sequences": ["END", "\n\nHuman:"]}),
-                &crate::api::EdgeEnv::standalone(),
-            )
-            .unwrap();
+        let env = crate::api::EdgeEnv::standalone();
+        let d = crate::work::now(crate::api::ClientApi::Messages.decode(
+            json!({"model": "m", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}], "stream": true, "stop_sequences": ["END", "\n\nHuman:"]}),
+            &env,
+        ))
+        .unwrap();
         assert!(d.chat().get("stop").is_none(), "the encoder applies them, so it knows which one");
         let meta = RequestMeta::new("m", true);
         let crate::api::ApiContext::Messages(ctx) = d.ctx else { panic!() };

@@ -24,6 +24,7 @@ use crate::api::{Api, Decoded, EdgeEnv, Encoder, Own};
 use crate::event::ApiError;
 use crate::seal::Sealer;
 use crate::stage::RequestMeta;
+use crate::work::BoxFuture;
 
 /// The Anthropic Messages API.
 pub struct Messages;
@@ -37,8 +38,9 @@ impl Api for Messages {
     /// Anthropic's clients read only Anthropic's error shape.
     const RESHAPES_REFUSALS: bool = true;
 
-    fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
-        decode::decode(body, env)
+    fn decode(body: Value, env: &EdgeEnv) -> BoxFuture<'_, Result<Decoded, ApiError>> {
+        let edge = env.clone();
+        Box::pin(env.cpu.run(move || decode::decode(body, &edge)))
     }
     fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Encoder> {
         Box::new(encode::MessagesEncoder::new(meta, ctx.clone()))
@@ -57,10 +59,18 @@ impl Api for Messages {
     }
     /// `POST /v1/messages/count_tokens`.
     fn own(path: &str) -> Option<Own> {
-        (path == "/v1/messages/count_tokens").then(|| Own { path: path.to_owned(), methods: &["POST"], cpu_work: true })
+        (path == "/v1/messages/count_tokens").then(|| Own { path: path.to_owned(), methods: &["POST"] })
     }
-    fn answer(_own: &Own, _method: &str, body: Option<Value>, env: &EdgeEnv, enc: &openai_harmony::HarmonyEncoding) -> Result<Value, ApiError> {
-        count_tokens::answer(body.unwrap_or_else(|| Value::Object(Default::default())), env, enc)
+    /// Counting tokens computes: on `env.cpu`.
+    fn answer<'a>(
+        _own: &'a Own,
+        _method: &'a str,
+        body: Option<Value>,
+        env: &'a EdgeEnv,
+        enc: &'a openai_harmony::HarmonyEncoding,
+    ) -> BoxFuture<'a, Result<Value, ApiError>> {
+        let (edge, enc) = (env.clone(), enc.clone());
+        Box::pin(env.cpu.run(move || count_tokens::answer(body.unwrap_or_else(|| Value::Object(Default::default())), &edge, &enc)))
     }
 }
 

@@ -184,7 +184,9 @@ fn tool_choice(v: &Value) -> Result<ToolChoice, ApiError> {
     })
 }
 
-pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
+/// The request into the conversation; `recalled` is what the store holds under its
+/// `previous_response_id` (read before, by [`super::Responses`]' edge).
+pub fn decode(body: Value, recalled: Option<Arc<str>>, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     let req: Request = typed(body, "")?;
     let model = match req.model.as_deref() {
         Some(m) if !m.is_empty() => m.to_owned(),
@@ -202,7 +204,7 @@ pub fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
     // The conversation's items: a stored response's first, then this request's.
     let mut items: Vec<Value> = Vec::new();
     if let Some(id) = &req.previous_response_id {
-        let stored = env.store.get(&env.scope, id).and_then(|v| serde_json::from_str::<Stored>(&v).ok());
+        let stored = recalled.and_then(|v| serde_json::from_str::<Stored>(&v).ok());
         let Some(stored) = stored else {
             let mut e = ApiError::new(
                 404,
@@ -433,6 +435,11 @@ fn tool_echo(mut tool: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As the edge decodes (the store read first), over an inline pool and a memory store.
+    fn decode(v: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
+        crate::work::now(<super::super::Responses as crate::api::Api>::decode(v, env))
+    }
 
     fn chat(v: Value) -> Value {
         decode(v, &EdgeEnv::standalone()).unwrap_or_else(|e| panic!("{}", e.message)).chat()

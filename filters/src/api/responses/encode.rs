@@ -476,15 +476,15 @@ mod tests {
 
     #[test]
     fn a_custom_tool_call_carries_its_input_string_and_a_namespaced_call_its_namespace() {
-        let d = crate::api::ClientApi::Responses
-            .decode(
-                serde_json::json!({"model": "m", "input": "x", "tools": [
-                    {"type": "custom", "name": "apply_patch"},
-                    {"type": "namespace", "name": "agents", "tools": [{"type": "function", "name": "spawn"}]}
-                ]}),
-                &crate::api::EdgeEnv::standalone(),
-            )
-            .unwrap();
+        let env = crate::api::EdgeEnv::standalone();
+        let d = crate::work::now(crate::api::ClientApi::Responses.decode(
+            serde_json::json!({"model": "m", "input": "x", "tools": [
+                {"type": "custom", "name": "apply_patch"},
+                {"type": "namespace", "name": "agents", "tools": [{"type": "function", "name": "spawn"}]}
+            ]}),
+            &env,
+        ))
+        .unwrap();
         let meta = RequestMeta::new("m", false);
         let crate::api::ApiContext::Responses(ctx) = d.ctx else { panic!() };
         let mut enc = ResponsesEncoder::new(&meta, ctx);

@@ -24,6 +24,7 @@ use crate::event::ApiError;
 use crate::seal::Sealer;
 use crate::stage::RequestMeta;
 use crate::store::StateStore;
+use crate::work::BoxFuture;
 
 /// The Responses API.
 pub struct Responses;
@@ -40,8 +41,17 @@ impl Api for Responses {
     const FAILS_IN_STREAM: bool = true;
     const KEEPS_STATE: bool = true;
 
-    fn decode(body: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
-        decode::decode(body, env)
+    /// The stored response `previous_response_id` names is read first (awaited), then the
+    /// request decoded on `env.cpu`.
+    fn decode(body: Value, env: &EdgeEnv) -> BoxFuture<'_, Result<Decoded, ApiError>> {
+        Box::pin(async move {
+            let recalled = match body.get("previous_response_id").and_then(Value::as_str) {
+                Some(id) => env.store.get(&env.scope, id).await,
+                None => None,
+            };
+            let edge = env.clone();
+            env.cpu.run(move || decode::decode(body, recalled, &edge)).await
+        })
     }
     fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Encoder> {
         Box::new(encode::ResponsesEncoder::new(meta, ctx.clone()))
@@ -55,10 +65,16 @@ impl Api for Responses {
     /// `GET` / `DELETE /v1/responses/{id}`.
     fn own(path: &str) -> Option<Own> {
         path.strip_prefix(STORED).filter(|id| !id.is_empty() && !id.contains('/'))?;
-        Some(Own { path: path.to_owned(), methods: &["GET", "DELETE"], cpu_work: false })
+        Some(Own { path: path.to_owned(), methods: &["GET", "DELETE"] })
     }
-    fn answer(own: &Own, method: &str, _body: Option<Value>, env: &EdgeEnv, _enc: &openai_harmony::HarmonyEncoding) -> Result<Value, ApiError> {
-        stored::answer(method, own.path.strip_prefix(STORED).unwrap_or_default(), env)
+    fn answer<'a>(
+        own: &'a Own,
+        method: &'a str,
+        _body: Option<Value>,
+        env: &'a EdgeEnv,
+        _enc: &'a openai_harmony::HarmonyEncoding,
+    ) -> BoxFuture<'a, Result<Value, ApiError>> {
+        Box::pin(stored::answer(method, own.path.strip_prefix(STORED).unwrap_or_default(), env))
     }
 }
 

@@ -7,9 +7,13 @@ use super::Stored;
 use crate::api::EdgeEnv;
 use crate::event::ApiError;
 
-/// The stored response `id` (`GET`), or forgets it (`DELETE`).
-pub fn answer(method: &str, id: &str, env: &EdgeEnv) -> Result<Value, ApiError> {
-    let stored = env.store.get(&env.scope, id).and_then(|v| serde_json::from_str::<Stored>(&v).ok());
+/// The stored response `id` (`GET`), or forgets it (`DELETE`): the store read awaited, the
+/// stored response parsed on `env.cpu`.
+pub async fn answer(method: &str, id: &str, env: &EdgeEnv) -> Result<Value, ApiError> {
+    let stored = match env.store.get(&env.scope, id).await {
+        Some(v) => env.cpu.run(move || serde_json::from_str::<Stored>(&v).ok()).await,
+        None => None,
+    };
     let Some(stored) = stored else {
         return Err(ApiError::new(
             404,
