@@ -85,7 +85,7 @@ pub fn request(data: &[u8]) {
     };
     let p = pipeline(r#"[{ type = "stop-injection", extra = ["X"] }, { type = "history-clean" }, { type = "sse-encode" }]"#);
     let (meta, cpu) = (RequestMeta::new("fuzz", true), crate::work::CpuPool::inline());
-    let up = crate::work::now(p.request_phase(&meta, crate::api::chat::decode::conversation(v), &cpu)).expect("these stages never refuse");
+    let (up, ()) = crate::work::now(p.request_phase(&meta, crate::api::chat::decode::conversation(v), &cpu, |_| ())).expect("these stages never refuse");
     let v = up.body();
     if !v.is_object() {
         return;

@@ -181,9 +181,16 @@ impl Compiled {
     }
 
     /// Runs the request phase for `meta`'s request, its computing on `cpu`: what goes
-    /// upstream, or the refusal.
-    pub async fn request_phase(&self, meta: &RequestMeta, conv: Conversation, cpu: &CpuPool) -> Result<UpstreamRequest, ApiError> {
+    /// upstream and what `then` made of it in the phase's last job, or the refusal (see
+    /// [`crate::stage::request_phase`]).
+    pub async fn request_phase<T: Send + 'static>(
+        &self,
+        meta: &RequestMeta,
+        conv: Conversation,
+        cpu: &CpuPool,
+        then: impl FnOnce(&UpstreamRequest) -> T + Send + 'static,
+    ) -> Result<(UpstreamRequest, T), ApiError> {
         let stages = self.request_factories.iter().map(|f| f.new_request_stage(meta)).collect();
-        crate::stage::request_phase(stages, conv, cpu).await
+        crate::stage::request_phase(stages, conv, cpu, then).await
     }
 }

@@ -450,6 +450,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What a client edge may use for one request: `store`, the client's key `scope`, `cpu`.
+fn edge_env(snap: &Snapshot, store: Arc<dyn harmony_filters::store::StateStore>, scope: String, cpu: CpuPool) -> EdgeEnv {
+    EdgeEnv { store, scope, sealer: snap.sealer.clone(), max_conversation_bytes: snap.config.server.max_body_bytes, cpu }
+}
+
 /// Reads a request body under the server's limits (`max_body_bytes`, `body_read_timeout`).
 async fn read_body(snap: &Snapshot, req: Request<Incoming>) -> Result<Bytes, Response<RespBody>> {
     let server = &snap.config.server;
@@ -487,13 +492,7 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     // What the request computes runs off the workers, holding its slot until done (it goes
     // on when a client leaves); what it waits on (the store) is awaited here.
     let cpu = state.cpu.holding(guard.clone());
-    let env = EdgeEnv {
-        store: snap.store_of(found),
-        scope: auth_scope.clone().unwrap_or_default(),
-        sealer: snap.sealer.clone(),
-        max_conversation_bytes: snap.config.server.max_body_bytes,
-        cpu: cpu.clone(),
-    };
+    let env = edge_env(&snap, snap.store_of(found), auth_scope.clone().unwrap_or_default(), cpu.clone());
     let decoded = match api.decode(body, &env).await {
         Ok(d) => d,
         Err(e) => return error_response(&e),
@@ -523,16 +522,8 @@ async fn pipeline_request(state: &Arc<AppState>, snap: Arc<Snapshot>, req: Reque
     // request's size or store latency stalls the streams the workers drive. What goes
     // upstream always streams (retry, watchdog and true streaming need it) and asks for
     // usage, shown to the client only when it asked: the upstream edges say so, and write
-    // the body off the workers too.
-    let phase = match route.pipeline.request_phase(&meta, conversation, &cpu).await {
-        Ok(up) => Ok(cpu
-            .run(move || {
-                let body = upstream_bytes(&up);
-                (up, body)
-            })
-            .await),
-        Err(e) => Err(e),
-    };
+    // the body in the phase's last job, off the workers too.
+    let phase = route.pipeline.request_phase(&meta, conversation, &cpu, upstream_bytes).await;
     let (up, body) = match phase {
         Ok((up, body)) => {
             meta.prompt_tokens = up.prompt_tokens;
@@ -665,13 +656,7 @@ async fn own_request(state: &Arc<AppState>, snap: &Snapshot, api: ClientApi, own
         Ok(g) => g,
         Err(r) => return r,
     };
-    let env = EdgeEnv {
-        store: snap.store_for_api(api),
-        scope,
-        sealer: snap.sealer.clone(),
-        max_conversation_bytes: snap.config.server.max_body_bytes,
-        cpu: state.cpu.holding(slot),
-    };
+    let env = edge_env(snap, snap.store_for_api(api), scope, state.cpu.holding(slot));
     let answered = api.answer(&own, &method, body, &env, &state.encoding).await;
     match answered {
         Ok(v) => json_response(200, &v),

@@ -405,7 +405,7 @@ fn errors_hyper_raises_before_the_proxy_sees_a_request_carry_the_apis_error_shap
 }
 
 /// A Redis store that accepts connections and never answers: the request that waits for it
-/// waits on a blocking thread (at most `store_timeout`), and the workers go on serving others.
+/// awaits it (at most `store_timeout`), and the workers go on serving others meanwhile.
 #[test]
 fn a_redis_store_that_never_answers_stalls_no_one_else() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -249,10 +249,17 @@ pub enum PhaseStage {
 
 /// Runs a request phase: every stage's `on_request` in pipeline order, then
 /// `on_upstream_request` until one answers, else the chat endpoint's request; the first
-/// refusal ends it. The computing stages between two waiting ones run as one job of `cpu`,
-/// the conversation moved to it and back (never copied); a phase with no waiting stage is
-/// one job.
-pub async fn request_phase(stages: Vec<PhaseStage>, mut conv: Conversation, cpu: &CpuPool) -> Result<UpstreamRequest, ApiError> {
+/// refusal ends it. `then` is what the caller makes of the finished request in the same job
+/// (the server: the bytes of its body). The computing stages before a waiting one run as one
+/// job of `cpu`, the conversation moved to it and back (never copied); the rest, the
+/// `on_upstream_request`s and `then` are the last job. A phase with no waiting stage is one
+/// job.
+pub async fn request_phase<T: Send + 'static>(
+    stages: Vec<PhaseStage>,
+    mut conv: Conversation,
+    cpu: &CpuPool,
+    then: impl FnOnce(&UpstreamRequest) -> T + Send + 'static,
+) -> Result<(UpstreamRequest, T), ApiError> {
     // The computing stages in order, and how many of them have had their `on_request`.
     let mut compute: Vec<Box<dyn RequestStage>> = Vec::new();
     let mut ran = 0;
@@ -262,7 +269,7 @@ pub async fn request_phase(stages: Vec<PhaseStage>, mut conv: Conversation, cpu:
             PhaseStage::Wait(mut s) => {
                 if ran < compute.len() {
                     let job = move || {
-                        let r = compute[ran..].iter_mut().try_for_each(|s| s.on_request(&mut conv));
+                        let r = edit(&mut compute[ran..], &mut conv);
                         (compute, conv, r)
                     };
                     let r;
@@ -274,18 +281,23 @@ pub async fn request_phase(stages: Vec<PhaseStage>, mut conv: Conversation, cpu:
             }
         }
     }
-    if compute.is_empty() {
-        return Ok(UpstreamRequest::chat(conv));
-    }
-    cpu.run(move || finish(&mut compute, ran, conv)).await
+    cpu.run(move || {
+        let up = finish(&mut compute, ran, conv)?;
+        let made = then(&up);
+        Ok((up, made))
+    })
+    .await
+}
+
+/// The `on_request` of each of `stages`, in order, until one refuses.
+fn edit(stages: &mut [Box<dyn RequestStage>], conv: &mut Conversation) -> Result<(), ApiError> {
+    stages.iter_mut().try_for_each(|s| s.on_request(conv))
 }
 
 /// The rest of a request phase, on one thread: the `on_request` of `stages[ran..]`, then
 /// every stage's `on_upstream_request` until one answers.
 fn finish(stages: &mut [Box<dyn RequestStage>], ran: usize, mut conv: Conversation) -> Result<UpstreamRequest, ApiError> {
-    for s in stages[ran..].iter_mut() {
-        s.on_request(&mut conv)?;
-    }
+    edit(&mut stages[ran..], &mut conv)?;
     for s in stages.iter_mut() {
         if let Some(r) = s.on_upstream_request(&conv)? {
             return Ok(UpstreamRequest::rendered(conv, r));
@@ -423,9 +435,11 @@ mod tests {
         let pool = CpuPool::new(std::sync::Arc::new(tokio::sync::Semaphore::new(1)));
         let (awaited_on, up) = rt.block_on(async {
             let here = std::thread::current().id();
-            (here, request_phase(stages, Conversation::default(), &pool).await)
+            let then_on = |_: &UpstreamRequest| std::thread::current().id();
+            (here, request_phase(stages, Conversation::default(), &pool, then_on).await)
         });
-        let up = up.expect("no stage refuses");
+        let (up, then_on) = up.expect("no stage refuses");
+        assert_ne!(then_on, awaited_on, "what the caller makes of it is made in the last job");
         assert_eq!(up.conversation.instructions.as_deref(), Some("abcd"), "in pipeline order, each seeing the one before");
         assert_eq!(up.endpoint(), Endpoint::Chat, "no stage rendered");
         let threads = threads.lock().unwrap();
@@ -438,7 +452,7 @@ mod tests {
         let threads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stages = vec![PhaseStage::Wait(Box::new(Wait(None))), PhaseStage::Compute(Box::new(Edit("never", threads.clone())))];
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let e = rt.block_on(request_phase(stages, Conversation::default(), &CpuPool::inline())).expect_err("refused");
+        let e = rt.block_on(request_phase(stages, Conversation::default(), &CpuPool::inline(), |_| ())).expect_err("refused");
         assert_eq!(e.status, 400);
         assert!(threads.lock().unwrap().is_empty(), "nothing after the refusal ran");
     }

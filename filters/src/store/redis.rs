@@ -58,8 +58,10 @@ struct Shared {
 /// A Redis-backed [`StateStore`]; one per URL, ttl and timeout per server (see [`super::Stores::redis`]).
 pub struct RedisStore {
     shared: Arc<Shared>,
-    /// The reads' connection, made at the first read and again after an error.
-    reader: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// The reads' connection (with its number), made at the first read and again after an
+    /// error; locked while one read connects, so a burst of reads makes one connection.
+    reader: tokio::sync::Mutex<Option<(u64, redis::aio::MultiplexedConnection)>>,
+    connections: std::sync::atomic::AtomicU64,
     ttl_ms: Mutex<u64>,
     writes: SyncSender<Write>,
 }
@@ -100,33 +102,57 @@ impl RedisStore {
             .name("reasoning-store-writer".into())
             .spawn(move || write_loop(&writer, queue))
             .map_err(|e| format!("cannot start the Redis writer thread: {e}"))?;
-        Ok(Self { shared, reader: Mutex::new(None), ttl_ms: Mutex::new(ttl.as_millis().max(1) as u64), writes })
+        Ok(Self { shared, reader: tokio::sync::Mutex::new(None), connections: Default::default(), ttl_ms: Mutex::new(ttl.as_millis().max(1) as u64), writes })
     }
 
     fn key(scope: &str, id: &str) -> String {
         format!("{KEY_PREFIX}{scope}:{id}")
     }
 
-    /// `GET key` on the reads' connection (connected first if there is none).
-    async fn read(&self, key: &str) -> Result<Option<String>, redis::RedisError> {
-        let held = self.reader.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut con = match held {
-            Some(c) => c,
-            None => {
-                let t = Some(self.shared.timeout);
-                let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(t).set_response_timeout(t);
-                let c = self.shared.client.get_multiplexed_async_connection_with_config(&cfg).await?;
-                *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
-                c
-            }
-        };
-        redis::cmd("GET").arg(key).query_async(&mut con).await
+    /// The reads' connection, connected first if there is none: its number, and whether it
+    /// was made before this read.
+    async fn connection(&self) -> Result<(u64, redis::aio::MultiplexedConnection, bool), redis::RedisError> {
+        let mut held = self.reader.lock().await;
+        if let Some((n, c)) = &*held {
+            return Ok((*n, c.clone(), true));
+        }
+        let t = Some(self.shared.timeout);
+        let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(t).set_response_timeout(t);
+        let c = self.shared.client.get_multiplexed_async_connection_with_config(&cfg).await?;
+        let n = self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *held = Some((n, c.clone()));
+        Ok((n, c, false))
     }
 
-    /// After an error: the next read (once Redis is tried again) connects anew.
-    fn read_failed(&self, e: &dyn std::fmt::Display) {
-        *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.shared.failed("get", e);
+    /// Forgets connection `n` (not one another read has made since).
+    async fn forget(&self, n: u64) {
+        let mut held = self.reader.lock().await;
+        if held.as_ref().is_some_and(|(m, _)| *m == n) {
+            *held = None;
+        }
+    }
+
+    /// `GET key`. A connection made before that turns out closed (Redis restarted, or closed
+    /// it idle) is made again once, within the same read.
+    async fn read(&self, key: &str) -> Result<Option<String>, redis::RedisError> {
+        let (n, mut con, made_before) = self.connection().await?;
+        let r = redis::cmd("GET").arg(key).query_async(&mut con).await;
+        let r = match r {
+            Err(e) if made_before && (e.is_connection_dropped() || e.is_unrecoverable_error()) => {
+                self.forget(n).await;
+                let (n, mut con, _) = self.connection().await?;
+                let again = redis::cmd("GET").arg(key).query_async(&mut con).await;
+                if again.is_err() {
+                    self.forget(n).await;
+                }
+                return again;
+            }
+            r => r,
+        };
+        if r.is_err() {
+            self.forget(n).await;
+        }
+        r
     }
 }
 
@@ -232,11 +258,16 @@ impl StateStore for RedisStore {
             match tokio::time::timeout(self.shared.timeout, self.read(&Self::key(scope, id))).await {
                 Ok(Ok(v)) => v.map(Arc::from),
                 Ok(Err(e)) => {
-                    self.read_failed(&e);
+                    self.shared.failed("get", &e);
                     None
                 }
                 Err(_) => {
-                    self.read_failed(&format_args!("no answer within {:?}", self.shared.timeout));
+                    // The connection may be stuck: the next read (after the back-off) makes
+                    // another, unless a read is connecting right now.
+                    if let Ok(mut held) = self.reader.try_lock() {
+                        *held = None;
+                    }
+                    self.shared.failed("get", &format_args!("no answer within {:?}", self.shared.timeout));
                     None
                 }
             }
@@ -270,7 +301,7 @@ mod tests {
         let s = RedisStore::new("redis://127.0.0.1:1/", Duration::from_secs(60), Duration::from_millis(50)).unwrap();
         assert_eq!(rt.block_on(s.get("", "call_a")), None);
         assert!(s.shared.is_down(), "after an error, Redis is left alone for a while");
-        assert!(s.reader.lock().unwrap().is_none());
+        assert!(s.reader.try_lock().unwrap().is_none());
         assert_eq!(rt.block_on(s.get("", "call_a")), None);
         s.put("", &["call_a".into()], "thinking"); // queued, never blocks
     }
@@ -286,5 +317,80 @@ mod tests {
         assert_eq!(rt.block_on(s.get("", "call_a")), None);
         assert!(started.elapsed() < Duration::from_secs(30), "bounded by the timeout, not the peer");
         assert!(s.shared.is_down());
+    }
+
+    /// A Redis that answers `GET` with `"r<n>"` on its n-th connection (anything else `+OK`),
+    /// and closes each connection after `gets` of them.
+    fn fake_redis(gets: usize) -> std::net::SocketAddr {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for (n, conn) in l.incoming().enumerate() {
+                let Ok(conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut w = conn;
+                    let mut answered = 0;
+                    let mut line = String::new();
+                    while answered < gets {
+                        // One command: `*N`, then N bulk strings (`$len`, the bytes).
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let Some(n_args) = line.trim().strip_prefix('*').and_then(|n| n.parse::<usize>().ok()) else { continue };
+                        let mut args = Vec::new();
+                        for _ in 0..n_args {
+                            let (mut len, mut arg) = (String::new(), String::new());
+                            r.read_line(&mut len).unwrap();
+                            r.read_line(&mut arg).unwrap();
+                            args.push(arg.trim_end().to_owned());
+                        }
+                        let reply = if args[0].eq_ignore_ascii_case("GET") {
+                            answered += 1;
+                            format!("$2\r\nr{n}\r\n")
+                        } else {
+                            "+OK\r\n".to_owned()
+                        };
+                        w.write_all(reply.as_bytes()).unwrap();
+                    }
+                    // Closed: as a Redis that restarted.
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_connection_redis_closed_is_made_again_within_the_read_not_a_miss() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let addr = fake_redis(1);
+        let s = RedisStore::new(&format!("redis://{addr}/"), Duration::from_secs(60), Duration::from_secs(5)).unwrap();
+        assert_eq!(rt.block_on(s.get("", "a")).as_deref(), Some("r0"));
+        std::thread::sleep(Duration::from_millis(100)); // the first connection is closed by now
+        assert_eq!(rt.block_on(s.get("", "a")).as_deref(), Some("r1"), "made again, and read");
+        assert!(!s.shared.is_down(), "no back-off for a connection that was only closed");
+    }
+
+    #[test]
+    fn reads_at_once_share_one_connection() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let addr = fake_redis(usize::MAX);
+        let s = Arc::new(RedisStore::new(&format!("redis://{addr}/"), Duration::from_secs(60), Duration::from_secs(5)).unwrap());
+        let got = rt.block_on(async {
+            let reads: Vec<_> = (0..16)
+                .map(|_| {
+                    let s = s.clone();
+                    tokio::spawn(async move { s.get("", "a").await })
+                })
+                .collect();
+            let mut got = Vec::new();
+            for r in reads {
+                got.push(r.await.unwrap());
+            }
+            got
+        });
+        assert!(got.iter().all(|v| v.as_deref() == Some("r0")), "every read on the first connection: {got:?}");
     }
 }

@@ -184,14 +184,13 @@ fn tool_choice(v: &Value) -> Result<ToolChoice, ApiError> {
     })
 }
 
-/// The request into the conversation; `recalled` is what the store holds under its
-/// `previous_response_id` (read before, by [`super::Responses`]' edge).
-pub fn decode(body: Value, recalled: Option<Arc<str>>, env: &EdgeEnv) -> Result<Decoded, ApiError> {
+/// The request, typed, and checked before anything is read for it: a refused request reads
+/// no stored response.
+pub fn request(body: Value) -> Result<Request, ApiError> {
     let req: Request = typed(body, "")?;
-    let model = match req.model.as_deref() {
-        Some(m) if !m.is_empty() => m.to_owned(),
-        _ => return Err(invalid("model", "is required")),
-    };
+    if req.model.as_deref().is_none_or(str::is_empty) {
+        return Err(invalid("model", "is required"));
+    }
     if req.background == Some(true) {
         return Err(invalid("background", "background responses are not supported: stream instead"));
     }
@@ -201,6 +200,13 @@ pub fn decode(body: Value, recalled: Option<Arc<str>>, env: &EdgeEnv) -> Result<
     if req.prompt.as_ref().is_some_and(|p| !p.is_null()) {
         return Err(invalid("prompt", "prompt templates are not supported: send input"));
     }
+    Ok(req)
+}
+
+/// A checked [`request`] into the conversation; `recalled` is what the store holds under its
+/// `previous_response_id` (read between the two by [`super::Responses`]' edge).
+pub fn decode(req: Request, recalled: Option<Arc<str>>, env: &EdgeEnv) -> Result<Decoded, ApiError> {
+    let model = req.model.clone().unwrap_or_default();
     // The conversation's items: a stored response's first, then this request's.
     let mut items: Vec<Value> = Vec::new();
     if let Some(id) = &req.previous_response_id {

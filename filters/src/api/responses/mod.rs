@@ -41,16 +41,28 @@ impl Api for Responses {
     const FAILS_IN_STREAM: bool = true;
     const KEEPS_STATE: bool = true;
 
-    /// The stored response `previous_response_id` names is read first (awaited), then the
-    /// request decoded on `env.cpu`.
+    /// Checked and decoded on `env.cpu`; a request that continues a stored response is two
+    /// jobs, the stored response read (awaited) between them.
     fn decode(body: Value, env: &EdgeEnv) -> BoxFuture<'_, Result<Decoded, ApiError>> {
         Box::pin(async move {
-            let recalled = match body.get("previous_response_id").and_then(Value::as_str) {
-                Some(id) => env.store.get(&env.scope, id).await,
-                None => None,
-            };
             let edge = env.clone();
-            env.cpu.run(move || decode::decode(body, recalled, &edge)).await
+            let checked = env
+                .cpu
+                .run(move || {
+                    let req = decode::request(body)?;
+                    match req.previous_response_id {
+                        Some(_) => Ok(Err(Box::new(req))),
+                        None => decode::decode(req, None, &edge).map(Ok),
+                    }
+                })
+                .await?;
+            let req = match checked {
+                Ok(done) => return Ok(done),
+                Err(req) => *req,
+            };
+            let recalled = env.store.get(&env.scope, req.previous_response_id.as_deref().unwrap_or_default()).await;
+            let edge = env.clone();
+            env.cpu.run(move || decode::decode(req, recalled, &edge)).await
         })
     }
     fn encoder(meta: &RequestMeta, ctx: &Arc<Context>) -> Box<dyn Encoder> {
