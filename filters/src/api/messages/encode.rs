@@ -30,6 +30,7 @@ use bytes::{BufMut as _, BytesMut};
 use serde_json::{json, Value};
 
 use super::decode::tool_use_id;
+use super::input_json::InputJson;
 use super::stops::StopScan;
 use super::{error_json, Context};
 use crate::api::{Encoder, Ending, Output};
@@ -41,9 +42,19 @@ pub const PING: Duration = Duration::from_secs(15);
 
 /// The open content block.
 enum Block {
-    Thinking { text: String },
-    Text { text: String },
-    ToolUse { id: String, name: String, json: String },
+    Thinking {
+        text: String,
+    },
+    Text {
+        text: String,
+    },
+    /// `json`: the input as sent, checked by `check` (see [`InputJson`]).
+    ToolUse {
+        id: String,
+        name: String,
+        json: String,
+        check: InputJson,
+    },
 }
 
 pub struct MessagesEncoder {
@@ -166,7 +177,7 @@ impl MessagesEncoder {
                 json!({"type": "thinking", "thinking": text, "signature": signature})
             }
             Block::Text { text } => json!({"type": "text", "text": text}),
-            Block::ToolUse { id, name, json } => {
+            Block::ToolUse { id, name, json, .. } => {
                 let input = serde_json::from_str::<Value>(&json).ok().filter(Value::is_object).unwrap_or_else(|| json!({}));
                 json!({"type": "tool_use", "id": id, "name": name, "input": input})
             }
@@ -287,15 +298,25 @@ impl Encoder for MessagesEncoder {
             },
             Event::ClientToolCall { id, name, .. } => {
                 self.saw_tool_use = true;
-                self.start(Block::ToolUse { id: tool_use_id(&id), name, json: String::new() }, out);
+                self.start(Block::ToolUse { id: tool_use_id(&id), name, json: String::new(), check: InputJson::default() }, out);
             }
             Event::ClientToolArgs { args, .. } => {
-                let Some(Block::ToolUse { json, .. }) = &mut self.open else { return };
-                json.push_str(&args);
-                // `input` is an object: arguments that are another JSON value (the bridge
-                // streams any) are not streamed, and the block's input stays `{}`.
-                if self.stream && json.starts_with('{') {
-                    self.delta("input_json_delta", "partial_json", &args, out);
+                let Some(Block::ToolUse { json, check, .. }) = &mut self.open else { return };
+                // `input` is an object, and clients parse what they join: the arguments as
+                // the model wrote them while they are the start of one, then closed where
+                // they stopped being one (another JSON value, the bridge streams any, is `{}`).
+                let (ok, closing) = check.feed(&args);
+                json.push_str(&args[..ok]);
+                if let Some(c) = &closing {
+                    json.push_str(c);
+                }
+                if self.stream {
+                    if ok > 0 {
+                        self.delta("input_json_delta", "partial_json", &args[..ok], out);
+                    }
+                    if let Some(c) = closing {
+                        self.delta("input_json_delta", "partial_json", &c, out);
+                    }
                 }
             }
             _ => {}
@@ -385,6 +406,33 @@ mod tests {
         enc.on_end(&mut out);
         let v: Value = serde_json::from_slice(&wire(&out)).unwrap();
         assert_eq!(v, json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}));
+    }
+
+    /// Found by the Messages property test: arguments the model wrote as no JSON (`{é}`)
+    /// were streamed as written, and the client could not parse the input it joined.
+    #[test]
+    fn a_tool_input_that_is_not_json_reaches_the_client_closed_where_it_broke() {
+        for stream in [true, false] {
+            let mut enc = encoder(stream);
+            let mut out = Vec::new();
+            for ev in [
+                Event::ClientToolCall { index: 0, id: "call_abc".into(), name: "f".into() },
+                Event::ClientToolArgs { index: 0, args: "{\"a\":1 ".into() },
+                Event::ClientToolArgs { index: 0, args: "é, \"b\": 2}".into() },
+                Event::Finish(FinishReason::ToolCalls),
+            ] {
+                enc.on_event(ev, &mut out);
+            }
+            enc.on_end(&mut out);
+            let body = wire(&out);
+            let input = if stream {
+                let a = assemble_messages(&body).unwrap_or_else(|e| panic!("{e}\n{}", String::from_utf8_lossy(&body)));
+                serde_json::from_str::<Value>(&a.tool_calls[0].2).unwrap()
+            } else {
+                serde_json::from_slice::<Value>(&body).unwrap()["content"][0]["input"].clone()
+            };
+            assert_eq!(input, json!({"a": 1}), "stream: {stream}");
+        }
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! - `encode`: the events into Messages SSE events (`message_start` … `message_stop`) or one
 //!   `message` object; errors in Anthropic's shape ([`error_json`]), an upstream's refusal
 //!   said again in it ([`refusal`]).
-//! - `stops`: the stop-sequence automaton; `count_tokens`: `POST /v1/messages/count_tokens`.
+//! - `stops`: the stop-sequence automaton; `input_json`: a `tool_use` input kept a JSON
+//!   object as it streams; `count_tokens`: `POST /v1/messages/count_tokens`.
 
 pub mod count_tokens;
 pub mod decode;
 pub mod encode;
+pub mod input_json;
 pub mod stops;
 pub mod types;
 
