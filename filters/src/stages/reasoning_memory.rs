@@ -223,25 +223,30 @@ impl ReasoningMemory {
 
 /// Puts remembered reasoning back into the assistant tool-call turns of the conversation
 /// that lack it (or carry only its last piece), after the last final answer. Returns how
-/// many turns got theirs back. Each of those turns' call ids is looked up until one is found.
+/// many turns got theirs back. The call ids of all those turns are read in one go (one
+/// round trip to a Redis); a turn gets what is remembered under the first of its ids that has
+/// any.
 pub async fn restore(conv: &mut Conversation, field: Field, scope: &str, store: &dyn ReasoningStore) -> usize {
-    let messages = &mut conv.messages;
     // Harmony drops the analysis of turns before the last final answer itself.
-    let first = messages.iter().rposition(|m| m.role == Role::Assistant && !m.is_tool_turn()).map_or(0, |i| i + 1);
-    let mut restored = 0;
-    for m in &mut messages[first..] {
+    let first = conv.messages.iter().rposition(|m| m.role == Role::Assistant && !m.is_tool_turn()).map_or(0, |i| i + 1);
+    let call_ids = |m: &crate::conversation::Message| -> Vec<String> {
         if !m.is_tool_turn() {
-            continue;
+            return Vec::new();
         }
-        let given = m.reasoning_text().map(|r| r.trim().to_owned());
-        let mut found = None;
-        for id in m.tool_calls.iter().flatten().filter_map(|c| c.id.as_deref()) {
-            found = store.get(scope, id).await;
-            if found.is_some() {
-                break;
-            }
-        }
+        m.tool_calls.iter().flatten().filter_map(|c| c.id.clone()).collect()
+    };
+    let ids: Vec<Vec<String>> = conv.messages[first..].iter().map(call_ids).collect();
+    let all: Vec<&str> = ids.iter().flatten().map(String::as_str).collect();
+    if all.is_empty() {
+        return 0;
+    }
+    let mut remembered = store.get_many(scope, &all).await.into_iter();
+    let mut restored = 0;
+    for (m, ids) in conv.messages[first..].iter_mut().zip(&ids) {
+        // This turn's answers, all of them taken (the next turn's come after).
+        let found = remembered.by_ref().take(ids.len()).fold(None, |first, r| first.or(r));
         let Some(r) = found else { continue };
+        let given = m.reasoning_text().map(|r| r.trim().to_owned());
         // The client's own reasoning stands, unless it is only the end of what was said: the
         // OpenAI Node SDK's stream helper keeps just the last reasoning delta of a stream.
         let text = match given {
@@ -437,6 +442,20 @@ mod tests {
         assert_eq!(restore(&mut req, Field::Reasoning, "", &store), 1);
         assert!(req["messages"][0].get("reasoning").is_none());
         assert_eq!(req["messages"][2]["reasoning"], "r");
+    }
+
+    #[test]
+    fn each_turn_gets_what_is_remembered_under_the_first_of_its_ids_that_has_any() {
+        let store = MemoryStore::new(1 << 20, Duration::from_secs(60));
+        store.put("", &["b".into()], "first turn");
+        store.put("", &["d".into()], "second turn");
+        store.put("", &["c".into()], "under c, its second id");
+        let mut req =
+            json!({"messages": [turn(&["a", "b"], None), {"role": "tool", "tool_call_id": "a", "content": "1"}, turn(&["x"], None), turn(&["d", "c"], None)]});
+        assert_eq!(restore(&mut req, Field::ReasoningContent, "", &store), 2);
+        assert_eq!(req["messages"][0]["reasoning_content"], "first turn");
+        assert!(req["messages"][2].get("reasoning_content").is_none(), "nothing under x");
+        assert_eq!(req["messages"][3]["reasoning_content"], "second turn");
     }
 
     #[test]

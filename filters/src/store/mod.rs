@@ -35,6 +35,18 @@ pub trait StateStore: Send + Sync {
     fn put(&self, scope: &str, ids: &[String], value: &str);
     /// What is remembered under `id` within `scope` (a miss when the store cannot say).
     fn get<'a>(&'a self, scope: &'a str, id: &'a str) -> BoxFuture<'a, Option<Arc<str>>>;
+    /// What is remembered under each of `ids` within `scope`, in their order: one round trip
+    /// for a store on a network (Redis: one `MGET`, bounded by one timeout). By default, one
+    /// `get` after another.
+    fn get_many<'a>(&'a self, scope: &'a str, ids: &'a [&'a str]) -> BoxFuture<'a, Vec<Option<Arc<str>>>> {
+        Box::pin(async move {
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                found.push(self.get(scope, id).await);
+            }
+            found
+        })
+    }
     /// Forgets what is remembered under `id` within `scope`.
     fn delete(&self, scope: &str, id: &str);
     /// What it is and who shares it, for `check`.

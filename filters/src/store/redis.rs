@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! put (end of a tool-call turn) ─► bounded queue ─► writer thread ─► SET key value PX ttl
-//! get (request phase, awaited)  ─► GET key on the multiplexed connection, at most `timeout`
+//! get_many (request phase, awaited) ─► MGET keys on the multiplexed connection, at most `timeout`
 //! ```
 //!
-//! Invariants: Redis never fails a request and never delays it beyond `timeout`. A request
+//! Invariants: Redis never fails a request and never delays it beyond `timeout`:
+//! `reasoning-memory` reads all of a request's call ids in one `MGET`. A request
 //! meets either an answer, a miss, or (Redis down, slow or refusing) nothing: the error is
 //! counted in `harmony_proxy_reasoning_store_errors_total{op}`, logged at most once a minute,
 //! and Redis is skipped for a second (the calls skipped are counted too), so a dead Redis
@@ -132,16 +133,16 @@ impl RedisStore {
         }
     }
 
-    /// `GET key`. A connection made before that turns out closed (Redis restarted, or closed
-    /// it idle) is made again once, within the same read.
-    async fn read(&self, key: &str) -> Result<Option<String>, redis::RedisError> {
+    /// `MGET keys`. A connection made before that turns out closed (Redis restarted, or
+    /// closed it idle) is made again once, within the same read.
+    async fn read(&self, keys: &[String]) -> Result<Vec<Option<String>>, redis::RedisError> {
         let (n, mut con, made_before) = self.connection().await?;
-        let r = redis::cmd("GET").arg(key).query_async(&mut con).await;
+        let r = redis::cmd("MGET").arg(keys).query_async(&mut con).await;
         let r = match r {
             Err(e) if made_before && (e.is_connection_dropped() || e.is_unrecoverable_error()) => {
                 self.forget(n).await;
                 let (n, mut con, _) = self.connection().await?;
-                let again = redis::cmd("GET").arg(key).query_async(&mut con).await;
+                let again = redis::cmd("MGET").arg(keys).query_async(&mut con).await;
                 if again.is_err() {
                     self.forget(n).await;
                 }
@@ -243,24 +244,33 @@ impl StateStore for RedisStore {
     }
 
     fn get<'a>(&'a self, scope: &'a str, id: &'a str) -> BoxFuture<'a, Option<Arc<str>>> {
+        Box::pin(async move { self.get_many(scope, &[id]).await.pop().flatten() })
+    }
+
+    fn get_many<'a>(&'a self, scope: &'a str, ids: &'a [&'a str]) -> BoxFuture<'a, Vec<Option<Arc<str>>>> {
         Box::pin(async move {
-            if id.len() > MAX_ID {
-                return None;
+            let mut found = vec![None; ids.len()];
+            // Ids too long to be a key are never stored: misses without asking.
+            let (at, keys): (Vec<usize>, Vec<String>) =
+                ids.iter().enumerate().filter(|(_, id)| id.len() <= MAX_ID).map(|(i, id)| (i, Self::key(scope, id))).unzip();
+            if keys.is_empty() {
+                return found;
             }
             if self.shared.is_down() {
                 // Skipped, not tried: still a read that went without the store, counted like
                 // the writer counts the writes it skips (a failed write can set the back-off
                 // before the next read comes).
                 self.shared.get_errors.increment(1);
-                return None;
+                return found;
             }
             // Connecting and reading, together at most `timeout`.
-            match tokio::time::timeout(self.shared.timeout, self.read(&Self::key(scope, id))).await {
-                Ok(Ok(v)) => v.map(Arc::from),
-                Ok(Err(e)) => {
-                    self.shared.failed("get", &e);
-                    None
+            match tokio::time::timeout(self.shared.timeout, self.read(&keys)).await {
+                Ok(Ok(values)) => {
+                    for (i, v) in at.into_iter().zip(values) {
+                        found[i] = v.map(Arc::from);
+                    }
                 }
+                Ok(Err(e)) => self.shared.failed("get", &e),
                 Err(_) => {
                     // The connection may be stuck: the next read (after the back-off) makes
                     // another, unless a read is connecting right now.
@@ -268,9 +278,9 @@ impl StateStore for RedisStore {
                         *held = None;
                     }
                     self.shared.failed("get", &format_args!("no answer within {:?}", self.shared.timeout));
-                    None
                 }
             }
+            found
         })
     }
 }
@@ -319,8 +329,9 @@ mod tests {
         assert!(s.shared.is_down());
     }
 
-    /// A Redis that answers `GET` with `"r<n>"` on its n-th connection (anything else `+OK`),
-    /// and closes each connection after `gets` of them.
+    /// A Redis that answers `MGET` with `"r<n>"` on its n-th connection for each key ending in
+    /// `a` and nothing for the others (anything else `+OK`), and closes each connection after
+    /// `gets` of them.
     fn fake_redis(gets: usize) -> std::net::SocketAddr {
         use std::io::{BufRead, BufReader, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -347,9 +358,12 @@ mod tests {
                             r.read_line(&mut arg).unwrap();
                             args.push(arg.trim_end().to_owned());
                         }
-                        let reply = if args[0].eq_ignore_ascii_case("GET") {
+                        let reply = if args[0].eq_ignore_ascii_case("MGET") {
                             answered += 1;
-                            format!("$2\r\nr{n}\r\n")
+                            // `r<n>` for a key ending in `a`, nothing for the others.
+                            let values: String =
+                                args[1..].iter().map(|k| if k.ends_with('a') { format!("$2\r\nr{n}\r\n") } else { "$-1\r\n".to_owned() }).collect();
+                            format!("*{}\r\n{values}", args.len() - 1)
                         } else {
                             "+OK\r\n".to_owned()
                         };
@@ -371,6 +385,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100)); // the first connection is closed by now
         assert_eq!(rt.block_on(s.get("", "a")).as_deref(), Some("r1"), "made again, and read");
         assert!(!s.shared.is_down(), "no back-off for a connection that was only closed");
+    }
+
+    #[test]
+    fn the_ids_of_a_request_are_read_in_one_round_trip_in_their_order() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        // One MGET and the connection is closed: a second round trip would be on another.
+        let addr = fake_redis(1);
+        let s = RedisStore::new(&format!("redis://{addr}/"), Duration::from_secs(60), Duration::from_secs(5)).unwrap();
+        let long = "a".repeat(MAX_ID + 1);
+        let got = rt.block_on(s.get_many("", &["call_b", "call_a", &long, "x_a"]));
+        let got: Vec<Option<&str>> = got.iter().map(Option::as_deref).collect();
+        assert_eq!(got, [None, Some("r0"), None, Some("r0")], "a too long id is a miss, not asked");
     }
 
     #[test]
