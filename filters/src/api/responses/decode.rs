@@ -442,7 +442,8 @@ fn tool_echo(mut tool: Value) -> Value {
 mod tests {
     use super::*;
 
-    /// As the edge decodes (the store read first), over an inline pool and a memory store.
+    /// As the edge decodes (checked, the stored response read, then decoded), over an inline
+    /// pool and a memory store.
     fn decode(v: Value, env: &EdgeEnv) -> Result<Decoded, ApiError> {
         crate::work::now(<super::super::Responses as crate::api::Api>::decode(v, env))
     }
